@@ -1,0 +1,264 @@
+//! `vpcctl`: introspection CLI for ipamd over its Unix socket.
+//!
+//! `vpcctl [--socket PATH] [-o table|wide|json] <status|enis|pods|config|events|health>`;
+//! `health` exits 0 only when ipamd reports SERVING (usable as a Kubernetes exec probe).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use vpc_cni_proto::v1 as pb;
+use vpc_cni_proto::v1::introspection_client::IntrospectionClient;
+
+#[derive(Parser)]
+#[command(name = "vpcctl", version, about = "Inspect the ipamd warm pool")]
+struct Cli {
+    /// ipamd's gRPC socket.
+    #[arg(
+        long,
+        env = "IPAMD_SOCKET",
+        default_value = "/run/vpc-cni/ipamd.sock",
+        global = true
+    )]
+    socket: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Wide,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Node, limits and pool counts.
+    Status,
+    /// ENIs and their IPs.
+    Enis,
+    /// Pod allocations.
+    Pods,
+    /// Effective configuration.
+    Config,
+    /// Follow pool events.
+    Events,
+    /// Exit 0 when ipamd is SERVING.
+    Health,
+}
+
+fn key_json(k: &Option<pb::AllocationKey>) -> Value {
+    match k {
+        Some(k) => {
+            json!({"network_name": k.network_name, "container_id": k.container_id, "if_name": k.if_name})
+        }
+        None => Value::Null,
+    }
+}
+
+fn short(id: &str, wide: bool) -> &str {
+    if wide || id.len() <= 12 {
+        id
+    } else {
+        &id[..12]
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let channel = vpc_cni_proto::uds::connect(&cli.socket, Some(Duration::from_secs(5)))
+        .await
+        .with_context(|| format!("cannot reach ipamd at {}", cli.socket.display()))?;
+    let wide = cli.output == Output::Wide;
+    let as_json = cli.output == Output::Json;
+    if let Cmd::Health = cli.cmd {
+        let r = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?;
+        let serving = r.into_inner().status == ServingStatus::Serving as i32;
+        if as_json {
+            println!("{}", json!({"serving": serving}));
+        } else {
+            println!("{}", if serving { "SERVING" } else { "NOT_SERVING" });
+        }
+        std::process::exit(if serving { 0 } else { 1 });
+    }
+    let mut client = IntrospectionClient::new(channel);
+    let rpc = |s: tonic::Status| anyhow::anyhow!("{}: {}", s.code(), s.message());
+    match cli.cmd {
+        Cmd::Status => {
+            let s = client
+                .get_status(pb::GetStatusRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            let v = json!({
+                "instance_id": s.instance_id, "instance_type": s.instance_type, "serving": s.serving,
+                "max_enis": s.max_enis, "ips_per_eni": s.ips_per_eni, "max_pods": s.max_pods,
+                "enis": s.enis, "total_ips": s.total_ips, "assigned_ips": s.assigned_ips,
+                "cooling_ips": s.cooling_ips, "free_ips": s.free_ips,
+                "last_reconcile_unix": s.last_reconcile_unix, "last_error": s.last_error,
+            });
+            if as_json {
+                println!("{v:#}");
+            } else {
+                println!("instance   {} ({})", s.instance_id, s.instance_type);
+                println!("serving    {}", s.serving);
+                println!(
+                    "limits     {} ENIs x {} IPs, max pods {}",
+                    s.max_enis, s.ips_per_eni, s.max_pods
+                );
+                println!(
+                    "pool       {} ENIs, {} IPs: {} assigned, {} cooling, {} free",
+                    s.enis, s.total_ips, s.assigned_ips, s.cooling_ips, s.free_ips
+                );
+                if !s.last_error.is_empty() {
+                    println!("last error {}", s.last_error);
+                }
+            }
+        }
+        Cmd::Enis => {
+            let r = client
+                .list_enis(pb::ListEnisRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if as_json {
+                let enis: Vec<Value> = r
+                    .enis
+                    .iter()
+                    .map(|e| {
+                        let ips: Vec<Value> = e
+                            .ips
+                            .iter()
+                            .map(|i| {
+                                json!({"address": i.address, "state": i.state, "key": key_json(&i.key),
+                                "pod_namespace": i.k8s_pod_namespace, "pod_name": i.k8s_pod_name,
+                                "cooldown_until_unix": i.cooldown_until_unix})
+                            })
+                            .collect();
+                        json!({"eni_id": e.eni_id, "mac": e.mac, "device_number": e.device_number,
+                        "primary": e.primary, "subnet_id": e.subnet_id, "subnet_cidr": e.subnet_cidr,
+                        "primary_ip": e.primary_ip, "ips": ips})
+                    })
+                    .collect();
+                println!("{:#}", Value::Array(enis));
+            } else {
+                println!(
+                    "{:<22} {:>3} {:<17} {:<15} {:>5} {:>8} {:>7} {:>5}",
+                    "ENI", "DEV", "MAC", "PRIMARY-IP", "IPS", "ASSIGNED", "COOLING", "FREE"
+                );
+                for e in &r.enis {
+                    let count = |s: &str| e.ips.iter().filter(|i| i.state == s).count();
+                    println!(
+                        "{:<22} {:>3} {:<17} {:<15} {:>5} {:>8} {:>7} {:>5}",
+                        e.eni_id,
+                        e.device_number,
+                        e.mac,
+                        e.primary_ip,
+                        e.ips.len(),
+                        count("assigned"),
+                        count("cooling"),
+                        count("free")
+                    );
+                    if wide {
+                        for i in &e.ips {
+                            let who = if i.k8s_pod_name.is_empty() {
+                                String::new()
+                            } else {
+                                format!("{}/{}", i.k8s_pod_namespace, i.k8s_pod_name)
+                            };
+                            println!("    {:<15} {:<9} {who}", i.address, i.state);
+                        }
+                    }
+                }
+            }
+        }
+        Cmd::Pods => {
+            let r = client
+                .list_allocations(pb::ListAllocationsRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if as_json {
+                let v: Vec<Value> = r
+                    .allocations
+                    .iter()
+                    .map(|a| {
+                        json!({"key": key_json(&a.key), "ipv4_addr": a.ipv4_addr, "eni_id": a.eni_id,
+                        "pod_namespace": a.k8s_pod_namespace, "pod_name": a.k8s_pod_name,
+                        "allocated_unix": a.allocated_unix})
+                    })
+                    .collect();
+                println!("{:#}", Value::Array(v));
+            } else {
+                println!(
+                    "{:<30} {:<15} {:<22} {:<14} {}",
+                    "POD", "IP", "ENI", "CONTAINER", "IFNAME"
+                );
+                for a in &r.allocations {
+                    let k = a.key.clone().unwrap_or_default();
+                    println!(
+                        "{:<30} {:<15} {:<22} {:<14} {}",
+                        format!("{}/{}", a.k8s_pod_namespace, a.k8s_pod_name),
+                        a.ipv4_addr,
+                        a.eni_id,
+                        short(&k.container_id, wide),
+                        k.if_name
+                    );
+                }
+            }
+        }
+        Cmd::Config => {
+            let r = client
+                .get_config(pb::GetConfigRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if as_json {
+                let m: serde_json::Map<String, Value> = r
+                    .entries
+                    .into_iter()
+                    .map(|e| (e.name, Value::String(e.value)))
+                    .collect();
+                println!("{:#}", Value::Object(m));
+            } else {
+                for e in r.entries {
+                    println!("{:<36} {}", e.name, e.value);
+                }
+            }
+        }
+        Cmd::Events => {
+            let mut stream = client
+                .watch_events(pb::WatchEventsRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            while let Some(ev) = stream.message().await.map_err(rpc)? {
+                if as_json {
+                    println!(
+                        "{}",
+                        json!({"unix_millis": ev.unix_millis, "kind": ev.kind, "message": ev.message})
+                    );
+                } else {
+                    println!("{} {:<16} {}", ev.unix_millis, ev.kind, ev.message);
+                }
+            }
+        }
+        Cmd::Health => unreachable!("handled above"),
+    }
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! `ipam.json`: the allocations and cooling IPs that must survive a crash. Versioned, written atomically
+//! (temp file, fsync, rename, fsync of the directory), so a reader sees the old or the new file, never half.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::datastore::{AllocKey, Allocation};
+
+pub const VERSION: u32 = 1;
+pub const FILE_NAME: &str = "ipam.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path}: not valid ipam.json: {source}")]
+    Decode {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("checkpoint {path}: version {found} is newer than this ipamd understands ({VERSION})")]
+    Version { path: PathBuf, found: u32 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    #[serde(flatten)]
+    key: AllocKey,
+    #[serde(flatten)]
+    allocation: Allocation,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct File {
+    version: u32,
+    allocations: Vec<Entry>,
+    /// IP → unix millis when it may be reused.
+    #[serde(default)]
+    cooling: BTreeMap<Ipv4Addr, i64>,
+}
+
+/// What the checkpoint holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub allocations: BTreeMap<AllocKey, Allocation>,
+    pub cooling: BTreeMap<Ipv4Addr, i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            path: dir.join(FILE_NAME),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the checkpoint; a missing file is an empty one.
+    pub fn load(&self) -> Result<Checkpoint, CheckpointError> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Checkpoint::default()),
+            Err(source) => {
+                return Err(CheckpointError::Io {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        let file: File =
+            serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Decode {
+                path: self.path.clone(),
+                source,
+            })?;
+        if file.version > VERSION {
+            return Err(CheckpointError::Version {
+                path: self.path.clone(),
+                found: file.version,
+            });
+        }
+        Ok(Checkpoint {
+            allocations: file
+                .allocations
+                .into_iter()
+                .map(|e| (e.key, e.allocation))
+                .collect(),
+            cooling: file.cooling,
+        })
+    }
+
+    pub fn save(&self, cp: &Checkpoint) -> Result<(), CheckpointError> {
+        let file = File {
+            version: VERSION,
+            allocations: cp
+                .allocations
+                .iter()
+                .map(|(k, a)| Entry {
+                    key: k.clone(),
+                    allocation: a.clone(),
+                })
+                .collect(),
+            cooling: cp.cooling.clone(),
+        };
+        let io = |source| CheckpointError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(&file).expect("checkpoint serializes");
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        assert_eq!(store.load().unwrap(), Checkpoint::default());
+        let mut cp = Checkpoint::default();
+        cp.allocations.insert(
+            AllocKey {
+                network_name: "aws-cni".into(),
+                container_id: "abc".into(),
+                if_name: "eth0".into(),
+            },
+            Allocation {
+                ip: "10.0.1.9".parse().unwrap(),
+                eni_id: "eni-1".into(),
+                pod_namespace: "default".into(),
+                pod_name: "web".into(),
+                allocated_unix: 7,
+            },
+        );
+        cp.cooling.insert("10.0.1.10".parse().unwrap(), 99);
+        store.save(&cp).unwrap();
+        assert_eq!(store.load().unwrap(), cp);
+        assert!(!dir.path().join("ipam.json.tmp").exists());
+        let text = std::fs::read_to_string(store.path()).unwrap();
+        assert!(
+            text.contains("\"version\": 1") && text.contains("\"container_id\": \"abc\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn corrupt_or_future_files_are_refused_with_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        std::fs::write(store.path(), b"{nope").unwrap();
+        assert!(store.load().unwrap_err().to_string().contains("ipam.json"));
+        std::fs::write(store.path(), br#"{"version": 9, "allocations": []}"#).unwrap();
+        assert!(matches!(
+            store.load(),
+            Err(CheckpointError::Version { found: 9, .. })
+        ));
+    }
+}

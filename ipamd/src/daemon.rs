@@ -1,0 +1,185 @@
+//! Wires the daemon together: IMDS bootstrap, EC2 client, checkpoint restore, pool actor, reconcile loop,
+//! gRPC on the Unix socket, metrics; then waits for SIGTERM/SIGINT.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use vpc_cni_proto::v1::{
+    introspection_server::IntrospectionServer,
+    ipam_server::{IpamServer, SERVICE_NAME as IPAM_SERVICE},
+};
+
+use crate::checkpoint::{CheckpointError, Store};
+use crate::config::Config;
+use crate::ec2::AwsEc2;
+use crate::grpc::{
+    self, PeerPolicy, ServeError,
+    introspection::IntrospectionService,
+    ipam::{IpamService, NetFacts},
+};
+use crate::imds::{AwsImds, ImdsError, NodeInfo};
+use crate::planner::Targets;
+use crate::pool::{self, PoolSettings};
+use crate::reconcile::{ReconcileSettings, Reconciler};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("node bootstrap from IMDS failed: {0}")]
+    Imds(#[from] ImdsError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("IPAMD_STATE_DIR {path}: {source}")]
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("METRICS_BIND_ADDR {addr}: {source}")]
+    Metrics {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Reads IMDS, retrying for a while: at node boot the metadata service can lag the daemon's start.
+async fn load_node(imds: &AwsImds) -> Result<NodeInfo, ImdsError> {
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 0;
+    loop {
+        match NodeInfo::load(imds).await {
+            Ok(n) => return Ok(n),
+            Err(e) if attempt < 8 => {
+                tracing::warn!("IMDS not ready ({e}); retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    let imds = AwsImds::from_env();
+    let node = Arc::new(load_node(&imds).await?);
+    tracing::info!(
+        instance = %node.instance_id, instance_type = %node.instance_type, eni = %node.primary_eni_id,
+        subnet = %node.subnet_cidr, "node bootstrapped from IMDS"
+    );
+    let ec2 = Arc::new(AwsEc2::new(&node.region, cfg.ec2_api_qps, cfg.ec2_api_burst).await);
+
+    std::fs::create_dir_all(&cfg.ipamd_state_dir).map_err(|source| DaemonError::StateDir {
+        path: cfg.ipamd_state_dir.display().to_string(),
+        source,
+    })?;
+    let store = Store::new(&cfg.ipamd_state_dir);
+    let checkpoint = store.load()?;
+    tracing::info!(allocations = checkpoint.allocations.len(), path = %store.path().display(), "checkpoint restored");
+
+    let pool = pool::spawn(
+        PoolSettings {
+            primary_eni_id: node.primary_eni_id.clone(),
+            targets: Targets {
+                warm_eni: cfg.warm_eni_target,
+                warm_ip: cfg.warm_ip_target,
+                minimum_ip: cfg.minimum_ip_target,
+            },
+            cooldown: Duration::from_secs(cfg.ip_cooldown_period),
+            reconcile_interval: Duration::from_secs(cfg.ipamd_reconcile_interval),
+        },
+        store,
+        checkpoint,
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in ["", IPAM_SERVICE] {
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    let policy = PeerPolicy {
+        allowed_uids: cfg.ipamd_allowed_uids.0.clone(),
+    };
+    let ipam = IpamService {
+        pool: pool.clone(),
+        facts: NetFacts {
+            vpc_cidrs: node.vpc_cidrs.iter().map(ToString::to_string).collect(),
+            pod_mtu: cfg.effective_pod_mtu(),
+            external_snat: cfg.aws_vpc_k8s_cni_externalsnat,
+        },
+    };
+    let introspection = IntrospectionService {
+        pool: pool.clone(),
+        node: node.clone(),
+        config: cfg.entries(),
+    };
+    let listener = grpc::bind(&cfg.ipamd_socket)?;
+    let server = Server::builder()
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            health_service,
+            policy.interceptor(),
+        ))
+        .add_service(IpamServer::with_interceptor(ipam, policy.interceptor()))
+        .add_service(IntrospectionServer::with_interceptor(
+            introspection,
+            policy.interceptor(),
+        ))
+        .serve_with_incoming(grpc::incoming(listener));
+    tracing::info!(socket = %cfg.ipamd_socket.display(), "gRPC listening");
+    let grpc_task = tokio::spawn(server);
+
+    if let Some(addr) = cfg.metrics_bind_addr.0 {
+        let (local, fut) = crate::metrics::serve(addr, pool.clone(), ec2.calls.clone())
+            .await
+            .map_err(|source| DaemonError::Metrics {
+                addr: addr.to_string(),
+                source,
+            })?;
+        tracing::info!(%local, "metrics listening");
+        tokio::spawn(fut);
+    }
+
+    let reconciler = Reconciler::new(
+        ec2.clone(),
+        Arc::new(imds),
+        node.clone(),
+        pool.clone(),
+        ReconcileSettings {
+            max_eni: cfg.max_eni,
+            cluster_name: cfg.cluster_name.clone(),
+            additional_tags: cfg.additional_eni_tags.0.clone(),
+            leaked_eni_cleanup: !cfg.disable_leaked_eni_cleanup,
+            error_backoff: Duration::from_secs(2),
+        },
+    );
+    let on_serving = move || {
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        tokio::spawn(async move {
+            for name in ["", IPAM_SERVICE] {
+                health
+                    .set_service_status(name, ServingStatus::Serving)
+                    .await;
+            }
+            tracing::info!(elapsed_ms, "SERVING: first reconcile complete");
+        });
+    };
+    tokio::spawn(reconciler.run(on_serving));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(DaemonError::Signal)?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: exiting (state is checkpointed)"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting (state is checkpointed)"),
+        r = grpc_task => match r {
+            Ok(Err(e)) => return Err(DaemonError::Serve(e.into())),
+            _ => tracing::error!("gRPC server stopped"),
+        },
+    }
+    Ok(())
+}

@@ -1,0 +1,463 @@
+//! The node's address book: attached ENIs, their secondary IPs and each IP's state, and the pod allocations
+//! keyed by (network name, container id, ifname). Pure data with no I/O; the pool actor is its only owner.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::planner::{EniView, PoolView};
+
+/// One pod attachment, as the CNI spec identifies it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AllocKey {
+    pub network_name: String,
+    pub container_id: String,
+    pub if_name: String,
+}
+
+/// What ipamd remembers about an allocation (also what the checkpoint stores).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub ip: Ipv4Addr,
+    pub eni_id: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub allocated_unix: i64,
+}
+
+/// State of one secondary IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpState {
+    Free,
+    Assigned,
+    /// Released; not handed out again before this time (unix millis).
+    Cooling {
+        until_ms: i64,
+    },
+    /// Chosen by the planner to be unassigned in EC2; never handed out.
+    Releasing,
+}
+
+/// One attached ENI as observed in EC2, plus ipamd's view of its IPs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eni {
+    pub id: String,
+    pub mac: String,
+    pub device_number: u32,
+    pub primary: bool,
+    pub subnet_id: String,
+    pub subnet_cidr: Ipv4Net,
+    pub primary_ip: Ipv4Addr,
+    /// Secondary IPs only: the primary IP is the ENI's own and never goes to a pod.
+    pub ips: BTreeMap<Ipv4Addr, IpState>,
+    /// Chosen by the planner for detach + delete; no new assignments.
+    pub deleting: bool,
+}
+
+/// An ENI as EC2 reports it (input to [`Datastore::observe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedEni {
+    pub id: String,
+    pub mac: String,
+    pub device_number: u32,
+    pub subnet_id: String,
+    pub subnet_cidr: Ipv4Net,
+    pub primary_ip: Ipv4Addr,
+    pub secondary_ips: Vec<Ipv4Addr>,
+}
+
+/// Why an assignment could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AssignError {
+    #[error(
+        "no free IP on this node: {assigned} assigned, {cooling} cooling, {enis} ENIs attached"
+    )]
+    Exhausted {
+        assigned: usize,
+        cooling: usize,
+        enis: usize,
+    },
+}
+
+/// Result of an assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assigned {
+    pub ip: Ipv4Addr,
+    pub eni_id: String,
+    pub device_number: u32,
+    /// false when the key already held this IP (an idempotent repeat).
+    pub new: bool,
+}
+
+/// Counts for status and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub enis: usize,
+    pub total: usize,
+    pub assigned: usize,
+    pub cooling: usize,
+    pub free: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Datastore {
+    pub enis: BTreeMap<String, Eni>,
+    pub allocations: BTreeMap<AllocKey, Allocation>,
+    /// Released IPs still resting (kept here too so they survive an ENI observation and a restart).
+    pub cooling: BTreeMap<Ipv4Addr, i64>,
+}
+
+impl Datastore {
+    /// Rebuilds from a checkpoint: allocations and cooling IPs. ENIs come with the first observation.
+    pub fn restore(
+        allocations: BTreeMap<AllocKey, Allocation>,
+        cooling: BTreeMap<Ipv4Addr, i64>,
+    ) -> Self {
+        Self {
+            enis: BTreeMap::new(),
+            allocations,
+            cooling,
+        }
+    }
+
+    /// Replaces the ENI set with what EC2 reports. IPs that EC2 no longer has are dropped; allocations are
+    /// kept either way (a pod whose IP vanished still needs its DEL to find what to tear down).
+    pub fn observe(&mut self, observed: Vec<ObservedEni>, primary_eni_id: &str, now_ms: i64) {
+        self.cooling.retain(|_, until| *until > now_ms);
+        let mut assigned: BTreeMap<Ipv4Addr, ()> = BTreeMap::new();
+        for a in self.allocations.values() {
+            assigned.insert(a.ip, ());
+        }
+        let mut enis = BTreeMap::new();
+        for o in observed {
+            let mut ips = BTreeMap::new();
+            for ip in o.secondary_ips {
+                let state = if assigned.contains_key(&ip) {
+                    IpState::Assigned
+                } else if let Some(until) = self.cooling.get(&ip) {
+                    IpState::Cooling { until_ms: *until }
+                } else {
+                    IpState::Free
+                };
+                ips.insert(ip, state);
+            }
+            enis.insert(
+                o.id.clone(),
+                Eni {
+                    primary: o.id == primary_eni_id,
+                    id: o.id,
+                    mac: o.mac,
+                    device_number: o.device_number,
+                    subnet_id: o.subnet_id,
+                    subnet_cidr: o.subnet_cidr,
+                    primary_ip: o.primary_ip,
+                    ips,
+                    deleting: false,
+                },
+            );
+        }
+        // An allocation whose IP moved to another ENI (or whose checkpoint predates an ENI id) follows EC2.
+        for a in self.allocations.values_mut() {
+            if let Some(eni) = enis.values().find(|e| e.ips.contains_key(&a.ip)) {
+                a.eni_id = eni.id.clone();
+            }
+        }
+        self.enis = enis;
+    }
+
+    /// Hands out an IP for `key`, or the one it already holds. Packs onto the lowest device number first so
+    /// that higher ENIs drain and can be given back.
+    pub fn assign(
+        &mut self,
+        key: &AllocKey,
+        pod_namespace: &str,
+        pod_name: &str,
+        now_ms: i64,
+    ) -> Result<Assigned, AssignError> {
+        if let Some(a) = self.allocations.get(key) {
+            let device_number = self
+                .enis
+                .get(&a.eni_id)
+                .map(|e| e.device_number)
+                .unwrap_or(0);
+            return Ok(Assigned {
+                ip: a.ip,
+                eni_id: a.eni_id.clone(),
+                device_number,
+                new: false,
+            });
+        }
+        let mut enis: Vec<&mut Eni> = self.enis.values_mut().filter(|e| !e.deleting).collect();
+        enis.sort_by_key(|e| e.device_number);
+        for eni in enis {
+            let pick = eni
+                .ips
+                .iter()
+                .find(|(_, s)| usable(**s, now_ms))
+                .map(|(ip, _)| *ip);
+            if let Some(ip) = pick {
+                eni.ips.insert(ip, IpState::Assigned);
+                self.cooling.remove(&ip);
+                self.allocations.insert(
+                    key.clone(),
+                    Allocation {
+                        ip,
+                        eni_id: eni.id.clone(),
+                        pod_namespace: pod_namespace.to_string(),
+                        pod_name: pod_name.to_string(),
+                        allocated_unix: now_ms / 1000,
+                    },
+                );
+                return Ok(Assigned {
+                    ip,
+                    eni_id: eni.id.clone(),
+                    device_number: eni.device_number,
+                    new: true,
+                });
+            }
+        }
+        let s = self.stats(now_ms);
+        Err(AssignError::Exhausted {
+            assigned: s.assigned,
+            cooling: s.cooling,
+            enis: s.enis,
+        })
+    }
+
+    /// Releases `key`'s IP into cooldown. `None` when the key holds nothing (a repeated DEL).
+    pub fn release(
+        &mut self,
+        key: &AllocKey,
+        now_ms: i64,
+        cooldown_ms: i64,
+    ) -> Option<(Allocation, u32)> {
+        let a = self.allocations.remove(key)?;
+        let until_ms = now_ms + cooldown_ms;
+        let mut device_number = 0;
+        if let Some(eni) = self.enis.get_mut(&a.eni_id) {
+            device_number = eni.device_number;
+            if let Some(state) = eni.ips.get_mut(&a.ip) {
+                *state = IpState::Cooling { until_ms };
+            }
+        }
+        if cooldown_ms > 0 {
+            self.cooling.insert(a.ip, until_ms);
+        }
+        Some((a, device_number))
+    }
+
+    /// Device number of the ENI that holds `eni_id` (0 when unknown).
+    pub fn device_number(&self, eni_id: &str) -> u32 {
+        self.enis.get(eni_id).map(|e| e.device_number).unwrap_or(0)
+    }
+
+    pub fn stats(&self, now_ms: i64) -> Stats {
+        let mut s = Stats {
+            enis: self.enis.len(),
+            ..Stats::default()
+        };
+        for state in self.enis.values().flat_map(|e| e.ips.values()) {
+            s.total += 1;
+            match *state {
+                IpState::Assigned => s.assigned += 1,
+                st if usable(st, now_ms) => s.free += 1,
+                _ => s.cooling += 1,
+            }
+        }
+        s
+    }
+
+    /// The earliest time a cooling IP becomes free, for the reconciler's requeue.
+    pub fn next_cooldown_expiry(&self, now_ms: i64) -> Option<i64> {
+        self.cooling.values().copied().filter(|t| *t > now_ms).min()
+    }
+
+    /// The planner's input: per ENI, its free IPs and what must not be touched.
+    pub fn view(&self, now_ms: i64) -> PoolView {
+        let enis = self
+            .enis
+            .values()
+            .map(|e| {
+                let mut v = EniView {
+                    id: e.id.clone(),
+                    device_number: e.device_number,
+                    primary: e.primary,
+                    free: Vec::new(),
+                    assigned: 0,
+                    cooling: 0,
+                };
+                for (ip, st) in &e.ips {
+                    match *st {
+                        IpState::Assigned => v.assigned += 1,
+                        s if usable(s, now_ms) => v.free.push(*ip),
+                        _ => v.cooling += 1,
+                    }
+                }
+                v
+            })
+            .collect();
+        PoolView { enis }
+    }
+
+    /// Marks IPs the planner will unassign so that no pod gets one meanwhile. Returns those still free.
+    pub fn reserve_for_release(
+        &mut self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+        now_ms: i64,
+    ) -> Vec<Ipv4Addr> {
+        let Some(eni) = self.enis.get_mut(eni_id) else {
+            return Vec::new();
+        };
+        ips.iter()
+            .copied()
+            .filter(|ip| match eni.ips.get_mut(ip) {
+                Some(st) if usable(*st, now_ms) => {
+                    *st = IpState::Releasing;
+                    true
+                }
+                _ => false,
+            })
+            .collect()
+    }
+
+    /// Marks an ENI for deletion when nothing is assigned or cooling on it; returns whether it was marked.
+    pub fn reserve_eni_for_delete(&mut self, eni_id: &str, now_ms: i64) -> bool {
+        let Some(eni) = self.enis.get_mut(eni_id) else {
+            return false;
+        };
+        if eni.primary || eni.ips.values().any(|s| !usable(*s, now_ms)) {
+            return false;
+        }
+        eni.deleting = true;
+        true
+    }
+}
+
+fn usable(state: IpState, now_ms: i64) -> bool {
+    match state {
+        IpState::Free => true,
+        IpState::Cooling { until_ms } => until_ms <= now_ms,
+        IpState::Assigned | IpState::Releasing => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(c: &str) -> AllocKey {
+        AllocKey {
+            network_name: "aws-cni".into(),
+            container_id: c.into(),
+            if_name: "eth0".into(),
+        }
+    }
+
+    fn eni(id: &str, dev: u32, ips: &[&str]) -> ObservedEni {
+        ObservedEni {
+            id: id.into(),
+            mac: format!("02:00:00:00:00:0{dev}"),
+            device_number: dev,
+            subnet_id: "subnet-1".into(),
+            subnet_cidr: "10.0.1.0/24".parse().unwrap(),
+            primary_ip: format!("10.0.1.{}", 100 + dev).parse().unwrap(),
+            secondary_ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
+        }
+    }
+
+    fn two_enis() -> Datastore {
+        let mut ds = Datastore::default();
+        ds.observe(
+            vec![
+                eni("eni-a", 0, &["10.0.1.10", "10.0.1.11"]),
+                eni("eni-b", 1, &["10.0.1.20"]),
+            ],
+            "eni-a",
+            0,
+        );
+        ds
+    }
+
+    #[test]
+    fn assign_is_idempotent_and_packs_the_lowest_device() {
+        let mut ds = two_enis();
+        let a = ds.assign(&key("c1"), "ns", "p1", 0).unwrap();
+        assert_eq!(
+            (a.ip.to_string().as_str(), a.device_number, a.new),
+            ("10.0.1.10", 0, true)
+        );
+        let again = ds.assign(&key("c1"), "ns", "p1", 0).unwrap();
+        assert_eq!((again.ip, again.new), (a.ip, false));
+        let b = ds.assign(&key("c2"), "ns", "p2", 0).unwrap();
+        let c = ds.assign(&key("c3"), "ns", "p3", 0).unwrap();
+        assert_eq!((b.device_number, c.device_number), (0, 1));
+        assert!(matches!(
+            ds.assign(&key("c4"), "ns", "p4", 0),
+            Err(AssignError::Exhausted { assigned: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn released_ip_rests_for_the_cooldown() {
+        let mut ds = two_enis();
+        let a = ds.assign(&key("c1"), "ns", "p1", 0).unwrap();
+        let (rel, dev) = ds.release(&key("c1"), 1_000, 30_000).unwrap();
+        assert_eq!((rel.ip, dev), (a.ip, 0));
+        assert!(
+            ds.release(&key("c1"), 1_000, 30_000).is_none(),
+            "a second DEL finds nothing"
+        );
+        // Within the cooldown the other IPs go first, then nothing.
+        let ips: Vec<_> = ["x", "y"]
+            .iter()
+            .map(|c| ds.assign(&key(c), "ns", "p", 2_000).unwrap().ip)
+            .collect();
+        assert!(!ips.contains(&a.ip));
+        assert!(ds.assign(&key("z"), "ns", "p", 2_000).is_err());
+        // After it the IP is usable again.
+        assert_eq!(ds.assign(&key("z"), "ns", "p", 31_000).unwrap().ip, a.ip);
+    }
+
+    #[test]
+    fn observation_keeps_allocations_and_drops_vanished_ips() {
+        let mut ds = two_enis();
+        let a = ds.assign(&key("c1"), "ns", "p1", 0).unwrap();
+        ds.release(&key("c1"), 0, 10_000);
+        let b = ds.assign(&key("c2"), "ns", "p2", 0).unwrap();
+        // EC2 no longer has eni-b's IP; the checkpointed cooldown and the allocation survive a re-observation.
+        ds.observe(
+            vec![eni("eni-a", 0, &["10.0.1.10", "10.0.1.11"])],
+            "eni-a",
+            5_000,
+        );
+        assert_eq!(ds.enis.len(), 1);
+        assert_eq!(
+            ds.enis["eni-a"].ips[&a.ip],
+            IpState::Cooling { until_ms: 10_000 }
+        );
+        assert_eq!(ds.enis["eni-a"].ips[&b.ip], IpState::Assigned);
+        assert!(ds.allocations.contains_key(&key("c2")));
+        let s = ds.stats(5_000);
+        assert_eq!((s.total, s.assigned, s.cooling, s.free), (2, 1, 1, 0));
+    }
+
+    #[test]
+    fn reserved_ips_and_enis_are_not_handed_out() {
+        let mut ds = two_enis();
+        let got = ds.reserve_for_release("eni-a", &["10.0.1.10".parse().unwrap()], 0);
+        assert_eq!(got.len(), 1);
+        assert!(ds.reserve_eni_for_delete("eni-b", 0));
+        assert!(
+            !ds.reserve_eni_for_delete("eni-a", 0),
+            "the primary ENI is never deleted"
+        );
+        assert_eq!(
+            ds.assign(&key("c1"), "ns", "p", 0).unwrap().ip.to_string(),
+            "10.0.1.11"
+        );
+        assert!(ds.assign(&key("c2"), "ns", "p", 0).is_err());
+    }
+}

@@ -1,0 +1,451 @@
+//! The EC2 boundary: the [`Ec2Api`] trait (one method per EC2 operation ipamd makes) and its aws-sdk-ec2
+//! implementation, rate-limited by a token bucket and counted per operation for metrics.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{
+    Filter, InstanceType, NetworkInterfaceAttachmentChanges, ResourceType, Tag, TagSpecification,
+};
+use ipnet::Ipv4Net;
+
+use crate::ratelimit::TokenBucket;
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("EC2 {op}: {code}: {message}")]
+pub struct Ec2Error {
+    pub op: &'static str,
+    pub code: String,
+    pub message: String,
+}
+
+impl Ec2Error {
+    fn new(op: &'static str, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            op,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An ENI attached to (or tagged for) this node, as EC2 reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ec2Eni {
+    pub id: String,
+    pub subnet_id: String,
+    pub primary_ip: Ipv4Addr,
+    pub secondary_ips: Vec<Ipv4Addr>,
+    pub device_index: Option<u32>,
+    pub attachment_id: Option<String>,
+    /// "in-use", "available", …
+    pub status: String,
+}
+
+/// What a new ENI is created with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEni {
+    pub subnet_id: String,
+    pub security_groups: Vec<String>,
+    pub ip_count: u32,
+    pub description: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Instance-type network limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceLimits {
+    pub max_enis: u32,
+    /// IPv4 addresses per interface, the primary included.
+    pub ipv4_per_eni: u32,
+}
+
+pub trait Ec2Api: Send + Sync + 'static {
+    /// ENIs attached to the instance.
+    fn attached_enis(
+        &self,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<Vec<Ec2Eni>, Ec2Error>> + Send;
+    /// ENIs carrying `tag_key = tag_value` that are not attached to anything.
+    fn unattached_tagged_enis(
+        &self,
+        tag_key: &str,
+        tag_value: &str,
+    ) -> impl Future<Output = Result<Vec<Ec2Eni>, Ec2Error>> + Send;
+    fn subnet_cidr(
+        &self,
+        subnet_id: &str,
+    ) -> impl Future<Output = Result<Ipv4Net, Ec2Error>> + Send;
+    fn instance_limits(
+        &self,
+        instance_type: &str,
+    ) -> impl Future<Output = Result<InstanceLimits, Ec2Error>> + Send;
+    fn create_eni(&self, eni: &NewEni) -> impl Future<Output = Result<Ec2Eni, Ec2Error>> + Send;
+    /// Attaches and returns the attachment id.
+    fn attach_eni(
+        &self,
+        eni_id: &str,
+        instance_id: &str,
+        device_index: u32,
+    ) -> impl Future<Output = Result<String, Ec2Error>> + Send;
+    fn set_delete_on_termination(
+        &self,
+        eni_id: &str,
+        attachment_id: &str,
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    fn assign_ips(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> impl Future<Output = Result<Vec<Ipv4Addr>, Ec2Error>> + Send;
+    fn unassign_ips(
+        &self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    fn detach_eni(&self, attachment_id: &str) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    fn delete_eni(&self, eni_id: &str) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+}
+
+/// Per-operation EC2 request counters (shared with the metrics endpoint).
+#[derive(Debug, Default)]
+pub struct CallCounts(std::sync::Mutex<BTreeMap<&'static str, u64>>, AtomicU64);
+
+impl CallCounts {
+    fn inc(&self, op: &'static str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(op)
+            .or_default() += 1;
+    }
+    fn throttled(&self, waited: Duration) {
+        self.1
+            .fetch_add(waited.as_millis() as u64, Ordering::Relaxed);
+    }
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    pub fn throttled_ms(&self) -> u64 {
+        self.1.load(Ordering::Relaxed)
+    }
+}
+
+/// aws-sdk-ec2 client behind the token bucket.
+pub struct AwsEc2 {
+    client: aws_sdk_ec2::Client,
+    bucket: TokenBucket,
+    pub calls: Arc<CallCounts>,
+}
+
+impl AwsEc2 {
+    /// Loads the standard AWS configuration (AWS_ENDPOINT_URL_EC2, credentials chain) for `region`.
+    pub async fn new(region: &str, qps: f64, burst: u32) -> Self {
+        let conf = aws_config::from_env()
+            .region(aws_config::Region::new(region.to_string()))
+            .load()
+            .await;
+        Self {
+            client: aws_sdk_ec2::Client::new(&conf),
+            bucket: TokenBucket::new(qps, burst),
+            calls: Arc::default(),
+        }
+    }
+
+    async fn gate(&self, op: &'static str) {
+        let waited = self.bucket.acquire().await;
+        self.calls.inc(op);
+        if !waited.is_zero() {
+            self.calls.throttled(waited);
+            tracing::debug!(
+                op,
+                waited_ms = waited.as_millis() as u64,
+                "EC2 call delayed by EC2_API_QPS"
+            );
+        }
+    }
+}
+
+fn sdk_err<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    op: &'static str,
+) -> impl FnOnce(aws_sdk_ec2::error::SdkError<E>) -> Ec2Error {
+    move |e| {
+        let code = e.code().unwrap_or("Unknown").to_string();
+        let message = e
+            .message()
+            .map(String::from)
+            .unwrap_or_else(|| aws_sdk_ec2::error::DisplayErrorContext(&e).to_string());
+        Ec2Error::new(op, code, message)
+    }
+}
+
+fn parse_ip(op: &'static str, s: Option<&str>) -> Result<Ipv4Addr, Ec2Error> {
+    s.unwrap_or_default()
+        .parse()
+        .map_err(|_| Ec2Error::new(op, "BadResponse", format!("not an IPv4 address: {s:?}")))
+}
+
+fn convert(
+    op: &'static str,
+    ni: &aws_sdk_ec2::types::NetworkInterface,
+) -> Result<Ec2Eni, Ec2Error> {
+    let primary_ip = parse_ip(op, ni.private_ip_address())?;
+    let mut secondary_ips = Vec::new();
+    for p in ni.private_ip_addresses() {
+        if p.primary() != Some(true) {
+            secondary_ips.push(parse_ip(op, p.private_ip_address())?);
+        }
+    }
+    secondary_ips.sort();
+    let att = ni.attachment();
+    Ok(Ec2Eni {
+        id: ni.network_interface_id().unwrap_or_default().to_string(),
+        subnet_id: ni.subnet_id().unwrap_or_default().to_string(),
+        primary_ip,
+        secondary_ips,
+        device_index: att.and_then(|a| a.device_index()).map(|d| d as u32),
+        attachment_id: att.and_then(|a| a.attachment_id()).map(String::from),
+        status: ni
+            .status()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+    })
+}
+
+impl Ec2Api for AwsEc2 {
+    async fn attached_enis(&self, instance_id: &str) -> Result<Vec<Ec2Eni>, Ec2Error> {
+        const OP: &str = "DescribeNetworkInterfaces";
+        self.gate(OP).await;
+        let filter = Filter::builder()
+            .name("attachment.instance-id")
+            .values(instance_id)
+            .build();
+        let out = self
+            .client
+            .describe_network_interfaces()
+            .filters(filter)
+            .send()
+            .await
+            .map_err(sdk_err(OP))?;
+        out.network_interfaces()
+            .iter()
+            .map(|n| convert(OP, n))
+            .collect()
+    }
+
+    async fn unattached_tagged_enis(
+        &self,
+        tag_key: &str,
+        tag_value: &str,
+    ) -> Result<Vec<Ec2Eni>, Ec2Error> {
+        const OP: &str = "DescribeNetworkInterfaces";
+        self.gate(OP).await;
+        let out = self
+            .client
+            .describe_network_interfaces()
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{tag_key}"))
+                    .values(tag_value)
+                    .build(),
+            )
+            .filters(Filter::builder().name("status").values("available").build())
+            .send()
+            .await
+            .map_err(sdk_err(OP))?;
+        let enis: Vec<Ec2Eni> = out
+            .network_interfaces()
+            .iter()
+            .map(|n| convert(OP, n))
+            .collect::<Result<_, _>>()?;
+        Ok(enis
+            .into_iter()
+            .filter(|e| e.status == "available")
+            .collect())
+    }
+
+    async fn subnet_cidr(&self, subnet_id: &str) -> Result<Ipv4Net, Ec2Error> {
+        const OP: &str = "DescribeSubnets";
+        self.gate(OP).await;
+        let out = self
+            .client
+            .describe_subnets()
+            .subnet_ids(subnet_id)
+            .send()
+            .await
+            .map_err(sdk_err(OP))?;
+        let cidr = out
+            .subnets()
+            .first()
+            .and_then(|s| s.cidr_block())
+            .unwrap_or_default();
+        cidr.parse().map_err(|_| {
+            Ec2Error::new(
+                OP,
+                "BadResponse",
+                format!("subnet {subnet_id} CIDR {cidr:?}"),
+            )
+        })
+    }
+
+    async fn instance_limits(&self, instance_type: &str) -> Result<InstanceLimits, Ec2Error> {
+        const OP: &str = "DescribeInstanceTypes";
+        self.gate(OP).await;
+        let out = self
+            .client
+            .describe_instance_types()
+            .instance_types(InstanceType::from(instance_type))
+            .send()
+            .await
+            .map_err(sdk_err(OP))?;
+        let net = out.instance_types().first().and_then(|t| t.network_info());
+        match net.map(|n| {
+            (
+                n.maximum_network_interfaces(),
+                n.ipv4_addresses_per_interface(),
+            )
+        }) {
+            Some((Some(e), Some(i))) if e > 0 && i > 1 => Ok(InstanceLimits {
+                max_enis: e as u32,
+                ipv4_per_eni: i as u32,
+            }),
+            _ => Err(Ec2Error::new(
+                OP,
+                "BadResponse",
+                format!("no network limits for instance type {instance_type}"),
+            )),
+        }
+    }
+
+    async fn create_eni(&self, eni: &NewEni) -> Result<Ec2Eni, Ec2Error> {
+        const OP: &str = "CreateNetworkInterface";
+        self.gate(OP).await;
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::NetworkInterface)
+            .set_tags(Some(
+                eni.tags
+                    .iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
+            .build();
+        let mut req = self
+            .client
+            .create_network_interface()
+            .subnet_id(&eni.subnet_id)
+            .set_groups(Some(eni.security_groups.clone()))
+            .description(&eni.description)
+            .tag_specifications(tags);
+        if eni.ip_count > 0 {
+            req = req.secondary_private_ip_address_count(eni.ip_count as i32);
+        }
+        let out = req.send().await.map_err(sdk_err(OP))?;
+        let ni = out
+            .network_interface()
+            .ok_or_else(|| Ec2Error::new(OP, "BadResponse", "no NetworkInterface"))?;
+        convert(OP, ni)
+    }
+
+    async fn attach_eni(
+        &self,
+        eni_id: &str,
+        instance_id: &str,
+        device_index: u32,
+    ) -> Result<String, Ec2Error> {
+        const OP: &str = "AttachNetworkInterface";
+        self.gate(OP).await;
+        let out = self
+            .client
+            .attach_network_interface()
+            .network_interface_id(eni_id)
+            .instance_id(instance_id)
+            .device_index(device_index as i32)
+            .send()
+            .await
+            .map_err(sdk_err(OP))?;
+        out.attachment_id()
+            .map(String::from)
+            .ok_or_else(|| Ec2Error::new(OP, "BadResponse", "no AttachmentId"))
+    }
+
+    async fn set_delete_on_termination(
+        &self,
+        eni_id: &str,
+        attachment_id: &str,
+    ) -> Result<(), Ec2Error> {
+        const OP: &str = "ModifyNetworkInterfaceAttribute";
+        self.gate(OP).await;
+        let change = NetworkInterfaceAttachmentChanges::builder()
+            .attachment_id(attachment_id)
+            .delete_on_termination(true)
+            .build();
+        self.client
+            .modify_network_interface_attribute()
+            .network_interface_id(eni_id)
+            .attachment(change)
+            .send()
+            .await
+            .map_err(sdk_err(OP))?;
+        Ok(())
+    }
+
+    async fn assign_ips(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, Ec2Error> {
+        const OP: &str = "AssignPrivateIpAddresses";
+        self.gate(OP).await;
+        let out = self
+            .client
+            .assign_private_ip_addresses()
+            .network_interface_id(eni_id)
+            .secondary_private_ip_address_count(count as i32)
+            .send()
+            .await
+            .map_err(sdk_err(OP))?;
+        out.assigned_private_ip_addresses()
+            .iter()
+            .map(|a| parse_ip(OP, a.private_ip_address()))
+            .collect()
+    }
+
+    async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), Ec2Error> {
+        const OP: &str = "UnassignPrivateIpAddresses";
+        self.gate(OP).await;
+        self.client
+            .unassign_private_ip_addresses()
+            .network_interface_id(eni_id)
+            .set_private_ip_addresses(Some(ips.iter().map(Ipv4Addr::to_string).collect()))
+            .send()
+            .await
+            .map_err(sdk_err(OP))?;
+        Ok(())
+    }
+
+    async fn detach_eni(&self, attachment_id: &str) -> Result<(), Ec2Error> {
+        const OP: &str = "DetachNetworkInterface";
+        self.gate(OP).await;
+        self.client
+            .detach_network_interface()
+            .attachment_id(attachment_id)
+            .send()
+            .await
+            .map_err(sdk_err(OP))?;
+        Ok(())
+    }
+
+    async fn delete_eni(&self, eni_id: &str) -> Result<(), Ec2Error> {
+        const OP: &str = "DeleteNetworkInterface";
+        self.gate(OP).await;
+        self.client
+            .delete_network_interface()
+            .network_interface_id(eni_id)
+            .send()
+            .await
+            .map_err(sdk_err(OP))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! `vpccni.v1.Introspection`: read-only views of the pool for `vpcctl`, built from one actor snapshot each.
+
+use std::pin::Pin;
+
+use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
+use tonic::{Request, Response, Status};
+use vpc_cni_proto::v1 as pb;
+
+use crate::datastore::IpState;
+use crate::imds::NodeInfo;
+use crate::pool::{PoolHandle, now_ms};
+
+use super::ipam::{pb_key, status};
+
+pub struct IntrospectionService {
+    pub pool: PoolHandle,
+    pub node: std::sync::Arc<NodeInfo>,
+    pub config: Vec<(&'static str, String)>,
+}
+
+#[tonic::async_trait]
+impl pb::introspection_server::Introspection for IntrospectionService {
+    async fn get_status(
+        &self,
+        _r: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusReply>, Status> {
+        let s = self.pool.snapshot().await.map_err(status)?;
+        let l = s.limits;
+        Ok(Response::new(pb::GetStatusReply {
+            instance_id: self.node.instance_id.clone(),
+            instance_type: self.node.instance_type.clone(),
+            max_enis: l.map_or(0, |l| l.max_enis),
+            ips_per_eni: l.map_or(0, |l| l.ips_per_eni),
+            max_pods: l.map_or(0, |l| l.max_pods()),
+            enis: s.stats.enis as u32,
+            total_ips: s.stats.total as u32,
+            assigned_ips: s.stats.assigned as u32,
+            cooling_ips: s.stats.cooling as u32,
+            free_ips: s.stats.free as u32,
+            serving: s.serving,
+            last_reconcile_unix: s.last_reconcile_unix,
+            last_error: s.last_error,
+        }))
+    }
+
+    async fn list_enis(
+        &self,
+        _r: Request<pb::ListEnisRequest>,
+    ) -> Result<Response<pb::ListEnisReply>, Status> {
+        let s = self.pool.snapshot().await.map_err(status)?;
+        let now = now_ms();
+        let by_ip: std::collections::BTreeMap<_, _> =
+            s.ds.allocations
+                .iter()
+                .map(|(k, a)| (a.ip, (k, a)))
+                .collect();
+        let mut enis: Vec<pb::Eni> =
+            s.ds.enis
+                .values()
+                .map(|e| pb::Eni {
+                    eni_id: e.id.clone(),
+                    mac: e.mac.clone(),
+                    device_number: e.device_number,
+                    primary: e.primary,
+                    subnet_id: e.subnet_id.clone(),
+                    subnet_cidr: e.subnet_cidr.to_string(),
+                    primary_ip: e.primary_ip.to_string(),
+                    ips: e
+                        .ips
+                        .iter()
+                        .map(|(ip, st)| {
+                            let mut out = pb::IpAddress {
+                                address: ip.to_string(),
+                                ..Default::default()
+                            };
+                            match *st {
+                                IpState::Assigned => {
+                                    out.state = "assigned".into();
+                                    if let Some((k, a)) = by_ip.get(ip) {
+                                        out.key = Some(pb_key(k));
+                                        out.k8s_pod_namespace = a.pod_namespace.clone();
+                                        out.k8s_pod_name = a.pod_name.clone();
+                                    }
+                                }
+                                IpState::Cooling { until_ms } if until_ms > now => {
+                                    out.state = "cooling".into();
+                                    out.cooldown_until_unix = until_ms / 1000;
+                                }
+                                IpState::Releasing => out.state = "releasing".into(),
+                                _ => out.state = "free".into(),
+                            }
+                            out
+                        })
+                        .collect(),
+                })
+                .collect();
+        enis.sort_by_key(|e| e.device_number);
+        Ok(Response::new(pb::ListEnisReply { enis }))
+    }
+
+    async fn list_allocations(
+        &self,
+        _r: Request<pb::ListAllocationsRequest>,
+    ) -> Result<Response<pb::ListAllocationsReply>, Status> {
+        let s = self.pool.snapshot().await.map_err(status)?;
+        let allocations =
+            s.ds.allocations
+                .iter()
+                .map(|(k, a)| pb::Allocation {
+                    key: Some(pb_key(k)),
+                    ipv4_addr: a.ip.to_string(),
+                    eni_id: a.eni_id.clone(),
+                    k8s_pod_namespace: a.pod_namespace.clone(),
+                    k8s_pod_name: a.pod_name.clone(),
+                    allocated_unix: a.allocated_unix,
+                })
+                .collect();
+        Ok(Response::new(pb::ListAllocationsReply { allocations }))
+    }
+
+    async fn get_config(
+        &self,
+        _r: Request<pb::GetConfigRequest>,
+    ) -> Result<Response<pb::GetConfigReply>, Status> {
+        let entries = self
+            .config
+            .iter()
+            .map(|(n, v)| pb::ConfigEntry {
+                name: (*n).to_string(),
+                value: v.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::GetConfigReply { entries }))
+    }
+
+    type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+    async fn watch_events(
+        &self,
+        _r: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let stream = BroadcastStream::new(self.pool.events.subscribe()).map(|ev| match ev {
+            Ok(e) => Ok(pb::Event {
+                unix_millis: e.unix_millis,
+                kind: e.kind.to_string(),
+                message: e.message,
+            }),
+            Err(lagged) => Ok(pb::Event {
+                unix_millis: now_ms(),
+                kind: "lagged".into(),
+                message: lagged.to_string(),
+            }),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,159 @@
+//! The gRPC surface on a Unix socket: socket file 0600 in a 0700 directory, every request checked against the
+//! peer's uid (SO_PEERCRED), the Ipam, Introspection and grpc.health.v1 services. No TCP listener.
+
+pub mod introspection;
+pub mod ipam;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("IPAMD_SOCKET {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Who may call: root always, plus IPAMD_ALLOWED_UIDS.
+#[derive(Debug, Clone)]
+pub struct PeerPolicy {
+    pub allowed_uids: Vec<u32>,
+}
+
+impl PeerPolicy {
+    /// The peer-credential check applied to every request.
+    pub fn check(&self, info: Option<&UdsConnectInfo>) -> Result<(), Status> {
+        self.check_uid(info.and_then(|i| i.peer_cred).map(|c| c.uid()))
+    }
+
+    /// The decision on a peer uid (`None`: the kernel gave no credentials).
+    pub fn check_uid(&self, uid: Option<u32>) -> Result<(), Status> {
+        match uid {
+            Some(0) => Ok(()),
+            Some(u) if self.allowed_uids.contains(&u) => Ok(()),
+            Some(u) => Err(Status::permission_denied(format!(
+                "peer uid {u} may not use ipamd (allowed: 0{})",
+                self.allowed_uids
+                    .iter()
+                    .map(|u| format!(",{u}"))
+                    .collect::<String>()
+            ))),
+            None => Err(Status::permission_denied("peer credentials unavailable")),
+        }
+    }
+
+    pub fn interceptor(
+        &self,
+    ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
+        let policy = self.clone();
+        move |req: Request<()>| {
+            policy.check(req.extensions().get::<UdsConnectInfo>())?;
+            Ok(req)
+        }
+    }
+}
+
+/// Binds the socket: parent directory 0700, stale socket removed, socket file 0600.
+pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+    let err = |source| ServeError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+pub fn incoming(listener: UnixListener) -> UnixListenerStream {
+    UnixListenerStream::new(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::transport::server::Connected;
+
+    /// The real SO_PEERCRED of a socket pair (our own uid) through the same check every request passes.
+    #[tokio::test]
+    async fn peer_uid_must_be_root_or_allowed() {
+        let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+        let info = a.connect_info();
+        let me = info.peer_cred.unwrap().uid();
+        let policy = PeerPolicy {
+            allowed_uids: vec![],
+        };
+        assert_eq!(policy.check(Some(&info)).is_ok(), me == 0);
+        // A policy that admits only some other uid refuses us, unless we are root.
+        let other = PeerPolicy {
+            allowed_uids: vec![me + 1],
+        };
+        if me != 0 {
+            let err = other.check(Some(&info)).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        }
+        assert!(
+            PeerPolicy {
+                allowed_uids: vec![me]
+            }
+            .check(Some(&info))
+            .is_ok()
+        );
+        assert_eq!(
+            policy.check(None).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+    }
+
+    #[test]
+    fn non_root_uid_is_refused_with_a_message() {
+        let policy = PeerPolicy {
+            allowed_uids: vec![1000],
+        };
+        assert!(policy.check_uid(Some(0)).is_ok());
+        assert!(policy.check_uid(Some(1000)).is_ok());
+        let err = policy.check_uid(Some(65534)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(err.message().contains("65534"), "{}", err.message());
+        let fake = UdsConnectInfo {
+            peer_addr: None,
+            peer_cred: None,
+        };
+        assert!(
+            policy
+                .check(Some(&fake))
+                .unwrap_err()
+                .message()
+                .contains("credentials")
+        );
+    }
+
+    #[tokio::test]
+    async fn socket_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/ipamd.sock");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"stale").unwrap();
+        let _l = bind(&path).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+    }
+}

@@ -1,0 +1,33 @@
+//! ipamd: keeps a warm pool of ENIs and secondary IPs from EC2 and hands them to the CNI plugin over gRPC on a
+//! local Unix socket.
+//!
+//! Layout: [`config`] (env/flags) → [`imds`] (node bootstrap) and [`ec2`] (the EC2 boundary) feed the
+//! [`reconcile`] loop, which observes, asks the [`pool`] actor for a [`planner`] decision and applies it;
+//! the actor owns the [`datastore`] and persists it through [`checkpoint`]; [`grpc`] and [`metrics`] are thin
+//! adapters over the actor; [`daemon`] wires it all.
+
+pub mod checkpoint;
+pub mod config;
+pub mod daemon;
+pub mod datastore;
+pub mod ec2;
+pub mod grpc;
+pub mod imds;
+pub mod metrics;
+pub mod planner;
+pub mod pool;
+pub mod ratelimit;
+pub mod reconcile;
+
+/// Sets up tracing to stderr in the configured format.
+pub fn init_logging(format: config::LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,199 @@
+//! The warm-pool decision: `plan(view, targets, limits) -> actions`. Pure, no I/O, so every rule of
+//! WARM_ENI_TARGET / WARM_IP_TARGET / MINIMUM_IP_TARGET is unit- and property-tested here.
+//!
+//! Semantics, as aws-vpc-cni users know them:
+//! - ENI mode (neither WARM_IP_TARGET nor MINIMUM_IP_TARGET set): every ENI is filled to capacity; a new ENI is
+//!   attached while fewer than `WARM_ENI_TARGET × IPs-per-ENI` IPs are free; a non-primary ENI with nothing
+//!   assigned or cooling is deleted when the free IPs left without it still meet that target.
+//! - IP mode: total IPs wanted = max(assigned + WARM_IP_TARGET, MINIMUM_IP_TARGET). Growth fills existing ENIs
+//!   first, then attaches new ones; surplus free IPs are given back, whole idle ENIs first (highest device
+//!   number first), then single IPs from the highest ENIs so that low ENIs stay packed.
+//! - Never: more ENIs than `max_enis`, more IPs on an ENI than it holds, an assigned or cooling IP given back,
+//!   the primary ENI deleted.
+
+use std::net::Ipv4Addr;
+
+/// One ENI as the planner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EniView {
+    pub id: String,
+    pub device_number: u32,
+    pub primary: bool,
+    /// Secondary IPs usable right now.
+    pub free: Vec<Ipv4Addr>,
+    pub assigned: u32,
+    /// Released IPs still in cooldown (or already chosen for release).
+    pub cooling: u32,
+}
+
+impl EniView {
+    pub fn total(&self) -> u32 {
+        self.free.len() as u32 + self.assigned + self.cooling
+    }
+    fn idle(&self) -> bool {
+        self.assigned == 0 && self.cooling == 0
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolView {
+    pub enis: Vec<EniView>,
+}
+
+impl PoolView {
+    pub fn free(&self) -> u32 {
+        self.enis.iter().map(|e| e.free.len() as u32).sum()
+    }
+    pub fn total(&self) -> u32 {
+        self.enis.iter().map(EniView::total).sum()
+    }
+    pub fn assigned(&self) -> u32 {
+        self.enis.iter().map(|e| e.assigned).sum()
+    }
+}
+
+/// The warm-pool settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Targets {
+    pub warm_eni: u32,
+    pub warm_ip: Option<u32>,
+    pub minimum_ip: Option<u32>,
+}
+
+/// What the instance allows (after MAX_ENI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_enis: u32,
+    /// Secondary IPs one ENI can hold (the instance type's IPv4 addresses per interface, minus the primary).
+    pub ips_per_eni: u32,
+}
+
+impl Limits {
+    /// aws-vpc-cni's max-pods formula: ENIs × (IPs per ENI − 1) + 2 (host-network pods).
+    pub fn max_pods(&self) -> u32 {
+        self.max_enis * self.ips_per_eni + 2
+    }
+}
+
+/// One change to make in EC2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    CreateEni { ip_count: u32 },
+    AssignIps { eni_id: String, count: u32 },
+    UnassignIps { eni_id: String, ips: Vec<Ipv4Addr> },
+    DeleteEni { eni_id: String },
+}
+
+pub fn plan(view: &PoolView, targets: Targets, limits: Limits) -> Vec<Action> {
+    if targets.warm_ip.is_some() || targets.minimum_ip.is_some() {
+        plan_ip_mode(view, targets, limits)
+    } else {
+        plan_eni_mode(view, targets.warm_eni, limits)
+    }
+}
+
+fn plan_eni_mode(view: &PoolView, warm_eni: u32, limits: Limits) -> Vec<Action> {
+    let cap = limits.ips_per_eni;
+    let want_free = warm_eni.saturating_mul(cap);
+    let mut actions = Vec::new();
+    let mut free = view.free();
+    let mut enis = view.enis.len() as u32;
+    for e in by_device(view) {
+        if e.total() < cap {
+            let count = cap - e.total();
+            actions.push(Action::AssignIps {
+                eni_id: e.id.clone(),
+                count,
+            });
+            free += count;
+        }
+    }
+    while free < want_free && enis < limits.max_enis && cap > 0 {
+        actions.push(Action::CreateEni { ip_count: cap });
+        free += cap;
+        enis += 1;
+    }
+    if actions.is_empty() {
+        // Shrink only when nothing grows; highest device first.
+        for e in by_device(view).into_iter().rev() {
+            if !e.primary && e.idle() && free - e.free.len() as u32 >= want_free {
+                free -= e.free.len() as u32;
+                actions.push(Action::DeleteEni {
+                    eni_id: e.id.clone(),
+                });
+            }
+        }
+    }
+    actions
+}
+
+fn plan_ip_mode(view: &PoolView, targets: Targets, limits: Limits) -> Vec<Action> {
+    let warm = targets.warm_ip.unwrap_or(0);
+    let minimum = targets.minimum_ip.unwrap_or(0);
+    let (free, total) = (view.free(), view.total());
+    let short = warm.saturating_sub(free).max(minimum.saturating_sub(total));
+    let over = free.saturating_sub(warm).min(total.saturating_sub(minimum));
+    let mut actions = Vec::new();
+    let cap = limits.ips_per_eni;
+    if short > 0 {
+        let mut need = short;
+        for e in by_device(view) {
+            let room = cap.saturating_sub(e.total());
+            if room > 0 && need > 0 {
+                let count = room.min(need);
+                actions.push(Action::AssignIps {
+                    eni_id: e.id.clone(),
+                    count,
+                });
+                need -= count;
+            }
+        }
+        let mut enis = view.enis.len() as u32;
+        while need > 0 && enis < limits.max_enis && cap > 0 {
+            let ip_count = need.min(cap);
+            actions.push(Action::CreateEni { ip_count });
+            need -= ip_count;
+            enis += 1;
+        }
+        return actions;
+    }
+    let mut over = over;
+    let mut deleted = Vec::new();
+    for e in by_device(view).into_iter().rev() {
+        // An idle non-primary ENI goes whole when its IPs are all surplus (an empty one always goes).
+        if !e.primary && e.idle() && e.free.len() as u32 <= over {
+            over -= e.free.len() as u32;
+            deleted.push(e.id.as_str());
+            actions.push(Action::DeleteEni {
+                eni_id: e.id.clone(),
+            });
+        }
+    }
+    for e in by_device(view).into_iter().rev() {
+        if over == 0 {
+            break;
+        }
+        if deleted.contains(&e.id.as_str()) || e.free.is_empty() {
+            continue;
+        }
+        let n = (e.free.len() as u32).min(over) as usize;
+        // Give back the highest addresses; keeps the low ones stable for the pods to come.
+        let ips: Vec<Ipv4Addr> = e.free[e.free.len() - n..].to_vec();
+        over -= n as u32;
+        actions.push(Action::UnassignIps {
+            eni_id: e.id.clone(),
+            ips,
+        });
+    }
+    actions
+}
+
+fn by_device(view: &PoolView) -> Vec<&EniView> {
+    let mut v: Vec<&EniView> = view.enis.iter().collect();
+    v.sort_by_key(|e| e.device_number);
+    v
+}
+
+#[cfg(test)]
+#[path = "planner_tests.rs"]
+mod tests;

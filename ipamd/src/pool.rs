@@ -1,0 +1,436 @@
+//! The pool actor: the one owner of the datastore, driven by [`Command`]s over a channel. gRPC handlers and
+//! the reconciler talk to it through [`PoolHandle`]; nothing else mutates pool state. Every change that a pod
+//! depends on is checkpointed before the reply goes out, so a crash loses nothing that was promised.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+
+use crate::checkpoint::{Checkpoint, Store};
+use crate::datastore::{AllocKey, Allocation, AssignError, Datastore, ObservedEni, Stats};
+use crate::planner::{self, Action, Limits, Targets};
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One line of the event stream (`vpcctl events`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub unix_millis: i64,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    #[error("ipamd is starting: the first reconcile with EC2 has not completed yet")]
+    NotReady,
+    #[error("{0}; more IPs are being requested from EC2, retry shortly")]
+    Exhausted(AssignError),
+    #[error("{0}; the node is at its limit of {1} ENIs")]
+    AtLimit(AssignError, u32),
+    #[error("could not persist the allocation: {0}")]
+    Checkpoint(String),
+    #[error("the pool actor has stopped")]
+    Stopped,
+}
+
+/// Reply to an Add.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddOutcome {
+    pub ip: Ipv4Addr,
+    pub eni_id: String,
+    pub device_number: u32,
+}
+
+/// Reply to a Del; `None` when nothing was held.
+pub type DelOutcome = Option<(Allocation, u32)>;
+
+/// A consistent copy of the pool for introspection and metrics.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub ds: Datastore,
+    pub stats: Stats,
+    pub limits: Option<Limits>,
+    pub serving: bool,
+    pub last_reconcile_unix: i64,
+    pub last_error: String,
+}
+
+pub enum Command {
+    Add {
+        key: AllocKey,
+        pod_namespace: String,
+        pod_name: String,
+        reply: oneshot::Sender<Result<AddOutcome, PoolError>>,
+    },
+    Del {
+        key: AllocKey,
+        reply: oneshot::Sender<Result<DelOutcome, PoolError>>,
+    },
+    Check {
+        key: AllocKey,
+        reply: oneshot::Sender<Option<(Allocation, u32)>>,
+    },
+    Gc {
+        network_name: String,
+        valid: Vec<AllocKey>,
+        reply: oneshot::Sender<Result<Vec<AllocKey>, PoolError>>,
+    },
+    Observe {
+        enis: Vec<ObservedEni>,
+        limits: Limits,
+        reply: oneshot::Sender<()>,
+    },
+    /// Plans the next actions and reserves what they will remove.
+    Plan {
+        reply: oneshot::Sender<(Vec<Action>, Duration)>,
+    },
+    Reconciled {
+        error: Option<String>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Snapshot>,
+    },
+}
+
+/// Static settings of the actor.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub primary_eni_id: String,
+    pub targets: Targets,
+    pub cooldown: Duration,
+    pub reconcile_interval: Duration,
+}
+
+struct Actor {
+    ds: Datastore,
+    settings: PoolSettings,
+    limits: Option<Limits>,
+    store: Store,
+    events: broadcast::Sender<Event>,
+    kick: Arc<Notify>,
+    serving: bool,
+    last_reconcile_unix: i64,
+    last_error: String,
+}
+
+/// Cheap, cloneable access to the actor.
+#[derive(Clone)]
+pub struct PoolHandle {
+    tx: mpsc::Sender<Command>,
+    pub events: broadcast::Sender<Event>,
+    pub kick: Arc<Notify>,
+}
+
+/// Starts the actor with the state restored from `checkpoint`.
+pub fn spawn(settings: PoolSettings, store: Store, checkpoint: Checkpoint) -> PoolHandle {
+    let (tx, rx) = mpsc::channel(256);
+    let (events, _) = broadcast::channel(1024);
+    let kick = Arc::new(Notify::new());
+    let actor = Actor {
+        ds: Datastore::restore(checkpoint.allocations, checkpoint.cooling),
+        settings,
+        limits: None,
+        store,
+        events: events.clone(),
+        kick: kick.clone(),
+        serving: false,
+        last_reconcile_unix: 0,
+        last_error: String::new(),
+    };
+    tokio::spawn(actor.run(rx));
+    PoolHandle { tx, events, kick }
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(cmd) = rx.recv().await {
+            self.handle(cmd);
+        }
+    }
+
+    fn emit(&self, kind: &'static str, message: String) {
+        send_event(&self.events, kind, message);
+    }
+
+    fn checkpoint(&self) -> Result<(), PoolError> {
+        let cp = Checkpoint {
+            allocations: self.ds.allocations.clone(),
+            cooling: self.ds.cooling.clone(),
+        };
+        self.store
+            .save(&cp)
+            .map_err(|e| PoolError::Checkpoint(e.to_string()))
+    }
+
+    fn cooldown_ms(&self) -> i64 {
+        self.settings.cooldown.as_millis() as i64
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Add {
+                key,
+                pod_namespace,
+                pod_name,
+                reply,
+            } => {
+                let _ = reply.send(self.add(&key, &pod_namespace, &pod_name));
+            }
+            Command::Del { key, reply } => {
+                let _ = reply.send(self.del(&key));
+            }
+            Command::Check { key, reply } => {
+                let found = self
+                    .ds
+                    .allocations
+                    .get(&key)
+                    .map(|a| (a.clone(), self.ds.device_number(&a.eni_id)));
+                let _ = reply.send(found);
+            }
+            Command::Gc {
+                network_name,
+                valid,
+                reply,
+            } => {
+                let stale: Vec<AllocKey> = self
+                    .ds
+                    .allocations
+                    .keys()
+                    .filter(|k| k.network_name == network_name && !valid.contains(k))
+                    .cloned()
+                    .collect();
+                let mut released = Vec::new();
+                for k in stale {
+                    match self.del(&k) {
+                        Ok(_) => released.push(k),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                let _ = reply.send(Ok(released));
+            }
+            Command::Observe {
+                enis,
+                limits,
+                reply,
+            } => {
+                let now = now_ms();
+                let before = self.ds.cooling.len();
+                self.ds.observe(enis, &self.settings.primary_eni_id, now);
+                self.limits = Some(limits);
+                if self.ds.cooling.len() != before {
+                    if let Err(e) = self.checkpoint() {
+                        tracing::warn!("{e}");
+                    }
+                }
+                let _ = reply.send(());
+            }
+            Command::Plan { reply } => {
+                let _ = reply.send(self.plan());
+            }
+            Command::Reconciled { error } => match error {
+                None => {
+                    self.serving = true;
+                    self.last_reconcile_unix = now_ms() / 1000;
+                    self.last_error.clear();
+                }
+                Some(e) => {
+                    self.emit("reconcile-error", e.clone());
+                    self.last_error = e;
+                }
+            },
+            Command::Snapshot { reply } => {
+                let _ = reply.send(Snapshot {
+                    stats: self.ds.stats(now_ms()),
+                    ds: self.ds.clone(),
+                    limits: self.limits,
+                    serving: self.serving,
+                    last_reconcile_unix: self.last_reconcile_unix,
+                    last_error: self.last_error.clone(),
+                });
+            }
+        }
+    }
+
+    fn add(&mut self, key: &AllocKey, ns: &str, name: &str) -> Result<AddOutcome, PoolError> {
+        if !self.serving && self.ds.enis.is_empty() {
+            return Err(PoolError::NotReady);
+        }
+        let now = now_ms();
+        match self.ds.assign(key, ns, name, now) {
+            Ok(a) => {
+                if a.new {
+                    if let Err(e) = self.checkpoint() {
+                        // Not durable means not promised: undo, so a restart cannot hand the IP out twice.
+                        self.ds.release(key, now, 0);
+                        return Err(e);
+                    }
+                    self.emit(
+                        "ip-assigned",
+                        format!("{} to {ns}/{name} ({})", a.ip, key.container_id),
+                    );
+                    // The pool just shrank: let the reconciler top it up now rather than at its next tick.
+                    self.kick.notify_one();
+                }
+                Ok(AddOutcome {
+                    ip: a.ip,
+                    eni_id: a.eni_id,
+                    device_number: a.device_number,
+                })
+            }
+            Err(e) => {
+                self.kick.notify_one();
+                let enis = &self.ds.enis;
+                let at_limit = self.limits.filter(|l| {
+                    enis.len() as u32 >= l.max_enis
+                        && enis.values().all(|e| e.ips.len() as u32 >= l.ips_per_eni)
+                });
+                match at_limit {
+                    Some(l) => Err(PoolError::AtLimit(e, l.max_enis)),
+                    None => Err(PoolError::Exhausted(e)),
+                }
+            }
+        }
+    }
+
+    fn del(&mut self, key: &AllocKey) -> Result<DelOutcome, PoolError> {
+        let now = now_ms();
+        let out = self.ds.release(key, now, self.cooldown_ms());
+        if let Some((a, _)) = &out {
+            self.checkpoint()?;
+            self.emit(
+                "ip-released",
+                format!(
+                    "{} from {}/{} ({}), cooling {}s",
+                    a.ip,
+                    a.pod_namespace,
+                    a.pod_name,
+                    key.container_id,
+                    self.settings.cooldown.as_secs()
+                ),
+            );
+        }
+        Ok(out)
+    }
+
+    fn plan(&mut self) -> (Vec<Action>, Duration) {
+        let now = now_ms();
+        let idle = self.settings.reconcile_interval;
+        let requeue = match self.ds.next_cooldown_expiry(now) {
+            Some(t) => idle.min(Duration::from_millis((t - now).max(0) as u64 + 50)),
+            None => idle,
+        };
+        let Some(limits) = self.limits else {
+            return (Vec::new(), requeue);
+        };
+        let mut actions = planner::plan(&self.ds.view(now), self.settings.targets, limits);
+        // Reserve what will be removed, so no pod is handed an address that is on its way out.
+        actions.retain_mut(|a| match a {
+            Action::UnassignIps { eni_id, ips } => {
+                *ips = self.ds.reserve_for_release(eni_id, ips, now);
+                !ips.is_empty()
+            }
+            Action::DeleteEni { eni_id } => self.ds.reserve_eni_for_delete(eni_id, now),
+            _ => true,
+        });
+        (actions, requeue)
+    }
+}
+
+impl PoolHandle {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, PoolError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| PoolError::Stopped)?;
+        rx.await.map_err(|_| PoolError::Stopped)
+    }
+
+    pub async fn add(
+        &self,
+        key: AllocKey,
+        pod_namespace: String,
+        pod_name: String,
+    ) -> Result<AddOutcome, PoolError> {
+        self.call(|reply| Command::Add {
+            key,
+            pod_namespace,
+            pod_name,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn del(&self, key: AllocKey) -> Result<DelOutcome, PoolError> {
+        self.call(|reply| Command::Del { key, reply }).await?
+    }
+
+    pub async fn check(&self, key: AllocKey) -> Result<Option<(Allocation, u32)>, PoolError> {
+        self.call(|reply| Command::Check { key, reply }).await
+    }
+
+    pub async fn gc(
+        &self,
+        network_name: String,
+        valid: Vec<AllocKey>,
+    ) -> Result<Vec<AllocKey>, PoolError> {
+        self.call(|reply| Command::Gc {
+            network_name,
+            valid,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn observe(&self, enis: Vec<ObservedEni>, limits: Limits) -> Result<(), PoolError> {
+        self.call(|reply| Command::Observe {
+            enis,
+            limits,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn plan(&self) -> Result<(Vec<Action>, Duration), PoolError> {
+        self.call(|reply| Command::Plan { reply }).await
+    }
+
+    pub async fn reconciled(&self, error: Option<String>) -> Result<(), PoolError> {
+        self.tx
+            .send(Command::Reconciled { error })
+            .await
+            .map_err(|_| PoolError::Stopped)
+    }
+
+    pub async fn snapshot(&self) -> Result<Snapshot, PoolError> {
+        self.call(|reply| Command::Snapshot { reply }).await
+    }
+
+    pub fn emit(&self, kind: &'static str, message: String) {
+        send_event(&self.events, kind, message);
+    }
+}
+
+fn send_event(events: &broadcast::Sender<Event>, kind: &'static str, message: String) {
+    tracing::info!(kind, "{message}");
+    // No subscriber is fine: events are for whoever is watching.
+    let _ = events.send(Event {
+        unix_millis: now_ms(),
+        kind,
+        message,
+    });
+}

@@ -1,0 +1,301 @@
+//! The warm-pool reconcile loop: observe EC2 (and IMDS for MACs), hand the observation to the pool actor, ask
+//! it for a plan, apply the plan through EC2, and requeue — at once after a change, at the next cooldown
+//! expiry, when the actor kicks (a pod took an IP), or after the idle interval.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use moka::future::Cache;
+
+use crate::datastore::ObservedEni;
+use crate::ec2::{Ec2Api, Ec2Eni, Ec2Error, InstanceLimits, NewEni};
+use crate::imds::{self, MacInfo, Metadata, NodeInfo};
+use crate::planner::{Action, Limits};
+use crate::pool::PoolHandle;
+
+pub const TAG_INSTANCE_ID: &str = "node.k8s.amazonaws.com/instance_id";
+pub const TAG_CREATED_AT: &str = "node.k8s.amazonaws.com/createdAt";
+pub const TAG_CLUSTER: &str = "cluster.k8s.amazonaws.com/name";
+
+/// How often leaked ENIs (created by this node, never attached, e.g. after a crash) are looked for.
+const LEAK_SWEEP_EVERY: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Ec2(#[from] Ec2Error),
+    #[error(transparent)]
+    Imds(#[from] imds::ImdsError),
+    #[error("{0}")]
+    Pool(#[from] crate::pool::PoolError),
+}
+
+/// Settings of the loop that come from the configuration.
+#[derive(Debug, Clone)]
+pub struct ReconcileSettings {
+    pub max_eni: Option<u32>,
+    pub cluster_name: String,
+    pub additional_tags: BTreeMap<String, String>,
+    pub leaked_eni_cleanup: bool,
+    /// Invoked once, after the first reconcile that completed without error.
+    pub error_backoff: Duration,
+}
+
+pub struct Reconciler<E: Ec2Api, M: Metadata> {
+    pub ec2: Arc<E>,
+    pub imds: Arc<M>,
+    pub node: Arc<NodeInfo>,
+    pub pool: PoolHandle,
+    pub settings: ReconcileSettings,
+    limits_cache: Cache<String, InstanceLimits>,
+    subnet_cache: Cache<String, Ipv4Net>,
+    macs: BTreeMap<String, MacInfo>,
+    last_leak_sweep: Option<Instant>,
+}
+
+impl<E: Ec2Api, M: Metadata> Reconciler<E, M> {
+    pub fn new(
+        ec2: Arc<E>,
+        imds: Arc<M>,
+        node: Arc<NodeInfo>,
+        pool: PoolHandle,
+        settings: ReconcileSettings,
+    ) -> Self {
+        Self {
+            ec2,
+            imds,
+            node,
+            pool,
+            settings,
+            limits_cache: Cache::builder()
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+            subnet_cache: Cache::builder().max_capacity(64).build(),
+            macs: BTreeMap::new(),
+            last_leak_sweep: None,
+        }
+    }
+
+    /// Runs forever; `on_first_success` fires once (health → SERVING).
+    pub async fn run(mut self, on_first_success: impl FnOnce() + Send) {
+        let mut first = Some(on_first_success);
+        loop {
+            let requeue = match self.reconcile_once().await {
+                Ok(requeue) => {
+                    let _ = self.pool.reconciled(None).await;
+                    if let Some(f) = first.take() {
+                        f();
+                    }
+                    requeue
+                }
+                Err(e) => {
+                    tracing::warn!("reconcile failed: {e}");
+                    let _ = self.pool.reconciled(Some(e.to_string())).await;
+                    self.settings.error_backoff
+                }
+            };
+            if !requeue.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(requeue) => {}
+                    _ = self.pool.kick.notified() => {}
+                }
+            }
+        }
+    }
+
+    /// The instance's limits after MAX_ENI, from DescribeInstanceTypes (cached).
+    pub async fn limits(&self) -> Result<Limits, ReconcileError> {
+        let ec2 = self.ec2.clone();
+        let t = self.node.instance_type.clone();
+        let l = self
+            .limits_cache
+            .try_get_with(t.clone(), async move { ec2.instance_limits(&t).await })
+            .await
+            .map_err(|e| ReconcileError::Ec2((*e).clone()))?;
+        let max_enis = self
+            .settings
+            .max_eni
+            .map_or(l.max_enis, |m| m.min(l.max_enis));
+        Ok(Limits {
+            max_enis,
+            ips_per_eni: l.ipv4_per_eni - 1,
+        })
+    }
+
+    /// One observe → plan → apply round. Returns when to look again.
+    pub async fn reconcile_once(&mut self) -> Result<Duration, ReconcileError> {
+        let limits = self.limits().await?;
+        if self.settings.leaked_eni_cleanup
+            && self
+                .last_leak_sweep
+                .is_none_or(|t| t.elapsed() >= LEAK_SWEEP_EVERY)
+        {
+            self.sweep_leaked_enis().await?;
+            self.last_leak_sweep = Some(Instant::now());
+        }
+        let attached = self.ec2.attached_enis(&self.node.instance_id).await?;
+        let observed = self.observed(&attached).await?;
+        self.pool.observe(observed, limits).await?;
+        let (actions, requeue) = self.pool.plan().await?;
+        if actions.is_empty() {
+            return Ok(requeue);
+        }
+        let mut used: BTreeSet<u32> = attached.iter().filter_map(|e| e.device_index).collect();
+        for action in actions {
+            self.apply(&action, &attached, &mut used).await?;
+        }
+        Ok(Duration::ZERO)
+    }
+
+    async fn observed(&mut self, attached: &[Ec2Eni]) -> Result<Vec<ObservedEni>, ReconcileError> {
+        if attached.iter().any(|e| !self.macs.contains_key(&e.id)) {
+            self.macs = imds::interfaces(self.imds.as_ref()).await?;
+        }
+        let mut out = Vec::with_capacity(attached.len());
+        for e in attached {
+            let subnet_cidr = self.subnet_cidr(&e.subnet_id).await?;
+            let mac = self.macs.get(&e.id);
+            out.push(ObservedEni {
+                id: e.id.clone(),
+                mac: mac.map(|m| m.mac.clone()).unwrap_or_default(),
+                device_number: e.device_index.or(mac.map(|m| m.device_number)).unwrap_or(0),
+                subnet_id: e.subnet_id.clone(),
+                subnet_cidr,
+                primary_ip: e.primary_ip,
+                secondary_ips: e.secondary_ips.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn subnet_cidr(&self, subnet_id: &str) -> Result<Ipv4Net, ReconcileError> {
+        if subnet_id == self.node.subnet_id {
+            return Ok(self.node.subnet_cidr);
+        }
+        let ec2 = self.ec2.clone();
+        let id = subnet_id.to_string();
+        self.subnet_cache
+            .try_get_with(id.clone(), async move { ec2.subnet_cidr(&id).await })
+            .await
+            .map_err(|e| ReconcileError::Ec2((*e).clone()))
+    }
+
+    fn tags(&self) -> BTreeMap<String, String> {
+        let mut tags = self.settings.additional_tags.clone();
+        tags.insert(TAG_INSTANCE_ID.into(), self.node.instance_id.clone());
+        let created = crate::pool::now_ms() / 1000;
+        tags.insert(TAG_CREATED_AT.into(), created.to_string());
+        if !self.settings.cluster_name.is_empty() {
+            tags.insert(TAG_CLUSTER.into(), self.settings.cluster_name.clone());
+        }
+        tags
+    }
+
+    async fn apply(
+        &self,
+        action: &Action,
+        attached: &[Ec2Eni],
+        used: &mut BTreeSet<u32>,
+    ) -> Result<(), ReconcileError> {
+        match action {
+            Action::CreateEni { ip_count } => {
+                let device_index = (1..).find(|d| !used.contains(d)).unwrap_or(1);
+                let new = NewEni {
+                    subnet_id: self.node.subnet_id.clone(),
+                    security_groups: self.node.security_groups.clone(),
+                    ip_count: *ip_count,
+                    description: format!("aws-K8S-{}", self.node.instance_id),
+                    tags: self.tags(),
+                };
+                let eni = self.ec2.create_eni(&new).await?;
+                let attachment = match self
+                    .ec2
+                    .attach_eni(&eni.id, &self.node.instance_id, device_index)
+                    .await
+                {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Do not leak it: an unattached ENI still costs an address per IP in the subnet.
+                        if let Err(de) = self.ec2.delete_eni(&eni.id).await {
+                            tracing::warn!(
+                                "deleting unattached {} after a failed attach: {de}",
+                                eni.id
+                            );
+                        }
+                        return Err(e.into());
+                    }
+                };
+                used.insert(device_index);
+                self.ec2
+                    .set_delete_on_termination(&eni.id, &attachment)
+                    .await?;
+                self.pool.emit(
+                    "eni-attached",
+                    format!(
+                        "{} at device {device_index} with {} IPs",
+                        eni.id,
+                        eni.secondary_ips.len()
+                    ),
+                );
+            }
+            Action::AssignIps { eni_id, count } => {
+                let ips = self.ec2.assign_ips(eni_id, *count).await?;
+                self.pool
+                    .emit("ips-assigned", format!("{} IPs to {eni_id}", ips.len()));
+            }
+            Action::UnassignIps { eni_id, ips } => {
+                self.ec2.unassign_ips(eni_id, ips).await?;
+                self.pool
+                    .emit("ips-unassigned", format!("{} IPs from {eni_id}", ips.len()));
+            }
+            Action::DeleteEni { eni_id } => {
+                if let Some(att) = attached
+                    .iter()
+                    .find(|e| &e.id == eni_id)
+                    .and_then(|e| e.attachment_id.clone())
+                {
+                    self.ec2.detach_eni(&att).await?;
+                }
+                self.delete_with_retry(eni_id).await?;
+                self.pool
+                    .emit("eni-deleted", format!("{eni_id} detached and deleted"));
+            }
+        }
+        Ok(())
+    }
+
+    /// EC2 detaches asynchronously: deletion fails with InUse until the detach has finished.
+    async fn delete_with_retry(&self, eni_id: &str) -> Result<(), Ec2Error> {
+        let mut delay = Duration::from_millis(200);
+        for attempt in 0.. {
+            match self.ec2.delete_eni(eni_id).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.code.contains("InUse") && attempt < 8 => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    async fn sweep_leaked_enis(&self) -> Result<(), ReconcileError> {
+        let leaked = self
+            .ec2
+            .unattached_tagged_enis(TAG_INSTANCE_ID, &self.node.instance_id)
+            .await?;
+        for eni in leaked {
+            match self.ec2.delete_eni(&eni.id).await {
+                Ok(()) => self.pool.emit(
+                    "eni-deleted",
+                    format!("{} leaked (created by this node, never attached)", eni.id),
+                ),
+                Err(e) => tracing::warn!("leaked {}: {e}", eni.id),
+            }
+        }
+        Ok(())
+    }
+}
