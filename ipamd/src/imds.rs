@@ -47,9 +47,30 @@ impl Metadata for AwsImds {
             .map(String::from)
             .map_err(|e| ImdsError::Request {
                 path: path.to_string(),
-                message: format!("{e}"),
+                message: error_chain(&e),
             })
     }
+}
+
+/// "outer: inner: root" — aws-config's errors keep the useful part in their sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    // Error responses carry the whole HTTP response in their Display; keep logs readable.
+    if out.len() > 400 {
+        let cut = (0..=400)
+            .rev()
+            .find(|i| out.is_char_boundary(*i))
+            .unwrap_or(0);
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
 }
 
 /// One interface as IMDS describes it.

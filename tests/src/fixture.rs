@@ -1,0 +1,169 @@
+//! One simulated node for ipamd integration tests: its own VPC and instance in LocalStack, an IMDS emulator on
+//! loopback, and a private directory for ipamd's socket, checkpoint and log. No network namespace is touched.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tonic::{Code, Status};
+use vpc_cni_proto::v1 as pb;
+
+use crate::imds::ImdsEmulator;
+use crate::ipamd_proc::Ipamd;
+use crate::localstack::{self, NodeEni, TestVpc};
+
+pub struct NodeFixture {
+    pub ec2: aws_sdk_ec2::Client,
+    pub vpc: TestVpc,
+    pub imds: ImdsEmulator,
+    pub dir: tempfile::TempDir,
+}
+
+impl NodeFixture {
+    pub async fn new(tag: &str, instance_type: &str) -> Self {
+        let ec2 = localstack::ec2_client();
+        let vpc = TestVpc::create(&ec2, tag, "10.0.0.0/16", &["10.0.0.0/20"], instance_type, 1)
+            .await
+            .expect("LocalStack must be running (scripts/localstack.sh start)");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind IMDS emulator");
+        let imds = ImdsEmulator::serve(
+            listener,
+            ec2.clone(),
+            &vpc.instance_ids[0],
+            localstack::REGION,
+        )
+        .expect("IMDS");
+        let dir = tempfile::Builder::new()
+            .prefix("vpcsim-ipamd-")
+            .tempdir()
+            .expect("tempdir");
+        Self {
+            ec2,
+            vpc,
+            imds,
+            dir,
+        }
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.vpc.instance_ids[0]
+    }
+
+    pub fn spawn_ipamd(&self, env: &[(&str, &str)]) -> Ipamd {
+        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        Ipamd::spawn(self.dir.path(), &self.imds.endpoint(), &env).expect("spawn ipamd")
+    }
+
+    pub async fn enis(&self) -> Vec<NodeEni> {
+        localstack::node_enis(&self.ec2, self.instance_id())
+            .await
+            .expect("DescribeNetworkInterfaces")
+    }
+
+    /// Secondary IP count per attached ENI, by device index.
+    pub async fn ip_counts(&self) -> Vec<usize> {
+        self.enis()
+            .await
+            .iter()
+            .map(|e| e.secondary_ips.len())
+            .collect()
+    }
+
+    pub async fn cleanup(self) {
+        let errors = self.vpc.destroy(&self.ec2).await;
+        if !errors.is_empty() {
+            eprintln!("cleanup of {}: {errors:?}", self.vpc.vpc_id);
+        }
+    }
+}
+
+impl Drop for NodeFixture {
+    /// A failing test shows what ipamd logged.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("ipamd.log")).unwrap_or_default();
+            eprintln!(
+                "---- ipamd log ({}) ----\n{log}---- end of ipamd log ----",
+                self.vpc.vpc_id
+            );
+        }
+    }
+}
+
+pub fn key(container: &str) -> pb::AllocationKey {
+    pb::AllocationKey {
+        network_name: "aws-cni".into(),
+        container_id: container.into(),
+        if_name: "eth0".into(),
+    }
+}
+
+pub async fn add(ipamd: &Ipamd, container: &str) -> Result<pb::AddNetworkReply, Status> {
+    let req = pb::AddNetworkRequest {
+        key: Some(key(container)),
+        k8s_pod_namespace: "default".into(),
+        k8s_pod_name: format!("pod-{container}"),
+        netns: format!("/var/run/netns/{container}"),
+    };
+    ipamd
+        .ipam()
+        .await
+        .add_network(req)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Add, retrying while ipamd says it is fetching more IPs (as kubelet retries a CNI "try again later").
+/// Returns the final status when the node is at its limit or the time is up.
+pub async fn add_retrying(
+    ipamd: &Ipamd,
+    container: &str,
+    timeout: Duration,
+) -> Result<pb::AddNetworkReply, Status> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match add(ipamd, container).await {
+            Err(s)
+                if s.code() == Code::ResourceExhausted
+                    && !s.message().contains("limit")
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+pub async fn del(ipamd: &Ipamd, container: &str) -> Result<pb::DelNetworkReply, Status> {
+    let req = pb::DelNetworkRequest {
+        key: Some(key(container)),
+    };
+    ipamd
+        .ipam()
+        .await
+        .del_network(req)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

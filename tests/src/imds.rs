@@ -1,0 +1,242 @@
+//! IMDSv2 emulator: serves one instance's metadata, read fresh from LocalStack on every request, so ENIs that
+//! ipamd attaches show up at once. Tokens are required (PUT /latest/api/token first), as on real EC2.
+//! MACs are derived from ENI ids ([`crate::mac::mac_for_eni`]) because LocalStack's are malformed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::types::Filter;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+use crate::mac::mac_for_eni;
+
+const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+
+#[derive(Clone)]
+struct Ctx {
+    ec2: Client,
+    instance_id: String,
+    region: String,
+    tokens: Arc<Mutex<BTreeSet<String>>>,
+}
+
+/// A running emulator.
+#[derive(Debug)]
+pub struct ImdsEmulator {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ImdsEmulator {
+    /// Serves on `listener` (e.g. 127.0.0.1:0 in tests, 169.254.169.254:80 inside a node netns).
+    pub fn serve(
+        listener: tokio::net::TcpListener,
+        ec2: Client,
+        instance_id: &str,
+        region: &str,
+    ) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let ctx = Ctx {
+            ec2,
+            instance_id: instance_id.to_string(),
+            region: region.to_string(),
+            tokens: Arc::default(),
+        };
+        let app = Router::new().fallback(handle).with_state(ctx);
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::warn!("IMDS emulator stopped: {e}");
+            }
+        });
+        Ok(Self { addr, task })
+    }
+
+    /// The value for AWS_EC2_METADATA_SERVICE_ENDPOINT.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for ImdsEmulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(
+    axum::extract::State(ctx): axum::extract::State<Ctx>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let path = uri.path();
+    if method == Method::PUT && path == "/latest/api/token" {
+        let ttl = headers
+            .get(TTL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok());
+        if !ttl.is_some_and(|t| (1..=21600).contains(&t)) {
+            return (StatusCode::BAD_REQUEST, "missing or invalid token TTL").into_response();
+        }
+        let token = format!("vpcsim-{:032x}", rand::random::<u128>());
+        ctx.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token.clone());
+        // Clients (aws-config's among them) read the TTL back from the response header.
+        return (
+            StatusCode::OK,
+            [(TTL_HEADER, ttl.unwrap_or(0).to_string())],
+            token,
+        )
+            .into_response();
+    }
+    let authorized = headers
+        .get(TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            ctx.tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(t)
+        });
+    if !authorized {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if method != Method::GET {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
+    let Some(rel) = path.strip_prefix("/latest/meta-data/") else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    match metadata(&ctx).await {
+        Ok(map) => match map.get(rel) {
+            Some(v) => Response::new(Body::from(v.clone())),
+            None => StatusCode::NOT_FOUND.into_response(),
+        },
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}
+
+/// The whole metadata tree for the instance, as path → value.
+async fn metadata(ctx: &Ctx) -> Result<BTreeMap<String, String>, String> {
+    let ec2 = &ctx.ec2;
+    let inst = ec2
+        .describe_instances()
+        .instance_ids(&ctx.instance_id)
+        .send()
+        .await
+        .map_err(|e| aws_sdk_ec2::error::DisplayErrorContext(e).to_string())?;
+    let i = inst
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .next()
+        .ok_or_else(|| format!("instance {} not found", ctx.instance_id))?;
+    let enis = ec2
+        .describe_network_interfaces()
+        .filters(
+            Filter::builder()
+                .name("attachment.instance-id")
+                .values(&ctx.instance_id)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| aws_sdk_ec2::error::DisplayErrorContext(e).to_string())?;
+    let vpc_id = i.vpc_id().unwrap_or_default();
+    let vpcs = ec2
+        .describe_vpcs()
+        .vpc_ids(vpc_id)
+        .send()
+        .await
+        .map_err(|e| aws_sdk_ec2::error::DisplayErrorContext(e).to_string())?;
+    let vpc_cidrs: Vec<String> = vpcs
+        .vpcs()
+        .iter()
+        .flat_map(|v| v.cidr_block_association_set())
+        .filter_map(|a| a.cidr_block().map(String::from))
+        .collect();
+    let subnet_ids: BTreeSet<String> = enis
+        .network_interfaces()
+        .iter()
+        .filter_map(|n| n.subnet_id().map(String::from))
+        .collect();
+    let subnets = ec2
+        .describe_subnets()
+        .set_subnet_ids(Some(subnet_ids.into_iter().collect()))
+        .send()
+        .await
+        .map_err(|e| aws_sdk_ec2::error::DisplayErrorContext(e).to_string())?;
+    let subnet_cidr = |id: &str| {
+        subnets
+            .subnets()
+            .iter()
+            .find(|s| s.subnet_id() == Some(id))
+            .and_then(|s| s.cidr_block())
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    let mut m = BTreeMap::new();
+    let az = i
+        .placement()
+        .and_then(|p| p.availability_zone())
+        .unwrap_or_default()
+        .to_string();
+    m.insert("instance-id".into(), ctx.instance_id.clone());
+    m.insert(
+        "instance-type".into(),
+        i.instance_type()
+            .map(|t| t.as_str().to_string())
+            .unwrap_or_default(),
+    );
+    m.insert("placement/availability-zone".into(), az);
+    m.insert("placement/region".into(), ctx.region.clone());
+    m.insert(
+        "local-ipv4".into(),
+        i.private_ip_address().unwrap_or_default().to_string(),
+    );
+    let mut macs = Vec::new();
+    for ni in enis.network_interfaces() {
+        let id = ni.network_interface_id().unwrap_or_default();
+        let mac = mac_for_eni(id);
+        let dev = ni.attachment().and_then(|a| a.device_index()).unwrap_or(0);
+        if dev == 0 {
+            m.insert("mac".into(), mac.clone());
+        }
+        let b = format!("network/interfaces/macs/{mac}");
+        let subnet = ni.subnet_id().unwrap_or_default();
+        let ips: Vec<&str> = ni
+            .private_ip_addresses()
+            .iter()
+            .filter_map(|p| p.private_ip_address())
+            .collect();
+        let groups: Vec<&str> = ni.groups().iter().filter_map(|g| g.group_id()).collect();
+        m.insert(format!("{b}/mac"), mac.clone());
+        m.insert(format!("{b}/interface-id"), id.to_string());
+        m.insert(format!("{b}/device-number"), dev.to_string());
+        m.insert(format!("{b}/subnet-id"), subnet.to_string());
+        m.insert(format!("{b}/subnet-ipv4-cidr-block"), subnet_cidr(subnet));
+        m.insert(format!("{b}/security-group-ids"), groups.join("\n"));
+        m.insert(format!("{b}/local-ipv4s"), ips.join("\n"));
+        m.insert(format!("{b}/vpc-id"), vpc_id.to_string());
+        m.insert(format!("{b}/vpc-ipv4-cidr-blocks"), vpc_cidrs.join("\n"));
+        macs.push((dev, format!("{mac}/")));
+    }
+    macs.sort();
+    m.insert(
+        "network/interfaces/macs/".into(),
+        macs.into_iter()
+            .map(|(_, m)| m)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    Ok(m)
+}
