@@ -228,10 +228,10 @@ impl Actor {
                 let before = self.ds.cooling.len();
                 self.ds.observe(enis, &self.settings.primary_eni_id, now);
                 self.limits = Some(limits);
-                if self.ds.cooling.len() != before {
-                    if let Err(e) = self.checkpoint() {
-                        tracing::warn!("{e}");
-                    }
+                if self.ds.cooling.len() != before
+                    && let Err(e) = self.checkpoint()
+                {
+                    tracing::warn!("{e}");
                 }
                 let _ = reply.send(());
             }

@@ -39,7 +39,7 @@ pub struct ReconcileSettings {
     pub cluster_name: String,
     pub additional_tags: BTreeMap<String, String>,
     pub leaked_eni_cleanup: bool,
-    /// Invoked once, after the first reconcile that completed without error.
+    /// Wait after a failed round before trying again.
     pub error_backoff: Duration,
 }
 
@@ -269,17 +269,17 @@ impl<E: Ec2Api, M: Metadata> Reconciler<E, M> {
     /// EC2 detaches asynchronously: deletion fails with InUse until the detach has finished.
     async fn delete_with_retry(&self, eni_id: &str) -> Result<(), Ec2Error> {
         let mut delay = Duration::from_millis(200);
-        for attempt in 0.. {
+        let mut attempts = 0;
+        loop {
             match self.ec2.delete_eni(eni_id).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.code.contains("InUse") && attempt < 8 => {
+                Err(e) if e.code.contains("InUse") && attempts < 8 => {
+                    attempts += 1;
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
-                Err(e) => return Err(e),
+                other => return other,
             }
         }
-        unreachable!("the loop returns")
     }
 
     async fn sweep_leaked_enis(&self) -> Result<(), ReconcileError> {

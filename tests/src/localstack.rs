@@ -161,16 +161,14 @@ impl TestVpc {
                 if let Some(a) = att
                     .filter(|a| a.device_index().unwrap_or(0) != 0)
                     .and_then(|a| a.attachment_id())
-                {
-                    if let Err(e) = ec2
+                    && let Err(e) = ec2
                         .detach_network_interface()
                         .attachment_id(a)
                         .force(true)
                         .send()
                         .await
-                    {
-                        errors.push(ls("DetachNetworkInterface")(e));
-                    }
+                {
+                    errors.push(ls("DetachNetworkInterface")(e));
                 }
                 if att.is_none_or(|a| a.device_index().unwrap_or(0) != 0) {
                     let id = ni.network_interface_id().unwrap_or_default();
@@ -185,15 +183,14 @@ impl TestVpc {
                 }
             }
         }
-        if !self.instance_ids.is_empty() {
-            if let Err(e) = ec2
+        if !self.instance_ids.is_empty()
+            && let Err(e) = ec2
                 .terminate_instances()
                 .set_instance_ids(Some(self.instance_ids.clone()))
                 .send()
                 .await
-            {
-                errors.push(ls("TerminateInstances")(e));
-            }
+        {
+            errors.push(ls("TerminateInstances")(e));
         }
         // Primary ENIs go with their instances; sweep whatever is left.
         if let Ok(out) = ec2
@@ -211,15 +208,14 @@ impl TestVpc {
                     .await;
             }
         }
-        if !self.sg_id.is_empty() {
-            if let Err(e) = ec2
+        if !self.sg_id.is_empty()
+            && let Err(e) = ec2
                 .delete_security_group()
                 .group_id(&self.sg_id)
                 .send()
                 .await
-            {
-                errors.push(ls("DeleteSecurityGroup")(e));
-            }
+        {
+            errors.push(ls("DeleteSecurityGroup")(e));
         }
         for s in &self.subnet_ids {
             if let Err(e) = ec2.delete_subnet().subnet_id(s).send().await {

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tonic::Code;
 use vpc_cni_proto::v1 as pb;
-use vpc_sim::fixture::{NodeFixture, add, add_retrying, del, eventually};
+use vpc_sim::fixture::{
+    NodeFixture, add, add_retrying, del, eventually, free_port, http_get, metric,
+};
 
 const SERVING_TIMEOUT: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_secs(45);
@@ -17,7 +19,8 @@ const SETTLE: Duration = Duration::from_secs(45);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_eni_target_grows_to_the_instance_limit_and_no_further() {
     let node = NodeFixture::new("warm-eni", "m5.large").await;
-    let mut ipamd = node.spawn_ipamd(&[]);
+    let port = free_port();
+    let mut ipamd = node.spawn_ipamd(&[("METRICS_BIND_ADDR", &format!("127.0.0.1:{port}"))]);
     let took = ipamd.wait_serving(SERVING_TIMEOUT).await.unwrap();
     eprintln!("ipamd start → SERVING: {took:?}");
     assert_eq!(
@@ -31,6 +34,27 @@ async fn warm_eni_target_grows_to_the_instance_limit_and_no_further() {
         (node.ip_counts().await == vec![9, 9]).then_some(())
     })
     .await;
+    // Warming that ENI took one create (IPs and tags in the same call), one attach, one DeleteOnTermination.
+    let m = http_get(port, "/metrics").await.unwrap();
+    for op in [
+        "CreateNetworkInterface",
+        "AttachNetworkInterface",
+        "ModifyNetworkInterfaceAttribute",
+    ] {
+        assert_eq!(
+            metric(&m, &format!("ipamd_ec2_requests_total{{op=\"{op}\"}}")),
+            Some(1.0),
+            "{op} in\n{m}"
+        );
+    }
+    assert_eq!(metric(&m, "awscni_eni_allocated"), Some(2.0), "{m}");
+    eprintln!(
+        "EC2 requests so far:\n{}",
+        m.lines()
+            .filter(|l| l.starts_with("ipamd_ec2_requests_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let enis = node.enis().await;
     let tags: BTreeSet<&str> = enis[1].tags.iter().map(|(k, _)| k.as_str()).collect();
     assert!(
@@ -267,6 +291,54 @@ async fn add_and_del_are_idempotent_and_cooldown_is_respected() {
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
+    ipamd.terminate().await;
+    node.cleanup().await;
+}
+
+/// The socket answers only root (and IPAMD_ALLOWED_UIDS): `vpcctl` run as uid 65534 gets PERMISSION_DENIED from
+/// the SO_PEERCRED check even when file permissions are opened up for the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn socket_refuses_a_non_root_peer() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let node = NodeFixture::new("peercred", "t3.medium").await;
+    let mut ipamd = node.spawn_ipamd(&[]);
+    ipamd.wait_serving(SERVING_TIMEOUT).await.unwrap();
+    let mode = |m| std::fs::Permissions::from_mode(m);
+    assert_eq!(
+        std::fs::metadata(&ipamd.socket)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    std::fs::set_permissions(node.dir.path(), mode(0o755)).unwrap();
+    std::fs::set_permissions(&ipamd.socket, mode(0o666)).unwrap();
+    let vpcctl = vpc_sim::ipamd_proc::sibling_binary("vpcctl");
+    let run = |uid: Option<u32>| {
+        let mut c = std::process::Command::new(&vpcctl);
+        c.arg("--socket").arg(&ipamd.socket).arg("status");
+        if let Some(u) = uid {
+            c.uid(u).gid(u);
+        }
+        c.output().unwrap()
+    };
+    let nobody = run(Some(65534));
+    let stderr = String::from_utf8_lossy(&nobody.stderr);
+    assert!(!nobody.status.success(), "uid 65534 must be refused");
+    assert!(
+        stderr.contains("peer uid 65534 may not use ipamd"),
+        "{stderr}"
+    );
+    let root = run(None);
+    assert!(
+        root.status.success(),
+        "{}",
+        String::from_utf8_lossy(&root.stderr)
+    );
+    assert!(String::from_utf8_lossy(&root.stdout).contains("t3.medium"));
     ipamd.terminate().await;
     node.cleanup().await;
 }

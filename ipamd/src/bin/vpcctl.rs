@@ -206,8 +206,8 @@ async fn main() -> Result<()> {
                 println!("{:#}", Value::Array(v));
             } else {
                 println!(
-                    "{:<30} {:<15} {:<22} {:<14} {}",
-                    "POD", "IP", "ENI", "CONTAINER", "IFNAME"
+                    "{:<30} {:<15} {:<22} {:<14} IFNAME",
+                    "POD", "IP", "ENI", "CONTAINER"
                 );
                 for a in &r.allocations {
                     let k = a.key.clone().unwrap_or_default();
