@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v curl >/dev/null || need+=(curl)
 command -v ip >/dev/null || need+=(iproute2)
+command -v ping >/dev/null || need+=(iputils-ping)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then echo "deps.sh: missing ${need[*]}; install them (needs root)" >&2; exit 1; fi
   echo "deps.sh: installing ${need[*]}"

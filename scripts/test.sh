@@ -3,20 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/deps.sh
-started_localstack=0
-if ! bash scripts/localstack.sh status >/dev/null 2>&1; then
-  bash scripts/localstack.sh start
-  started_localstack=1
+if [ "${1:-}" != "--inner" ]; then
+  bash scripts/deps.sh
+  exec bash scripts/with-localstack.sh bash scripts/test.sh --inner
 fi
-cleanup() { if [ "$started_localstack" = 1 ]; then bash scripts/localstack.sh stop; fi; }
-trap cleanup EXIT
-
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== cargo build (binaries the integration tests run)"
-cargo build --workspace --bins
+echo "== cargo build (binaries the integration tests run, and the tests, with one feature set)"
+cargo build --workspace --all-targets
 echo "== cargo test"
 cargo test --workspace --all-targets -- --include-ignored

@@ -16,15 +16,9 @@ pub const FILE_NAME: &str = "ipam.json";
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("checkpoint {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("checkpoint {path}: not valid ipam.json: {source}")]
-    Decode {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Decode { path: PathBuf, source: serde_json::Error },
     #[error("checkpoint {path}: version {found} is newer than this ipamd understands ({VERSION})")]
     Version { path: PathBuf, found: u32 },
 }
@@ -60,9 +54,7 @@ pub struct Store {
 
 impl Store {
     pub fn new(dir: &Path) -> Self {
-        Self {
-            path: dir.join(FILE_NAME),
-        }
+        Self { path: dir.join(FILE_NAME) }
     }
 
     pub fn path(&self) -> &Path {
@@ -75,29 +67,16 @@ impl Store {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Checkpoint::default()),
             Err(source) => {
-                return Err(CheckpointError::Io {
-                    path: self.path.clone(),
-                    source,
-                });
+                return Err(CheckpointError::Io { path: self.path.clone(), source });
             }
         };
-        let file: File =
-            serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Decode {
-                path: self.path.clone(),
-                source,
-            })?;
+        let file: File = serde_json::from_slice(&bytes)
+            .map_err(|source| CheckpointError::Decode { path: self.path.clone(), source })?;
         if file.version > VERSION {
-            return Err(CheckpointError::Version {
-                path: self.path.clone(),
-                found: file.version,
-            });
+            return Err(CheckpointError::Version { path: self.path.clone(), found: file.version });
         }
         Ok(Checkpoint {
-            allocations: file
-                .allocations
-                .into_iter()
-                .map(|e| (e.key, e.allocation))
-                .collect(),
+            allocations: file.allocations.into_iter().map(|e| (e.key, e.allocation)).collect(),
             cooling: file.cooling,
         })
     }
@@ -105,20 +84,10 @@ impl Store {
     pub fn save(&self, cp: &Checkpoint) -> Result<(), CheckpointError> {
         let file = File {
             version: VERSION,
-            allocations: cp
-                .allocations
-                .iter()
-                .map(|(k, a)| Entry {
-                    key: k.clone(),
-                    allocation: a.clone(),
-                })
-                .collect(),
+            allocations: cp.allocations.iter().map(|(k, a)| Entry { key: k.clone(), allocation: a.clone() }).collect(),
             cooling: cp.cooling.clone(),
         };
-        let io = |source| CheckpointError::Io {
-            path: self.path.clone(),
-            source,
-        };
+        let io = |source| CheckpointError::Io { path: self.path.clone(), source };
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(&file).expect("checkpoint serializes");
@@ -126,9 +95,7 @@ impl Store {
         f.write_all(&bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         Ok(())
     }
 }
@@ -144,11 +111,7 @@ mod tests {
         assert_eq!(store.load().unwrap(), Checkpoint::default());
         let mut cp = Checkpoint::default();
         cp.allocations.insert(
-            AllocKey {
-                network_name: "aws-cni".into(),
-                container_id: "abc".into(),
-                if_name: "eth0".into(),
-            },
+            AllocKey { network_name: "aws-cni".into(), container_id: "abc".into(), if_name: "eth0".into() },
             Allocation {
                 ip: "10.0.1.9".parse().unwrap(),
                 eni_id: "eni-1".into(),
@@ -162,10 +125,7 @@ mod tests {
         assert_eq!(store.load().unwrap(), cp);
         assert!(!dir.path().join("ipam.json.tmp").exists());
         let text = std::fs::read_to_string(store.path()).unwrap();
-        assert!(
-            text.contains("\"version\": 1") && text.contains("\"container_id\": \"abc\""),
-            "{text}"
-        );
+        assert!(text.contains("\"version\": 1") && text.contains("\"container_id\": \"abc\""), "{text}");
     }
 
     #[test]
@@ -175,9 +135,6 @@ mod tests {
         std::fs::write(store.path(), b"{nope").unwrap();
         assert!(store.load().unwrap_err().to_string().contains("ipam.json"));
         std::fs::write(store.path(), br#"{"version": 9, "allocations": []}"#).unwrap();
-        assert!(matches!(
-            store.load(),
-            Err(CheckpointError::Version { found: 9, .. })
-        ));
+        assert!(matches!(store.load(), Err(CheckpointError::Version { found: 9, .. })));
     }
 }

@@ -27,11 +27,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "ipamd",
-    version,
-    about = "VPC-native pod IP address management daemon"
-)]
+#[command(name = "ipamd", version, about = "VPC-native pod IP address management daemon")]
 pub struct Config {
     /// Keep this many ENIs' worth of free IPs (ignored when WARM_IP_TARGET or MINIMUM_IP_TARGET is set).
     #[arg(long, env = "WARM_ENI_TARGET", default_value_t = 1, value_parser = parse_count)]
@@ -67,13 +63,7 @@ pub struct Config {
     #[arg(long, env = "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", default_value = "", value_parser = parse_cidr_list)]
     pub aws_vpc_k8s_cni_exclude_snat_cidrs: CidrList,
     /// SNAT source-port selection.
-    #[arg(
-        long,
-        env = "AWS_VPC_K8S_CNI_RANDOMIZESNAT",
-        value_enum,
-        default_value = "prng",
-        ignore_case = true
-    )]
+    #[arg(long, env = "AWS_VPC_K8S_CNI_RANDOMIZESNAT", value_enum, default_value = "prng", ignore_case = true)]
     pub aws_vpc_k8s_cni_randomizesnat: RandomizeSnat,
     /// Take pods' ENIs from the node's ENIConfig.
     #[arg(long, env = "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
@@ -102,6 +92,10 @@ pub struct Config {
     /// Peer uids allowed on the socket besides root (comma list).
     #[arg(long, env = "IPAMD_ALLOWED_UIDS", default_value = "", value_parser = parse_uids)]
     pub ipamd_allowed_uids: UidList,
+    /// Configure the node's links, routes, rules and sysctls for secondary ENIs (false: leave the host alone,
+    /// e.g. when ipamd runs outside a node for tests).
+    #[arg(long, env = "IPAMD_HOST_NETWORK", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub ipamd_host_network: bool,
     /// Seconds between warm-pool reconciles when nothing asks for one sooner.
     #[arg(long, env = "IPAMD_RECONCILE_INTERVAL", default_value_t = 5, value_parser = parse_positive_seconds)]
     pub ipamd_reconcile_interval: u64,
@@ -109,13 +103,7 @@ pub struct Config {
     #[arg(long, env = "METRICS_BIND_ADDR", default_value = "0.0.0.0:61678", value_parser = parse_bind)]
     pub metrics_bind_addr: BindAddr,
     /// Log format.
-    #[arg(
-        long,
-        env = "LOG_FORMAT",
-        value_enum,
-        default_value = "text",
-        ignore_case = true
-    )]
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", ignore_case = true)]
     pub log_format: LogFormat,
     /// Log filter (tracing EnvFilter syntax, e.g. `info` or `ipamd=debug`).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
@@ -170,8 +158,7 @@ impl Config {
         if self.aws_vpc_k8s_cni_custom_network_cfg {
             return Err(ConfigError::Unsupported {
                 var: "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG",
-                message: "accepted value: false (ENIConfig custom networking is not available yet)"
-                    .into(),
+                message: "accepted value: false (ENIConfig custom networking is not available yet)".into(),
             });
         }
         Ok(())
@@ -192,80 +179,32 @@ impl Config {
         fn opt<T: ToString>(v: Option<T>) -> String {
             v.map(|v| v.to_string()).unwrap_or_default()
         }
-        let cidrs = self
-            .aws_vpc_k8s_cni_exclude_snat_cidrs
-            .0
-            .iter()
-            .map(|c| c.to_string());
+        let cidrs = self.aws_vpc_k8s_cni_exclude_snat_cidrs.0.iter().map(|c| c.to_string());
         vec![
             ("WARM_ENI_TARGET", self.warm_eni_target.to_string()),
             ("WARM_IP_TARGET", opt(self.warm_ip_target)),
             ("MINIMUM_IP_TARGET", opt(self.minimum_ip_target)),
             ("WARM_PREFIX_TARGET", self.warm_prefix_target.to_string()),
-            (
-                "ENABLE_PREFIX_DELEGATION",
-                self.enable_prefix_delegation.to_string(),
-            ),
+            ("ENABLE_PREFIX_DELEGATION", self.enable_prefix_delegation.to_string()),
             ("MAX_ENI", opt(self.max_eni)),
             ("IP_COOLDOWN_PERIOD", self.ip_cooldown_period.to_string()),
             ("AWS_VPC_ENI_MTU", self.aws_vpc_eni_mtu.to_string()),
             ("POD_MTU", self.effective_pod_mtu().to_string()),
-            (
-                "AWS_VPC_K8S_CNI_EXTERNALSNAT",
-                self.aws_vpc_k8s_cni_externalsnat.to_string(),
-            ),
-            (
-                "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
-                cidrs.collect::<Vec<_>>().join(","),
-            ),
-            (
-                "AWS_VPC_K8S_CNI_RANDOMIZESNAT",
-                format!("{:?}", self.aws_vpc_k8s_cni_randomizesnat).to_lowercase(),
-            ),
-            (
-                "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG",
-                self.aws_vpc_k8s_cni_custom_network_cfg.to_string(),
-            ),
+            ("AWS_VPC_K8S_CNI_EXTERNALSNAT", self.aws_vpc_k8s_cni_externalsnat.to_string()),
+            ("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", cidrs.collect::<Vec<_>>().join(",")),
+            ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", format!("{:?}", self.aws_vpc_k8s_cni_randomizesnat).to_lowercase()),
+            ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", self.aws_vpc_k8s_cni_custom_network_cfg.to_string()),
             ("CLUSTER_NAME", self.cluster_name.clone()),
-            (
-                "ADDITIONAL_ENI_TAGS",
-                serde_json::to_string(&self.additional_eni_tags.0).unwrap_or_default(),
-            ),
-            (
-                "DISABLE_LEAKED_ENI_CLEANUP",
-                self.disable_leaked_eni_cleanup.to_string(),
-            ),
+            ("ADDITIONAL_ENI_TAGS", serde_json::to_string(&self.additional_eni_tags.0).unwrap_or_default()),
+            ("DISABLE_LEAKED_ENI_CLEANUP", self.disable_leaked_eni_cleanup.to_string()),
             ("EC2_API_QPS", self.ec2_api_qps.to_string()),
             ("EC2_API_BURST", self.ec2_api_burst.to_string()),
             ("IPAMD_SOCKET", self.ipamd_socket.display().to_string()),
-            (
-                "IPAMD_STATE_DIR",
-                self.ipamd_state_dir.display().to_string(),
-            ),
-            (
-                "IPAMD_ALLOWED_UIDS",
-                self.ipamd_allowed_uids
-                    .0
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-            (
-                "IPAMD_RECONCILE_INTERVAL",
-                self.ipamd_reconcile_interval.to_string(),
-            ),
-            (
-                "METRICS_BIND_ADDR",
-                self.metrics_bind_addr
-                    .0
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|| "off".into()),
-            ),
-            (
-                "LOG_FORMAT",
-                format!("{:?}", self.log_format).to_lowercase(),
-            ),
+            ("IPAMD_STATE_DIR", self.ipamd_state_dir.display().to_string()),
+            ("IPAMD_ALLOWED_UIDS", self.ipamd_allowed_uids.0.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
+            ("IPAMD_RECONCILE_INTERVAL", self.ipamd_reconcile_interval.to_string()),
+            ("METRICS_BIND_ADDR", self.metrics_bind_addr.0.map(|a| a.to_string()).unwrap_or_else(|| "off".into())),
+            ("LOG_FORMAT", format!("{:?}", self.log_format).to_lowercase()),
             ("LOG_LEVEL", self.log_level.clone()),
         ]
     }
@@ -276,57 +215,43 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim() {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-        other => Err(format!(
-            "'{other}' is not a boolean; accepted: true or false"
-        )),
+        other => Err(format!("'{other}' is not a boolean; accepted: true or false")),
     }
 }
 
 fn parse_count(s: &str) -> Result<u32, String> {
-    s.trim()
-        .parse::<u32>()
-        .map_err(|_| format!("'{s}' is not a whole number; accepted: 0 or more"))
+    s.trim().parse::<u32>().map_err(|_| format!("'{s}' is not a whole number; accepted: 0 or more"))
 }
 
 fn parse_positive(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
         Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!(
-            "'{s}' is not accepted; accepted: a whole number of 1 or more"
-        )),
+        _ => Err(format!("'{s}' is not accepted; accepted: a whole number of 1 or more")),
     }
 }
 
 fn parse_seconds(s: &str) -> Result<u64, String> {
-    s.trim()
-        .parse::<u64>()
-        .map_err(|_| format!("'{s}' is not a number of seconds; accepted: 0 or more"))
+    s.trim().parse::<u64>().map_err(|_| format!("'{s}' is not a number of seconds; accepted: 0 or more"))
 }
 
 fn parse_positive_seconds(s: &str) -> Result<u64, String> {
     match s.trim().parse::<u64>() {
         Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!(
-            "'{s}' is not accepted; accepted: a whole number of seconds, 1 or more"
-        )),
+        _ => Err(format!("'{s}' is not accepted; accepted: a whole number of seconds, 1 or more")),
     }
 }
 
 fn parse_mtu(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
         Ok(n) if (576..=9001).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "'{s}' is not accepted; accepted: an MTU from 576 to 9001"
-        )),
+        _ => Err(format!("'{s}' is not accepted; accepted: an MTU from 576 to 9001")),
     }
 }
 
 fn parse_qps(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
-        _ => Err(format!(
-            "'{s}' is not accepted; accepted: a number of requests per second above 0"
-        )),
+        _ => Err(format!("'{s}' is not accepted; accepted: a number of requests per second above 0")),
     }
 }
 
@@ -335,9 +260,9 @@ fn parse_cidr_list(s: &str) -> Result<CidrList, String> {
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|p| {
-            p.parse::<Ipv4Net>()
-                .map(|n| n.trunc())
-                .map_err(|_| format!("'{p}' is not an IPv4 CIDR; accepted: a comma list like 10.1.0.0/16,192.168.0.0/24"))
+            p.parse::<Ipv4Net>().map(|n| n.trunc()).map_err(|_| {
+                format!("'{p}' is not an IPv4 CIDR; accepted: a comma list like 10.1.0.0/16,192.168.0.0/24")
+            })
         })
         .collect::<Result<Vec<_>, _>>()
         .map(CidrList)
@@ -348,16 +273,10 @@ fn parse_tags(s: &str) -> Result<Tags, String> {
     if s.is_empty() {
         return Ok(Tags::default());
     }
-    let map: BTreeMap<String, String> = serde_json::from_str(s).map_err(|e| {
-        format!("not a JSON object of string values ({e}); accepted: e.g. {{\"team\":\"net\"}}")
-    })?;
-    if let Some(k) = map
-        .keys()
-        .find(|k| k.starts_with("k8s.amazonaws.com") || k.starts_with("aws:"))
-    {
-        return Err(format!(
-            "tag key '{k}' is reserved; accepted: keys not starting with aws: or k8s.amazonaws.com"
-        ));
+    let map: BTreeMap<String, String> = serde_json::from_str(s)
+        .map_err(|e| format!("not a JSON object of string values ({e}); accepted: e.g. {{\"team\":\"net\"}}"))?;
+    if let Some(k) = map.keys().find(|k| k.starts_with("k8s.amazonaws.com") || k.starts_with("aws:")) {
+        return Err(format!("tag key '{k}' is reserved; accepted: keys not starting with aws: or k8s.amazonaws.com"));
     }
     Ok(Tags(map))
 }
@@ -366,10 +285,7 @@ fn parse_uids(s: &str) -> Result<UidList, String> {
     s.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.parse::<u32>()
-                .map_err(|_| format!("'{p}' is not a uid; accepted: a comma list of numeric uids"))
-        })
+        .map(|p| p.parse::<u32>().map_err(|_| format!("'{p}' is not a uid; accepted: a comma list of numeric uids")))
         .collect::<Result<Vec<_>, _>>()
         .map(UidList)
 }
@@ -381,9 +297,7 @@ fn parse_bind(s: &str) -> Result<BindAddr, String> {
     }
     s.parse::<SocketAddr>()
         .map(|a| BindAddr(Some(a)))
-        .map_err(|_| {
-            format!("'{s}' is not accepted; accepted: host:port such as 0.0.0.0:61678, or off")
-        })
+        .map_err(|_| format!("'{s}' is not accepted; accepted: host:port such as 0.0.0.0:61678, or off"))
 }
 
 #[cfg(test)]
@@ -407,29 +321,15 @@ mod tests {
 
     #[test]
     fn bad_value_names_the_variable_and_the_accepted_values() {
-        let err = parse(&["--warm-ip-target", "many"])
-            .unwrap_err()
-            .to_string();
+        let err = parse(&["--warm-ip-target", "many"]).unwrap_err().to_string();
         assert!(err.contains("WARM_IP_TARGET"), "{err}");
         assert!(err.contains("accepted"), "{err}");
-        let err = parse(&["--aws-vpc-k8s-cni-externalsnat", "yes"])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("AWS_VPC_K8S_CNI_EXTERNALSNAT") && err.contains("true or false"),
-            "{err}"
-        );
-        let err = parse(&["--enable-prefix-delegation", "true"])
-            .unwrap_err()
-            .to_string();
+        let err = parse(&["--aws-vpc-k8s-cni-externalsnat", "yes"]).unwrap_err().to_string();
+        assert!(err.contains("AWS_VPC_K8S_CNI_EXTERNALSNAT") && err.contains("true or false"), "{err}");
+        let err = parse(&["--enable-prefix-delegation", "true"]).unwrap_err().to_string();
         assert!(err.starts_with("ENABLE_PREFIX_DELEGATION"), "{err}");
-        let err = parse(&["--aws-vpc-eni-mtu", "100"])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("AWS_VPC_ENI_MTU") && err.contains("576"),
-            "{err}"
-        );
+        let err = parse(&["--aws-vpc-eni-mtu", "100"]).unwrap_err().to_string();
+        assert!(err.contains("AWS_VPC_ENI_MTU") && err.contains("576"), "{err}");
     }
 
     #[test]
@@ -447,26 +347,13 @@ mod tests {
             "5",
         ])
         .unwrap();
-        let cidrs: Vec<String> = c
-            .aws_vpc_k8s_cni_exclude_snat_cidrs
-            .0
-            .iter()
-            .map(|n| n.to_string())
-            .collect();
+        let cidrs: Vec<String> = c.aws_vpc_k8s_cni_exclude_snat_cidrs.0.iter().map(|n| n.to_string()).collect();
         assert_eq!(cidrs, ["10.9.0.0/16", "192.168.1.0/24"]);
-        assert_eq!(
-            c.additional_eni_tags.0.get("team").map(String::as_str),
-            Some("net")
-        );
+        assert_eq!(c.additional_eni_tags.0.get("team").map(String::as_str), Some("net"));
         assert_eq!(c.ipamd_allowed_uids.0, vec![1000, 1001]);
         assert_eq!(c.metrics_bind_addr.0, None);
         assert!(c.ip_target_mode());
-        let err = parse(&["--additional-eni-tags", r#"{"aws:x":"y"}"#])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("ADDITIONAL_ENI_TAGS") && err.contains("reserved"),
-            "{err}"
-        );
+        let err = parse(&["--additional-eni-tags", r#"{"aws:x":"y"}"#]).unwrap_err().to_string();
+        assert!(err.contains("ADDITIONAL_ENI_TAGS") && err.contains("reserved"), "{err}");
     }
 }

@@ -19,6 +19,7 @@ use crate::grpc::{
     introspection::IntrospectionService,
     ipam::{IpamService, NetFacts},
 };
+use crate::hostnet::{self, HostNetError, netlink::Netlink};
 use crate::imds::{AwsImds, ImdsError, NodeInfo};
 use crate::planner::Targets;
 use crate::pool::{self, PoolSettings};
@@ -31,19 +32,15 @@ pub enum DaemonError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error("IPAMD_STATE_DIR {path}: {source}")]
-    StateDir {
-        path: String,
-        source: std::io::Error,
-    },
+    StateDir { path: String, source: std::io::Error },
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error("host network setup: {0}")]
+    HostNet(#[from] HostNetError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
     #[error("METRICS_BIND_ADDR {addr}: {source}")]
-    Metrics {
-        addr: String,
-        source: std::io::Error,
-    },
+    Metrics { addr: String, source: std::io::Error },
 }
 
 /// Reads IMDS, retrying for a while: at node boot the metadata service can lag the daemon's start.
@@ -64,6 +61,16 @@ async fn load_node(imds: &AwsImds) -> Result<NodeInfo, ImdsError> {
     }
 }
 
+/// Opens netlink in ipamd's own namespace (the node's) and applies the node-wide sysctls on the primary ENI,
+/// which is found by the MAC IMDS reports.
+async fn host_setup(node: &NodeInfo) -> Result<Netlink, DaemonError> {
+    let net = Netlink::current()?;
+    let primary = hostnet::wait_for_link(&net, &node.primary_mac, Duration::from_secs(10)).await?;
+    let changes = hostnet::node_sysctls(std::path::Path::new("/proc/sys"), &primary.name)?;
+    tracing::info!(link = %primary.name, mac = %node.primary_mac, changes, "node sysctls: ip_forward=1, rp_filter=2");
+    Ok(net)
+}
+
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let started = Instant::now();
     let imds = AwsImds::from_env();
@@ -74,10 +81,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     );
     let ec2 = Arc::new(AwsEc2::new(&node.region, cfg.ec2_api_qps, cfg.ec2_api_burst).await);
 
-    std::fs::create_dir_all(&cfg.ipamd_state_dir).map_err(|source| DaemonError::StateDir {
-        path: cfg.ipamd_state_dir.display().to_string(),
-        source,
-    })?;
+    std::fs::create_dir_all(&cfg.ipamd_state_dir)
+        .map_err(|source| DaemonError::StateDir { path: cfg.ipamd_state_dir.display().to_string(), source })?;
     let store = Store::new(&cfg.ipamd_state_dir);
     let checkpoint = store.load()?;
     tracing::info!(allocations = checkpoint.allocations.len(), path = %store.path().display(), "checkpoint restored");
@@ -99,13 +104,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in ["", IPAM_SERVICE] {
-        health
-            .set_service_status(name, ServingStatus::NotServing)
-            .await;
+        health.set_service_status(name, ServingStatus::NotServing).await;
     }
-    let policy = PeerPolicy {
-        allowed_uids: cfg.ipamd_allowed_uids.0.clone(),
-    };
+    let policy = PeerPolicy { allowed_uids: cfg.ipamd_allowed_uids.0.clone() };
     let ipam = IpamService {
         pool: pool.clone(),
         facts: NetFacts {
@@ -114,22 +115,12 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             external_snat: cfg.aws_vpc_k8s_cni_externalsnat,
         },
     };
-    let introspection = IntrospectionService {
-        pool: pool.clone(),
-        node: node.clone(),
-        config: cfg.entries(),
-    };
+    let introspection = IntrospectionService { pool: pool.clone(), node: node.clone(), config: cfg.entries() };
     let listener = grpc::bind(&cfg.ipamd_socket)?;
     let server = Server::builder()
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            health_service,
-            policy.interceptor(),
-        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(health_service, policy.interceptor()))
         .add_service(IpamServer::with_interceptor(ipam, policy.interceptor()))
-        .add_service(IntrospectionServer::with_interceptor(
-            introspection,
-            policy.interceptor(),
-        ))
+        .add_service(IntrospectionServer::with_interceptor(introspection, policy.interceptor()))
         .serve_with_incoming(grpc::incoming(listener));
     tracing::info!(socket = %cfg.ipamd_socket.display(), "gRPC listening");
     let grpc_task = tokio::spawn(server);
@@ -137,17 +128,16 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     if let Some(addr) = cfg.metrics_bind_addr.0 {
         let (local, fut) = crate::metrics::serve(addr, pool.clone(), ec2.calls.clone())
             .await
-            .map_err(|source| DaemonError::Metrics {
-                addr: addr.to_string(),
-                source,
-            })?;
+            .map_err(|source| DaemonError::Metrics { addr: addr.to_string(), source })?;
         tracing::info!(%local, "metrics listening");
         tokio::spawn(fut);
     }
 
+    let hostnet = if cfg.ipamd_host_network { Some(Arc::new(host_setup(&node).await?)) } else { None };
     let reconciler = Reconciler::new(
         ec2.clone(),
         Arc::new(imds),
+        hostnet,
         node.clone(),
         pool.clone(),
         ReconcileSettings {
@@ -156,23 +146,23 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             additional_tags: cfg.additional_eni_tags.0.clone(),
             leaked_eni_cleanup: !cfg.disable_leaked_eni_cleanup,
             error_backoff: Duration::from_secs(2),
+            eni_mtu: cfg.aws_vpc_eni_mtu,
+            link_wait: Duration::from_secs(10),
         },
     );
     let on_serving = move || {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         tokio::spawn(async move {
             for name in ["", IPAM_SERVICE] {
-                health
-                    .set_service_status(name, ServingStatus::Serving)
-                    .await;
+                health.set_service_status(name, ServingStatus::Serving).await;
             }
             tracing::info!(elapsed_ms, "SERVING: first reconcile complete");
         });
     };
     tokio::spawn(reconciler.run(on_serving));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(DaemonError::Signal)?;
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(DaemonError::Signal)?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: exiting (state is checkpointed)"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting (state is checkpointed)"),

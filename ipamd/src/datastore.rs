@@ -54,6 +54,8 @@ pub struct Eni {
     pub ips: BTreeMap<Ipv4Addr, IpState>,
     /// Chosen by the planner for detach + delete; no new assignments.
     pub deleting: bool,
+    /// The node's link for this ENI is configured (host routing in place); only then are its IPs handed out.
+    pub ready: bool,
 }
 
 /// An ENI as EC2 reports it (input to [`Datastore::observe`]).
@@ -66,19 +68,15 @@ pub struct ObservedEni {
     pub subnet_cidr: Ipv4Net,
     pub primary_ip: Ipv4Addr,
     pub secondary_ips: Vec<Ipv4Addr>,
+    /// Host networking for the ENI is in place (always true for the primary ENI).
+    pub ready: bool,
 }
 
 /// Why an assignment could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AssignError {
-    #[error(
-        "no free IP on this node: {assigned} assigned, {cooling} cooling, {enis} ENIs attached"
-    )]
-    Exhausted {
-        assigned: usize,
-        cooling: usize,
-        enis: usize,
-    },
+    #[error("no free IP on this node: {assigned} assigned, {cooling} cooling, {enis} ENIs attached")]
+    Exhausted { assigned: usize, cooling: usize, enis: usize },
 }
 
 /// Result of an assignment.
@@ -111,15 +109,8 @@ pub struct Datastore {
 
 impl Datastore {
     /// Rebuilds from a checkpoint: allocations and cooling IPs. ENIs come with the first observation.
-    pub fn restore(
-        allocations: BTreeMap<AllocKey, Allocation>,
-        cooling: BTreeMap<Ipv4Addr, i64>,
-    ) -> Self {
-        Self {
-            enis: BTreeMap::new(),
-            allocations,
-            cooling,
-        }
+    pub fn restore(allocations: BTreeMap<AllocKey, Allocation>, cooling: BTreeMap<Ipv4Addr, i64>) -> Self {
+        Self { enis: BTreeMap::new(), allocations, cooling }
     }
 
     /// Replaces the ENI set with what EC2 reports. IPs that EC2 no longer has are dropped; allocations are
@@ -155,6 +146,7 @@ impl Datastore {
                     primary_ip: o.primary_ip,
                     ips,
                     deleting: false,
+                    ready: o.ready,
                 },
             );
         }
@@ -177,26 +169,13 @@ impl Datastore {
         now_ms: i64,
     ) -> Result<Assigned, AssignError> {
         if let Some(a) = self.allocations.get(key) {
-            let device_number = self
-                .enis
-                .get(&a.eni_id)
-                .map(|e| e.device_number)
-                .unwrap_or(0);
-            return Ok(Assigned {
-                ip: a.ip,
-                eni_id: a.eni_id.clone(),
-                device_number,
-                new: false,
-            });
+            let device_number = self.enis.get(&a.eni_id).map(|e| e.device_number).unwrap_or(0);
+            return Ok(Assigned { ip: a.ip, eni_id: a.eni_id.clone(), device_number, new: false });
         }
-        let mut enis: Vec<&mut Eni> = self.enis.values_mut().filter(|e| !e.deleting).collect();
+        let mut enis: Vec<&mut Eni> = self.enis.values_mut().filter(|e| e.ready && !e.deleting).collect();
         enis.sort_by_key(|e| e.device_number);
         for eni in enis {
-            let pick = eni
-                .ips
-                .iter()
-                .find(|(_, s)| usable(**s, now_ms))
-                .map(|(ip, _)| *ip);
+            let pick = eni.ips.iter().find(|(_, s)| usable(**s, now_ms)).map(|(ip, _)| *ip);
             if let Some(ip) = pick {
                 eni.ips.insert(ip, IpState::Assigned);
                 self.cooling.remove(&ip);
@@ -210,29 +189,15 @@ impl Datastore {
                         allocated_unix: now_ms / 1000,
                     },
                 );
-                return Ok(Assigned {
-                    ip,
-                    eni_id: eni.id.clone(),
-                    device_number: eni.device_number,
-                    new: true,
-                });
+                return Ok(Assigned { ip, eni_id: eni.id.clone(), device_number: eni.device_number, new: true });
             }
         }
         let s = self.stats(now_ms);
-        Err(AssignError::Exhausted {
-            assigned: s.assigned,
-            cooling: s.cooling,
-            enis: s.enis,
-        })
+        Err(AssignError::Exhausted { assigned: s.assigned, cooling: s.cooling, enis: s.enis })
     }
 
     /// Releases `key`'s IP into cooldown. `None` when the key holds nothing (a repeated DEL).
-    pub fn release(
-        &mut self,
-        key: &AllocKey,
-        now_ms: i64,
-        cooldown_ms: i64,
-    ) -> Option<(Allocation, u32)> {
+    pub fn release(&mut self, key: &AllocKey, now_ms: i64, cooldown_ms: i64) -> Option<(Allocation, u32)> {
         let a = self.allocations.remove(key)?;
         let until_ms = now_ms + cooldown_ms;
         let mut device_number = 0;
@@ -254,10 +219,7 @@ impl Datastore {
     }
 
     pub fn stats(&self, now_ms: i64) -> Stats {
-        let mut s = Stats {
-            enis: self.enis.len(),
-            ..Stats::default()
-        };
+        let mut s = Stats { enis: self.enis.len(), ..Stats::default() };
         for state in self.enis.values().flat_map(|e| e.ips.values()) {
             s.total += 1;
             match *state {
@@ -302,12 +264,7 @@ impl Datastore {
     }
 
     /// Marks IPs the planner will unassign so that no pod gets one meanwhile. Returns those still free.
-    pub fn reserve_for_release(
-        &mut self,
-        eni_id: &str,
-        ips: &[Ipv4Addr],
-        now_ms: i64,
-    ) -> Vec<Ipv4Addr> {
+    pub fn reserve_for_release(&mut self, eni_id: &str, ips: &[Ipv4Addr], now_ms: i64) -> Vec<Ipv4Addr> {
         let Some(eni) = self.enis.get_mut(eni_id) else {
             return Vec::new();
         };
@@ -349,11 +306,7 @@ mod tests {
     use super::*;
 
     fn key(c: &str) -> AllocKey {
-        AllocKey {
-            network_name: "aws-cni".into(),
-            container_id: c.into(),
-            if_name: "eth0".into(),
-        }
+        AllocKey { network_name: "aws-cni".into(), container_id: c.into(), if_name: "eth0".into() }
     }
 
     fn eni(id: &str, dev: u32, ips: &[&str]) -> ObservedEni {
@@ -365,19 +318,13 @@ mod tests {
             subnet_cidr: "10.0.1.0/24".parse().unwrap(),
             primary_ip: format!("10.0.1.{}", 100 + dev).parse().unwrap(),
             secondary_ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
+            ready: true,
         }
     }
 
     fn two_enis() -> Datastore {
         let mut ds = Datastore::default();
-        ds.observe(
-            vec![
-                eni("eni-a", 0, &["10.0.1.10", "10.0.1.11"]),
-                eni("eni-b", 1, &["10.0.1.20"]),
-            ],
-            "eni-a",
-            0,
-        );
+        ds.observe(vec![eni("eni-a", 0, &["10.0.1.10", "10.0.1.11"]), eni("eni-b", 1, &["10.0.1.20"])], "eni-a", 0);
         ds
     }
 
@@ -385,19 +332,13 @@ mod tests {
     fn assign_is_idempotent_and_packs_the_lowest_device() {
         let mut ds = two_enis();
         let a = ds.assign(&key("c1"), "ns", "p1", 0).unwrap();
-        assert_eq!(
-            (a.ip.to_string().as_str(), a.device_number, a.new),
-            ("10.0.1.10", 0, true)
-        );
+        assert_eq!((a.ip.to_string().as_str(), a.device_number, a.new), ("10.0.1.10", 0, true));
         let again = ds.assign(&key("c1"), "ns", "p1", 0).unwrap();
         assert_eq!((again.ip, again.new), (a.ip, false));
         let b = ds.assign(&key("c2"), "ns", "p2", 0).unwrap();
         let c = ds.assign(&key("c3"), "ns", "p3", 0).unwrap();
         assert_eq!((b.device_number, c.device_number), (0, 1));
-        assert!(matches!(
-            ds.assign(&key("c4"), "ns", "p4", 0),
-            Err(AssignError::Exhausted { assigned: 3, .. })
-        ));
+        assert!(matches!(ds.assign(&key("c4"), "ns", "p4", 0), Err(AssignError::Exhausted { assigned: 3, .. })));
     }
 
     #[test]
@@ -406,15 +347,9 @@ mod tests {
         let a = ds.assign(&key("c1"), "ns", "p1", 0).unwrap();
         let (rel, dev) = ds.release(&key("c1"), 1_000, 30_000).unwrap();
         assert_eq!((rel.ip, dev), (a.ip, 0));
-        assert!(
-            ds.release(&key("c1"), 1_000, 30_000).is_none(),
-            "a second DEL finds nothing"
-        );
+        assert!(ds.release(&key("c1"), 1_000, 30_000).is_none(), "a second DEL finds nothing");
         // Within the cooldown the other IPs go first, then nothing.
-        let ips: Vec<_> = ["x", "y"]
-            .iter()
-            .map(|c| ds.assign(&key(c), "ns", "p", 2_000).unwrap().ip)
-            .collect();
+        let ips: Vec<_> = ["x", "y"].iter().map(|c| ds.assign(&key(c), "ns", "p", 2_000).unwrap().ip).collect();
         assert!(!ips.contains(&a.ip));
         assert!(ds.assign(&key("z"), "ns", "p", 2_000).is_err());
         // After it the IP is usable again.
@@ -428,20 +363,22 @@ mod tests {
         ds.release(&key("c1"), 0, 10_000);
         let b = ds.assign(&key("c2"), "ns", "p2", 0).unwrap();
         // EC2 no longer has eni-b's IP; the checkpointed cooldown and the allocation survive a re-observation.
-        ds.observe(
-            vec![eni("eni-a", 0, &["10.0.1.10", "10.0.1.11"])],
-            "eni-a",
-            5_000,
-        );
+        ds.observe(vec![eni("eni-a", 0, &["10.0.1.10", "10.0.1.11"])], "eni-a", 5_000);
         assert_eq!(ds.enis.len(), 1);
-        assert_eq!(
-            ds.enis["eni-a"].ips[&a.ip],
-            IpState::Cooling { until_ms: 10_000 }
-        );
+        assert_eq!(ds.enis["eni-a"].ips[&a.ip], IpState::Cooling { until_ms: 10_000 });
         assert_eq!(ds.enis["eni-a"].ips[&b.ip], IpState::Assigned);
         assert!(ds.allocations.contains_key(&key("c2")));
         let s = ds.stats(5_000);
         assert_eq!((s.total, s.assigned, s.cooling, s.free), (2, 1, 1, 0));
+    }
+
+    #[test]
+    fn enis_without_host_networking_are_not_used() {
+        let mut ds = Datastore::default();
+        let mut b = eni("eni-b", 1, &["10.0.1.20"]);
+        b.ready = false;
+        ds.observe(vec![eni("eni-a", 0, &[]), b], "eni-a", 0);
+        assert!(ds.assign(&key("c1"), "ns", "p", 0).is_err());
     }
 
     #[test]
@@ -450,14 +387,8 @@ mod tests {
         let got = ds.reserve_for_release("eni-a", &["10.0.1.10".parse().unwrap()], 0);
         assert_eq!(got.len(), 1);
         assert!(ds.reserve_eni_for_delete("eni-b", 0));
-        assert!(
-            !ds.reserve_eni_for_delete("eni-a", 0),
-            "the primary ENI is never deleted"
-        );
-        assert_eq!(
-            ds.assign(&key("c1"), "ns", "p", 0).unwrap().ip.to_string(),
-            "10.0.1.11"
-        );
+        assert!(!ds.reserve_eni_for_delete("eni-a", 0), "the primary ENI is never deleted");
+        assert_eq!(ds.assign(&key("c1"), "ns", "p", 0).unwrap().ip.to_string(), "10.0.1.11");
         assert!(ds.assign(&key("c2"), "ns", "p", 0).is_err());
     }
 }

@@ -26,11 +26,7 @@ pub struct Ec2Error {
 
 impl Ec2Error {
     fn new(op: &'static str, code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            op,
-            code: code.into(),
-            message: message.into(),
-        }
+        Self { op, code: code.into(), message: message.into() }
     }
 }
 
@@ -67,24 +63,15 @@ pub struct InstanceLimits {
 
 pub trait Ec2Api: Send + Sync + 'static {
     /// ENIs attached to the instance.
-    fn attached_enis(
-        &self,
-        instance_id: &str,
-    ) -> impl Future<Output = Result<Vec<Ec2Eni>, Ec2Error>> + Send;
+    fn attached_enis(&self, instance_id: &str) -> impl Future<Output = Result<Vec<Ec2Eni>, Ec2Error>> + Send;
     /// ENIs carrying `tag_key = tag_value` that are not attached to anything.
     fn unattached_tagged_enis(
         &self,
         tag_key: &str,
         tag_value: &str,
     ) -> impl Future<Output = Result<Vec<Ec2Eni>, Ec2Error>> + Send;
-    fn subnet_cidr(
-        &self,
-        subnet_id: &str,
-    ) -> impl Future<Output = Result<Ipv4Net, Ec2Error>> + Send;
-    fn instance_limits(
-        &self,
-        instance_type: &str,
-    ) -> impl Future<Output = Result<InstanceLimits, Ec2Error>> + Send;
+    fn subnet_cidr(&self, subnet_id: &str) -> impl Future<Output = Result<Ipv4Net, Ec2Error>> + Send;
+    fn instance_limits(&self, instance_type: &str) -> impl Future<Output = Result<InstanceLimits, Ec2Error>> + Send;
     fn create_eni(&self, eni: &NewEni) -> impl Future<Output = Result<Ec2Eni, Ec2Error>> + Send;
     /// Attaches and returns the attachment id.
     fn attach_eni(
@@ -98,16 +85,8 @@ pub trait Ec2Api: Send + Sync + 'static {
         eni_id: &str,
         attachment_id: &str,
     ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
-    fn assign_ips(
-        &self,
-        eni_id: &str,
-        count: u32,
-    ) -> impl Future<Output = Result<Vec<Ipv4Addr>, Ec2Error>> + Send;
-    fn unassign_ips(
-        &self,
-        eni_id: &str,
-        ips: &[Ipv4Addr],
-    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    fn assign_ips(&self, eni_id: &str, count: u32) -> impl Future<Output = Result<Vec<Ipv4Addr>, Ec2Error>> + Send;
+    fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> impl Future<Output = Result<(), Ec2Error>> + Send;
     fn detach_eni(&self, attachment_id: &str) -> impl Future<Output = Result<(), Ec2Error>> + Send;
     fn delete_eni(&self, eni_id: &str) -> impl Future<Output = Result<(), Ec2Error>> + Send;
 }
@@ -118,16 +97,10 @@ pub struct CallCounts(std::sync::Mutex<BTreeMap<&'static str, u64>>, AtomicU64);
 
 impl CallCounts {
     fn inc(&self, op: &'static str) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(op)
-            .or_default() += 1;
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(op).or_default() += 1;
     }
     fn throttled(&self, waited: Duration) {
-        self.1
-            .fetch_add(waited.as_millis() as u64, Ordering::Relaxed);
+        self.1.fetch_add(waited.as_millis() as u64, Ordering::Relaxed);
     }
     pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -147,15 +120,8 @@ pub struct AwsEc2 {
 impl AwsEc2 {
     /// Loads the standard AWS configuration (AWS_ENDPOINT_URL_EC2, credentials chain) for `region`.
     pub async fn new(region: &str, qps: f64, burst: u32) -> Self {
-        let conf = aws_config::from_env()
-            .region(aws_config::Region::new(region.to_string()))
-            .load()
-            .await;
-        Self {
-            client: aws_sdk_ec2::Client::new(&conf),
-            bucket: TokenBucket::new(qps, burst),
-            calls: Arc::default(),
-        }
+        let conf = aws_config::from_env().region(aws_config::Region::new(region.to_string())).load().await;
+        Self { client: aws_sdk_ec2::Client::new(&conf), bucket: TokenBucket::new(qps, burst), calls: Arc::default() }
     }
 
     async fn gate(&self, op: &'static str) {
@@ -163,11 +129,7 @@ impl AwsEc2 {
         self.calls.inc(op);
         if !waited.is_zero() {
             self.calls.throttled(waited);
-            tracing::debug!(
-                op,
-                waited_ms = waited.as_millis() as u64,
-                "EC2 call delayed by EC2_API_QPS"
-            );
+            tracing::debug!(op, waited_ms = waited.as_millis() as u64, "EC2 call delayed by EC2_API_QPS");
         }
     }
 }
@@ -177,24 +139,17 @@ fn sdk_err<E: ProvideErrorMetadata + std::error::Error + 'static>(
 ) -> impl FnOnce(aws_sdk_ec2::error::SdkError<E>) -> Ec2Error {
     move |e| {
         let code = e.code().unwrap_or("Unknown").to_string();
-        let message = e
-            .message()
-            .map(String::from)
-            .unwrap_or_else(|| aws_sdk_ec2::error::DisplayErrorContext(&e).to_string());
+        let message =
+            e.message().map(String::from).unwrap_or_else(|| aws_sdk_ec2::error::DisplayErrorContext(&e).to_string());
         Ec2Error::new(op, code, message)
     }
 }
 
 fn parse_ip(op: &'static str, s: Option<&str>) -> Result<Ipv4Addr, Ec2Error> {
-    s.unwrap_or_default()
-        .parse()
-        .map_err(|_| Ec2Error::new(op, "BadResponse", format!("not an IPv4 address: {s:?}")))
+    s.unwrap_or_default().parse().map_err(|_| Ec2Error::new(op, "BadResponse", format!("not an IPv4 address: {s:?}")))
 }
 
-fn convert(
-    op: &'static str,
-    ni: &aws_sdk_ec2::types::NetworkInterface,
-) -> Result<Ec2Eni, Ec2Error> {
+fn convert(op: &'static str, ni: &aws_sdk_ec2::types::NetworkInterface) -> Result<Ec2Eni, Ec2Error> {
     let primary_ip = parse_ip(op, ni.private_ip_address())?;
     let mut secondary_ips = Vec::new();
     for p in ni.private_ip_addresses() {
@@ -211,10 +166,7 @@ fn convert(
         secondary_ips,
         device_index: att.and_then(|a| a.device_index()).map(|d| d as u32),
         attachment_id: att.and_then(|a| a.attachment_id()).map(String::from),
-        status: ni
-            .status()
-            .map(|s| s.as_str().to_string())
-            .unwrap_or_default(),
+        status: ni.status().map(|s| s.as_str().to_string()).unwrap_or_default(),
     })
 }
 
@@ -222,76 +174,32 @@ impl Ec2Api for AwsEc2 {
     async fn attached_enis(&self, instance_id: &str) -> Result<Vec<Ec2Eni>, Ec2Error> {
         const OP: &str = "DescribeNetworkInterfaces";
         self.gate(OP).await;
-        let filter = Filter::builder()
-            .name("attachment.instance-id")
-            .values(instance_id)
-            .build();
-        let out = self
-            .client
-            .describe_network_interfaces()
-            .filters(filter)
-            .send()
-            .await
-            .map_err(sdk_err(OP))?;
-        out.network_interfaces()
-            .iter()
-            .map(|n| convert(OP, n))
-            .collect()
+        let filter = Filter::builder().name("attachment.instance-id").values(instance_id).build();
+        let out = self.client.describe_network_interfaces().filters(filter).send().await.map_err(sdk_err(OP))?;
+        out.network_interfaces().iter().map(|n| convert(OP, n)).collect()
     }
 
-    async fn unattached_tagged_enis(
-        &self,
-        tag_key: &str,
-        tag_value: &str,
-    ) -> Result<Vec<Ec2Eni>, Ec2Error> {
+    async fn unattached_tagged_enis(&self, tag_key: &str, tag_value: &str) -> Result<Vec<Ec2Eni>, Ec2Error> {
         const OP: &str = "DescribeNetworkInterfaces";
         self.gate(OP).await;
         let out = self
             .client
             .describe_network_interfaces()
-            .filters(
-                Filter::builder()
-                    .name(format!("tag:{tag_key}"))
-                    .values(tag_value)
-                    .build(),
-            )
+            .filters(Filter::builder().name(format!("tag:{tag_key}")).values(tag_value).build())
             .filters(Filter::builder().name("status").values("available").build())
             .send()
             .await
             .map_err(sdk_err(OP))?;
-        let enis: Vec<Ec2Eni> = out
-            .network_interfaces()
-            .iter()
-            .map(|n| convert(OP, n))
-            .collect::<Result<_, _>>()?;
-        Ok(enis
-            .into_iter()
-            .filter(|e| e.status == "available")
-            .collect())
+        let enis: Vec<Ec2Eni> = out.network_interfaces().iter().map(|n| convert(OP, n)).collect::<Result<_, _>>()?;
+        Ok(enis.into_iter().filter(|e| e.status == "available").collect())
     }
 
     async fn subnet_cidr(&self, subnet_id: &str) -> Result<Ipv4Net, Ec2Error> {
         const OP: &str = "DescribeSubnets";
         self.gate(OP).await;
-        let out = self
-            .client
-            .describe_subnets()
-            .subnet_ids(subnet_id)
-            .send()
-            .await
-            .map_err(sdk_err(OP))?;
-        let cidr = out
-            .subnets()
-            .first()
-            .and_then(|s| s.cidr_block())
-            .unwrap_or_default();
-        cidr.parse().map_err(|_| {
-            Ec2Error::new(
-                OP,
-                "BadResponse",
-                format!("subnet {subnet_id} CIDR {cidr:?}"),
-            )
-        })
+        let out = self.client.describe_subnets().subnet_ids(subnet_id).send().await.map_err(sdk_err(OP))?;
+        let cidr = out.subnets().first().and_then(|s| s.cidr_block()).unwrap_or_default();
+        cidr.parse().map_err(|_| Ec2Error::new(OP, "BadResponse", format!("subnet {subnet_id} CIDR {cidr:?}")))
     }
 
     async fn instance_limits(&self, instance_type: &str) -> Result<InstanceLimits, Ec2Error> {
@@ -305,21 +213,11 @@ impl Ec2Api for AwsEc2 {
             .await
             .map_err(sdk_err(OP))?;
         let net = out.instance_types().first().and_then(|t| t.network_info());
-        match net.map(|n| {
-            (
-                n.maximum_network_interfaces(),
-                n.ipv4_addresses_per_interface(),
-            )
-        }) {
-            Some((Some(e), Some(i))) if e > 0 && i > 1 => Ok(InstanceLimits {
-                max_enis: e as u32,
-                ipv4_per_eni: i as u32,
-            }),
-            _ => Err(Ec2Error::new(
-                OP,
-                "BadResponse",
-                format!("no network limits for instance type {instance_type}"),
-            )),
+        match net.map(|n| (n.maximum_network_interfaces(), n.ipv4_addresses_per_interface())) {
+            Some((Some(e), Some(i))) if e > 0 && i > 1 => {
+                Ok(InstanceLimits { max_enis: e as u32, ipv4_per_eni: i as u32 })
+            }
+            _ => Err(Ec2Error::new(OP, "BadResponse", format!("no network limits for instance type {instance_type}"))),
         }
     }
 
@@ -328,12 +226,7 @@ impl Ec2Api for AwsEc2 {
         self.gate(OP).await;
         let tags = TagSpecification::builder()
             .resource_type(ResourceType::NetworkInterface)
-            .set_tags(Some(
-                eni.tags
-                    .iter()
-                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
-                    .collect(),
-            ))
+            .set_tags(Some(eni.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()))
             .build();
         let mut req = self
             .client
@@ -346,18 +239,11 @@ impl Ec2Api for AwsEc2 {
             req = req.secondary_private_ip_address_count(eni.ip_count as i32);
         }
         let out = req.send().await.map_err(sdk_err(OP))?;
-        let ni = out
-            .network_interface()
-            .ok_or_else(|| Ec2Error::new(OP, "BadResponse", "no NetworkInterface"))?;
+        let ni = out.network_interface().ok_or_else(|| Ec2Error::new(OP, "BadResponse", "no NetworkInterface"))?;
         convert(OP, ni)
     }
 
-    async fn attach_eni(
-        &self,
-        eni_id: &str,
-        instance_id: &str,
-        device_index: u32,
-    ) -> Result<String, Ec2Error> {
+    async fn attach_eni(&self, eni_id: &str, instance_id: &str, device_index: u32) -> Result<String, Ec2Error> {
         const OP: &str = "AttachNetworkInterface";
         self.gate(OP).await;
         let out = self
@@ -369,16 +255,10 @@ impl Ec2Api for AwsEc2 {
             .send()
             .await
             .map_err(sdk_err(OP))?;
-        out.attachment_id()
-            .map(String::from)
-            .ok_or_else(|| Ec2Error::new(OP, "BadResponse", "no AttachmentId"))
+        out.attachment_id().map(String::from).ok_or_else(|| Ec2Error::new(OP, "BadResponse", "no AttachmentId"))
     }
 
-    async fn set_delete_on_termination(
-        &self,
-        eni_id: &str,
-        attachment_id: &str,
-    ) -> Result<(), Ec2Error> {
+    async fn set_delete_on_termination(&self, eni_id: &str, attachment_id: &str) -> Result<(), Ec2Error> {
         const OP: &str = "ModifyNetworkInterfaceAttribute";
         self.gate(OP).await;
         let change = NetworkInterfaceAttachmentChanges::builder()
@@ -406,10 +286,7 @@ impl Ec2Api for AwsEc2 {
             .send()
             .await
             .map_err(sdk_err(OP))?;
-        out.assigned_private_ip_addresses()
-            .iter()
-            .map(|a| parse_ip(OP, a.private_ip_address()))
-            .collect()
+        out.assigned_private_ip_addresses().iter().map(|a| parse_ip(OP, a.private_ip_address())).collect()
     }
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), Ec2Error> {
@@ -428,24 +305,14 @@ impl Ec2Api for AwsEc2 {
     async fn detach_eni(&self, attachment_id: &str) -> Result<(), Ec2Error> {
         const OP: &str = "DetachNetworkInterface";
         self.gate(OP).await;
-        self.client
-            .detach_network_interface()
-            .attachment_id(attachment_id)
-            .send()
-            .await
-            .map_err(sdk_err(OP))?;
+        self.client.detach_network_interface().attachment_id(attachment_id).send().await.map_err(sdk_err(OP))?;
         Ok(())
     }
 
     async fn delete_eni(&self, eni_id: &str) -> Result<(), Ec2Error> {
         const OP: &str = "DeleteNetworkInterface";
         self.gate(OP).await;
-        self.client
-            .delete_network_interface()
-            .network_interface_id(eni_id)
-            .send()
-            .await
-            .map_err(sdk_err(OP))?;
+        self.client.delete_network_interface().network_interface_id(eni_id).send().await.map_err(sdk_err(OP))?;
         Ok(())
     }
 }

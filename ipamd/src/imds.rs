@@ -12,11 +12,7 @@ pub enum ImdsError {
     #[error("IMDS {path}: {message}")]
     Request { path: String, message: String },
     #[error("IMDS {path}: cannot parse '{value}': {message}")]
-    Parse {
-        path: String,
-        value: String,
-        message: String,
-    },
+    Parse { path: String, value: String, message: String },
 }
 
 /// Reads one metadata path below `/latest/meta-data/`.
@@ -32,9 +28,7 @@ pub struct AwsImds {
 
 impl AwsImds {
     pub fn from_env() -> Self {
-        Self {
-            client: aws_config::imds::Client::builder().max_attempts(4).build(),
-        }
+        Self { client: aws_config::imds::Client::builder().max_attempts(4).build() }
     }
 }
 
@@ -45,10 +39,7 @@ impl Metadata for AwsImds {
             .get(full)
             .await
             .map(String::from)
-            .map_err(|e| ImdsError::Request {
-                path: path.to_string(),
-                message: error_chain(&e),
-            })
+            .map_err(|e| ImdsError::Request { path: path.to_string(), message: error_chain(&e) })
     }
 }
 
@@ -63,10 +54,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     // Error responses carry the whole HTTP response in their Display; keep logs readable.
     if out.len() > 400 {
-        let cut = (0..=400)
-            .rev()
-            .find(|i| out.is_char_boundary(*i))
-            .unwrap_or(0);
+        let cut = (0..=400).rev().find(|i| out.is_char_boundary(*i)).unwrap_or(0);
         out.truncate(cut);
         out.push('…');
     }
@@ -117,33 +105,17 @@ impl NodeInfo {
         let instance_id = md.get("instance-id").await?.trim().to_string();
         let instance_type = md.get("instance-type").await?.trim().to_string();
         let region = md.get("placement/region").await?.trim().to_string();
-        let availability_zone = md
-            .get("placement/availability-zone")
-            .await?
-            .trim()
-            .to_string();
+        let availability_zone = md.get("placement/availability-zone").await?.trim().to_string();
         let primary_mac = md.get("mac").await?.trim().to_lowercase();
         let primary_ip = parse("local-ipv4", &md.get("local-ipv4").await?)?;
         let base = format!("network/interfaces/macs/{primary_mac}");
-        let primary_eni_id = md
-            .get(&format!("{base}/interface-id"))
-            .await?
-            .trim()
-            .to_string();
-        let subnet_id = md
-            .get(&format!("{base}/subnet-id"))
-            .await?
-            .trim()
-            .to_string();
+        let primary_eni_id = md.get(&format!("{base}/interface-id")).await?.trim().to_string();
+        let subnet_id = md.get(&format!("{base}/subnet-id")).await?.trim().to_string();
         let cidr_path = format!("{base}/subnet-ipv4-cidr-block");
         let subnet_cidr = parse(&cidr_path, &md.get(&cidr_path).await?)?;
-        let security_groups = lines(&md.get(&format!("{base}/security-group-ids")).await?)
-            .map(String::from)
-            .collect();
+        let security_groups = lines(&md.get(&format!("{base}/security-group-ids")).await?).map(String::from).collect();
         let vpc_path = format!("{base}/vpc-ipv4-cidr-blocks");
-        let vpc_cidrs = lines(&md.get(&vpc_path).await?)
-            .map(|l| parse(&vpc_path, l))
-            .collect::<Result<_, _>>()?;
+        let vpc_cidrs = lines(&md.get(&vpc_path).await?).map(|l| parse(&vpc_path, l)).collect::<Result<_, _>>()?;
         Ok(Self {
             instance_id,
             instance_type,
@@ -166,21 +138,10 @@ pub async fn interfaces(md: &impl Metadata) -> Result<BTreeMap<String, MacInfo>,
     for mac in lines(&md.get("network/interfaces/macs/").await?) {
         let mac = mac.trim_end_matches('/').to_lowercase();
         let base = format!("network/interfaces/macs/{mac}");
-        let eni_id = md
-            .get(&format!("{base}/interface-id"))
-            .await?
-            .trim()
-            .to_string();
+        let eni_id = md.get(&format!("{base}/interface-id")).await?.trim().to_string();
         let dev_path = format!("{base}/device-number");
         let device_number = parse(&dev_path, &md.get(&dev_path).await?)?;
-        out.insert(
-            eni_id.clone(),
-            MacInfo {
-                mac,
-                eni_id,
-                device_number,
-            },
-        );
+        out.insert(eni_id.clone(), MacInfo { mac, eni_id, device_number });
     }
     Ok(out)
 }
@@ -196,10 +157,10 @@ pub(crate) mod fake {
 
     impl Metadata for FakeImds {
         async fn get(&self, path: &str) -> Result<String, ImdsError> {
-            self.0.get(path).cloned().ok_or_else(|| ImdsError::Request {
-                path: path.into(),
-                message: "404 Not Found".into(),
-            })
+            self.0
+                .get(path)
+                .cloned()
+                .ok_or_else(|| ImdsError::Request { path: path.into(), message: "404 Not Found".into() })
         }
     }
 
@@ -219,10 +180,7 @@ pub(crate) mod fake {
             (format!("{b}/subnet-id"), "subnet-1".into()),
             (format!("{b}/subnet-ipv4-cidr-block"), "10.0.1.0/24".into()),
             (format!("{b}/security-group-ids"), "sg-1\nsg-2".into()),
-            (
-                format!("{b}/vpc-ipv4-cidr-blocks"),
-                "10.0.0.0/16\n10.1.0.0/16".into(),
-            ),
+            (format!("{b}/vpc-ipv4-cidr-blocks"), "10.0.0.0/16\n10.1.0.0/16".into()),
         ];
         FakeImds(pairs.into_iter().collect())
     }

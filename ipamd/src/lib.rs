@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod datastore;
 pub mod ec2;
 pub mod grpc;
+pub mod hostnet;
 pub mod imds;
 pub mod metrics;
 pub mod planner;
@@ -21,8 +22,8 @@ pub mod reconcile;
 
 /// Sets up tracing to stderr in the configured format.
 pub fn init_logging(format: config::LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -27,54 +27,19 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
 /// Renders the exposition text for one snapshot.
 pub fn render(s: &Snapshot, calls: &CallCounts) -> String {
     let mut reg = Registry::default();
-    gauge(
-        &mut reg,
-        "awscni_eni_allocated",
-        "ENIs attached to the node",
-        s.stats.enis as i64,
-    );
-    gauge(
-        &mut reg,
-        "awscni_eni_max",
-        "ENIs the node may attach",
-        s.limits.map_or(0, |l| l.max_enis) as i64,
-    );
-    gauge(
-        &mut reg,
-        "awscni_total_ip_addresses",
-        "secondary IPs in the pool",
-        s.stats.total as i64,
-    );
-    gauge(
-        &mut reg,
-        "awscni_assigned_ip_addresses",
-        "IPs held by pods",
-        s.stats.assigned as i64,
-    );
+    gauge(&mut reg, "awscni_eni_allocated", "ENIs attached to the node", s.stats.enis as i64);
+    gauge(&mut reg, "awscni_eni_max", "ENIs the node may attach", s.limits.map_or(0, |l| l.max_enis) as i64);
+    gauge(&mut reg, "awscni_total_ip_addresses", "secondary IPs in the pool", s.stats.total as i64);
+    gauge(&mut reg, "awscni_assigned_ip_addresses", "IPs held by pods", s.stats.assigned as i64);
     gauge(
         &mut reg,
         "awscni_ip_max",
         "pod IPs the node can hold",
         s.limits.map_or(0, |l| l.max_enis * l.ips_per_eni) as i64,
     );
-    gauge(
-        &mut reg,
-        "ipamd_cooling_ip_addresses",
-        "released IPs resting before reuse",
-        s.stats.cooling as i64,
-    );
-    gauge(
-        &mut reg,
-        "ipamd_free_ip_addresses",
-        "IPs ready for the next pod",
-        s.stats.free as i64,
-    );
-    gauge(
-        &mut reg,
-        "ipamd_serving",
-        "1 once the first reconcile completed",
-        i64::from(s.serving),
-    );
+    gauge(&mut reg, "ipamd_cooling_ip_addresses", "released IPs resting before reuse", s.stats.cooling as i64);
+    gauge(&mut reg, "ipamd_free_ip_addresses", "IPs ready for the next pod", s.stats.free as i64);
+    gauge(&mut reg, "ipamd_serving", "1 once the first reconcile completed", i64::from(s.serving));
     gauge(
         &mut reg,
         "ipamd_last_reconcile_timestamp_seconds",
@@ -83,22 +48,12 @@ pub fn render(s: &Snapshot, calls: &CallCounts) -> String {
     );
     let requests = Family::<Vec<(String, String)>, Counter>::default();
     for (op, n) in calls.snapshot() {
-        requests
-            .get_or_create(&vec![("op".to_string(), op.to_string())])
-            .inc_by(n);
+        requests.get_or_create(&vec![("op".to_string(), op.to_string())]).inc_by(n);
     }
-    reg.register(
-        "ipamd_ec2_requests",
-        "EC2 API requests by operation",
-        requests,
-    );
+    reg.register("ipamd_ec2_requests", "EC2 API requests by operation", requests);
     let throttled = Counter::<u64>::default();
     throttled.inc_by(calls.throttled_ms());
-    reg.register(
-        "ipamd_ec2_throttle_wait_milliseconds",
-        "time EC2 calls waited on EC2_API_QPS",
-        throttled,
-    );
+    reg.register("ipamd_ec2_throttle_wait_milliseconds", "time EC2 calls waited on EC2_API_QPS", throttled);
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
     out
@@ -116,14 +71,9 @@ pub async fn serve(
     addr: SocketAddr,
     pool: PoolHandle,
     calls: Arc<CallCounts>,
-) -> std::io::Result<(
-    SocketAddr,
-    impl std::future::Future<Output = std::io::Result<()>>,
-)> {
+) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .with_state(Ctx { pool, calls });
+    let app = Router::new().route("/metrics", get(metrics)).with_state(Ctx { pool, calls });
     Ok((local, async move { axum::serve(listener, app).await }))
 }

@@ -101,10 +101,7 @@ fn plan_eni_mode(view: &PoolView, warm_eni: u32, limits: Limits) -> Vec<Action> 
     for e in by_device(view) {
         if e.total() < cap {
             let count = cap - e.total();
-            actions.push(Action::AssignIps {
-                eni_id: e.id.clone(),
-                count,
-            });
+            actions.push(Action::AssignIps { eni_id: e.id.clone(), count });
             free += count;
         }
     }
@@ -118,9 +115,7 @@ fn plan_eni_mode(view: &PoolView, warm_eni: u32, limits: Limits) -> Vec<Action> 
         for e in by_device(view).into_iter().rev() {
             if !e.primary && e.idle() && free - e.free.len() as u32 >= want_free {
                 free -= e.free.len() as u32;
-                actions.push(Action::DeleteEni {
-                    eni_id: e.id.clone(),
-                });
+                actions.push(Action::DeleteEni { eni_id: e.id.clone() });
             }
         }
     }
@@ -141,10 +136,7 @@ fn plan_ip_mode(view: &PoolView, targets: Targets, limits: Limits) -> Vec<Action
             let room = cap.saturating_sub(e.total());
             if room > 0 && need > 0 {
                 let count = room.min(need);
-                actions.push(Action::AssignIps {
-                    eni_id: e.id.clone(),
-                    count,
-                });
+                actions.push(Action::AssignIps { eni_id: e.id.clone(), count });
                 need -= count;
             }
         }
@@ -164,9 +156,7 @@ fn plan_ip_mode(view: &PoolView, targets: Targets, limits: Limits) -> Vec<Action
         if !e.primary && e.idle() && e.free.len() as u32 <= over {
             over -= e.free.len() as u32;
             deleted.push(e.id.as_str());
-            actions.push(Action::DeleteEni {
-                eni_id: e.id.clone(),
-            });
+            actions.push(Action::DeleteEni { eni_id: e.id.clone() });
         }
     }
     for e in by_device(view).into_iter().rev() {
@@ -180,10 +170,7 @@ fn plan_ip_mode(view: &PoolView, targets: Targets, limits: Limits) -> Vec<Action
         // Give back the highest addresses; keeps the low ones stable for the pods to come.
         let ips: Vec<Ipv4Addr> = e.free[e.free.len() - n..].to_vec();
         over -= n as u32;
-        actions.push(Action::UnassignIps {
-            eni_id: e.id.clone(),
-            ips,
-        });
+        actions.push(Action::UnassignIps { eni_id: e.id.clone(), ips });
     }
     actions
 }

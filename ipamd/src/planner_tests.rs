@@ -4,10 +4,7 @@
 use super::*;
 use proptest::prelude::*;
 
-const M5_LARGE: Limits = Limits {
-    max_enis: 3,
-    ips_per_eni: 9,
-};
+const M5_LARGE: Limits = Limits { max_enis: 3, ips_per_eni: 9 };
 
 fn ip(n: u32) -> Ipv4Addr {
     Ipv4Addr::from(0x0a00_0000 + n)
@@ -27,33 +24,18 @@ fn pool(enis: &[(u32, u32, u32)]) -> PoolView {
                         ip(next)
                     })
                     .collect();
-                EniView {
-                    id: format!("eni-{i}"),
-                    device_number: i as u32,
-                    primary: i == 0,
-                    free,
-                    assigned,
-                    cooling,
-                }
+                EniView { id: format!("eni-{i}"), device_number: i as u32, primary: i == 0, free, assigned, cooling }
             })
             .collect(),
     }
 }
 
 fn eni_mode(warm_eni: u32) -> Targets {
-    Targets {
-        warm_eni,
-        warm_ip: None,
-        minimum_ip: None,
-    }
+    Targets { warm_eni, warm_ip: None, minimum_ip: None }
 }
 
 fn ip_mode(warm_ip: Option<u32>, minimum_ip: Option<u32>) -> Targets {
-    Targets {
-        warm_eni: 1,
-        warm_ip,
-        minimum_ip,
-    }
+    Targets { warm_eni: 1, warm_ip, minimum_ip }
 }
 
 /// Applies actions the way EC2 would, with fresh addresses for new IPs.
@@ -71,9 +53,7 @@ fn apply(view: &PoolView, actions: &[Action]) -> PoolView {
     for a in actions {
         match a {
             Action::CreateEni { ip_count } => {
-                let dev = (0..)
-                    .find(|d| !v.enis.iter().any(|e| e.device_number == *d))
-                    .unwrap();
+                let dev = (0..).find(|d| !v.enis.iter().any(|e| e.device_number == *d)).unwrap();
                 v.enis.push(EniView {
                     id: format!("eni-new-{dev}"),
                     device_number: dev,
@@ -98,12 +78,7 @@ fn apply(view: &PoolView, actions: &[Action]) -> PoolView {
 }
 
 fn fresh_base(view: &PoolView) -> u32 {
-    view.enis
-        .iter()
-        .flat_map(|e| e.free.iter())
-        .map(|i| u32::from(*i) - 0x0a00_0000)
-        .max()
-        .unwrap_or(0)
+    view.enis.iter().flat_map(|e| e.free.iter()).map(|i| u32::from(*i) - 0x0a00_0000).max().unwrap_or(0)
 }
 
 #[test]
@@ -111,26 +86,13 @@ fn eni_mode_fills_the_primary_and_keeps_one_eni_warm() {
     // Fresh m5.large: the primary ENI gets its 9 secondaries; 9 free meets WARM_ENI_TARGET=1.
     assert_eq!(
         plan(&pool(&[(0, 0, 0)]), eni_mode(1), M5_LARGE),
-        vec![Action::AssignIps {
-            eni_id: "eni-0".into(),
-            count: 9
-        }]
+        vec![Action::AssignIps { eni_id: "eni-0".into(), count: 9 }]
     );
     assert!(plan(&pool(&[(9, 0, 0)]), eni_mode(1), M5_LARGE).is_empty());
     // The first pod leaves 8 free: a second, full ENI.
-    assert_eq!(
-        plan(&pool(&[(8, 1, 0)]), eni_mode(1), M5_LARGE),
-        vec![Action::CreateEni { ip_count: 9 }]
-    );
+    assert_eq!(plan(&pool(&[(8, 1, 0)]), eni_mode(1), M5_LARGE), vec![Action::CreateEni { ip_count: 9 }]);
     // At the instance limit nothing more is created.
-    assert!(
-        plan(
-            &pool(&[(0, 9, 0), (0, 9, 0), (3, 6, 0)]),
-            eni_mode(1),
-            M5_LARGE
-        )
-        .is_empty()
-    );
+    assert!(plan(&pool(&[(0, 9, 0), (0, 9, 0), (3, 6, 0)]), eni_mode(1), M5_LARGE).is_empty());
 }
 
 #[test]
@@ -138,14 +100,7 @@ fn eni_mode_deletes_idle_enis_beyond_the_target() {
     let v = pool(&[(9, 0, 0), (9, 0, 0), (9, 0, 0)]);
     assert_eq!(
         plan(&v, eni_mode(1), M5_LARGE),
-        vec![
-            Action::DeleteEni {
-                eni_id: "eni-2".into()
-            },
-            Action::DeleteEni {
-                eni_id: "eni-1".into()
-            }
-        ]
+        vec![Action::DeleteEni { eni_id: "eni-2".into() }, Action::DeleteEni { eni_id: "eni-1".into() }]
     );
     // Cooling IPs pin their ENI.
     let v = pool(&[(9, 0, 0), (8, 0, 1)]);
@@ -158,35 +113,16 @@ fn ip_mode_grows_and_shrinks_to_the_exact_count() {
     let t = ip_mode(Some(5), Some(10));
     assert_eq!(
         plan(&pool(&[(0, 0, 0)]), t, M5_LARGE),
-        vec![
-            Action::AssignIps {
-                eni_id: "eni-0".into(),
-                count: 9
-            },
-            Action::CreateEni { ip_count: 1 }
-        ]
+        vec![Action::AssignIps { eni_id: "eni-0".into(), count: 9 }, Action::CreateEni { ip_count: 1 }]
     );
     // 20 assigned: 25 wanted.
     let v = pool(&[(0, 9, 0), (0, 9, 0), (0, 2, 0)]);
-    assert_eq!(
-        plan(&v, t, M5_LARGE),
-        vec![Action::AssignIps {
-            eni_id: "eni-2".into(),
-            count: 5
-        }]
-    );
+    assert_eq!(plan(&v, t, M5_LARGE), vec![Action::AssignIps { eni_id: "eni-2".into(), count: 5 }]);
     // All released and rested: back to 10 — the idle third ENI goes whole, then 8 IPs of the second.
     let v = pool(&[(9, 0, 0), (9, 0, 0), (7, 0, 0)]);
     let actions = plan(&v, t, M5_LARGE);
-    assert_eq!(
-        actions[0],
-        Action::DeleteEni {
-            eni_id: "eni-2".into()
-        }
-    );
-    assert!(
-        matches!(&actions[1], Action::UnassignIps { eni_id, ips } if eni_id == "eni-1" && ips.len() == 8)
-    );
+    assert_eq!(actions[0], Action::DeleteEni { eni_id: "eni-2".into() });
+    assert!(matches!(&actions[1], Action::UnassignIps { eni_id, ips } if eni_id == "eni-1" && ips.len() == 8));
     let after = apply(&v, &actions);
     assert_eq!((after.total(), after.enis.len()), (10, 2));
 }
@@ -195,36 +131,20 @@ fn ip_mode_grows_and_shrinks_to_the_exact_count() {
 fn ip_mode_never_gives_back_cooling_or_assigned_ips() {
     let t = ip_mode(Some(1), None);
     let v = pool(&[(1, 3, 0), (0, 0, 5)]);
-    assert!(
-        plan(&v, t, M5_LARGE).is_empty(),
-        "cooling IPs wait for their rest"
-    );
+    assert!(plan(&v, t, M5_LARGE).is_empty(), "cooling IPs wait for their rest");
 }
 
 #[test]
 fn minimum_alone_means_warm_ip_zero() {
     let t = ip_mode(None, Some(3));
-    assert_eq!(
-        plan(&pool(&[(0, 0, 0)]), t, M5_LARGE),
-        vec![Action::AssignIps {
-            eni_id: "eni-0".into(),
-            count: 3
-        }]
-    );
+    assert_eq!(plan(&pool(&[(0, 0, 0)]), t, M5_LARGE), vec![Action::AssignIps { eni_id: "eni-0".into(), count: 3 }]);
     assert!(plan(&pool(&[(0, 3, 0)]), t, M5_LARGE).is_empty());
 }
 
 #[test]
 fn max_pods_follows_the_aws_formula() {
     assert_eq!(M5_LARGE.max_pods(), 29);
-    assert_eq!(
-        Limits {
-            max_enis: 3,
-            ips_per_eni: 5
-        }
-        .max_pods(),
-        17
-    ); // t3.medium
+    assert_eq!(Limits { max_enis: 3, ips_per_eni: 5 }.max_pods(), 17); // t3.medium
 }
 
 fn arb_pool() -> impl Strategy<Value = PoolView> {
@@ -242,16 +162,8 @@ fn arb_pool() -> impl Strategy<Value = PoolView> {
 }
 
 fn arb_targets() -> impl Strategy<Value = Targets> {
-    (
-        0u32..4,
-        prop::option::of(0u32..30),
-        prop::option::of(0u32..30),
-    )
-        .prop_map(|(warm_eni, warm_ip, minimum_ip)| Targets {
-            warm_eni,
-            warm_ip,
-            minimum_ip,
-        })
+    (0u32..4, prop::option::of(0u32..30), prop::option::of(0u32..30))
+        .prop_map(|(warm_eni, warm_ip, minimum_ip)| Targets { warm_eni, warm_ip, minimum_ip })
 }
 
 proptest! {

@@ -13,10 +13,7 @@ use crate::datastore::{AllocKey, Allocation, AssignError, Datastore, ObservedEni
 use crate::planner::{self, Action, Limits, Targets};
 
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// One line of the event stream (`vpcctl events`).
@@ -161,13 +158,8 @@ impl Actor {
     }
 
     fn checkpoint(&self) -> Result<(), PoolError> {
-        let cp = Checkpoint {
-            allocations: self.ds.allocations.clone(),
-            cooling: self.ds.cooling.clone(),
-        };
-        self.store
-            .save(&cp)
-            .map_err(|e| PoolError::Checkpoint(e.to_string()))
+        let cp = Checkpoint { allocations: self.ds.allocations.clone(), cooling: self.ds.cooling.clone() };
+        self.store.save(&cp).map_err(|e| PoolError::Checkpoint(e.to_string()))
     }
 
     fn cooldown_ms(&self) -> i64 {
@@ -176,30 +168,17 @@ impl Actor {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Add {
-                key,
-                pod_namespace,
-                pod_name,
-                reply,
-            } => {
+            Command::Add { key, pod_namespace, pod_name, reply } => {
                 let _ = reply.send(self.add(&key, &pod_namespace, &pod_name));
             }
             Command::Del { key, reply } => {
                 let _ = reply.send(self.del(&key));
             }
             Command::Check { key, reply } => {
-                let found = self
-                    .ds
-                    .allocations
-                    .get(&key)
-                    .map(|a| (a.clone(), self.ds.device_number(&a.eni_id)));
+                let found = self.ds.allocations.get(&key).map(|a| (a.clone(), self.ds.device_number(&a.eni_id)));
                 let _ = reply.send(found);
             }
-            Command::Gc {
-                network_name,
-                valid,
-                reply,
-            } => {
+            Command::Gc { network_name, valid, reply } => {
                 let stale: Vec<AllocKey> = self
                     .ds
                     .allocations
@@ -219,11 +198,7 @@ impl Actor {
                 }
                 let _ = reply.send(Ok(released));
             }
-            Command::Observe {
-                enis,
-                limits,
-                reply,
-            } => {
+            Command::Observe { enis, limits, reply } => {
                 let now = now_ms();
                 let before = self.ds.cooling.len();
                 self.ds.observe(enis, &self.settings.primary_eni_id, now);
@@ -275,25 +250,17 @@ impl Actor {
                         self.ds.release(key, now, 0);
                         return Err(e);
                     }
-                    self.emit(
-                        "ip-assigned",
-                        format!("{} to {ns}/{name} ({})", a.ip, key.container_id),
-                    );
+                    self.emit("ip-assigned", format!("{} to {ns}/{name} ({})", a.ip, key.container_id));
                     // The pool just shrank: let the reconciler top it up now rather than at its next tick.
                     self.kick.notify_one();
                 }
-                Ok(AddOutcome {
-                    ip: a.ip,
-                    eni_id: a.eni_id,
-                    device_number: a.device_number,
-                })
+                Ok(AddOutcome { ip: a.ip, eni_id: a.eni_id, device_number: a.device_number })
             }
             Err(e) => {
                 self.kick.notify_one();
                 let enis = &self.ds.enis;
                 let at_limit = self.limits.filter(|l| {
-                    enis.len() as u32 >= l.max_enis
-                        && enis.values().all(|e| e.ips.len() as u32 >= l.ips_per_eni)
+                    enis.len() as u32 >= l.max_enis && enis.values().all(|e| e.ips.len() as u32 >= l.ips_per_eni)
                 });
                 match at_limit {
                     Some(l) => Err(PoolError::AtLimit(e, l.max_enis)),
@@ -348,31 +315,14 @@ impl Actor {
 }
 
 impl PoolHandle {
-    async fn call<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Command,
-    ) -> Result<T, PoolError> {
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, PoolError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(make(tx))
-            .await
-            .map_err(|_| PoolError::Stopped)?;
+        self.tx.send(make(tx)).await.map_err(|_| PoolError::Stopped)?;
         rx.await.map_err(|_| PoolError::Stopped)
     }
 
-    pub async fn add(
-        &self,
-        key: AllocKey,
-        pod_namespace: String,
-        pod_name: String,
-    ) -> Result<AddOutcome, PoolError> {
-        self.call(|reply| Command::Add {
-            key,
-            pod_namespace,
-            pod_name,
-            reply,
-        })
-        .await?
+    pub async fn add(&self, key: AllocKey, pod_namespace: String, pod_name: String) -> Result<AddOutcome, PoolError> {
+        self.call(|reply| Command::Add { key, pod_namespace, pod_name, reply }).await?
     }
 
     pub async fn del(&self, key: AllocKey) -> Result<DelOutcome, PoolError> {
@@ -383,26 +333,12 @@ impl PoolHandle {
         self.call(|reply| Command::Check { key, reply }).await
     }
 
-    pub async fn gc(
-        &self,
-        network_name: String,
-        valid: Vec<AllocKey>,
-    ) -> Result<Vec<AllocKey>, PoolError> {
-        self.call(|reply| Command::Gc {
-            network_name,
-            valid,
-            reply,
-        })
-        .await?
+    pub async fn gc(&self, network_name: String, valid: Vec<AllocKey>) -> Result<Vec<AllocKey>, PoolError> {
+        self.call(|reply| Command::Gc { network_name, valid, reply }).await?
     }
 
     pub async fn observe(&self, enis: Vec<ObservedEni>, limits: Limits) -> Result<(), PoolError> {
-        self.call(|reply| Command::Observe {
-            enis,
-            limits,
-            reply,
-        })
-        .await
+        self.call(|reply| Command::Observe { enis, limits, reply }).await
     }
 
     pub async fn plan(&self) -> Result<(Vec<Action>, Duration), PoolError> {
@@ -410,10 +346,7 @@ impl PoolHandle {
     }
 
     pub async fn reconciled(&self, error: Option<String>) -> Result<(), PoolError> {
-        self.tx
-            .send(Command::Reconciled { error })
-            .await
-            .map_err(|_| PoolError::Stopped)
+        self.tx.send(Command::Reconciled { error }).await.map_err(|_| PoolError::Stopped)
     }
 
     pub async fn snapshot(&self) -> Result<Snapshot, PoolError> {
@@ -428,9 +361,5 @@ impl PoolHandle {
 fn send_event(events: &broadcast::Sender<Event>, kind: &'static str, message: String) {
     tracing::info!(kind, "{message}");
     // No subscriber is fine: events are for whoever is watching.
-    let _ = events.send(Event {
-        unix_millis: now_ms(),
-        kind,
-        message,
-    });
+    let _ = events.send(Event { unix_millis: now_ms(), kind, message });
 }

@@ -16,11 +16,7 @@ pub struct TokenBucket {
 impl TokenBucket {
     pub fn new(rate_per_sec: f64, burst: u32) -> Self {
         let burst = f64::from(burst.max(1));
-        Self {
-            rate: rate_per_sec,
-            burst,
-            state: Mutex::new((burst, Instant::now())),
-        }
+        Self { rate: rate_per_sec, burst, state: Mutex::new((burst, Instant::now())) }
     }
 
     /// Waits until a token is available and takes it. Returns how long it waited.

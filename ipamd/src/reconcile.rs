@@ -11,6 +11,7 @@ use moka::future::Cache;
 
 use crate::datastore::ObservedEni;
 use crate::ec2::{Ec2Api, Ec2Eni, Ec2Error, InstanceLimits, NewEni};
+use crate::hostnet::{self, EniNet, HostNet, HostNetError};
 use crate::imds::{self, MacInfo, Metadata, NodeInfo};
 use crate::planner::{Action, Limits};
 use crate::pool::PoolHandle;
@@ -30,6 +31,8 @@ pub enum ReconcileError {
     Imds(#[from] imds::ImdsError),
     #[error("{0}")]
     Pool(#[from] crate::pool::PoolError),
+    #[error("host network: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    HostNet(Vec<HostNetError>),
 }
 
 /// Settings of the loop that come from the configuration.
@@ -41,11 +44,17 @@ pub struct ReconcileSettings {
     pub leaked_eni_cleanup: bool,
     /// Wait after a failed round before trying again.
     pub error_backoff: Duration,
+    /// MTU for secondary ENI links (AWS_VPC_ENI_MTU).
+    pub eni_mtu: u32,
+    /// How long to wait for a newly attached ENI's link to appear.
+    pub link_wait: Duration,
 }
 
-pub struct Reconciler<E: Ec2Api, M: Metadata> {
+pub struct Reconciler<E: Ec2Api, M: Metadata, N: HostNet> {
     pub ec2: Arc<E>,
     pub imds: Arc<M>,
+    /// `None` when ipamd must not touch the host network (IPAMD_HOST_NETWORK=false).
+    pub hostnet: Option<Arc<N>>,
     pub node: Arc<NodeInfo>,
     pub pool: PoolHandle,
     pub settings: ReconcileSettings,
@@ -53,12 +62,15 @@ pub struct Reconciler<E: Ec2Api, M: Metadata> {
     subnet_cache: Cache<String, Ipv4Net>,
     macs: BTreeMap<String, MacInfo>,
     last_leak_sweep: Option<Instant>,
+    /// ENIs whose host networking is known to be in place.
+    configured: BTreeSet<String>,
 }
 
-impl<E: Ec2Api, M: Metadata> Reconciler<E, M> {
+impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
     pub fn new(
         ec2: Arc<E>,
         imds: Arc<M>,
+        hostnet: Option<Arc<N>>,
         node: Arc<NodeInfo>,
         pool: PoolHandle,
         settings: ReconcileSettings,
@@ -66,12 +78,12 @@ impl<E: Ec2Api, M: Metadata> Reconciler<E, M> {
         Self {
             ec2,
             imds,
+            hostnet,
+            configured: BTreeSet::new(),
             node,
             pool,
             settings,
-            limits_cache: Cache::builder()
-                .time_to_live(Duration::from_secs(3600))
-                .build(),
+            limits_cache: Cache::builder().time_to_live(Duration::from_secs(3600)).build(),
             subnet_cache: Cache::builder().max_capacity(64).build(),
             macs: BTreeMap::new(),
             last_leak_sweep: None,
@@ -114,39 +126,79 @@ impl<E: Ec2Api, M: Metadata> Reconciler<E, M> {
             .try_get_with(t.clone(), async move { ec2.instance_limits(&t).await })
             .await
             .map_err(|e| ReconcileError::Ec2((*e).clone()))?;
-        let max_enis = self
-            .settings
-            .max_eni
-            .map_or(l.max_enis, |m| m.min(l.max_enis));
-        Ok(Limits {
-            max_enis,
-            ips_per_eni: l.ipv4_per_eni - 1,
-        })
+        let max_enis = self.settings.max_eni.map_or(l.max_enis, |m| m.min(l.max_enis));
+        Ok(Limits { max_enis, ips_per_eni: l.ipv4_per_eni - 1 })
     }
 
     /// One observe → plan → apply round. Returns when to look again.
     pub async fn reconcile_once(&mut self) -> Result<Duration, ReconcileError> {
         let limits = self.limits().await?;
-        if self.settings.leaked_eni_cleanup
-            && self
-                .last_leak_sweep
-                .is_none_or(|t| t.elapsed() >= LEAK_SWEEP_EVERY)
-        {
+        if self.settings.leaked_eni_cleanup && self.last_leak_sweep.is_none_or(|t| t.elapsed() >= LEAK_SWEEP_EVERY) {
             self.sweep_leaked_enis().await?;
             self.last_leak_sweep = Some(Instant::now());
         }
         let attached = self.ec2.attached_enis(&self.node.instance_id).await?;
-        let observed = self.observed(&attached).await?;
+        let mut observed = self.observed(&attached).await?;
+        let host_errors = match self.hostnet.clone() {
+            Some(net) => self.sync_host(net.as_ref(), &mut observed).await,
+            None => Vec::new(),
+        };
         self.pool.observe(observed, limits).await?;
         let (actions, requeue) = self.pool.plan().await?;
-        if actions.is_empty() {
-            return Ok(requeue);
-        }
         let mut used: BTreeSet<u32> = attached.iter().filter_map(|e| e.device_index).collect();
-        for action in actions {
-            self.apply(&action, &attached, &mut used).await?;
+        for action in &actions {
+            self.apply(action, &attached, &mut used).await?;
         }
-        Ok(Duration::ZERO)
+        if !host_errors.is_empty() {
+            return Err(ReconcileError::HostNet(host_errors));
+        }
+        Ok(if actions.is_empty() { requeue } else { Duration::ZERO })
+    }
+
+    /// Wires every secondary ENI on the node and removes what detached ENIs left; marks each observed ENI
+    /// ready only when its host networking is in place. Returns the errors, having gone on past them.
+    async fn sync_host(&mut self, net: &N, observed: &mut [ObservedEni]) -> Vec<HostNetError> {
+        let mut errors = Vec::new();
+        let mut keep = Vec::new();
+        for o in observed.iter_mut() {
+            if o.id == self.node.primary_eni_id {
+                continue;
+            }
+            o.ready = false;
+            if o.mac.is_empty() {
+                continue;
+            }
+            let eni = EniNet {
+                mac: o.mac.clone(),
+                device_number: o.device_number,
+                primary_ip: o.primary_ip,
+                subnet: o.subnet_cidr,
+                mtu: self.settings.eni_mtu,
+            };
+            keep.push(eni.table());
+            let wait = if self.configured.contains(&o.id) { Duration::ZERO } else { self.settings.link_wait };
+            match hostnet::setup_eni(net, &eni, wait).await {
+                Ok(changes) => {
+                    if changes > 0 {
+                        self.pool.emit(
+                            "eni-configured",
+                            format!("{} on {} table {} ({changes} changes)", o.id, o.mac, eni.table()),
+                        );
+                    }
+                    self.configured.insert(o.id.clone());
+                    o.ready = true;
+                }
+                Err(e) => {
+                    self.configured.remove(&o.id);
+                    errors.push(e);
+                }
+            }
+        }
+        self.configured.retain(|id| observed.iter().any(|o| &o.id == id));
+        if let Err(mut e) = hostnet::remove_stale_tables(net, &keep).await {
+            errors.append(&mut e);
+        }
+        errors
     }
 
     async fn observed(&mut self, attached: &[Ec2Eni]) -> Result<Vec<ObservedEni>, ReconcileError> {
@@ -165,6 +217,8 @@ impl<E: Ec2Api, M: Metadata> Reconciler<E, M> {
                 subnet_cidr,
                 primary_ip: e.primary_ip,
                 secondary_ips: e.secondary_ips.clone(),
+                // Without host networking to do, every ENI is usable as observed.
+                ready: self.hostnet.is_none() || e.id == self.node.primary_eni_id,
             });
         }
         Ok(out)
@@ -210,57 +264,37 @@ impl<E: Ec2Api, M: Metadata> Reconciler<E, M> {
                     tags: self.tags(),
                 };
                 let eni = self.ec2.create_eni(&new).await?;
-                let attachment = match self
-                    .ec2
-                    .attach_eni(&eni.id, &self.node.instance_id, device_index)
-                    .await
-                {
+                let attachment = match self.ec2.attach_eni(&eni.id, &self.node.instance_id, device_index).await {
                     Ok(a) => a,
                     Err(e) => {
                         // Do not leak it: an unattached ENI still costs an address per IP in the subnet.
                         if let Err(de) = self.ec2.delete_eni(&eni.id).await {
-                            tracing::warn!(
-                                "deleting unattached {} after a failed attach: {de}",
-                                eni.id
-                            );
+                            tracing::warn!("deleting unattached {} after a failed attach: {de}", eni.id);
                         }
                         return Err(e.into());
                     }
                 };
                 used.insert(device_index);
-                self.ec2
-                    .set_delete_on_termination(&eni.id, &attachment)
-                    .await?;
+                self.ec2.set_delete_on_termination(&eni.id, &attachment).await?;
                 self.pool.emit(
                     "eni-attached",
-                    format!(
-                        "{} at device {device_index} with {} IPs",
-                        eni.id,
-                        eni.secondary_ips.len()
-                    ),
+                    format!("{} at device {device_index} with {} IPs", eni.id, eni.secondary_ips.len()),
                 );
             }
             Action::AssignIps { eni_id, count } => {
                 let ips = self.ec2.assign_ips(eni_id, *count).await?;
-                self.pool
-                    .emit("ips-assigned", format!("{} IPs to {eni_id}", ips.len()));
+                self.pool.emit("ips-assigned", format!("{} IPs to {eni_id}", ips.len()));
             }
             Action::UnassignIps { eni_id, ips } => {
                 self.ec2.unassign_ips(eni_id, ips).await?;
-                self.pool
-                    .emit("ips-unassigned", format!("{} IPs from {eni_id}", ips.len()));
+                self.pool.emit("ips-unassigned", format!("{} IPs from {eni_id}", ips.len()));
             }
             Action::DeleteEni { eni_id } => {
-                if let Some(att) = attached
-                    .iter()
-                    .find(|e| &e.id == eni_id)
-                    .and_then(|e| e.attachment_id.clone())
-                {
+                if let Some(att) = attached.iter().find(|e| &e.id == eni_id).and_then(|e| e.attachment_id.clone()) {
                     self.ec2.detach_eni(&att).await?;
                 }
                 self.delete_with_retry(eni_id).await?;
-                self.pool
-                    .emit("eni-deleted", format!("{eni_id} detached and deleted"));
+                self.pool.emit("eni-deleted", format!("{eni_id} detached and deleted"));
             }
         }
         Ok(())
@@ -283,16 +317,12 @@ impl<E: Ec2Api, M: Metadata> Reconciler<E, M> {
     }
 
     async fn sweep_leaked_enis(&self) -> Result<(), ReconcileError> {
-        let leaked = self
-            .ec2
-            .unattached_tagged_enis(TAG_INSTANCE_ID, &self.node.instance_id)
-            .await?;
+        let leaked = self.ec2.unattached_tagged_enis(TAG_INSTANCE_ID, &self.node.instance_id).await?;
         for eni in leaked {
             match self.ec2.delete_eni(&eni.id).await {
-                Ok(()) => self.pool.emit(
-                    "eni-deleted",
-                    format!("{} leaked (created by this node, never attached)", eni.id),
-                ),
+                Ok(()) => {
+                    self.pool.emit("eni-deleted", format!("{} leaked (created by this node, never attached)", eni.id))
+                }
                 Err(e) => tracing::warn!("leaked {}: {e}", eni.id),
             }
         }

@@ -17,11 +17,7 @@ pub async fn connect(path: impl AsRef<Path>, timeout: Option<Duration>) -> Resul
     endpoint
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
+            async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
         }))
         .await
 }

@@ -24,26 +24,10 @@ impl NodeFixture {
         let vpc = TestVpc::create(&ec2, tag, "10.0.0.0/16", &["10.0.0.0/20"], instance_type, 1)
             .await
             .expect("LocalStack must be running (scripts/localstack.sh start)");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind IMDS emulator");
-        let imds = ImdsEmulator::serve(
-            listener,
-            ec2.clone(),
-            &vpc.instance_ids[0],
-            localstack::REGION,
-        )
-        .expect("IMDS");
-        let dir = tempfile::Builder::new()
-            .prefix("vpcsim-ipamd-")
-            .tempdir()
-            .expect("tempdir");
-        Self {
-            ec2,
-            vpc,
-            imds,
-            dir,
-        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind IMDS emulator");
+        let imds = ImdsEmulator::serve(listener, ec2.clone(), &vpc.instance_ids[0], localstack::REGION).expect("IMDS");
+        let dir = tempfile::Builder::new().prefix("vpcsim-ipamd-").tempdir().expect("tempdir");
+        Self { ec2, vpc, imds, dir }
     }
 
     pub fn instance_id(&self) -> &str {
@@ -56,18 +40,12 @@ impl NodeFixture {
     }
 
     pub async fn enis(&self) -> Vec<NodeEni> {
-        localstack::node_enis(&self.ec2, self.instance_id())
-            .await
-            .expect("DescribeNetworkInterfaces")
+        localstack::node_enis(&self.ec2, self.instance_id()).await.expect("DescribeNetworkInterfaces")
     }
 
     /// Secondary IP count per attached ENI, by device index.
     pub async fn ip_counts(&self) -> Vec<usize> {
-        self.enis()
-            .await
-            .iter()
-            .map(|e| e.secondary_ips.len())
-            .collect()
+        self.enis().await.iter().map(|e| e.secondary_ips.len()).collect()
     }
 
     pub async fn cleanup(self) {
@@ -82,22 +60,14 @@ impl Drop for NodeFixture {
     /// A failing test shows what ipamd logged.
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log =
-                std::fs::read_to_string(self.dir.path().join("ipamd.log")).unwrap_or_default();
-            eprintln!(
-                "---- ipamd log ({}) ----\n{log}---- end of ipamd log ----",
-                self.vpc.vpc_id
-            );
+            let log = std::fs::read_to_string(self.dir.path().join("ipamd.log")).unwrap_or_default();
+            eprintln!("---- ipamd log ({}) ----\n{log}---- end of ipamd log ----", self.vpc.vpc_id);
         }
     }
 }
 
 pub fn key(container: &str) -> pb::AllocationKey {
-    pb::AllocationKey {
-        network_name: "aws-cni".into(),
-        container_id: container.into(),
-        if_name: "eth0".into(),
-    }
+    pb::AllocationKey { network_name: "aws-cni".into(), container_id: container.into(), if_name: "eth0".into() }
 }
 
 pub async fn add(ipamd: &Ipamd, container: &str) -> Result<pb::AddNetworkReply, Status> {
@@ -107,21 +77,12 @@ pub async fn add(ipamd: &Ipamd, container: &str) -> Result<pb::AddNetworkReply, 
         k8s_pod_name: format!("pod-{container}"),
         netns: format!("/var/run/netns/{container}"),
     };
-    ipamd
-        .ipam()
-        .await
-        .add_network(req)
-        .await
-        .map(tonic::Response::into_inner)
+    ipamd.ipam().await.add_network(req).await.map(tonic::Response::into_inner)
 }
 
 /// Add, retrying while ipamd says it is fetching more IPs (as kubelet retries a CNI "try again later").
 /// Returns the final status when the node is at its limit or the time is up.
-pub async fn add_retrying(
-    ipamd: &Ipamd,
-    container: &str,
-    timeout: Duration,
-) -> Result<pb::AddNetworkReply, Status> {
+pub async fn add_retrying(ipamd: &Ipamd, container: &str, timeout: Duration) -> Result<pb::AddNetworkReply, Status> {
     let deadline = Instant::now() + timeout;
     loop {
         match add(ipamd, container).await {
@@ -138,15 +99,8 @@ pub async fn add_retrying(
 }
 
 pub async fn del(ipamd: &Ipamd, container: &str) -> Result<pb::DelNetworkReply, Status> {
-    let req = pb::DelNetworkRequest {
-        key: Some(key(container)),
-    };
-    ipamd
-        .ipam()
-        .await
-        .del_network(req)
-        .await
-        .map(tonic::Response::into_inner)
+    let req = pb::DelNetworkRequest { key: Some(key(container)) };
+    ipamd.ipam().await.del_network(req).await.map(tonic::Response::into_inner)
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
@@ -160,42 +114,29 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 /// A free loopback port (for METRICS_BIND_ADDR in tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// GET http://127.0.0.1:<port><path> with a plain HTTP/1.0 request; returns the body.
 pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await?;
     let mut out = String::new();
     s.read_to_string(&mut out).await?;
-    Ok(out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default())
+    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
 }
 
 /// The value of one Prometheus sample line `name{labels} value` (labels as written, or empty).
 pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix(name_and_labels)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
+        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
 }

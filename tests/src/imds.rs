@@ -42,12 +42,7 @@ impl ImdsEmulator {
         region: &str,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
-        let ctx = Ctx {
-            ec2,
-            instance_id: instance_id.to_string(),
-            region: region.to_string(),
-            tokens: Arc::default(),
-        };
+        let ctx = Ctx { ec2, instance_id: instance_id.to_string(), region: region.to_string(), tokens: Arc::default() };
         let app = Router::new().fallback(handle).with_state(ctx);
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -77,35 +72,19 @@ async fn handle(
 ) -> Response {
     let path = uri.path();
     if method == Method::PUT && path == "/latest/api/token" {
-        let ttl = headers
-            .get(TTL_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u32>().ok());
+        let ttl = headers.get(TTL_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok());
         if !ttl.is_some_and(|t| (1..=21600).contains(&t)) {
             return (StatusCode::BAD_REQUEST, "missing or invalid token TTL").into_response();
         }
         let token = format!("vpcsim-{:032x}", rand::random::<u128>());
-        ctx.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(token.clone());
+        ctx.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(token.clone());
         // Clients (aws-config's among them) read the TTL back from the response header.
-        return (
-            StatusCode::OK,
-            [(TTL_HEADER, ttl.unwrap_or(0).to_string())],
-            token,
-        )
-            .into_response();
+        return (StatusCode::OK, [(TTL_HEADER, ttl.unwrap_or(0).to_string())], token).into_response();
     }
     let authorized = headers
         .get(TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| {
-            ctx.tokens
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(t)
-        });
+        .is_some_and(|t| ctx.tokens.lock().unwrap_or_else(|p| p.into_inner()).contains(t));
     if !authorized {
         return StatusCode::UNAUTHORIZED.into_response();
     }
@@ -141,12 +120,7 @@ async fn metadata(ctx: &Ctx) -> Result<BTreeMap<String, String>, String> {
         .ok_or_else(|| format!("instance {} not found", ctx.instance_id))?;
     let enis = ec2
         .describe_network_interfaces()
-        .filters(
-            Filter::builder()
-                .name("attachment.instance-id")
-                .values(&ctx.instance_id)
-                .build(),
-        )
+        .filters(Filter::builder().name("attachment.instance-id").values(&ctx.instance_id).build())
         .send()
         .await
         .map_err(|e| aws_sdk_ec2::error::DisplayErrorContext(e).to_string())?;
@@ -163,11 +137,8 @@ async fn metadata(ctx: &Ctx) -> Result<BTreeMap<String, String>, String> {
         .flat_map(|v| v.cidr_block_association_set())
         .filter_map(|a| a.cidr_block().map(String::from))
         .collect();
-    let subnet_ids: BTreeSet<String> = enis
-        .network_interfaces()
-        .iter()
-        .filter_map(|n| n.subnet_id().map(String::from))
-        .collect();
+    let subnet_ids: BTreeSet<String> =
+        enis.network_interfaces().iter().filter_map(|n| n.subnet_id().map(String::from)).collect();
     let subnets = ec2
         .describe_subnets()
         .set_subnet_ids(Some(subnet_ids.into_iter().collect()))
@@ -185,24 +156,12 @@ async fn metadata(ctx: &Ctx) -> Result<BTreeMap<String, String>, String> {
     };
 
     let mut m = BTreeMap::new();
-    let az = i
-        .placement()
-        .and_then(|p| p.availability_zone())
-        .unwrap_or_default()
-        .to_string();
+    let az = i.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_string();
     m.insert("instance-id".into(), ctx.instance_id.clone());
-    m.insert(
-        "instance-type".into(),
-        i.instance_type()
-            .map(|t| t.as_str().to_string())
-            .unwrap_or_default(),
-    );
+    m.insert("instance-type".into(), i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default());
     m.insert("placement/availability-zone".into(), az);
     m.insert("placement/region".into(), ctx.region.clone());
-    m.insert(
-        "local-ipv4".into(),
-        i.private_ip_address().unwrap_or_default().to_string(),
-    );
+    m.insert("local-ipv4".into(), i.private_ip_address().unwrap_or_default().to_string());
     let mut macs = Vec::new();
     for ni in enis.network_interfaces() {
         let id = ni.network_interface_id().unwrap_or_default();
@@ -213,11 +172,7 @@ async fn metadata(ctx: &Ctx) -> Result<BTreeMap<String, String>, String> {
         }
         let b = format!("network/interfaces/macs/{mac}");
         let subnet = ni.subnet_id().unwrap_or_default();
-        let ips: Vec<&str> = ni
-            .private_ip_addresses()
-            .iter()
-            .filter_map(|p| p.private_ip_address())
-            .collect();
+        let ips: Vec<&str> = ni.private_ip_addresses().iter().filter_map(|p| p.private_ip_address()).collect();
         let groups: Vec<&str> = ni.groups().iter().filter_map(|g| g.group_id()).collect();
         m.insert(format!("{b}/mac"), mac.clone());
         m.insert(format!("{b}/interface-id"), id.to_string());
@@ -231,12 +186,6 @@ async fn metadata(ctx: &Ctx) -> Result<BTreeMap<String, String>, String> {
         macs.push((dev, format!("{mac}/")));
     }
     macs.sort();
-    m.insert(
-        "network/interfaces/macs/".into(),
-        macs.into_iter()
-            .map(|(_, m)| m)
-            .collect::<Vec<_>>()
-            .join("\n"),
-    );
+    m.insert("network/interfaces/macs/".into(), macs.into_iter().map(|(_, m)| m).collect::<Vec<_>>().join("\n"));
     Ok(m)
 }

@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use vpc_cni_proto::v1::{introspection_client::IntrospectionClient, ipam_client::IpamClient};
 
 /// Finds a binary built next to the running executable (target/<profile>/), or in VPC_CNI_BIN_DIR.
@@ -23,11 +21,7 @@ pub fn sibling_binary(name: &str) -> PathBuf {
         dir.pop();
     }
     let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} not built: run `cargo build --workspace --bins` first (make test does)",
-        p.display()
-    );
+    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` first (make test does)", p.display());
     p
 }
 
@@ -53,19 +47,29 @@ pub struct Ipamd {
 impl Ipamd {
     /// Starts ipamd with `env` (plus AWS_* for LocalStack and the IMDS endpoint) writing its log to
     /// `<dir>/ipamd.log`; socket and state live in `dir`.
-    pub fn spawn(
+    pub fn spawn(dir: &Path, imds_endpoint: &str, env: &[(&str, String)]) -> Result<Self, ProcError> {
+        Self::spawn_in(None, dir, imds_endpoint, env)
+    }
+
+    /// As [`Ipamd::spawn`], inside network namespace `netns` (through `ip netns exec`, which execs ipamd, so
+    /// the child's pid is ipamd's) when given.
+    pub fn spawn_in(
+        netns: Option<&str>,
         dir: &Path,
         imds_endpoint: &str,
         env: &[(&str, String)],
     ) -> Result<Self, ProcError> {
         let socket = dir.join("ipamd.sock");
         let log = dir.join("ipamd.log");
-        let logf = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(ProcError::Spawn)?;
-        let mut cmd = Command::new(sibling_binary("ipamd"));
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(ProcError::Spawn)?;
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(sibling_binary("ipamd"));
+                c
+            }
+            None => Command::new(sibling_binary("ipamd")),
+        };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(crate::localstack::aws_env(&crate::localstack::endpoint()))
@@ -74,6 +78,8 @@ impl Ipamd {
             .env("IPAMD_STATE_DIR", dir)
             .env("METRICS_BIND_ADDR", "off")
             .env("NO_COLOR", "1")
+            // Outside a node netns ipamd must leave the host alone; vpc-sim turns this on per node.
+            .env("IPAMD_HOST_NETWORK", "false")
             .env("LOG_LEVEL", "info,aws=warn,aws_smithy_runtime=warn")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
@@ -81,12 +87,11 @@ impl Ipamd {
             .stderr(logf)
             .kill_on_drop(true);
         let child = cmd.spawn().map_err(ProcError::Spawn)?;
-        Ok(Self {
-            child,
-            socket,
-            log,
-            started: Instant::now(),
-        })
+        Ok(Self { child, socket, log, started: Instant::now() })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     pub fn log_text(&self) -> String {
@@ -108,12 +113,7 @@ impl Ipamd {
     /// Health as the kubelet probe would see it; `None` when the socket does not answer yet.
     pub async fn serving(&self) -> Option<bool> {
         let ch = self.channel().await.ok()?;
-        let r = HealthClient::new(ch)
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .ok()?;
+        let r = HealthClient::new(ch).check(HealthCheckRequest { service: String::new() }).await.ok()?;
         Some(r.into_inner().status == ServingStatus::Serving as i32)
     }
 
@@ -141,15 +141,9 @@ impl Ipamd {
     /// SIGTERM and wait.
     pub async fn terminate(mut self) {
         if let Some(pid) = self.child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
         }
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
             let _ = self.child.start_kill();
         }
     }

@@ -6,3 +6,5 @@ pub mod imds;
 pub mod ipamd_proc;
 pub mod localstack;
 pub mod mac;
+pub mod netns;
+pub mod sim;

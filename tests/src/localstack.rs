@@ -44,14 +44,11 @@ pub struct LsError {
 }
 
 fn ls<E: std::fmt::Debug>(op: &'static str) -> impl FnOnce(E) -> LsError {
-    move |e| LsError {
-        op,
-        message: format!("{e:?}"),
-    }
+    move |e| LsError { op, message: format!("{e:?}") }
 }
 
 /// A VPC with one subnet, one security group and some instances.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TestVpc {
     pub vpc_id: String,
     pub vpc_cidr: String,
@@ -72,10 +69,7 @@ impl TestVpc {
         nodes: usize,
     ) -> Result<Self, LsError> {
         let tags = |rt: ResourceType| {
-            TagSpecification::builder()
-                .resource_type(rt)
-                .tags(Tag::builder().key("vpc-sim").value(tag).build())
-                .build()
+            TagSpecification::builder().resource_type(rt).tags(Tag::builder().key("vpc-sim").value(tag).build()).build()
         };
         let vpc = ec2
             .create_vpc()
@@ -84,11 +78,7 @@ impl TestVpc {
             .send()
             .await
             .map_err(ls("CreateVpc"))?;
-        let vpc_id = vpc
-            .vpc()
-            .and_then(|v| v.vpc_id())
-            .unwrap_or_default()
-            .to_string();
+        let vpc_id = vpc.vpc().and_then(|v| v.vpc_id()).unwrap_or_default().to_string();
         let mut me = Self {
             vpc_id: vpc_id.clone(),
             vpc_cidr: vpc_cidr.to_string(),
@@ -106,12 +96,7 @@ impl TestVpc {
                 .send()
                 .await
                 .map_err(ls("CreateSubnet"))?;
-            me.subnet_ids.push(
-                s.subnet()
-                    .and_then(|s| s.subnet_id())
-                    .unwrap_or_default()
-                    .to_string(),
-            );
+            me.subnet_ids.push(s.subnet().and_then(|s| s.subnet_id()).unwrap_or_default().to_string());
         }
         let sg = ec2
             .create_security_group()
@@ -134,11 +119,7 @@ impl TestVpc {
             .send()
             .await
             .map_err(ls("RunInstances"))?;
-        me.instance_ids = run
-            .instances()
-            .iter()
-            .filter_map(|i| i.instance_id().map(String::from))
-            .collect();
+        me.instance_ids = run.instances().iter().filter_map(|i| i.instance_id().map(String::from)).collect();
         Ok(me)
     }
 
@@ -146,74 +127,37 @@ impl TestVpc {
     /// goes on past errors and returns them all.
     pub async fn destroy(&self, ec2: &Client) -> Vec<LsError> {
         let mut errors = Vec::new();
-        let vpc_filter = Filter::builder()
-            .name("vpc-id")
-            .values(&self.vpc_id)
-            .build();
-        if let Ok(out) = ec2
-            .describe_network_interfaces()
-            .filters(vpc_filter.clone())
-            .send()
-            .await
-        {
+        let vpc_filter = Filter::builder().name("vpc-id").values(&self.vpc_id).build();
+        if let Ok(out) = ec2.describe_network_interfaces().filters(vpc_filter.clone()).send().await {
             for ni in out.network_interfaces() {
                 let att = ni.attachment();
-                if let Some(a) = att
-                    .filter(|a| a.device_index().unwrap_or(0) != 0)
-                    .and_then(|a| a.attachment_id())
-                    && let Err(e) = ec2
-                        .detach_network_interface()
-                        .attachment_id(a)
-                        .force(true)
-                        .send()
-                        .await
+                if let Some(a) = att.filter(|a| a.device_index().unwrap_or(0) != 0).and_then(|a| a.attachment_id())
+                    && let Err(e) = ec2.detach_network_interface().attachment_id(a).force(true).send().await
                 {
                     errors.push(ls("DetachNetworkInterface")(e));
                 }
                 if att.is_none_or(|a| a.device_index().unwrap_or(0) != 0) {
                     let id = ni.network_interface_id().unwrap_or_default();
-                    if let Err(e) = ec2
-                        .delete_network_interface()
-                        .network_interface_id(id)
-                        .send()
-                        .await
-                    {
+                    if let Err(e) = ec2.delete_network_interface().network_interface_id(id).send().await {
                         errors.push(ls("DeleteNetworkInterface")(e));
                     }
                 }
             }
         }
         if !self.instance_ids.is_empty()
-            && let Err(e) = ec2
-                .terminate_instances()
-                .set_instance_ids(Some(self.instance_ids.clone()))
-                .send()
-                .await
+            && let Err(e) = ec2.terminate_instances().set_instance_ids(Some(self.instance_ids.clone())).send().await
         {
             errors.push(ls("TerminateInstances")(e));
         }
         // Primary ENIs go with their instances; sweep whatever is left.
-        if let Ok(out) = ec2
-            .describe_network_interfaces()
-            .filters(vpc_filter)
-            .send()
-            .await
-        {
+        if let Ok(out) = ec2.describe_network_interfaces().filters(vpc_filter).send().await {
             for ni in out.network_interfaces() {
                 let id = ni.network_interface_id().unwrap_or_default();
-                let _ = ec2
-                    .delete_network_interface()
-                    .network_interface_id(id)
-                    .send()
-                    .await;
+                let _ = ec2.delete_network_interface().network_interface_id(id).send().await;
             }
         }
         if !self.sg_id.is_empty()
-            && let Err(e) = ec2
-                .delete_security_group()
-                .group_id(&self.sg_id)
-                .send()
-                .await
+            && let Err(e) = ec2.delete_security_group().group_id(&self.sg_id).send().await
         {
             errors.push(ls("DeleteSecurityGroup")(e));
         }
@@ -234,6 +178,7 @@ impl TestVpc {
 pub struct NodeEni {
     pub id: String,
     pub device_index: i32,
+    pub primary_ip: String,
     pub secondary_ips: Vec<String>,
     pub tags: Vec<(String, String)>,
 }
@@ -242,12 +187,7 @@ pub struct NodeEni {
 pub async fn node_enis(ec2: &Client, instance_id: &str) -> Result<Vec<NodeEni>, LsError> {
     let out = ec2
         .describe_network_interfaces()
-        .filters(
-            Filter::builder()
-                .name("attachment.instance-id")
-                .values(instance_id)
-                .build(),
-        )
+        .filters(Filter::builder().name("attachment.instance-id").values(instance_id).build())
         .send()
         .await
         .map_err(ls("DescribeNetworkInterfaces"))?;
@@ -257,6 +197,7 @@ pub async fn node_enis(ec2: &Client, instance_id: &str) -> Result<Vec<NodeEni>, 
         .map(|ni| NodeEni {
             id: ni.network_interface_id().unwrap_or_default().to_string(),
             device_index: ni.attachment().and_then(|a| a.device_index()).unwrap_or(-1),
+            primary_ip: ni.private_ip_address().unwrap_or_default().to_string(),
             secondary_ips: ni
                 .private_ip_addresses()
                 .iter()
@@ -266,12 +207,7 @@ pub async fn node_enis(ec2: &Client, instance_id: &str) -> Result<Vec<NodeEni>, 
             tags: ni
                 .tag_set()
                 .iter()
-                .map(|t| {
-                    (
-                        t.key().unwrap_or_default().to_string(),
-                        t.value().unwrap_or_default().to_string(),
-                    )
-                })
+                .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
                 .collect(),
         })
         .collect();
@@ -283,12 +219,7 @@ pub async fn node_enis(ec2: &Client, instance_id: &str) -> Result<Vec<NodeEni>, 
 pub async fn eni_exists(ec2: &Client, eni_id: &str) -> Result<bool, LsError> {
     let out = ec2
         .describe_network_interfaces()
-        .filters(
-            Filter::builder()
-                .name("network-interface-id")
-                .values(eni_id)
-                .build(),
-        )
+        .filters(Filter::builder().name("network-interface-id").values(eni_id).build())
         .send()
         .await
         .map_err(ls("DescribeNetworkInterfaces"))?;

@@ -3,11 +3,7 @@
 
 /// `02:` + five bytes from the ENI id's trailing hex digits (an FNV-1a hash when the id is not hex).
 pub fn mac_for_eni(eni_id: &str) -> String {
-    let hex: String = eni_id
-        .trim_start_matches("eni-")
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .collect();
+    let hex: String = eni_id.trim_start_matches("eni-").chars().filter(char::is_ascii_hexdigit).collect();
     let bytes: [u8; 5] = if hex.len() >= 10 {
         let tail = &hex[hex.len() - 10..];
         std::array::from_fn(|i| u8::from_str_radix(&tail[2 * i..2 * i + 2], 16).unwrap_or(0))

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use tonic::Code;
 use vpc_cni_proto::v1 as pb;
-use vpc_sim::fixture::{
-    NodeFixture, add, add_retrying, del, eventually, free_port, http_get, metric,
-};
+use vpc_sim::fixture::{NodeFixture, add, add_retrying, del, eventually, free_port, http_get, metric};
 
 const SERVING_TIMEOUT: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_secs(45);
@@ -23,80 +21,45 @@ async fn warm_eni_target_grows_to_the_instance_limit_and_no_further() {
     let mut ipamd = node.spawn_ipamd(&[("METRICS_BIND_ADDR", &format!("127.0.0.1:{port}"))]);
     let took = ipamd.wait_serving(SERVING_TIMEOUT).await.unwrap();
     eprintln!("ipamd start → SERVING: {took:?}");
-    assert_eq!(
-        node.ip_counts().await,
-        vec![9],
-        "after start: the primary ENI holds 9 secondary IPs, nothing else"
-    );
+    assert_eq!(node.ip_counts().await, vec![9], "after start: the primary ENI holds 9 secondary IPs, nothing else");
 
     let first = add(&ipamd, "c0").await.expect("first Add");
-    eventually(SETTLE, "a second ENI with 9 IPs", || async {
-        (node.ip_counts().await == vec![9, 9]).then_some(())
+    eventually(SETTLE, "a second ENI with 9 IPs", || async { (node.ip_counts().await == vec![9, 9]).then_some(()) })
+        .await;
+    // Once ipamd's pool holds it (it observes EC2 after its apply step finished): warming that ENI took one
+    // create (IPs and tags in the same call), one attach, one DeleteOnTermination.
+    let m = eventually(SETTLE, "ipamd to see 2 ENIs", || async {
+        let m = http_get(port, "/metrics").await.ok()?;
+        (metric(&m, "awscni_eni_allocated") == Some(2.0)).then_some(m)
     })
     .await;
-    // Warming that ENI took one create (IPs and tags in the same call), one attach, one DeleteOnTermination.
-    let m = http_get(port, "/metrics").await.unwrap();
-    for op in [
-        "CreateNetworkInterface",
-        "AttachNetworkInterface",
-        "ModifyNetworkInterfaceAttribute",
-    ] {
-        assert_eq!(
-            metric(&m, &format!("ipamd_ec2_requests_total{{op=\"{op}\"}}")),
-            Some(1.0),
-            "{op} in\n{m}"
-        );
+    for op in ["CreateNetworkInterface", "AttachNetworkInterface", "ModifyNetworkInterfaceAttribute"] {
+        assert_eq!(metric(&m, &format!("ipamd_ec2_requests_total{{op=\"{op}\"}}")), Some(1.0), "{op} in\n{m}");
     }
-    assert_eq!(metric(&m, "awscni_eni_allocated"), Some(2.0), "{m}");
     eprintln!(
         "EC2 requests so far:\n{}",
-        m.lines()
-            .filter(|l| l.starts_with("ipamd_ec2_requests_total"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        m.lines().filter(|l| l.starts_with("ipamd_ec2_requests_total")).collect::<Vec<_>>().join("\n")
     );
     let enis = node.enis().await;
     let tags: BTreeSet<&str> = enis[1].tags.iter().map(|(k, _)| k.as_str()).collect();
-    assert!(
-        tags.contains("node.k8s.amazonaws.com/instance_id")
-            && tags.contains("node.k8s.amazonaws.com/createdAt")
-    );
-    assert!(enis[1].tags.contains(&(
-        "node.k8s.amazonaws.com/instance_id".into(),
-        node.instance_id().into()
-    )));
+    assert!(tags.contains("node.k8s.amazonaws.com/instance_id") && tags.contains("node.k8s.amazonaws.com/createdAt"));
+    assert!(enis[1].tags.contains(&("node.k8s.amazonaws.com/instance_id".into(), node.instance_id().into())));
 
     let mut ips = vec![first.ipv4_addr.clone()];
     for i in 1..27 {
-        let r = add_retrying(&ipamd, &format!("c{i}"), SETTLE)
-            .await
-            .unwrap_or_else(|s| panic!("Add #{i}: {s:?}"));
+        let r = add_retrying(&ipamd, &format!("c{i}"), SETTLE).await.unwrap_or_else(|s| panic!("Add #{i}: {s:?}"));
         ips.push(r.ipv4_addr);
     }
     let distinct: BTreeSet<&String> = ips.iter().collect();
     assert_eq!(distinct.len(), 27, "every pod has its own IP");
-    let in_ec2: BTreeSet<String> = node
-        .enis()
-        .await
-        .into_iter()
-        .flat_map(|e| e.secondary_ips)
-        .collect();
+    let in_ec2: BTreeSet<String> = node.enis().await.into_iter().flat_map(|e| e.secondary_ips).collect();
     for ip in &ips {
-        assert!(
-            in_ec2.contains(ip),
-            "{ip} is a secondary IP of the node's ENIs in EC2"
-        );
+        assert!(in_ec2.contains(ip), "{ip} is a secondary IP of the node's ENIs in EC2");
     }
 
-    let err = add_retrying(&ipamd, "c27", SETTLE)
-        .await
-        .expect_err("28th pod must not get an IP");
+    let err = add_retrying(&ipamd, "c27", SETTLE).await.expect_err("28th pod must not get an IP");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    assert!(
-        err.message().contains("limit of 3 ENIs"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().contains("limit of 3 ENIs"), "{}", err.message());
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(node.ip_counts().await, vec![9, 9, 9], "no 4th ENI");
     ipamd.terminate().await;
@@ -108,52 +71,31 @@ async fn warm_eni_target_grows_to_the_instance_limit_and_no_further() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_ip_and_minimum_targets_hold_exact_counts_through_churn() {
     let node = NodeFixture::new("warm-ip", "m5.large").await;
-    let env = [
-        ("WARM_IP_TARGET", "5"),
-        ("MINIMUM_IP_TARGET", "10"),
-        ("IP_COOLDOWN_PERIOD", "2"),
-    ];
+    let env = [("WARM_IP_TARGET", "5"), ("MINIMUM_IP_TARGET", "10"), ("IP_COOLDOWN_PERIOD", "2")];
     let mut ipamd = node.spawn_ipamd(&env);
     ipamd.wait_serving(SERVING_TIMEOUT).await.unwrap();
-    eventually(
-        SETTLE,
-        "10 IPs: 9 on the primary + 1 on a second ENI",
-        || async { (node.ip_counts().await == vec![9, 1]).then_some(()) },
-    )
+    eventually(SETTLE, "10 IPs: 9 on the primary + 1 on a second ENI", || async {
+        (node.ip_counts().await == vec![9, 1]).then_some(())
+    })
     .await;
 
     for i in 0..20 {
-        add_retrying(&ipamd, &format!("c{i}"), SETTLE)
-            .await
-            .unwrap_or_else(|s| panic!("Add #{i}: {s:?}"));
+        add_retrying(&ipamd, &format!("c{i}"), SETTLE).await.unwrap_or_else(|s| panic!("Add #{i}: {s:?}"));
     }
     eventually(SETTLE, "25 IPs (20 assigned + 5 warm)", || async {
         (node.ip_counts().await.iter().sum::<usize>() == 25).then_some(())
     })
     .await;
-    let third = node
-        .enis()
-        .await
-        .into_iter()
-        .find(|e| e.device_index == 2)
-        .expect("a third ENI")
-        .id;
+    let third = node.enis().await.into_iter().find(|e| e.device_index == 2).expect("a third ENI").id;
 
     for i in 0..20 {
         assert!(del(&ipamd, &format!("c{i}")).await.unwrap().released);
     }
-    eventually(
-        SETTLE,
-        "back to 10 IPs on 2 ENIs after the cooldown",
-        || async { (node.ip_counts().await == vec![9, 1]).then_some(()) },
-    )
+    eventually(SETTLE, "back to 10 IPs on 2 ENIs after the cooldown", || async {
+        (node.ip_counts().await == vec![9, 1]).then_some(())
+    })
     .await;
-    assert!(
-        !vpc_sim::localstack::eni_exists(&node.ec2, &third)
-            .await
-            .unwrap(),
-        "surplus ENI deleted in EC2"
-    );
+    assert!(!vpc_sim::localstack::eni_exists(&node.ec2, &third).await.unwrap(), "surplus ENI deleted in EC2");
     ipamd.terminate().await;
     node.cleanup().await;
 }
@@ -166,66 +108,33 @@ async fn restart_after_sigkill_keeps_allocations() {
     ipamd.wait_serving(SERVING_TIMEOUT).await.unwrap();
     let mut held = Vec::new();
     for i in 0..10 {
-        held.push(
-            add_retrying(&ipamd, &format!("c{i}"), SETTLE)
-                .await
-                .unwrap()
-                .ipv4_addr,
-        );
+        held.push(add_retrying(&ipamd, &format!("c{i}"), SETTLE).await.unwrap().ipv4_addr);
     }
     // 10 assigned of 18 leaves 8 free < 9: the third ENI comes; wait until the pool is at rest.
-    eventually(SETTLE, "3 full ENIs", || async {
-        (node.ip_counts().await == vec![9, 9, 9]).then_some(())
-    })
-    .await;
+    eventually(SETTLE, "3 full ENIs", || async { (node.ip_counts().await == vec![9, 9, 9]).then_some(()) }).await;
     let enis_before: Vec<String> = node.enis().await.into_iter().map(|e| e.id).collect();
     ipamd.kill9().await;
 
     let mut ipamd = node.spawn_ipamd(&[]);
     ipamd.wait_serving(SERVING_TIMEOUT).await.unwrap();
-    let list = ipamd
-        .introspection()
-        .await
-        .list_allocations(pb::ListAllocationsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let mut restored: Vec<(String, String)> = list
-        .allocations
-        .iter()
-        .map(|a| (a.key.clone().unwrap().container_id, a.ipv4_addr.clone()))
-        .collect();
+    let list = ipamd.introspection().await.list_allocations(pb::ListAllocationsRequest {}).await.unwrap().into_inner();
+    let mut restored: Vec<(String, String)> =
+        list.allocations.iter().map(|a| (a.key.clone().unwrap().container_id, a.ipv4_addr.clone())).collect();
     restored.sort();
-    let mut expected: Vec<(String, String)> = held
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| (format!("c{i}"), ip.clone()))
-        .collect();
+    let mut expected: Vec<(String, String)> =
+        held.iter().enumerate().map(|(i, ip)| (format!("c{i}"), ip.clone())).collect();
     expected.sort();
     assert_eq!(restored, expected);
     for (i, ip) in held.iter().enumerate() {
-        assert_eq!(
-            &add(&ipamd, &format!("c{i}")).await.unwrap().ipv4_addr,
-            ip,
-            "a repeated Add after restart"
-        );
+        assert_eq!(&add(&ipamd, &format!("c{i}")).await.unwrap().ipv4_addr, ip, "a repeated Add after restart");
     }
     for i in 10..17 {
-        let ip = add_retrying(&ipamd, &format!("c{i}"), SETTLE)
-            .await
-            .unwrap()
-            .ipv4_addr;
-        assert!(
-            !held.contains(&ip),
-            "{ip} was already held by a pod before the restart"
-        );
+        let ip = add_retrying(&ipamd, &format!("c{i}"), SETTLE).await.unwrap().ipv4_addr;
+        assert!(!held.contains(&ip), "{ip} was already held by a pod before the restart");
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let enis_after: Vec<String> = node.enis().await.into_iter().map(|e| e.id).collect();
-    assert_eq!(
-        enis_after, enis_before,
-        "no ENI created or lost across the restart"
-    );
+    assert_eq!(enis_after, enis_before, "no ENI created or lost across the restart");
     ipamd.terminate().await;
     node.cleanup().await;
 }
@@ -239,11 +148,7 @@ async fn add_and_del_are_idempotent_and_cooldown_is_respected() {
     ipamd.wait_serving(SERVING_TIMEOUT).await.unwrap();
 
     let a = add(&ipamd, "a").await.unwrap();
-    assert_eq!(
-        add(&ipamd, "a").await.unwrap().ipv4_addr,
-        a.ipv4_addr,
-        "repeated Add: same IP"
-    );
+    assert_eq!(add(&ipamd, "a").await.unwrap().ipv4_addr, a.ipv4_addr, "repeated Add: same IP");
     assert_eq!(a.device_number, 0);
     assert_eq!(a.route_table, 254, "primary ENI pods route via main");
     let d1 = del(&ipamd, "a").await.unwrap();
@@ -255,41 +160,17 @@ async fn add_and_del_are_idempotent_and_cooldown_is_respected() {
     // 8 other IPs are free on the primary ENI; more come on the second. None may be the resting one.
     let mut later = Vec::new();
     for i in 0..12 {
-        later.push(
-            add_retrying(&ipamd, &format!("b{i}"), SETTLE)
-                .await
-                .unwrap(),
-        );
+        later.push(add_retrying(&ipamd, &format!("b{i}"), SETTLE).await.unwrap());
     }
-    assert!(
-        released_at.elapsed() < cooldown,
-        "the adds ran within the cooldown"
-    );
-    assert!(
-        later.iter().all(|r| r.ipv4_addr != a.ipv4_addr),
-        "released IP reissued within IP_COOLDOWN_PERIOD"
-    );
-    assert!(
-        later
-            .iter()
-            .any(|r| r.device_number == 1 && r.route_table == 2),
-        "secondary ENI pods use table 2"
-    );
+    assert!(released_at.elapsed() < cooldown, "the adds ran within the cooldown");
+    assert!(later.iter().all(|r| r.ipv4_addr != a.ipv4_addr), "released IP reissued within IP_COOLDOWN_PERIOD");
+    assert!(later.iter().any(|r| r.device_number == 1 && r.route_table == 2), "secondary ENI pods use table 2");
 
-    tokio::time::sleep(cooldown.saturating_sub(released_at.elapsed()) + Duration::from_millis(200))
-        .await;
+    tokio::time::sleep(cooldown.saturating_sub(released_at.elapsed()) + Duration::from_millis(200)).await;
     let again = add_retrying(&ipamd, "c", SETTLE).await.unwrap();
-    assert_eq!(
-        again.ipv4_addr, a.ipv4_addr,
-        "after the cooldown the lowest free IP is reused"
-    );
+    assert_eq!(again.ipv4_addr, a.ipv4_addr, "after the cooldown the lowest free IP is reused");
 
-    let bad = ipamd
-        .ipam()
-        .await
-        .add_network(pb::AddNetworkRequest::default())
-        .await
-        .unwrap_err();
+    let bad = ipamd.ipam().await.add_network(pb::AddNetworkRequest::default()).await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     ipamd.terminate().await;
     node.cleanup().await;
@@ -306,14 +187,7 @@ async fn socket_refuses_a_non_root_peer() {
     let mut ipamd = node.spawn_ipamd(&[]);
     ipamd.wait_serving(SERVING_TIMEOUT).await.unwrap();
     let mode = |m| std::fs::Permissions::from_mode(m);
-    assert_eq!(
-        std::fs::metadata(&ipamd.socket)
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&ipamd.socket).unwrap().permissions().mode() & 0o777, 0o600);
     std::fs::set_permissions(node.dir.path(), mode(0o755)).unwrap();
     std::fs::set_permissions(&ipamd.socket, mode(0o666)).unwrap();
     let vpcctl = vpc_sim::ipamd_proc::sibling_binary("vpcctl");
@@ -328,16 +202,9 @@ async fn socket_refuses_a_non_root_peer() {
     let nobody = run(Some(65534));
     let stderr = String::from_utf8_lossy(&nobody.stderr);
     assert!(!nobody.status.success(), "uid 65534 must be refused");
-    assert!(
-        stderr.contains("peer uid 65534 may not use ipamd"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("peer uid 65534 may not use ipamd"), "{stderr}");
     let root = run(None);
-    assert!(
-        root.status.success(),
-        "{}",
-        String::from_utf8_lossy(&root.stderr)
-    );
+    assert!(root.status.success(), "{}", String::from_utf8_lossy(&root.stderr));
     assert!(String::from_utf8_lossy(&root.stdout).contains("t3.medium"));
     ipamd.terminate().await;
     node.cleanup().await;

@@ -9,9 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use vpc_cni_proto::v1 as pb;
 use vpc_cni_proto::v1::introspection_client::IntrospectionClient;
 
@@ -19,12 +17,7 @@ use vpc_cni_proto::v1::introspection_client::IntrospectionClient;
 #[command(name = "vpcctl", version, about = "Inspect the ipamd warm pool")]
 struct Cli {
     /// ipamd's gRPC socket.
-    #[arg(
-        long,
-        env = "IPAMD_SOCKET",
-        default_value = "/run/vpc-cni/ipamd.sock",
-        global = true
-    )]
+    #[arg(long, env = "IPAMD_SOCKET", default_value = "/run/vpc-cni/ipamd.sock", global = true)]
     socket: PathBuf,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
@@ -66,11 +59,7 @@ fn key_json(k: &Option<pb::AllocationKey>) -> Value {
 }
 
 fn short(id: &str, wide: bool) -> &str {
-    if wide || id.len() <= 12 {
-        id
-    } else {
-        &id[..12]
-    }
+    if wide || id.len() <= 12 { id } else { &id[..12] }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -83,9 +72,7 @@ async fn main() -> Result<()> {
     let as_json = cli.output == Output::Json;
     if let Cmd::Health = cli.cmd {
         let r = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
+            .check(HealthCheckRequest { service: String::new() })
             .await
             .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?;
         let serving = r.into_inner().status == ServingStatus::Serving as i32;
@@ -100,11 +87,7 @@ async fn main() -> Result<()> {
     let rpc = |s: tonic::Status| anyhow::anyhow!("{}: {}", s.code(), s.message());
     match cli.cmd {
         Cmd::Status => {
-            let s = client
-                .get_status(pb::GetStatusRequest {})
-                .await
-                .map_err(rpc)?
-                .into_inner();
+            let s = client.get_status(pb::GetStatusRequest {}).await.map_err(rpc)?.into_inner();
             let v = json!({
                 "instance_id": s.instance_id, "instance_type": s.instance_type, "serving": s.serving,
                 "max_enis": s.max_enis, "ips_per_eni": s.ips_per_eni, "max_pods": s.max_pods,
@@ -117,10 +100,7 @@ async fn main() -> Result<()> {
             } else {
                 println!("instance   {} ({})", s.instance_id, s.instance_type);
                 println!("serving    {}", s.serving);
-                println!(
-                    "limits     {} ENIs x {} IPs, max pods {}",
-                    s.max_enis, s.ips_per_eni, s.max_pods
-                );
+                println!("limits     {} ENIs x {} IPs, max pods {}", s.max_enis, s.ips_per_eni, s.max_pods);
                 println!(
                     "pool       {} ENIs, {} IPs: {} assigned, {} cooling, {} free",
                     s.enis, s.total_ips, s.assigned_ips, s.cooling_ips, s.free_ips
@@ -131,11 +111,7 @@ async fn main() -> Result<()> {
             }
         }
         Cmd::Enis => {
-            let r = client
-                .list_enis(pb::ListEnisRequest {})
-                .await
-                .map_err(rpc)?
-                .into_inner();
+            let r = client.list_enis(pb::ListEnisRequest {}).await.map_err(rpc)?.into_inner();
             if as_json {
                 let enis: Vec<Value> = r
                     .enis
@@ -188,11 +164,7 @@ async fn main() -> Result<()> {
             }
         }
         Cmd::Pods => {
-            let r = client
-                .list_allocations(pb::ListAllocationsRequest {})
-                .await
-                .map_err(rpc)?
-                .into_inner();
+            let r = client.list_allocations(pb::ListAllocationsRequest {}).await.map_err(rpc)?.into_inner();
             if as_json {
                 let v: Vec<Value> = r
                     .allocations
@@ -205,10 +177,7 @@ async fn main() -> Result<()> {
                     .collect();
                 println!("{:#}", Value::Array(v));
             } else {
-                println!(
-                    "{:<30} {:<15} {:<22} {:<14} IFNAME",
-                    "POD", "IP", "ENI", "CONTAINER"
-                );
+                println!("{:<30} {:<15} {:<22} {:<14} IFNAME", "POD", "IP", "ENI", "CONTAINER");
                 for a in &r.allocations {
                     let k = a.key.clone().unwrap_or_default();
                     println!(
@@ -223,17 +192,10 @@ async fn main() -> Result<()> {
             }
         }
         Cmd::Config => {
-            let r = client
-                .get_config(pb::GetConfigRequest {})
-                .await
-                .map_err(rpc)?
-                .into_inner();
+            let r = client.get_config(pb::GetConfigRequest {}).await.map_err(rpc)?.into_inner();
             if as_json {
-                let m: serde_json::Map<String, Value> = r
-                    .entries
-                    .into_iter()
-                    .map(|e| (e.name, Value::String(e.value)))
-                    .collect();
+                let m: serde_json::Map<String, Value> =
+                    r.entries.into_iter().map(|e| (e.name, Value::String(e.value))).collect();
                 println!("{:#}", Value::Object(m));
             } else {
                 for e in r.entries {
@@ -242,17 +204,10 @@ async fn main() -> Result<()> {
             }
         }
         Cmd::Events => {
-            let mut stream = client
-                .watch_events(pb::WatchEventsRequest {})
-                .await
-                .map_err(rpc)?
-                .into_inner();
+            let mut stream = client.watch_events(pb::WatchEventsRequest {}).await.map_err(rpc)?.into_inner();
             while let Some(ev) = stream.message().await.map_err(rpc)? {
                 if as_json {
-                    println!(
-                        "{}",
-                        json!({"unix_millis": ev.unix_millis, "kind": ev.kind, "message": ev.message})
-                    );
+                    println!("{}", json!({"unix_millis": ev.unix_millis, "kind": ev.kind, "message": ev.message}));
                 } else {
                     println!("{} {:<16} {}", ev.unix_millis, ev.kind, ev.message);
                 }

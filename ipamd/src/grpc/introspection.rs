@@ -20,10 +20,7 @@ pub struct IntrospectionService {
 
 #[tonic::async_trait]
 impl pb::introspection_server::Introspection for IntrospectionService {
-    async fn get_status(
-        &self,
-        _r: Request<pb::GetStatusRequest>,
-    ) -> Result<Response<pb::GetStatusReply>, Status> {
+    async fn get_status(&self, _r: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusReply>, Status> {
         let s = self.pool.snapshot().await.map_err(status)?;
         let l = s.limits;
         Ok(Response::new(pb::GetStatusReply {
@@ -43,17 +40,10 @@ impl pb::introspection_server::Introspection for IntrospectionService {
         }))
     }
 
-    async fn list_enis(
-        &self,
-        _r: Request<pb::ListEnisRequest>,
-    ) -> Result<Response<pb::ListEnisReply>, Status> {
+    async fn list_enis(&self, _r: Request<pb::ListEnisRequest>) -> Result<Response<pb::ListEnisReply>, Status> {
         let s = self.pool.snapshot().await.map_err(status)?;
         let now = now_ms();
-        let by_ip: std::collections::BTreeMap<_, _> =
-            s.ds.allocations
-                .iter()
-                .map(|(k, a)| (a.ip, (k, a)))
-                .collect();
+        let by_ip: std::collections::BTreeMap<_, _> = s.ds.allocations.iter().map(|(k, a)| (a.ip, (k, a))).collect();
         let mut enis: Vec<pb::Eni> =
             s.ds.enis
                 .values()
@@ -69,10 +59,7 @@ impl pb::introspection_server::Introspection for IntrospectionService {
                         .ips
                         .iter()
                         .map(|(ip, st)| {
-                            let mut out = pb::IpAddress {
-                                address: ip.to_string(),
-                                ..Default::default()
-                            };
+                            let mut out = pb::IpAddress { address: ip.to_string(), ..Default::default() };
                             match *st {
                                 IpState::Assigned => {
                                     out.state = "assigned".into();
@@ -118,18 +105,9 @@ impl pb::introspection_server::Introspection for IntrospectionService {
         Ok(Response::new(pb::ListAllocationsReply { allocations }))
     }
 
-    async fn get_config(
-        &self,
-        _r: Request<pb::GetConfigRequest>,
-    ) -> Result<Response<pb::GetConfigReply>, Status> {
-        let entries = self
-            .config
-            .iter()
-            .map(|(n, v)| pb::ConfigEntry {
-                name: (*n).to_string(),
-                value: v.clone(),
-            })
-            .collect();
+    async fn get_config(&self, _r: Request<pb::GetConfigRequest>) -> Result<Response<pb::GetConfigReply>, Status> {
+        let entries =
+            self.config.iter().map(|(n, v)| pb::ConfigEntry { name: (*n).to_string(), value: v.clone() }).collect();
         Ok(Response::new(pb::GetConfigReply { entries }))
     }
 
@@ -140,16 +118,8 @@ impl pb::introspection_server::Introspection for IntrospectionService {
         _r: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let stream = BroadcastStream::new(self.pool.events.subscribe()).map(|ev| match ev {
-            Ok(e) => Ok(pb::Event {
-                unix_millis: e.unix_millis,
-                kind: e.kind.to_string(),
-                message: e.message,
-            }),
-            Err(lagged) => Ok(pb::Event {
-                unix_millis: now_ms(),
-                kind: "lagged".into(),
-                message: lagged.to_string(),
-            }),
+            Ok(e) => Ok(pb::Event { unix_millis: e.unix_millis, kind: e.kind.to_string(), message: e.message }),
+            Err(lagged) => Ok(pb::Event { unix_millis: now_ms(), kind: "lagged".into(), message: lagged.to_string() }),
         });
         Ok(Response::new(Box::pin(stream)))
     }

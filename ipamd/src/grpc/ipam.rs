@@ -23,15 +23,9 @@ pub struct IpamService {
 pub(crate) fn key(k: Option<pb::AllocationKey>) -> Result<AllocKey, Status> {
     let k = k.ok_or_else(|| Status::invalid_argument("key is required"))?;
     if k.container_id.is_empty() || k.if_name.is_empty() || k.network_name.is_empty() {
-        return Err(Status::invalid_argument(
-            "key needs network_name, container_id and if_name",
-        ));
+        return Err(Status::invalid_argument("key needs network_name, container_id and if_name"));
     }
-    Ok(AllocKey {
-        network_name: k.network_name,
-        container_id: k.container_id,
-        if_name: k.if_name,
-    })
+    Ok(AllocKey { network_name: k.network_name, container_id: k.container_id, if_name: k.if_name })
 }
 
 pub(crate) fn pb_key(k: &AllocKey) -> pb::AllocationKey {
@@ -44,36 +38,23 @@ pub(crate) fn pb_key(k: &AllocKey) -> pb::AllocationKey {
 
 /// Route table of an ENI: main for the primary ENI, device number + 1 otherwise.
 pub fn route_table(device_number: u32) -> u32 {
-    if device_number == 0 {
-        254
-    } else {
-        device_number + 1
-    }
+    if device_number == 0 { 254 } else { device_number + 1 }
 }
 
 pub(crate) fn status(e: PoolError) -> Status {
     match e {
         PoolError::NotReady => Status::unavailable(e.to_string()),
-        PoolError::Exhausted(_) | PoolError::AtLimit(..) => {
-            Status::resource_exhausted(e.to_string())
-        }
+        PoolError::Exhausted(_) | PoolError::AtLimit(..) => Status::resource_exhausted(e.to_string()),
         PoolError::Checkpoint(_) | PoolError::Stopped => Status::internal(e.to_string()),
     }
 }
 
 #[tonic::async_trait]
 impl pb::ipam_server::Ipam for IpamService {
-    async fn add_network(
-        &self,
-        req: Request<pb::AddNetworkRequest>,
-    ) -> Result<Response<pb::AddNetworkReply>, Status> {
+    async fn add_network(&self, req: Request<pb::AddNetworkRequest>) -> Result<Response<pb::AddNetworkReply>, Status> {
         let r = req.into_inner();
         let key = key(r.key)?;
-        let out = self
-            .pool
-            .add(key, r.k8s_pod_namespace, r.k8s_pod_name)
-            .await
-            .map_err(status)?;
+        let out = self.pool.add(key, r.k8s_pod_namespace, r.k8s_pod_name).await.map_err(status)?;
         Ok(Response::new(pb::AddNetworkReply {
             ipv4_addr: out.ip.to_string(),
             eni_id: out.eni_id,
@@ -85,10 +66,7 @@ impl pb::ipam_server::Ipam for IpamService {
         }))
     }
 
-    async fn del_network(
-        &self,
-        req: Request<pb::DelNetworkRequest>,
-    ) -> Result<Response<pb::DelNetworkReply>, Status> {
+    async fn del_network(&self, req: Request<pb::DelNetworkRequest>) -> Result<Response<pb::DelNetworkReply>, Status> {
         let key = key(req.into_inner().key)?;
         let reply = match self.pool.del(key).await.map_err(status)? {
             Some((a, dev)) => pb::DelNetworkReply {
@@ -108,51 +86,29 @@ impl pb::ipam_server::Ipam for IpamService {
     ) -> Result<Response<pb::CheckNetworkReply>, Status> {
         let key = key(req.into_inner().key)?;
         let reply = match self.pool.check(key).await.map_err(status)? {
-            Some((a, dev)) => pb::CheckNetworkReply {
-                found: true,
-                ipv4_addr: a.ip.to_string(),
-                route_table: route_table(dev),
-            },
+            Some((a, dev)) => {
+                pb::CheckNetworkReply { found: true, ipv4_addr: a.ip.to_string(), route_table: route_table(dev) }
+            }
             None => pb::CheckNetworkReply::default(),
         };
         Ok(Response::new(reply))
     }
 
-    async fn gc_networks(
-        &self,
-        req: Request<pb::GcNetworksRequest>,
-    ) -> Result<Response<pb::GcNetworksReply>, Status> {
+    async fn gc_networks(&self, req: Request<pb::GcNetworksRequest>) -> Result<Response<pb::GcNetworksReply>, Status> {
         let r = req.into_inner();
         if r.network_name.is_empty() {
             return Err(Status::invalid_argument("network_name is required"));
         }
-        let valid = r
-            .valid
-            .into_iter()
-            .map(|k| key(Some(k)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let valid = r.valid.into_iter().map(|k| key(Some(k))).collect::<Result<Vec<_>, _>>()?;
         let released = self.pool.gc(r.network_name, valid).await.map_err(status)?;
-        Ok(Response::new(pb::GcNetworksReply {
-            released: released.iter().map(pb_key).collect(),
-        }))
+        Ok(Response::new(pb::GcNetworksReply { released: released.iter().map(pb_key).collect() }))
     }
 
-    async fn status(
-        &self,
-        _req: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusReply>, Status> {
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
         let s = self.pool.snapshot().await.map_err(status)?;
         let can_grow = s.limits.is_some_and(|l| {
-            s.stats.enis < l.max_enis as usize
-                || s.ds
-                    .enis
-                    .values()
-                    .any(|e| (e.ips.len() as u32) < l.ips_per_eni)
+            s.stats.enis < l.max_enis as usize || s.ds.enis.values().any(|e| (e.ips.len() as u32) < l.ips_per_eni)
         });
-        Ok(Response::new(pb::StatusReply {
-            serving: s.serving,
-            free_ips: s.stats.free as u32,
-            can_grow,
-        }))
+        Ok(Response::new(pb::StatusReply { serving: s.serving, free_ips: s.stats.free as u32, can_grow }))
     }
 }

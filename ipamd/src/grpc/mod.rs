@@ -15,10 +15,7 @@ use tonic::{Request, Status};
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("IPAMD_SOCKET {path}: {source}")]
-    Socket {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Socket { path: PathBuf, source: std::io::Error },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -42,18 +39,13 @@ impl PeerPolicy {
             Some(u) if self.allowed_uids.contains(&u) => Ok(()),
             Some(u) => Err(Status::permission_denied(format!(
                 "peer uid {u} may not use ipamd (allowed: 0{})",
-                self.allowed_uids
-                    .iter()
-                    .map(|u| format!(",{u}"))
-                    .collect::<String>()
+                self.allowed_uids.iter().map(|u| format!(",{u}")).collect::<String>()
             ))),
             None => Err(Status::permission_denied("peer credentials unavailable")),
         }
     }
 
-    pub fn interceptor(
-        &self,
-    ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
+    pub fn interceptor(&self) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
         let policy = self.clone();
         move |req: Request<()>| {
             policy.check(req.extensions().get::<UdsConnectInfo>())?;
@@ -64,10 +56,7 @@ impl PeerPolicy {
 
 /// Binds the socket: parent directory 0700, stale socket removed, socket file 0600.
 pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
-    let err = |source| ServeError::Socket {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = |source| ServeError::Socket { path: path.to_path_buf(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
@@ -97,52 +86,28 @@ mod tests {
         let (a, _b) = tokio::net::UnixStream::pair().unwrap();
         let info = a.connect_info();
         let me = info.peer_cred.unwrap().uid();
-        let policy = PeerPolicy {
-            allowed_uids: vec![],
-        };
+        let policy = PeerPolicy { allowed_uids: vec![] };
         assert_eq!(policy.check(Some(&info)).is_ok(), me == 0);
         // A policy that admits only some other uid refuses us, unless we are root.
-        let other = PeerPolicy {
-            allowed_uids: vec![me + 1],
-        };
+        let other = PeerPolicy { allowed_uids: vec![me + 1] };
         if me != 0 {
             let err = other.check(Some(&info)).unwrap_err();
             assert_eq!(err.code(), tonic::Code::PermissionDenied);
         }
-        assert!(
-            PeerPolicy {
-                allowed_uids: vec![me]
-            }
-            .check(Some(&info))
-            .is_ok()
-        );
-        assert_eq!(
-            policy.check(None).unwrap_err().code(),
-            tonic::Code::PermissionDenied
-        );
+        assert!(PeerPolicy { allowed_uids: vec![me] }.check(Some(&info)).is_ok());
+        assert_eq!(policy.check(None).unwrap_err().code(), tonic::Code::PermissionDenied);
     }
 
     #[test]
     fn non_root_uid_is_refused_with_a_message() {
-        let policy = PeerPolicy {
-            allowed_uids: vec![1000],
-        };
+        let policy = PeerPolicy { allowed_uids: vec![1000] };
         assert!(policy.check_uid(Some(0)).is_ok());
         assert!(policy.check_uid(Some(1000)).is_ok());
         let err = policy.check_uid(Some(65534)).unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert!(err.message().contains("65534"), "{}", err.message());
-        let fake = UdsConnectInfo {
-            peer_addr: None,
-            peer_cred: None,
-        };
-        assert!(
-            policy
-                .check(Some(&fake))
-                .unwrap_err()
-                .message()
-                .contains("credentials")
-        );
+        let fake = UdsConnectInfo { peer_addr: None, peer_cred: None };
+        assert!(policy.check(Some(&fake)).unwrap_err().message().contains("credentials"));
     }
 
     #[tokio::test]

@@ -1,0 +1,222 @@
+//! ipamd's host network setup for secondary ENIs (SPEC "Datapath"): per non-primary ENI the link (found by
+//! MAC) gets MTU and up, its primary IP with the subnet mask, table `device + 1` with `gw/32 scope link` and
+//! `default via gw`, a rule `from <ENI primary IP> lookup <table>` (prio 32765), and the kernel's subnet route
+//! for it is removed from main. Every step reads first and changes only what differs, so a second run makes
+//! no change. [`HostNet`] is the netlink boundary; [`netlink::Netlink`] implements it.
+
+pub mod netlink;
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+
+pub const ENI_RULE_PRIORITY: u32 = 32765;
+pub const MAIN_TABLE: u32 = 254;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostNetError {
+    #[error("netlink {op}: {message}")]
+    Netlink { op: &'static str, message: String },
+    #[error("no link with MAC {mac} appeared within {waited:?}")]
+    LinkMissing { mac: String, waited: Duration },
+    #[error("sysctl {path}: {source}")]
+    Sysctl { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Io(std::io::Error),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: String,
+    pub mtu: u32,
+    pub up: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+    pub table: u32,
+    pub scope_link: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub priority: u32,
+    pub src: Option<Ipv4Net>,
+    pub dst: Option<Ipv4Net>,
+    pub table: u32,
+}
+
+/// One netlink operation per method.
+pub trait HostNet: Send + Sync + 'static {
+    fn links(&self) -> impl Future<Output = Result<Vec<Link>, HostNetError>> + Send;
+    fn set_link(&self, index: u32, mtu: u32, up: bool) -> impl Future<Output = Result<(), HostNetError>> + Send;
+    fn addresses(&self, index: u32) -> impl Future<Output = Result<Vec<Ipv4Net>, HostNetError>> + Send;
+    fn add_address(&self, index: u32, addr: Ipv4Net) -> impl Future<Output = Result<(), HostNetError>> + Send;
+    fn routes(&self, table: u32) -> impl Future<Output = Result<Vec<Route>, HostNetError>> + Send;
+    fn add_route(&self, route: &Route) -> impl Future<Output = Result<(), HostNetError>> + Send;
+    fn del_route(&self, route: &Route) -> impl Future<Output = Result<(), HostNetError>> + Send;
+    fn rules(&self) -> impl Future<Output = Result<Vec<Rule>, HostNetError>> + Send;
+    fn add_rule(&self, rule: &Rule) -> impl Future<Output = Result<(), HostNetError>> + Send;
+    fn del_rule(&self, rule: &Rule) -> impl Future<Output = Result<(), HostNetError>> + Send;
+}
+
+/// What the node needs to know to wire one secondary ENI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EniNet {
+    pub mac: String,
+    pub device_number: u32,
+    pub primary_ip: Ipv4Addr,
+    pub subnet: Ipv4Net,
+    pub mtu: u32,
+}
+
+impl EniNet {
+    pub fn table(&self) -> u32 {
+        self.device_number + 1
+    }
+    /// The VPC router's address in the subnet: base + 1.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet.network()) + 1)
+    }
+    fn rule(&self) -> Rule {
+        Rule { priority: ENI_RULE_PRIORITY, src: Some(host(self.primary_ip)), dst: None, table: self.table() }
+    }
+    fn routes(&self, oif: u32) -> [Route; 2] {
+        let gw = self.gateway();
+        [
+            Route { dst: host(gw), gateway: None, oif: Some(oif), table: self.table(), scope_link: true },
+            Route {
+                dst: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("0/0"),
+                gateway: Some(gw),
+                oif: Some(oif),
+                table: self.table(),
+                scope_link: false,
+            },
+        ]
+    }
+}
+
+fn host(ip: Ipv4Addr) -> Ipv4Net {
+    Ipv4Net::new(ip, 32).expect("/32")
+}
+
+/// Finds a link by MAC, waiting for it with backoff up to `wait` (a hot-plugged ENI takes a moment to appear).
+pub async fn wait_for_link(net: &impl HostNet, mac: &str, wait: Duration) -> Result<Link, HostNetError> {
+    let start = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        if let Some(l) = net.links().await?.into_iter().find(|l| l.mac.eq_ignore_ascii_case(mac)) {
+            return Ok(l);
+        }
+        if start.elapsed() >= wait {
+            return Err(HostNetError::LinkMissing { mac: mac.to_string(), waited: start.elapsed() });
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Wires one secondary ENI. Returns the number of changes made (0 when everything was already in place).
+pub async fn setup_eni(net: &impl HostNet, eni: &EniNet, wait: Duration) -> Result<usize, HostNetError> {
+    let link = wait_for_link(net, &eni.mac, wait).await?;
+    let mut changes = 0;
+    if link.mtu != eni.mtu || !link.up {
+        net.set_link(link.index, eni.mtu, true).await?;
+        changes += 1;
+    }
+    let addr = Ipv4Net::new(eni.primary_ip, eni.subnet.prefix_len()).expect("subnet prefix");
+    if !net.addresses(link.index).await?.contains(&addr) {
+        net.add_address(link.index, addr).await?;
+        changes += 1;
+    }
+    // The kernel's prefix route would send subnet traffic out of this ENI with the wrong source.
+    for r in net.routes(MAIN_TABLE).await? {
+        if r.dst == eni.subnet && r.oif == Some(link.index) && r.gateway.is_none() {
+            net.del_route(&r).await?;
+            changes += 1;
+        }
+    }
+    let want = eni.routes(link.index);
+    let have = net.routes(eni.table()).await?;
+    for r in have.iter().filter(|r| !want.contains(r)) {
+        net.del_route(r).await?;
+        changes += 1;
+    }
+    // In order: the gateway's /32 must exist before the default route through it.
+    for r in want.iter().filter(|r| !have.contains(r)) {
+        net.add_route(r).await?;
+        changes += 1;
+    }
+    let rule = eni.rule();
+    let rules = net.rules().await?;
+    for stale in rules.iter().filter(|r| r.priority == ENI_RULE_PRIORITY && r.table == eni.table() && **r != rule) {
+        net.del_rule(stale).await?;
+        changes += 1;
+    }
+    if !rules.contains(&rule) {
+        net.add_rule(&rule).await?;
+        changes += 1;
+    }
+    Ok(changes)
+}
+
+/// Removes the rules and routes of every ENI table not in `keep_tables` (ENIs detached, or left by an
+/// earlier run). Goes on past errors and returns them all.
+pub async fn remove_stale_tables(net: &impl HostNet, keep_tables: &[u32]) -> Result<usize, Vec<HostNetError>> {
+    let rules = net.rules().await.map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    let mut removed = 0;
+    let stale: Vec<&Rule> =
+        rules.iter().filter(|r| r.priority == ENI_RULE_PRIORITY && !keep_tables.contains(&r.table)).collect();
+    for rule in &stale {
+        match net.del_rule(rule).await {
+            Ok(()) => removed += 1,
+            Err(e) => errors.push(e),
+        }
+        match net.routes(rule.table).await {
+            Ok(routes) => {
+                for r in routes {
+                    match net.del_route(&r).await {
+                        Ok(()) => removed += 1,
+                        Err(e) => errors.push(e),
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() { Ok(removed) } else { Err(errors) }
+}
+
+/// Writes the sysctl at `root/rel` (root normally /proc/sys, rel like `net/ipv4/ip_forward`) when it differs;
+/// returns whether it changed.
+pub fn ensure_sysctl(root: &Path, rel: &str, value: &str) -> Result<bool, HostNetError> {
+    let path = root.join(rel);
+    let err = |source| HostNetError::Sysctl { path: path.clone(), source };
+    let current = std::fs::read_to_string(&path).map_err(err)?;
+    if current.trim() == value {
+        return Ok(false);
+    }
+    std::fs::write(&path, value).map_err(err)?;
+    Ok(true)
+}
+
+/// Node-wide settings: forwarding on, loose reverse-path filtering on the primary ENI (replies to pods on
+/// secondary ENIs leave by another interface than the one their traffic came in on).
+pub fn node_sysctls(root: &Path, primary_link: &str) -> Result<usize, HostNetError> {
+    let mut changes = usize::from(ensure_sysctl(root, "net/ipv4/ip_forward", "1")?);
+    changes += usize::from(ensure_sysctl(root, &format!("net/ipv4/conf/{primary_link}/rp_filter"), "2")?);
+    Ok(changes)
+}
+
+#[cfg(test)]
+#[path = "fake_tests.rs"]
+mod tests;

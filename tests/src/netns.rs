@@ -1,0 +1,121 @@
+//! Named network namespaces for the simulator and the datapath tests: create/delete with iproute2, run `ip`
+//! inside one, and open listening sockets inside one (a helper thread enters the namespace only while the
+//! socket is created; the socket stays bound there). Nothing here touches the root namespace's configuration.
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("`{cmd}` failed: {stderr}")]
+    Command { cmd: String, stderr: String },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetnsError {
+    let what = what.into();
+    move |source| NetnsError::Io { what, source }
+}
+
+/// Runs a command, returning stdout; a non-zero exit is an error carrying stderr.
+pub fn run(program: &str, args: &[&str]) -> Result<String, NetnsError> {
+    let cmd = format!("{program} {}", args.join(" "));
+    let out = Command::new(program).args(args).output().map_err(io(cmd.clone()))?;
+    if !out.status.success() {
+        return Err(NetnsError::Command { cmd, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `ip <args>` in the root namespace context (use `-n NS` to act inside a namespace).
+pub fn ip(args: &[&str]) -> Result<String, NetnsError> {
+    run("ip", args)
+}
+
+/// `ip -n <ns> <args>`.
+pub fn ip_in(ns: &str, args: &[&str]) -> Result<String, NetnsError> {
+    let mut all = vec!["-n", ns];
+    all.extend_from_slice(args);
+    run("ip", &all)
+}
+
+/// Feeds many `ip` commands to one `ip -n <ns> -batch -` process (one fork for a whole sync step).
+pub fn ip_batch(ns: &str, lines: &[String]) -> Result<(), NetnsError> {
+    use std::io::Write;
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-force", "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(io("ip -batch"))?;
+    let text = lines.join("\n") + "\n";
+    child.stdin.take().expect("piped").write_all(text.as_bytes()).map_err(io("ip -batch stdin"))?;
+    let out = child.wait_with_output().map_err(io("ip -batch"))?;
+    if !out.status.success() {
+        return Err(NetnsError::Command {
+            cmd: format!("ip -n {ns} -batch <<{text}"),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Writes a sysctl inside `ns` (each namespace has its own net.* sysctls).
+pub fn sysctl_in(ns: &str, key: &str, value: &str) -> Result<(), NetnsError> {
+    run("ip", &["netns", "exec", ns, "sysctl", "-q", "-w", &format!("{key}={value}")]).map(|_| ())
+}
+
+pub fn path(ns: &str) -> PathBuf {
+    PathBuf::from("/var/run/netns").join(ns)
+}
+
+pub fn exists(ns: &str) -> bool {
+    path(ns).exists()
+}
+
+/// Creates `ns` with loopback up.
+pub fn create(ns: &str) -> Result<(), NetnsError> {
+    ip(&["netns", "add", ns])?;
+    ip_in(ns, &["link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// Deletes `ns` if it exists (its links go with it).
+pub fn delete(ns: &str) -> Result<(), NetnsError> {
+    if exists(ns) { ip(&["netns", "del", ns]).map(|_| ()) } else { Ok(()) }
+}
+
+/// Names of namespaces starting with `prefix-`.
+pub fn list(prefix: &str) -> Vec<String> {
+    let want = format!("{prefix}-");
+    std::fs::read_dir("/var/run/netns")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(&want)).collect())
+        .unwrap_or_default()
+}
+
+/// Binds a TCP listener at `addr` inside `ns`.
+pub fn listen_in(ns: &str, addr: std::net::SocketAddr) -> Result<std::net::TcpListener, NetnsError> {
+    let target = std::fs::File::open(path(ns)).map_err(io(format!("open netns {ns}")))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let own = std::fs::File::open("/proc/thread-self/ns/net").map_err(io("own netns"))?;
+            nix::sched::setns(target.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| NetnsError::Io { what: format!("setns {ns}"), source: e.into() })?;
+            let l = std::net::TcpListener::bind(addr).map_err(io(format!("bind {addr} in {ns}")));
+            let _ = nix::sched::setns(own.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
+            let l = l?;
+            l.set_nonblocking(true).map_err(io("nonblocking"))?;
+            Ok(l)
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(NetnsError::Io { what: "netns thread".into(), source: std::io::Error::other("panicked") })
+        })
+    })
+}

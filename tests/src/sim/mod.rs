@@ -1,0 +1,231 @@
+//! `vpc-sim up`: a multi-node VPC on one Linux box. LocalStack holds the EC2 control plane; network namespaces
+//! hold the nodes, the VPC fabric and an internet host; the sim keeps the namespaces in step with EC2 (ENI
+//! hot-plug, VPC routes), serves IMDS and proxies EC2 inside each node, and runs the real ipamd in each node.
+
+pub mod fabric;
+pub mod node;
+pub mod record;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::Filter;
+use ipnet::Ipv4Net;
+use tokio::sync::Mutex;
+
+use crate::ipamd_proc::Ipamd;
+use crate::localstack::{self, TestVpc};
+use crate::mac::mac_for_eni;
+use fabric::{AttachedEni, FabricState, Names};
+use record::SimRecord;
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub nodes: usize,
+    pub instance_type: String,
+    pub subnets: usize,
+    pub state_dir: PathBuf,
+    pub prefix: String,
+    pub ipamd_env: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+    #[error(transparent)]
+    LocalStack(#[from] localstack::LsError),
+    #[error(transparent)]
+    Ipamd(#[from] crate::ipamd_proc::ProcError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl SimConfig {
+    pub fn names(&self) -> Names {
+        Names { prefix: self.prefix.clone() }
+    }
+    pub fn node_dir(&self, i: usize) -> PathBuf {
+        self.state_dir.join(format!("node-{i}"))
+    }
+    fn subnet_cidrs(&self) -> Vec<String> {
+        (0..self.subnets.max(1)).map(|k| format!("10.0.{}.0/20", 16 * k)).collect()
+    }
+}
+
+/// What EC2 says is attached to the sim's instances, in fabric terms.
+pub async fn desired(
+    ec2: &aws_sdk_ec2::Client,
+    vpc: &TestVpc,
+    subnets: &BTreeMap<String, Ipv4Net>,
+) -> Result<Vec<AttachedEni>, localstack::LsError> {
+    let out = ec2
+        .describe_network_interfaces()
+        .filters(Filter::builder().name("vpc-id").values(&vpc.vpc_id).build())
+        .send()
+        .await
+        .map_err(|e| localstack::LsError { op: "DescribeNetworkInterfaces", message: format!("{e:?}") })?;
+    let mut want = Vec::new();
+    for ni in out.network_interfaces() {
+        let Some(att) = ni.attachment() else { continue };
+        let Some(node) = vpc.instance_ids.iter().position(|i| Some(i.as_str()) == att.instance_id()) else {
+            continue;
+        };
+        let (Some(id), Some(subnet)) = (ni.network_interface_id(), ni.subnet_id().and_then(|s| subnets.get(s))) else {
+            continue;
+        };
+        let Some(primary_ip) = ni.private_ip_address().and_then(|s| s.parse().ok()) else { continue };
+        want.push(AttachedEni {
+            node,
+            device: att.device_index().unwrap_or(0) as u32,
+            eni_id: id.to_string(),
+            mac: mac_for_eni(id),
+            subnet: *subnet,
+            primary_ip,
+            ips: ni.private_ip_addresses().iter().filter_map(|p| p.private_ip_address()?.parse().ok()).collect(),
+        });
+    }
+    Ok(want)
+}
+
+/// Removes what a previous run with this state dir and prefix left behind (it may have crashed).
+pub async fn clean_leftovers(cfg: &SimConfig, ec2: &aws_sdk_ec2::Client) {
+    if let Some(rec) = SimRecord::load(&cfg.state_dir) {
+        eprintln!("vpc-sim: cleaning up a previous run ({})", rec.vpc.vpc_id);
+        rec.kill_processes();
+        let _ = rec.vpc.destroy(ec2).await;
+    }
+    for ns in crate::netns::list(&cfg.prefix) {
+        let _ = crate::netns::delete(&ns);
+    }
+    SimRecord::remove(&cfg.state_dir);
+}
+
+/// A running simulation.
+pub struct Sim {
+    pub cfg: SimConfig,
+    pub ec2: aws_sdk_ec2::Client,
+    pub record: SimRecord,
+    nodes: Vec<node::NodeRuntime>,
+    ipamds: Vec<Ipamd>,
+    sync_task: Option<tokio::task::JoinHandle<()>>,
+    pub fabric: Arc<Mutex<FabricState>>,
+}
+
+impl Sim {
+    /// Builds everything and returns once every ipamd is SERVING.
+    pub async fn up(cfg: SimConfig) -> Result<Self, SimError> {
+        let ec2 = localstack::ec2_client();
+        clean_leftovers(&cfg, &ec2).await;
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| SimError::Other(format!("state dir: {e}")))?;
+        let subnet_cidrs = cfg.subnet_cidrs();
+        let subnet_refs: Vec<&str> = subnet_cidrs.iter().map(String::as_str).collect();
+        let vpc =
+            TestVpc::create(&ec2, &cfg.prefix, "10.0.0.0/16", &subnet_refs, &cfg.instance_type, cfg.nodes).await?;
+        let names = cfg.names();
+        let mut record = SimRecord { prefix: cfg.prefix.clone(), vpc: vpc.clone(), pids: Vec::new() };
+        record.save(&cfg.state_dir);
+        let mut sim = Self {
+            cfg: cfg.clone(),
+            ec2: ec2.clone(),
+            record: record.clone(),
+            nodes: Vec::new(),
+            ipamds: Vec::new(),
+            sync_task: None,
+            fabric: Arc::default(),
+        };
+        if let Err(e) = sim.build(&names, &vpc, &subnet_cidrs).await {
+            sim.down().await;
+            return Err(e);
+        }
+        record.pids = sim.ipamds.iter().filter_map(Ipamd::pid).collect();
+        record.save(&cfg.state_dir);
+        sim.record = record;
+        Ok(sim)
+    }
+
+    async fn build(&mut self, names: &Names, vpc: &TestVpc, subnet_cidrs: &[String]) -> Result<(), SimError> {
+        fabric::create(names)?;
+        let subnets: BTreeMap<String, Ipv4Net> =
+            vpc.subnet_ids.iter().cloned().zip(subnet_cidrs.iter().map(|c| c.parse().expect("subnet CIDR"))).collect();
+        for (i, instance) in vpc.instance_ids.iter().enumerate() {
+            self.nodes.push(node::NodeRuntime::start(names, i, instance, &self.ec2).await?);
+        }
+        // Plug the primary ENIs before ipamd looks for them, then keep following EC2.
+        let want = desired(&self.ec2, vpc, &subnets).await?;
+        self.fabric.lock().await.sync(names, &want)?;
+        self.sync_task =
+            Some(tokio::spawn(sync_loop(self.ec2.clone(), vpc.clone(), subnets, names.clone(), self.fabric.clone())));
+        for i in 0..vpc.instance_ids.len() {
+            let dir = self.cfg.node_dir(i);
+            std::fs::create_dir_all(&dir).map_err(|e| SimError::Other(format!("{}: {e}", dir.display())))?;
+            node::write_conflist(&dir).map_err(|e| SimError::Other(format!("conflist: {e}")))?;
+            let mut env: Vec<(&str, String)> = vec![
+                ("IPAMD_HOST_NETWORK", "true".into()),
+                ("AWS_ENDPOINT_URL_EC2", "http://127.0.0.1:4566".into()),
+                ("METRICS_BIND_ADDR", "127.0.0.1:61678".into()),
+            ];
+            env.extend(self.cfg.ipamd_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
+            let ns = names.node(i);
+            self.ipamds.push(Ipamd::spawn_in(Some(&ns), &dir, "http://169.254.169.254", &env)?);
+        }
+        for ipamd in &mut self.ipamds {
+            ipamd.wait_serving(Duration::from_secs(90)).await?;
+        }
+        Ok(())
+    }
+
+    pub fn ipamd_sockets(&self) -> Vec<PathBuf> {
+        self.ipamds.iter().map(|i| i.socket.clone()).collect()
+    }
+
+    /// Stops everything and removes every namespace, process and EC2 resource the sim made.
+    pub async fn down(mut self) {
+        if let Some(t) = self.sync_task.take() {
+            t.abort();
+        }
+        for ipamd in self.ipamds.drain(..) {
+            ipamd.terminate().await;
+        }
+        self.nodes.clear();
+        let names = self.cfg.names();
+        let mut namespaces: BTreeSet<String> = crate::netns::list(&self.cfg.prefix).into_iter().collect();
+        namespaces.extend([names.fabric(), names.internet()]);
+        for ns in namespaces {
+            if let Err(e) = crate::netns::delete(&ns) {
+                eprintln!("vpc-sim: {e}");
+            }
+        }
+        for e in self.record.vpc.destroy(&self.ec2).await {
+            eprintln!("vpc-sim: clean-up: {e}");
+        }
+        SimRecord::remove(&self.cfg.state_dir);
+    }
+}
+
+async fn sync_loop(
+    ec2: aws_sdk_ec2::Client,
+    vpc: TestVpc,
+    subnets: BTreeMap<String, Ipv4Net>,
+    names: Names,
+    fabric: Arc<Mutex<FabricState>>,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        match desired(&ec2, &vpc, &subnets).await {
+            Ok(want) => {
+                let mut f = fabric.lock().await;
+                match f.sync(&names, &want) {
+                    Ok((0, 0)) => {}
+                    Ok((added, removed)) => {
+                        eprintln!("vpc-sim: hot-plug: {added} ENI link(s) added, {removed} removed")
+                    }
+                    Err(e) => eprintln!("vpc-sim: fabric sync: {e}"),
+                }
+            }
+            Err(e) => eprintln!("vpc-sim: {e}"),
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! One simulated node's namespace: loopback with the IMDS address, the IMDSv2 emulator listening inside it at
+//! 169.254.169.254:80, and 127.0.0.1:4566 inside it proxied to LocalStack — all without touching the root
+//! namespace (the listening sockets are opened inside the node namespace; the proxy dials from the sim).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use crate::imds::ImdsEmulator;
+use crate::localstack;
+use crate::netns::{self, NetnsError, ip_in, sysctl_in};
+use crate::sim::fabric::Names;
+
+pub const IMDS_ADDR: &str = "169.254.169.254";
+
+pub struct NodeRuntime {
+    _imds: ImdsEmulator,
+    proxy: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for NodeRuntime {
+    fn drop(&mut self) {
+        self.proxy.abort();
+    }
+}
+
+impl NodeRuntime {
+    pub async fn start(
+        names: &Names,
+        i: usize,
+        instance_id: &str,
+        ec2: &aws_sdk_ec2::Client,
+    ) -> Result<Self, NetnsError> {
+        let ns = names.node(i);
+        netns::create(&ns)?;
+        // Independent of whatever the root namespace's defaults are.
+        sysctl_in(&ns, "net.ipv4.conf.all.rp_filter", "0")?;
+        sysctl_in(&ns, "net.ipv4.conf.default.rp_filter", "1")?;
+        ip_in(&ns, &["addr", "add", &format!("{IMDS_ADDR}/32"), "dev", "lo"])?;
+        let imds_l = netns::listen_in(&ns, SocketAddr::new(IMDS_ADDR.parse().expect("ip"), 80))?;
+        let imds_l = tokio::net::TcpListener::from_std(imds_l)
+            .map_err(|e| NetnsError::Io { what: "IMDS listener".into(), source: e })?;
+        let imds = ImdsEmulator::serve(imds_l, ec2.clone(), instance_id, localstack::REGION)
+            .map_err(|e| NetnsError::Io { what: "IMDS emulator".into(), source: e })?;
+        let ec2_l = netns::listen_in(&ns, "127.0.0.1:4566".parse().expect("addr"))?;
+        let ec2_l = tokio::net::TcpListener::from_std(ec2_l)
+            .map_err(|e| NetnsError::Io { what: "EC2 listener".into(), source: e })?;
+        let upstream = localstack::endpoint().trim_start_matches("http://").trim_end_matches('/').to_string();
+        let proxy = tokio::spawn(proxy(ec2_l, upstream));
+        Ok(Self { _imds: imds, proxy })
+    }
+}
+
+/// Forwards every connection accepted inside the node to LocalStack in the root namespace.
+async fn proxy(listener: tokio::net::TcpListener, upstream: String) {
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else { continue };
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            if let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+            }
+        });
+    }
+}
+
+/// The node's CNI network configuration, as a runtime would find it in /etc/cni/net.d.
+pub fn write_conflist(dir: &Path) -> std::io::Result<()> {
+    let conf = serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": "aws-cni",
+        "plugins": [{
+            "type": "vpc-cni",
+            "ipamdSocket": dir.join("ipamd.sock"),
+            "mtu": 9001,
+            "vethPrefix": "eni",
+            "logFile": dir.join("plugin.log"),
+            "logLevel": "debug",
+        }],
+    });
+    std::fs::write(dir.join("10-vpc-cni.conflist"), serde_json::to_vec_pretty(&conf).expect("json"))
+}
