@@ -192,6 +192,12 @@ async fn two_sims_wire_the_vpc_enforce_source_checks_and_clean_up() {
         assert!(!main.contains("dev ens6"), "no route via the secondary ENI in main:\n{main}");
         let addr = ip_in(&ns, &["-4", "-br", "addr", "show", "ens6"]).unwrap();
         assert!(addr.contains(&format!("{}/20", eni1.primary_ip)) && addr.contains("UP"), "{addr}");
+        let link: serde_json::Value =
+            serde_json::from_str(&ip_in(&ns, &["-j", "link", "show", "ens6"]).unwrap()).unwrap();
+        assert_eq!(link[0]["mtu"], 9001, "AWS_VPC_ENI_MTU on the secondary ENI");
+        let sysctl = |k: &str| run("ip", &["netns", "exec", &ns, "sysctl", "-n", k]).unwrap().trim().to_string();
+        assert_eq!(sysctl("net.ipv4.ip_forward"), "1");
+        assert_eq!(sysctl("net.ipv4.conf.ens5.rp_filter"), "2");
         node_enis_by_idx.push(e);
     }
 
@@ -214,6 +220,42 @@ async fn two_sims_wire_the_vpc_enforce_source_checks_and_clean_up() {
     assert!(!spoof(&node_enis_by_idx[0][0].primary_ip), "the fabric must drop a foreign source IP");
     assert!(spoof(&node_enis_by_idx[0][1].primary_ip), "the ENI's own IP passes the source check");
 
+    let status =
+        run(sibling_binary("vpc-sim").to_str().unwrap(), &["status", "--state-dir", a.state.path().to_str().unwrap()])
+            .unwrap();
+    assert!(
+        status.contains(&format!("node 1: {}", rec.vpc.instance_ids[1])) && status.contains("lookup 2"),
+        "{status}"
+    );
+
+    // Hot-plug and unplug: an ENI attached behind ipamd's back appears in the node; ipamd adopts it, finds it
+    // surplus, detaches and deletes it; the link and its table and rule go with it.
+    let ec2 = localstack::ec2_client();
+    let extra = ec2.create_network_interface().subnet_id(&rec.vpc.subnet_ids[0]).send().await.unwrap();
+    let extra = extra.network_interface().unwrap().network_interface_id().unwrap().to_string();
+    ec2.attach_network_interface()
+        .network_interface_id(&extra)
+        .instance_id(&rec.vpc.instance_ids[1])
+        .device_index(2)
+        .send()
+        .await
+        .unwrap();
+    let mut gone = false;
+    for _ in 0..150 {
+        gone = !localstack::eni_exists(&ec2, &extra).await.unwrap();
+        if gone {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(gone, "ipamd gives back an idle surplus ENI");
+    wait_until("ens7 to leave node 1 and its table 3 rule", Duration::from_secs(20), || {
+        link_mac(&n1, "ens7").is_none() && !ip_in(&n1, &["rule"]).unwrap().contains("lookup 3")
+    });
+    let log = a.log();
+    assert!(log.contains("1 ENI link(s) added") && log.contains("1 removed"), "hot-plug seen by the sim:\n{log}");
+    assert!(ip_in(&n1, &["route", "show", "table", "3"]).unwrap_or_default().trim().is_empty());
+
     // The second sim runs beside the first in its own namespaces.
     let rb = b.record();
     let b0 = b.node(0);
@@ -222,7 +264,6 @@ async fn two_sims_wire_the_vpc_enforce_source_checks_and_clean_up() {
     assert_ne!(rb.vpc.vpc_id, rec.vpc.vpc_id);
 
     // SIGTERM: no namespace, process or EC2 resource left.
-    let ec2 = localstack::ec2_client();
     for (sim, rec) in [(a, rec), (b, rb)] {
         let (prefix, _state) = sim.stop();
         assert!(netns::list(&prefix).is_empty(), "{:?}", netns::list(&prefix));

@@ -1,0 +1,60 @@
+//! ipamd's secondary-ENI host setup against the real kernel (root + netns): a fresh namespace with a veth
+//! link standing in for a hot-plugged ENI, netlink opened inside it, setup run twice (the second run must
+//! change nothing), then the ENI's table and rule removed when it goes away.
+
+use std::time::Duration;
+
+use ipamd::hostnet::{self, EniNet, netlink::Netlink};
+use vpc_sim::netns::{self, ip_in};
+
+struct Ns(String);
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = netns::delete(&self.0);
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs root + netns"]
+async fn setup_is_idempotent_and_removal_leaves_nothing() {
+    let ns = Ns(format!("vpcsimh-{:04x}", rand::random::<u16>()));
+    netns::create(&ns.0).unwrap();
+    ip_in(&ns.0, &["link", "add", "ens6", "address", "02:00:0a:00:05:09", "type", "veth", "peer", "name", "fabric0"])
+        .unwrap();
+    ip_in(&ns.0, &["link", "set", "fabric0", "up"]).unwrap();
+    let net = Netlink::in_netns(&netns::path(&ns.0)).unwrap();
+    let eni = EniNet {
+        mac: "02:00:0a:00:05:09".into(),
+        device_number: 1,
+        primary_ip: "10.0.5.9".parse().unwrap(),
+        subnet: "10.0.0.0/20".parse().unwrap(),
+        mtu: 9001,
+    };
+    let first = hostnet::setup_eni(&net, &eni, Duration::from_secs(1)).await.unwrap();
+    assert!(first >= 5, "{first}");
+    let snapshot = || {
+        ["link", "addr", "rule", "route show table all"]
+            .map(|c| ip_in(&ns.0, &c.split(' ').collect::<Vec<_>>()).unwrap())
+            .join("\n")
+    };
+    let before = snapshot();
+    assert_eq!(hostnet::setup_eni(&net, &eni, Duration::ZERO).await.unwrap(), 0, "second run changes nothing");
+    assert_eq!(snapshot(), before);
+
+    assert!(before.contains("32765:\tfrom 10.0.5.9 lookup 2"), "{before}");
+    let t2 = ip_in(&ns.0, &["route", "show", "table", "2"]).unwrap();
+    assert!(
+        t2.contains("default via 10.0.0.1 dev ens6") && t2.contains("10.0.0.1 dev ens6 proto static scope link"),
+        "{t2}"
+    );
+    let main = ip_in(&ns.0, &["route"]).unwrap();
+    assert!(!main.contains("10.0.0.0/20"), "kernel subnet route removed from main: {main}");
+    assert!(ip_in(&ns.0, &["link", "show", "ens6"]).unwrap().contains("mtu 9001"));
+
+    // The ENI is gone (detached): its rule and table go.
+    ip_in(&ns.0, &["link", "del", "ens6"]).unwrap();
+    assert!(hostnet::remove_stale_tables(&net, &[]).await.unwrap() >= 1);
+    assert!(!ip_in(&ns.0, &["rule"]).unwrap().contains("lookup 2"));
+    assert!(ip_in(&ns.0, &["route", "show", "table", "2"]).unwrap().trim().is_empty());
+}
