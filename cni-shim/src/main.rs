@@ -1,15 +1,257 @@
-//! `vpc-cni`: the CNI plugin. Its datapath (ADD/DEL/CHECK/STATUS/GC) arrives with the plugin issue; until then
-//! every command answers with a CNI error result (exit 1) so that no runtime mistakes it for a working network.
+//! `vpc-cni`: the CNI plugin. ADD asks ipamd for a VPC address and wires the pod; DEL releases and unwires
+//! (never blocking pod deletion); CHECK compares; VERSION, STATUS, GC as CNI 1.1 defines them. Stdout carries
+//! only the result or error JSON; logs go to `logFile`.
 
-use std::io::Write;
+mod cni;
+mod datapath;
+mod ipam;
+mod log;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use ipamd::hostnet::MAIN_TABLE;
+use ipamd::hostnet::netlink::Netlink;
+use serde_json::{Value, json};
+use vpc_cni_proto::v1 as pb;
+
+use cni::{CniError, Code, Command, Env, NetConf};
+use datapath::PodSpec;
+use ipam::Ipam;
+use log::Log;
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() {
-    let err = serde_json::json!({
-        "cniVersion": "1.1.0",
-        "code": 100,
-        "msg": "vpc-cni: this build has no datapath yet",
-        "details": "the plugin is not implemented in this release",
-    });
-    let _ = writeln!(std::io::stdout(), "{err}");
-    std::process::exit(1);
+    let get = |k: &str| std::env::var(k).ok();
+    let mut stdin = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut stdin);
+    let (out, ok) = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(run(&get, &stdin)),
+        Err(e) => (CniError::new(Code::Io, "cannot start the runtime", e.to_string()).to_json("1.1.0"), false),
+    };
+    let mut stdout = std::io::stdout().lock();
+    if !out.is_null() {
+        let _ = writeln!(stdout, "{out}");
+    }
+    let _ = stdout.flush();
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+/// Returns the JSON to print (null for nothing) and whether the command succeeded.
+async fn run(get: &impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (Value, bool) {
+    let version_hint = serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str().map(String::from))
+        .filter(|v| cni::SUPPORTED.contains(&v.as_str()))
+        .unwrap_or_else(|| "1.1.0".to_string());
+    let cmd = match cni::command(get) {
+        Ok(c) => c,
+        Err(e) => return (e.to_json(&version_hint), false),
+    };
+    if cmd == Command::Version {
+        return (json!({ "cniVersion": version_hint, "supportedVersions": cni::SUPPORTED }), true);
+    }
+    let conf = match NetConf::parse(stdin) {
+        Ok(c) => c,
+        Err(e) => return (e.to_json(&version_hint), false),
+    };
+    let version = conf.cni_version.clone();
+    if !conf.supports(cmd) {
+        let e =
+            CniError::new(Code::IncompatibleVersion, format!("{cmd:?} is not defined for cniVersion {version}"), "");
+        return (e.to_json(&version), false);
+    }
+    let result = match cmd {
+        Command::Status => status(&conf).await.map(|()| Value::Null),
+        Command::Gc => gc(&conf).await.map(|()| Value::Null),
+        _ => match cni::env(cmd, get) {
+            Ok(env) => attachment(cmd, &conf, &env).await,
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(v) => (v, true),
+        Err(e) => (e.to_json(&version), false),
+    }
+}
+
+fn timeout(conf: &NetConf) -> Duration {
+    conf.timeout_ms.map(Duration::from_millis).unwrap_or(DEFAULT_TIMEOUT)
+}
+
+fn key(conf: &NetConf, env: &Env) -> pb::AllocationKey {
+    pb::AllocationKey {
+        network_name: conf.name.clone(),
+        container_id: env.container_id.clone(),
+        if_name: env.ifname.clone(),
+    }
+}
+
+/// Pod namespace and name from CNI_ARGS (K8S_POD_*); outside Kubernetes the container id stands in.
+fn pod_identity(env: &Env) -> (String, String) {
+    match (env.args.get("K8S_POD_NAMESPACE"), env.args.get("K8S_POD_NAME")) {
+        (Some(ns), Some(name)) => (ns.clone(), name.clone()),
+        _ => (String::new(), env.container_id.clone()),
+    }
+}
+
+async fn attachment(cmd: Command, conf: &NetConf, env: &Env) -> Result<Value, CniError> {
+    let (pod_ns, pod_name) = pod_identity(env);
+    let mut log = Log::open(
+        conf.log_file.as_deref().unwrap_or(std::path::Path::new(cni::DEFAULT_LOG_FILE)),
+        conf.log_level.as_deref(),
+        format!("{cmd:?} {pod_ns}/{pod_name} {}", env.container_id.chars().take(12).collect::<String>()),
+    );
+    let host_veth = cni::host_veth_name(conf.veth_prefix(), &pod_ns, &pod_name);
+    let nl = Netlink::current().map_err(|e| CniError::new(Code::Io, "netlink", e.to_string()))?;
+    let r = match cmd {
+        Command::Add => add(conf, env, &nl, &host_veth, (&pod_ns, &pod_name), &mut log).await,
+        Command::Del => del(conf, env, &nl, &host_veth, &mut log).await,
+        _ => check(conf, env, &nl, &host_veth).await,
+    };
+    match &r {
+        Ok(_) => log.info("ok"),
+        Err(e) => log.error(&format!("code {}: {e}", e.code as u32)),
+    }
+    r
+}
+
+async fn add(
+    conf: &NetConf,
+    env: &Env,
+    nl: &Netlink,
+    host_veth: &str,
+    (pod_ns, pod_name): (&str, &str),
+    log: &mut Log,
+) -> Result<Value, CniError> {
+    let netns = env.netns.clone().expect("ADD requires CNI_NETNS");
+    if !netns.exists() {
+        return Err(CniError::new(Code::UnknownContainer, "pod netns does not exist", netns.display().to_string()));
+    }
+    let mut ipam = Ipam::connect(&conf.socket(), timeout(conf)).await?;
+    let reply = ipam
+        .add(pb::AddNetworkRequest {
+            key: Some(key(conf, env)),
+            k8s_pod_namespace: pod_ns.to_string(),
+            k8s_pod_name: pod_name.to_string(),
+            netns: netns.display().to_string(),
+        })
+        .await?;
+    log.debug(&format!("ipamd: {} on {} table {}", reply.ipv4_addr, reply.eni_id, reply.route_table));
+    let ip = reply
+        .ipv4_addr
+        .parse()
+        .map_err(|_| CniError::new(Code::Ipamd, "ipamd returned an invalid address", reply.ipv4_addr.clone()))?;
+    let spec = PodSpec {
+        host_veth: host_veth.to_string(),
+        ifname: env.ifname.clone(),
+        netns,
+        ip,
+        table: reply.route_table,
+        mtu: conf.mtu.unwrap_or(if reply.pod_mtu > 0 { reply.pod_mtu } else { 9001 }),
+    };
+    match datapath::add(nl, &spec).await {
+        Ok(r) => Ok(r.to_json(&conf.cni_version, conf.prev_result.as_ref())),
+        Err(e) => {
+            // Nothing of the pod is left on the node: give the address back too.
+            if let Err(de) = ipam.del(key(conf, env)).await {
+                log.error(&format!("releasing {ip} after a failed ADD: {de}"));
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn del(conf: &NetConf, env: &Env, nl: &Netlink, host_veth: &str, log: &mut Log) -> Result<Value, CniError> {
+    // ipamd first; if it cannot be reached the pod still goes (ipamd reclaims the IP through GC later).
+    let released = match Ipam::connect(&conf.socket(), timeout(conf)).await {
+        Ok(mut ipam) => match ipam.del(key(conf, env)).await {
+            Ok(r) if r.released => r.ipv4_addr.parse().ok(),
+            Ok(_) => None,
+            Err(e) => {
+                log.error(&format!("ipamd DelNetwork: {e}; tearing down from prevResult"));
+                None
+            }
+        },
+        Err(e) => {
+            log.error(&format!("{e}; tearing down from prevResult"));
+            None
+        }
+    };
+    let ip = released.or_else(|| conf.prev_pod_ip());
+    for e in datapath::del(nl, ip, host_veth).await {
+        log.error(&format!("teardown: {e}"));
+    }
+    Ok(Value::Null)
+}
+
+async fn check(conf: &NetConf, env: &Env, nl: &Netlink, host_veth: &str) -> Result<Value, CniError> {
+    let mut ipam = Ipam::connect(&conf.socket(), timeout(conf)).await?;
+    let held = ipam.check(key(conf, env)).await?;
+    let Some(prev_ip) = conf.prev_pod_ip() else {
+        return Err(CniError::new(Code::InvalidConfig, "CHECK needs prevResult with the pod's IP", ""));
+    };
+    if !held.found || held.ipv4_addr != prev_ip.to_string() {
+        return Err(CniError::new(
+            Code::CheckFailed,
+            "ipamd does not hold this pod's allocation",
+            format!("prevResult {prev_ip}, ipamd {:?}", held.found.then_some(&held.ipv4_addr)),
+        ));
+    }
+    let spec = PodSpec {
+        host_veth: host_veth.to_string(),
+        ifname: env.ifname.clone(),
+        netns: env.netns.clone().expect("CHECK requires CNI_NETNS"),
+        ip: prev_ip,
+        table: if held.route_table == 0 { MAIN_TABLE } else { held.route_table },
+        mtu: conf.mtu.unwrap_or(9001),
+    };
+    let wrong = datapath::check(nl, &spec)
+        .await
+        .map_err(|e| CniError::new(Code::Datapath, "datapath: CHECK could not read state", e.to_string()))?;
+    if wrong.is_empty() {
+        Ok(Value::Null)
+    } else {
+        Err(CniError::new(Code::CheckFailed, "pod networking differs from what ADD set up", wrong.join("; ")))
+    }
+}
+
+async fn status(conf: &NetConf) -> Result<(), CniError> {
+    let unavailable = |e: CniError| CniError::new(Code::NotAvailable, "ipamd is not available", e.to_string());
+    let mut ipam = Ipam::connect(&conf.socket(), timeout(conf)).await.map_err(unavailable)?;
+    let s = ipam.status().await.map_err(unavailable)?;
+    if !s.serving {
+        return Err(CniError::new(
+            Code::NotAvailable,
+            "ipamd is not serving yet",
+            "its first reconcile has not completed",
+        ));
+    }
+    if s.free_ips == 0 && !s.can_grow {
+        return Err(CniError::new(
+            Code::NotAvailable,
+            "no free IP and the node cannot attach more",
+            "at its ENI/IP limit",
+        ));
+    }
+    Ok(())
+}
+
+async fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let valid = conf.valid_attachments.clone().unwrap_or_default();
+    let mut ipam = Ipam::connect(&conf.socket(), timeout(conf)).await?;
+    ipam.gc(pb::GcNetworksRequest {
+        network_name: conf.name.clone(),
+        valid: valid
+            .into_iter()
+            .map(|a| pb::AllocationKey {
+                network_name: conf.name.clone(),
+                container_id: a.container_id,
+                if_name: a.ifname,
+            })
+            .collect(),
+    })
+    .await?;
+    Ok(())
 }

@@ -8,6 +8,7 @@
 //! - IP mode: total IPs wanted = max(assigned + WARM_IP_TARGET, MINIMUM_IP_TARGET). Growth fills existing ENIs
 //!   first, then attaches new ones; surplus free IPs are given back, whole idle ENIs first (highest device
 //!   number first), then single IPs from the highest ENIs so that low ENIs stay packed.
+//! - Shrinking waits while a non-primary ENI holds only cooling IPs (it is about to become the one to give back).
 //! - Never: more ENIs than `max_enis`, more IPs on an ENI than it holds, an assigned or cooling IP given back,
 //!   the primary ENI deleted.
 
@@ -110,7 +111,7 @@ fn plan_eni_mode(view: &PoolView, warm_eni: u32, limits: Limits) -> Vec<Action> 
         free += cap;
         enis += 1;
     }
-    if actions.is_empty() {
+    if actions.is_empty() && !draining(view) {
         // Shrink only when nothing grows; highest device first.
         for e in by_device(view).into_iter().rev() {
             if !e.primary && e.idle() && free - e.free.len() as u32 >= want_free {
@@ -149,6 +150,9 @@ fn plan_ip_mode(view: &PoolView, targets: Targets, limits: Limits) -> Vec<Action
         }
         return actions;
     }
+    if draining(view) {
+        return actions;
+    }
     let mut over = over;
     let mut deleted = Vec::new();
     for e in by_device(view).into_iter().rev() {
@@ -173,6 +177,12 @@ fn plan_ip_mode(view: &PoolView, targets: Targets, limits: Limits) -> Vec<Action
         actions.push(Action::UnassignIps { eni_id: e.id.clone(), ips });
     }
     actions
+}
+
+/// A non-primary ENI whose only IPs in use are cooling will soon be idle, and then the better one to give
+/// back: shrinking waits for it rather than deleting a lower ENI or thinning the primary meanwhile.
+pub fn draining(view: &PoolView) -> bool {
+    view.enis.iter().any(|e| !e.primary && e.assigned == 0 && e.cooling > 0)
 }
 
 fn by_device(view: &PoolView) -> Vec<&EniView> {

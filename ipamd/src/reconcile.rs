@@ -282,8 +282,8 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                 );
             }
             Action::AssignIps { eni_id, count } => {
-                let ips = self.ec2.assign_ips(eni_id, *count).await?;
-                self.pool.emit("ips-assigned", format!("{} IPs to {eni_id}", ips.len()));
+                self.ec2.assign_ips(eni_id, *count).await?;
+                self.pool.emit("ips-assigned", format!("{count} IPs to {eni_id}"));
             }
             Action::UnassignIps { eni_id, ips } => {
                 self.ec2.unassign_ips(eni_id, ips).await?;

@@ -8,3 +8,4 @@ pub mod localstack;
 pub mod mac;
 pub mod netns;
 pub mod sim;
+pub mod testkit;

@@ -99,23 +99,41 @@ pub fn list(prefix: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Binds a TCP listener at `addr` inside `ns`.
-pub fn listen_in(ns: &str, addr: std::net::SocketAddr) -> Result<std::net::TcpListener, NetnsError> {
+/// Runs `f` on a helper thread that has entered `ns`; the calling thread's namespace never changes.
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T, NetnsError> + Send) -> Result<T, NetnsError> {
     let target = std::fs::File::open(path(ns)).map_err(io(format!("open netns {ns}")))?;
     std::thread::scope(|s| {
         s.spawn(|| {
             let own = std::fs::File::open("/proc/thread-self/ns/net").map_err(io("own netns"))?;
             nix::sched::setns(target.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(|e| NetnsError::Io { what: format!("setns {ns}"), source: e.into() })?;
-            let l = std::net::TcpListener::bind(addr).map_err(io(format!("bind {addr} in {ns}")));
+            let r = f();
             let _ = nix::sched::setns(own.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
-            let l = l?;
-            l.set_nonblocking(true).map_err(io("nonblocking"))?;
-            Ok(l)
+            r
         })
         .join()
         .unwrap_or_else(|_| {
             Err(NetnsError::Io { what: "netns thread".into(), source: std::io::Error::other("panicked") })
         })
+    })
+}
+
+/// Binds a blocking TCP listener at `addr` inside `ns` (the socket stays in `ns`).
+pub fn std_listen_in(ns: &str, addr: std::net::SocketAddr) -> Result<std::net::TcpListener, NetnsError> {
+    in_netns(ns, || std::net::TcpListener::bind(addr).map_err(io(format!("bind {addr} in {ns}"))))
+}
+
+/// Binds a non-blocking TCP listener at `addr` inside `ns`, ready for tokio.
+pub fn listen_in(ns: &str, addr: std::net::SocketAddr) -> Result<std::net::TcpListener, NetnsError> {
+    let l = std_listen_in(ns, addr)?;
+    l.set_nonblocking(true).map_err(io("nonblocking"))?;
+    Ok(l)
+}
+
+/// Opens a TCP connection from inside `ns`.
+pub fn connect_in(ns: &str, addr: std::net::SocketAddr) -> Result<std::net::TcpStream, NetnsError> {
+    in_netns(ns, || {
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
+            .map_err(io(format!("connect {addr} from {ns}")))
     })
 }

@@ -3,150 +3,15 @@
 //! Every namespace is created by the sims under a unique prefix and removed by them; the root namespace is
 //! never changed.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vpc_sim::ipamd_proc::sibling_binary;
 use vpc_sim::localstack::{self, NodeEni, node_enis};
 use vpc_sim::netns::{self, ip_in, run};
-use vpc_sim::sim::record::SimRecord;
-
-struct SimProc {
-    child: Child,
-    prefix: String,
-    state: tempfile::TempDir,
-}
-
-impl SimProc {
-    /// Starts `vpc-sim up` and waits for its `vpc-sim ready` line.
-    fn start(tag: &str, nodes: usize, env: &[&str]) -> Self {
-        let prefix = format!("{tag}{:04x}", rand::random::<u16>());
-        let state = tempfile::Builder::new().prefix("vpcsim-state-").tempdir().unwrap();
-        let mut cmd = Command::new(sibling_binary("vpc-sim"));
-        cmd.args(["up", "--nodes", &nodes.to_string(), "--instance-type", "t3.medium", "--prefix", &prefix])
-            .arg("--state-dir")
-            .arg(state.path());
-        for e in env {
-            cmd.args(["--ipamd-env", e]);
-        }
-        let log = std::fs::File::create(state.path().join("sim.log")).unwrap();
-        let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line == "vpc-sim ready" {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        let me = Self { child, prefix, state };
-        if rx.recv_timeout(Duration::from_secs(150)).is_err() {
-            panic!("vpc-sim {} not ready; log:\n{}", me.prefix, me.log());
-        }
-        me
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.state.path().join("sim.log")).unwrap_or_default()
-    }
-
-    fn record(&self) -> SimRecord {
-        SimRecord::load(self.state.path()).expect("sim.json")
-    }
-
-    fn node(&self, i: usize) -> String {
-        format!("{}-node-{i}", self.prefix)
-    }
-
-    /// SIGTERM and wait for the sim to finish its clean-up.
-    fn stop(mut self) -> (String, tempfile::TempDir) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "vpc-sim did not exit after SIGTERM:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let prefix = self.prefix.clone();
-        (prefix, std::mem::replace(&mut self.state, tempfile::tempdir().unwrap()))
-    }
-}
-
-impl Drop for SimProc {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            for ns in netns::list(&self.prefix) {
-                let _ = netns::delete(&ns);
-            }
-        }
-        if std::thread::panicking() {
-            eprintln!("---- vpc-sim {} log ----\n{}", self.prefix, self.log());
-            for dir in std::fs::read_dir(self.state.path()).into_iter().flatten().flatten() {
-                let p: PathBuf = dir.path().join("ipamd.log");
-                if let Ok(l) = std::fs::read_to_string(&p) {
-                    eprintln!("---- {} ----\n{l}", p.display());
-                }
-            }
-        }
-    }
-}
-
-fn ping(ns: &str, dst: &str) -> bool {
-    Command::new("ip")
-        .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "2", dst])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Asks the node's IMDS, from inside the node, which MAC each device has.
-fn imds_macs(ns: &str) -> Vec<(u32, String)> {
-    let exec = |args: &[&str]| {
-        let mut all = vec!["netns", "exec", ns, "curl", "-sf", "--max-time", "5"];
-        all.extend_from_slice(args);
-        run("ip", &all).unwrap()
-    };
-    let token = exec(&[
-        "-X",
-        "PUT",
-        "-H",
-        "X-aws-ec2-metadata-token-ttl-seconds: 60",
-        "http://169.254.169.254/latest/api/token",
-    ]);
-    let hdr = format!("X-aws-ec2-metadata-token: {token}");
-    let base = "http://169.254.169.254/latest/meta-data/network/interfaces/macs/";
-    exec(&["-H", &hdr, base])
-        .lines()
-        .map(|l| {
-            let mac = l.trim_end_matches('/').to_string();
-            let dev = exec(&["-H", &hdr, &format!("{base}{mac}/device-number")]).trim().parse().unwrap();
-            (dev, mac)
-        })
-        .collect()
-}
-
-fn link_mac(ns: &str, link: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(&ip_in(ns, &["-j", "link", "show", link]).ok()?).ok()?;
-    v[0]["address"].as_str().map(String::from)
-}
+use vpc_sim::testkit::{SimProc, imds_macs, link_mac, ping, wait_until};
 
 async fn enis(instance: &str) -> Vec<NodeEni> {
     node_enis(&localstack::ec2_client(), instance).await.unwrap()
-}
-
-/// Waits until `f` holds (the sim follows EC2 within a second; ipamd's host setup within a reconcile).
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 //! no change. [`HostNet`] is the netlink boundary; [`netlink::Netlink`] implements it.
 
 pub mod netlink;
+pub mod podnet;
 
 use std::future::Future;
 use std::net::Ipv4Addr;

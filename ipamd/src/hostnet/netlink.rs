@@ -32,6 +32,10 @@ fn mac_string(bytes: &[u8]) -> String {
 }
 
 impl Netlink {
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// Opens a socket in the caller's current network namespace (ipamd runs in the node's).
     pub fn current() -> Result<Self, HostNetError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(HostNetError::Io)?;

@@ -17,7 +17,7 @@ use vpc_sim::imds::ImdsEmulator;
 use vpc_sim::ipamd_proc::{Ipamd, sibling_binary};
 use vpc_sim::localstack::{self, TestVpc};
 use vpc_sim::netns::ip_in;
-use vpc_sim::sim::{Sim, SimConfig, record::SimRecord};
+use vpc_sim::sim::{Sim, SimConfig, pods::Pod, record::SimRecord};
 
 #[derive(Parser)]
 #[command(name = "vpc-sim", version, about = "Local VPC emulation on LocalStack EC2")]
@@ -45,6 +45,11 @@ enum Cmd {
         #[arg(long = "ipamd-env")]
         ipamd_env: Vec<String>,
     },
+    /// Run pods through the real CNI plugin chain, as a container runtime does.
+    Pod {
+        #[command(subcommand)]
+        cmd: PodCmd,
+    },
     /// Nodes, ENIs, links, rules and routes of a running sim.
     Status {
         #[arg(long, default_value = "/run/vpc-sim")]
@@ -60,6 +65,59 @@ enum Cmd {
         #[arg(long = "ipamd-env")]
         ipamd_env: Vec<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct PodArgs {
+    #[arg(long)]
+    node: usize,
+    #[arg(long)]
+    name: String,
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    #[arg(long, default_value = "/run/vpc-sim")]
+    state_dir: PathBuf,
+}
+
+impl PodArgs {
+    fn pod(&self) -> Pod {
+        Pod {
+            state_dir: self.state_dir.clone(),
+            node: self.node,
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum PodCmd {
+    /// Create the pod's sandbox and run CNI ADD; prints the result.
+    Add(PodArgs),
+    /// Run CNI DEL and remove the sandbox.
+    Del(PodArgs),
+    /// Run CNI CHECK.
+    Check(PodArgs),
+    /// Run a command inside the pod: `vpc-sim pod exec --node 0 --name web -- ping 10.0.0.9`.
+    Exec {
+        #[command(flatten)]
+        pod: PodArgs,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+}
+
+fn pod_cmd(cmd: PodCmd) -> Result<()> {
+    match cmd {
+        PodCmd::Add(a) => println!("{:#}", a.pod().add()?),
+        PodCmd::Del(a) => a.pod().del(false)?,
+        PodCmd::Check(a) => a.pod().check()?,
+        PodCmd::Exec { pod, argv } => {
+            let status = pod.pod().exec(&argv)?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+    }
+    Ok(())
 }
 
 fn parse_env(pairs: &[String]) -> Result<Vec<(String, String)>> {
@@ -184,6 +242,7 @@ async fn main() -> Result<()> {
             up(SimConfig { nodes, instance_type, subnets, state_dir, prefix, ipamd_env }).await
         }
         Cmd::Status { state_dir } => status(&state_dir),
+        Cmd::Pod { cmd } => pod_cmd(cmd),
         Cmd::IpamdDemo { instance_type, pods, ipamd_env } => ipamd_demo(&instance_type, pods, &ipamd_env).await,
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod fabric;
 pub mod node;
+pub mod pods;
 pub mod record;
 
 use std::collections::{BTreeMap, BTreeSet};

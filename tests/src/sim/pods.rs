@@ -1,0 +1,196 @@
+//! `vpc-sim pod add|del|check|exec`: a minimal container runtime (libcni's behaviour) running pods on a sim
+//! node through the real `vpc-cni` binary and whatever else the node's conflist chains: each plugin gets its
+//! own entry plus `name`, `cniVersion` and the previous plugin's result as `prevResult`; ADD in order, DEL
+//! and CHECK with the cached result, DEL in reverse order. Plugins run in the node's namespace, as a runtime
+//! on the node would run them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::netns;
+use crate::sim::fabric::Names;
+use crate::sim::record::SimRecord;
+
+/// One pod of the sim.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub state_dir: PathBuf,
+    pub node: usize,
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("no running sim in {0}")]
+    NoSim(String),
+    #[error("{0}")]
+    Io(String),
+    /// A plugin answered with a CNI error (its JSON as printed).
+    #[error("{plugin} {command}: {json}")]
+    Plugin { plugin: String, command: String, json: Value },
+}
+
+fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> PodError {
+    let what = what.to_string();
+    move |e| PodError::Io(format!("{what}: {e}"))
+}
+
+impl Pod {
+    fn record(&self) -> Result<SimRecord, PodError> {
+        SimRecord::load(&self.state_dir).ok_or_else(|| PodError::NoSim(self.state_dir.display().to_string()))
+    }
+
+    fn node_dir(&self) -> PathBuf {
+        self.state_dir.join(format!("node-{}", self.node))
+    }
+
+    /// The pod sandbox's namespace name.
+    pub fn netns(&self) -> Result<String, PodError> {
+        Ok(format!("{}-pod-{}-{}-{}", self.record()?.prefix, self.node, self.namespace, self.name))
+    }
+
+    /// The infra container id a runtime would use: stable per pod.
+    pub fn container_id(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&self.namespace, &self.name).hash(&mut h);
+        format!("{:016x}{:016x}", h.finish(), self.node)
+    }
+
+    fn cache(&self) -> PathBuf {
+        self.node_dir().join("pods").join(format!("{}_{}.json", self.namespace, self.name))
+    }
+
+    fn conflist(&self) -> Result<Value, PodError> {
+        let p = self.node_dir().join("10-vpc-cni.conflist");
+        let bytes = std::fs::read(&p).map_err(io(p.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| PodError::Io(format!("{}: {e}", p.display())))
+    }
+
+    fn exec_plugin(
+        &self,
+        command: &str,
+        plugin: &Value,
+        list: &Value,
+        prev: Option<&Value>,
+    ) -> Result<Value, PodError> {
+        let kind = plugin["type"].as_str().unwrap_or_default().to_string();
+        let mut conf = plugin.clone();
+        conf["name"] = list["name"].clone();
+        conf["cniVersion"] = list["cniVersion"].clone();
+        if let Some(p) = prev {
+            conf["prevResult"] = p.clone();
+        }
+        let bin = plugin_path(&kind).ok_or_else(|| PodError::Io(format!("plugin {kind} not found in CNI_PATH")))?;
+        let node_ns = Names { prefix: self.record()?.prefix }.node(self.node);
+        let netns_path = netns::path(&self.netns()?);
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &node_ns])
+            .arg(&bin)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", self.container_id())
+            .env("CNI_NETNS", &netns_path)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", cni_path().join(":"))
+            .env(
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
+                    self.namespace,
+                    self.name,
+                    self.container_id()
+                ),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(io(bin.display()))?;
+        child.stdin.take().expect("piped").write_all(conf.to_string().as_bytes()).map_err(io("plugin stdin"))?;
+        let out = child.wait_with_output().map_err(io(bin.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let json: Value =
+            if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(json!(text)) };
+        if out.status.success() {
+            Ok(json)
+        } else {
+            Err(PodError::Plugin { plugin: kind, command: command.into(), json })
+        }
+    }
+
+    /// Creates the sandbox namespace and runs ADD through the chain; returns the final result.
+    pub fn add(&self) -> Result<Value, PodError> {
+        let list = self.conflist()?;
+        let ns = self.netns()?;
+        if !netns::exists(&ns) {
+            netns::create(&ns).map_err(|e| PodError::Io(e.to_string()))?;
+        }
+        let mut prev: Option<Value> = None;
+        for plugin in list["plugins"].as_array().cloned().unwrap_or_default() {
+            prev = Some(self.exec_plugin("ADD", &plugin, &list, prev.as_ref())?);
+        }
+        let result = prev.unwrap_or(Value::Null);
+        let cache = self.cache();
+        std::fs::create_dir_all(cache.parent().expect("dir")).map_err(io("pod cache"))?;
+        std::fs::write(&cache, result.to_string()).map_err(io(cache.display()))?;
+        Ok(result)
+    }
+
+    fn cached(&self) -> Option<Value> {
+        serde_json::from_slice(&std::fs::read(self.cache()).ok()?).ok()
+    }
+
+    /// Runs CHECK through the chain with the cached result.
+    pub fn check(&self) -> Result<(), PodError> {
+        let list = self.conflist()?;
+        let prev = self.cached().ok_or_else(|| PodError::Io(format!("no cached result for {}", self.name)))?;
+        for plugin in list["plugins"].as_array().cloned().unwrap_or_default() {
+            self.exec_plugin("CHECK", &plugin, &list, Some(&prev))?;
+        }
+        Ok(())
+    }
+
+    /// Runs DEL through the chain in reverse, then removes the sandbox namespace (`keep_netns` leaves it).
+    pub fn del(&self, keep_netns: bool) -> Result<(), PodError> {
+        let list = self.conflist()?;
+        let prev = self.cached();
+        for plugin in list["plugins"].as_array().cloned().unwrap_or_default().iter().rev() {
+            self.exec_plugin("DEL", plugin, &list, prev.as_ref())?;
+        }
+        if !keep_netns {
+            netns::delete(&self.netns()?).map_err(|e| PodError::Io(e.to_string()))?;
+        }
+        let _ = std::fs::remove_file(self.cache());
+        Ok(())
+    }
+
+    /// Runs a command inside the pod.
+    pub fn exec(&self, argv: &[String]) -> Result<std::process::ExitStatus, PodError> {
+        let ns = self.netns()?;
+        Command::new("ip").args(["netns", "exec", &ns]).args(argv).status().map_err(io("ip netns exec"))
+    }
+}
+
+/// Where plugins are looked up: next to the sim's binaries first, then the distribution's CNI directories.
+pub fn cni_path() -> Vec<String> {
+    let mut dirs = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        let mut d = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+        if d.ends_with("deps") {
+            d.pop();
+        }
+        dirs.push(d.display().to_string());
+    }
+    dirs.extend(["/usr/lib/cni".to_string(), "/opt/cni/bin".to_string()]);
+    dirs
+}
+
+fn plugin_path(kind: &str) -> Option<PathBuf> {
+    cni_path().into_iter().map(|d| Path::new(&d).join(kind)).find(|p| p.exists())
+}
