@@ -7,6 +7,10 @@ need=()
 command -v curl >/dev/null || need+=(curl)
 command -v ip >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
+command -v nft >/dev/null || need+=(nftables)
+command -v iptables >/dev/null || need+=(iptables)
+command -v tc >/dev/null || need+=(iproute2)
+[ -x /usr/lib/cni/portmap ] && [ -x /usr/lib/cni/bandwidth ] || need+=(containernetworking-plugins)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then echo "deps.sh: missing ${need[*]}; install them (needs root)" >&2; exit 1; fi
   echo "deps.sh: installing ${need[*]}"

@@ -57,7 +57,7 @@ start() {
     RUNTIME_COMPONENTS=aws FILESYSTEM_ROOT="$cache/fs" DISABLE_EVENTS=1 SERVICES=ec2 \
       GATEWAY_LISTEN="$listen" LOCALSTACK_HOST="$listen" EAGER_SERVICE_LOADING=1 \
       SKIP_SSL_CERT_DOWNLOAD=1 DEBUG="${LOCALSTACK_DEBUG:-0}" \
-      setsid "$venv/bin/python" -m localstack.runtime.main >"$logfile" 2>&1 &
+      setsid "$venv/bin/python" "$here/localstack_main.py" >"$logfile" 2>&1 &
     echo $! >"$pidfile"
   )
   for _ in $(seq 1 240); do

@@ -25,6 +25,22 @@ pub struct PodSpec {
     /// 254 (main) for the primary ENI, device number + 1 otherwise.
     pub table: u32,
     pub mtu: u32,
+    /// Destinations a secondary-ENI pod reaches through its own ENI: `None` for all of them (external SNAT),
+    /// else the VPC and SNAT-excluded CIDRs (the rest leaves by the primary ENI, SNATed to the node IP).
+    pub via_eni: Option<Vec<Ipv4Net>>,
+}
+
+impl PodSpec {
+    fn egress_rules(&self) -> Vec<Rule> {
+        if self.table == MAIN_TABLE {
+            return Vec::new();
+        }
+        let rule = |dst| Rule { priority: FROM_POD_RULE_PRIORITY, src: Some(host(self.ip)), dst, table: self.table };
+        match &self.via_eni {
+            None => vec![rule(None)],
+            Some(dsts) => dsts.iter().map(|d| rule(Some(*d))).collect(),
+        }
+    }
 }
 
 fn host(ip: Ipv4Addr) -> Ipv4Net {
@@ -37,10 +53,6 @@ fn dp(step: &str) -> impl FnOnce(HostNetError) -> CniError + '_ {
 
 fn to_pod_rule(ip: Ipv4Addr) -> Rule {
     Rule { priority: TO_POD_RULE_PRIORITY, src: None, dst: Some(host(ip)), table: MAIN_TABLE }
-}
-
-fn from_pod_rule(ip: Ipv4Addr, table: u32) -> Rule {
-    Rule { priority: FROM_POD_RULE_PRIORITY, src: Some(host(ip)), dst: None, table }
 }
 
 fn host_route(ip: Ipv4Addr, index: u32) -> Route {
@@ -105,8 +117,8 @@ async fn wire(nl: &Netlink, spec: &PodSpec) -> Result<AddResult, CniError> {
 
     nl.add_route(&host_route(spec.ip, hl.index)).await.map_err(dp("host route to pod"))?;
     nl.add_rule(&to_pod_rule(spec.ip)).await.map_err(dp("to-pod rule"))?;
-    if spec.table != MAIN_TABLE {
-        nl.add_rule(&from_pod_rule(spec.ip, spec.table)).await.map_err(dp("from-pod rule"))?;
+    for r in spec.egress_rules() {
+        nl.add_rule(&r).await.map_err(dp("from-pod rule"))?;
     }
     Ok(AddResult {
         host_veth: spec.host_veth.clone(),
@@ -176,8 +188,9 @@ pub async fn check(nl: &Netlink, spec: &PodSpec) -> Result<Vec<String>, HostNetE
     if !rules.contains(&to_pod_rule(spec.ip)) {
         wrong.push(format!("rule {TO_POD_RULE_PRIORITY} to {} lookup main missing", spec.ip));
     }
-    if spec.table != MAIN_TABLE && !rules.contains(&from_pod_rule(spec.ip, spec.table)) {
-        wrong.push(format!("rule {FROM_POD_RULE_PRIORITY} from {} lookup {} missing", spec.ip, spec.table));
+    for r in spec.egress_rules().iter().filter(|r| !rules.contains(r)) {
+        let to = r.dst.map(|d| format!(" to {d}")).unwrap_or_default();
+        wrong.push(format!("rule {FROM_POD_RULE_PRIORITY} from {}{to} lookup {} missing", spec.ip, spec.table));
     }
     if !Path::new(&spec.netns).exists() {
         wrong.push(format!("netns {} missing", spec.netns.display()));

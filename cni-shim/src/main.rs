@@ -150,6 +150,7 @@ async fn add(
         ip,
         table: reply.route_table,
         mtu: conf.mtu.unwrap_or(if reply.pod_mtu > 0 { reply.pod_mtu } else { 9001 }),
+        via_eni: via_eni(reply.external_snat, &reply.vpc_cidrs, &reply.exclude_snat_cidrs),
     };
     match datapath::add(nl, &spec).await {
         Ok(r) => Ok(r.to_json(&conf.cni_version, conf.prev_result.as_ref())),
@@ -161,6 +162,11 @@ async fn add(
             Err(e)
         }
     }
+}
+
+/// With node SNAT, only VPC and SNAT-excluded destinations go out through a secondary ENI.
+fn via_eni(external_snat: bool, vpc: &[String], excluded: &[String]) -> Option<Vec<ipnet::Ipv4Net>> {
+    (!external_snat).then(|| vpc.iter().chain(excluded).filter_map(|c| c.parse().ok()).collect())
 }
 
 async fn del(conf: &NetConf, env: &Env, nl: &Netlink, host_veth: &str, log: &mut Log) -> Result<Value, CniError> {
@@ -206,6 +212,7 @@ async fn check(conf: &NetConf, env: &Env, nl: &Netlink, host_veth: &str) -> Resu
         ip: prev_ip,
         table: if held.route_table == 0 { MAIN_TABLE } else { held.route_table },
         mtu: conf.mtu.unwrap_or(9001),
+        via_eni: via_eni(held.external_snat, &held.vpc_cidrs, &held.exclude_snat_cidrs),
     };
     let wrong = datapath::check(nl, &spec)
         .await

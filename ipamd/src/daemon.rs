@@ -24,6 +24,7 @@ use crate::imds::{AwsImds, ImdsError, NodeInfo};
 use crate::planner::Targets;
 use crate::pool::{self, PoolSettings};
 use crate::reconcile::{ReconcileSettings, Reconciler};
+use crate::snat::SnatConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -63,12 +64,12 @@ async fn load_node(imds: &AwsImds) -> Result<NodeInfo, ImdsError> {
 
 /// Opens netlink in ipamd's own namespace (the node's) and applies the node-wide sysctls on the primary ENI,
 /// which is found by the MAC IMDS reports.
-async fn host_setup(node: &NodeInfo) -> Result<Netlink, DaemonError> {
+async fn host_setup(node: &NodeInfo) -> Result<(Netlink, String), DaemonError> {
     let net = Netlink::current()?;
     let primary = hostnet::wait_for_link(&net, &node.primary_mac, Duration::from_secs(10)).await?;
     let changes = hostnet::node_sysctls(std::path::Path::new("/proc/sys"), &primary.name)?;
     tracing::info!(link = %primary.name, mac = %node.primary_mac, changes, "node sysctls: ip_forward=1, rp_filter=2");
-    Ok(net)
+    Ok((net, primary.name))
 }
 
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
@@ -113,6 +114,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             vpc_cidrs: node.vpc_cidrs.iter().map(ToString::to_string).collect(),
             pod_mtu: cfg.effective_pod_mtu(),
             external_snat: cfg.aws_vpc_k8s_cni_externalsnat,
+            exclude_snat_cidrs: cfg.aws_vpc_k8s_cni_exclude_snat_cidrs.0.iter().map(ToString::to_string).collect(),
         },
     };
     let introspection = IntrospectionService { pool: pool.clone(), node: node.clone(), config: cfg.entries() };
@@ -133,7 +135,20 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         tokio::spawn(fut);
     }
 
-    let hostnet = if cfg.ipamd_host_network { Some(Arc::new(host_setup(&node).await?)) } else { None };
+    let (hostnet, snat) = if cfg.ipamd_host_network {
+        let (net, primary_link) = host_setup(&node).await?;
+        let snat = SnatConfig {
+            primary_link,
+            primary_ip: node.primary_ip,
+            vpc_cidrs: node.vpc_cidrs.clone(),
+            excluded: cfg.aws_vpc_k8s_cni_exclude_snat_cidrs.0.clone(),
+            external: cfg.aws_vpc_k8s_cni_externalsnat,
+            randomize: cfg.aws_vpc_k8s_cni_randomizesnat,
+        };
+        (Some(Arc::new(net)), Some(snat))
+    } else {
+        (None, None)
+    };
     let reconciler = Reconciler::new(
         ec2.clone(),
         Arc::new(imds),
@@ -147,6 +162,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             leaked_eni_cleanup: !cfg.disable_leaked_eni_cleanup,
             error_backoff: Duration::from_secs(2),
             eni_mtu: cfg.aws_vpc_eni_mtu,
+            snat,
             link_wait: Duration::from_secs(10),
         },
     );

@@ -19,6 +19,7 @@ pub mod planner;
 pub mod pool;
 pub mod ratelimit;
 pub mod reconcile;
+pub mod snat;
 
 /// Sets up tracing to stderr in the configured format.
 pub fn init_logging(format: config::LogFormat, level: &str) {

@@ -15,6 +15,7 @@ use crate::hostnet::{self, EniNet, HostNet, HostNetError};
 use crate::imds::{self, MacInfo, Metadata, NodeInfo};
 use crate::planner::{Action, Limits};
 use crate::pool::PoolHandle;
+use crate::snat::{self, SnatConfig};
 
 pub const TAG_INSTANCE_ID: &str = "node.k8s.amazonaws.com/instance_id";
 pub const TAG_CREATED_AT: &str = "node.k8s.amazonaws.com/createdAt";
@@ -48,6 +49,8 @@ pub struct ReconcileSettings {
     pub eni_mtu: u32,
     /// How long to wait for a newly attached ENI's link to appear.
     pub link_wait: Duration,
+    /// Node SNAT (only with host networking); its VPC CIDRs are refreshed from IMDS every round.
+    pub snat: Option<SnatConfig>,
 }
 
 pub struct Reconciler<E: Ec2Api, M: Metadata, N: HostNet> {
@@ -64,6 +67,8 @@ pub struct Reconciler<E: Ec2Api, M: Metadata, N: HostNet> {
     last_leak_sweep: Option<Instant>,
     /// ENIs whose host networking is known to be in place.
     configured: BTreeSet<String>,
+    /// The SNAT ruleset last applied (re-applied when it would differ).
+    snat_applied: Option<SnatConfig>,
 }
 
 impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
@@ -80,6 +85,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             imds,
             hostnet,
             configured: BTreeSet::new(),
+            snat_applied: None,
             node,
             pool,
             settings,
@@ -139,10 +145,13 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         }
         let attached = self.ec2.attached_enis(&self.node.instance_id).await?;
         let mut observed = self.observed(&attached).await?;
-        let host_errors = match self.hostnet.clone() {
+        let mut host_errors = match self.hostnet.clone() {
             Some(net) => self.sync_host(net.as_ref(), &mut observed).await,
             None => Vec::new(),
         };
+        if let Err(e) = self.sync_snat().await {
+            host_errors.push(HostNetError::Netlink { op: "nftables", message: e });
+        }
         self.pool.observe(observed, limits).await?;
         let (actions, requeue) = self.pool.plan().await?;
         let mut used: BTreeSet<u32> = attached.iter().filter_map(|e| e.device_index).collect();
@@ -153,6 +162,38 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             return Err(ReconcileError::HostNet(host_errors));
         }
         Ok(if actions.is_empty() { requeue } else { Duration::ZERO })
+    }
+
+    /// Keeps the SNAT table in step with the VPC's CIDRs (IMDS), rebuilding it atomically when they change.
+    async fn sync_snat(&mut self) -> Result<(), String> {
+        let Some(mut want) = self.settings.snat.clone() else { return Ok(()) };
+        let path = format!("network/interfaces/macs/{}/vpc-ipv4-cidr-blocks", self.node.primary_mac);
+        if let Ok(text) = self.imds.get(&path).await {
+            let cidrs: Vec<Ipv4Net> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            if !cidrs.is_empty() {
+                want.vpc_cidrs = cidrs;
+            }
+        }
+        if self.snat_applied.as_ref() == Some(&want) {
+            return Ok(());
+        }
+        let cfg = want.clone();
+        tokio::task::spawn_blocking(move || snat::apply(&cfg))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        self.pool.emit(
+            "snat-applied",
+            format!(
+                "table ip {} (VPC {:?}, external {}, {:?})",
+                snat::TABLE,
+                want.vpc_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                want.external,
+                want.randomize
+            ),
+        );
+        self.snat_applied = Some(want);
+        Ok(())
     }
 
     /// Wires every secondary ENI on the node and removes what detached ENIs left; marks each observed ENI

@@ -29,6 +29,25 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, NetnsError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs a command with `input` on stdin, returning stdout.
+pub fn run_stdin(program: &str, args: &[&str], input: &str) -> Result<String, NetnsError> {
+    use std::io::Write;
+    let cmd = format!("{program} {}", args.join(" "));
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(io(cmd.clone()))?;
+    child.stdin.take().expect("piped").write_all(input.as_bytes()).map_err(io(cmd.clone()))?;
+    let out = child.wait_with_output().map_err(io(cmd.clone()))?;
+    if !out.status.success() {
+        return Err(NetnsError::Command { cmd, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// `ip <args>` in the root namespace context (use `-n NS` to act inside a namespace).
 pub fn ip(args: &[&str]) -> Result<String, NetnsError> {
     run("ip", args)
@@ -43,27 +62,10 @@ pub fn ip_in(ns: &str, args: &[&str]) -> Result<String, NetnsError> {
 
 /// Feeds many `ip` commands to one `ip -n <ns> -batch -` process (one fork for a whole sync step).
 pub fn ip_batch(ns: &str, lines: &[String]) -> Result<(), NetnsError> {
-    use std::io::Write;
     if lines.is_empty() {
         return Ok(());
     }
-    let mut child = Command::new("ip")
-        .args(["-n", ns, "-force", "-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(io("ip -batch"))?;
-    let text = lines.join("\n") + "\n";
-    child.stdin.take().expect("piped").write_all(text.as_bytes()).map_err(io("ip -batch stdin"))?;
-    let out = child.wait_with_output().map_err(io("ip -batch"))?;
-    if !out.status.success() {
-        return Err(NetnsError::Command {
-            cmd: format!("ip -n {ns} -batch <<{text}"),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+    run_stdin("ip", &["-n", ns, "-force", "-batch", "-"], &(lines.join("\n") + "\n")).map(|_| ())
 }
 
 /// Writes a sysctl inside `ns` (each namespace has its own net.* sysctls).

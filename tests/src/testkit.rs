@@ -17,16 +17,26 @@ pub struct SimProc {
 }
 
 impl SimProc {
-    /// Starts `vpc-sim up` and waits for its `vpc-sim ready` line.
+    /// Starts `vpc-sim up` and waits for its `vpc-sim ready` line. `env` holds KEY=VALUE ipamd settings, and
+    /// `--chain` to chain portmap and bandwidth.
     pub fn start(tag: &str, nodes: usize, env: &[&str]) -> Self {
+        Self::start_with(tag, nodes, "t3.medium", env)
+    }
+
+    /// As [`SimProc::start`] with another instance type.
+    pub fn start_with(tag: &str, nodes: usize, instance_type: &str, env: &[&str]) -> Self {
         let prefix = format!("{tag}{:04x}", rand::random::<u16>());
         let state = tempfile::Builder::new().prefix("vpcsim-state-").tempdir().unwrap();
         let mut cmd = Command::new(sibling_binary("vpc-sim"));
-        cmd.args(["up", "--nodes", &nodes.to_string(), "--instance-type", "t3.medium", "--prefix", &prefix])
+        cmd.args(["up", "--nodes", &nodes.to_string(), "--instance-type", instance_type, "--prefix", &prefix])
             .arg("--state-dir")
             .arg(state.path());
         for e in env {
-            cmd.args(["--ipamd-env", e]);
+            if *e == "--chain" {
+                cmd.arg(e);
+            } else {
+                cmd.args(["--ipamd-env", e]);
+            }
         }
         let log = std::fs::File::create(state.path().join("sim.log")).unwrap();
         let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
@@ -145,10 +155,21 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 /// Connects from inside `client_ns` to `server_ip:port` served from inside `server_ns`; returns the peer address
 /// the server saw (proves whether anything on the way rewrote the source).
 pub fn tcp_peer_seen(server_ns: &str, server_ip: &str, client_ns: &str) -> Result<String, String> {
-    let listener = netns::std_listen_in(server_ns, format!("{server_ip}:0").parse().map_err(|e| format!("{e}"))?)
-        .map_err(|e| e.to_string())?;
+    let listen: std::net::SocketAddr = format!("{server_ip}:0").parse().map_err(|e| format!("{e}"))?;
+    tcp_peer_seen_via(server_ns, listen, client_ns, None)
+}
+
+/// As [`tcp_peer_seen`], listening on `listen` and connecting to `connect` (default: the listener), e.g. a
+/// node's hostPort that portmap forwards to the pod.
+pub fn tcp_peer_seen_via(
+    server_ns: &str,
+    listen: std::net::SocketAddr,
+    client_ns: &str,
+    connect: Option<std::net::SocketAddr>,
+) -> Result<String, String> {
+    let listener = netns::std_listen_in(server_ns, listen).map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let server = std::thread::spawn(move || listener.accept().map(|(_, peer)| peer.ip().to_string()));
-    netns::connect_in(client_ns, addr).map_err(|e| e.to_string())?;
+    netns::connect_in(client_ns, connect.unwrap_or(addr)).map_err(|e| e.to_string())?;
     server.join().map_err(|_| "server thread".to_string())?.map_err(|e| e.to_string())
 }

@@ -15,7 +15,13 @@ use vpc_sim::sim::pods::{Pod, PodError};
 use vpc_sim::testkit::{SimProc, ping, tcp_peer_seen};
 
 fn pod(sim: &SimProc, node: usize, name: &str) -> Pod {
-    Pod { state_dir: sim.state.path().to_path_buf(), node, namespace: "default".into(), name: name.into() }
+    Pod {
+        state_dir: sim.state.path().to_path_buf(),
+        node,
+        namespace: "default".into(),
+        name: name.into(),
+        ..Default::default()
+    }
 }
 
 /// ADD, retried while the plugin says "try again later" (code 11), as kubelet does while ipamd attaches an ENI.
@@ -184,6 +190,8 @@ async fn pods_get_vpc_addresses_reach_each_other_and_leave_nothing_behind() {
     assert_eq!(allocations(&socket0).await, before);
 
     // STATUS is ready; GC releases exactly the allocations the runtime no longer lists.
+    let mut one = one.clone();
+    one["cniVersion"] = "1.1.0".into();
     let (ok, out) = raw_plugin(&node0, &[("CNI_COMMAND", "STATUS")], &one.to_string());
     assert!(ok, "{out}");
     let left: Vec<Pod> =

@@ -11,6 +11,7 @@ use crate::pool::{PoolError, PoolHandle};
 #[derive(Debug, Clone)]
 pub struct NetFacts {
     pub vpc_cidrs: Vec<String>,
+    pub exclude_snat_cidrs: Vec<String>,
     pub pod_mtu: u32,
     pub external_snat: bool,
 }
@@ -63,6 +64,7 @@ impl pb::ipam_server::Ipam for IpamService {
             vpc_cidrs: self.facts.vpc_cidrs.clone(),
             pod_mtu: self.facts.pod_mtu,
             external_snat: self.facts.external_snat,
+            exclude_snat_cidrs: self.facts.exclude_snat_cidrs.clone(),
         }))
     }
 
@@ -86,9 +88,14 @@ impl pb::ipam_server::Ipam for IpamService {
     ) -> Result<Response<pb::CheckNetworkReply>, Status> {
         let key = key(req.into_inner().key)?;
         let reply = match self.pool.check(key).await.map_err(status)? {
-            Some((a, dev)) => {
-                pb::CheckNetworkReply { found: true, ipv4_addr: a.ip.to_string(), route_table: route_table(dev) }
-            }
+            Some((a, dev)) => pb::CheckNetworkReply {
+                found: true,
+                ipv4_addr: a.ip.to_string(),
+                route_table: route_table(dev),
+                vpc_cidrs: self.facts.vpc_cidrs.clone(),
+                exclude_snat_cidrs: self.facts.exclude_snat_cidrs.clone(),
+                external_snat: self.facts.external_snat,
+            },
             None => pb::CheckNetworkReply::default(),
         };
         Ok(Response::new(reply))

@@ -11,13 +11,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use serde_json::Value;
 use tokio::signal::unix::{SignalKind, signal};
 use vpc_sim::fixture::{add_retrying, del};
 use vpc_sim::imds::ImdsEmulator;
 use vpc_sim::ipamd_proc::{Ipamd, sibling_binary};
 use vpc_sim::localstack::{self, TestVpc};
 use vpc_sim::netns::ip_in;
-use vpc_sim::sim::{Sim, SimConfig, pods::Pod, record::SimRecord};
+use vpc_sim::sim::pods::{Pod, concurrently, percentiles};
+use vpc_sim::sim::{Sim, SimConfig, record::SimRecord};
 
 #[derive(Parser)]
 #[command(name = "vpc-sim", version, about = "Local VPC emulation on LocalStack EC2")]
@@ -44,16 +46,36 @@ enum Cmd {
         /// Extra ipamd settings for every node, KEY=VALUE (repeatable).
         #[arg(long = "ipamd-env")]
         ipamd_env: Vec<String>,
+        /// Chain the reference portmap and bandwidth plugins after vpc-cni.
+        #[arg(long)]
+        chain: bool,
     },
     /// Run pods through the real CNI plugin chain, as a container runtime does.
     Pod {
         #[command(subcommand)]
         cmd: PodCmd,
     },
+    /// Add N pods to one node of a running sim at once, then delete them at once; print ADD/DEL p50/p99.
+    Bench {
+        #[arg(long, default_value_t = 30)]
+        pods: usize,
+        #[arg(long, default_value_t = 0)]
+        node: usize,
+        #[arg(long, default_value = "/run/vpc-sim")]
+        state_dir: PathBuf,
+    },
     /// Nodes, ENIs, links, rules and routes of a running sim.
     Status {
         #[arg(long, default_value = "/run/vpc-sim")]
         state_dir: PathBuf,
+    },
+    /// The whole story on a fresh 2-node sim: pods on both nodes, cross-node pings, what the VPC fabric saw,
+    /// what the internet host saw, the pools; then everything is removed.
+    Demo {
+        #[arg(long, default_value = "/run/vpc-sim-demo")]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "vpcdemo")]
+        prefix: String,
     },
     /// One node's ipamd on LocalStack: warm pool, a few allocations, clean-up.
     IpamdDemo {
@@ -77,15 +99,29 @@ struct PodArgs {
     namespace: String,
     #[arg(long, default_value = "/run/vpc-sim")]
     state_dir: PathBuf,
+    /// hostPort:containerPort (TCP) handed to portmap (repeatable).
+    #[arg(long)]
+    port: Vec<String>,
 }
 
 impl PodArgs {
     fn pod(&self) -> Pod {
+        let ports: Vec<Value> = self
+            .port
+            .iter()
+            .filter_map(|p| {
+                let (h, c) = p.split_once(':')?;
+                let (h, c) = (h.parse::<u16>().ok()?, c.parse::<u16>().ok()?);
+                Some(serde_json::json!({ "hostPort": h, "containerPort": c, "protocol": "tcp" }))
+            })
+            .collect();
+        let runtime_config = if ports.is_empty() { Value::Null } else { serde_json::json!({ "portMappings": ports }) };
         Pod {
             state_dir: self.state_dir.clone(),
             node: self.node,
             namespace: self.namespace.clone(),
             name: self.name.clone(),
+            runtime_config,
         }
     }
 }
@@ -116,6 +152,128 @@ fn pod_cmd(cmd: PodCmd) -> Result<()> {
             let status = pod.pod().exec(&argv)?;
             std::process::exit(status.code().unwrap_or(1));
         }
+    }
+    Ok(())
+}
+
+async fn demo(state_dir: PathBuf, prefix: String) -> Result<()> {
+    let started = std::time::Instant::now();
+    let cfg = SimConfig {
+        nodes: 2,
+        instance_type: "t3.medium".into(),
+        subnets: 1,
+        state_dir: state_dir.clone(),
+        prefix,
+        ipamd_env: Vec::new(),
+        chain: true,
+    };
+    println!("== vpc-sim: 2 × t3.medium in a LocalStack VPC, one network namespace per node + the VPC fabric");
+    let sim = Sim::up(cfg).await?;
+    let result = demo_body(&sim, &state_dir).await;
+    println!("\n== clean-up");
+    sim.down().await;
+    println!("removed every namespace, process and EC2 resource ({:.1} s in all)", started.elapsed().as_secs_f64());
+    result
+}
+
+async fn demo_body(sim: &Sim, state_dir: &std::path::Path) -> Result<()> {
+    let names = sim.cfg.names();
+    let node_ips: Vec<String> = {
+        let mut v = Vec::new();
+        for i in &sim.record.vpc.instance_ids {
+            v.push(localstack::node_enis(&sim.ec2, i).await?[0].primary_ip.clone());
+        }
+        v
+    };
+    println!("nodes: {} (node 0), {} (node 1); every ipamd SERVING", node_ips[0], node_ips[1]);
+    println!("\n== 3 pods per node through the real vpc-cni plugin (chained with portmap and bandwidth)");
+    let mut pods = Vec::new();
+    for node in 0..2 {
+        for i in 0..3 {
+            let p = Pod {
+                state_dir: state_dir.to_path_buf(),
+                node,
+                namespace: "demo".into(),
+                name: format!("web-{node}-{i}"),
+                ..Pod::default()
+            };
+            let r = concurrently(std::slice::from_ref(&p), Duration::from_secs(30), Pod::add).remove(0).1?;
+            let ip =
+                r["ips"][0]["address"].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_string();
+            println!(
+                "  node {node}  demo/{:<9} {ip:<12} host veth {}",
+                p.name,
+                r["interfaces"][0]["name"].as_str().unwrap_or_default()
+            );
+            pods.push((p, ip));
+        }
+    }
+    println!("\n== pod → pod across nodes (no overlay, no NAT)");
+    for (a, b) in [(0, 3), (1, 4), (5, 2)] {
+        let ok = vpc_sim::testkit::ping(&pods[a].0.netns()?, &pods[b].1);
+        println!(
+            "  {} ({}) → {} ({}): {}",
+            pods[a].0.name,
+            pods[a].1,
+            pods[b].0.name,
+            pods[b].1,
+            if ok { "reply" } else { "LOST" }
+        );
+    }
+    println!("\n== what the VPC fabric forwarded (its flow log): pod IPs, as VPC flow logs would show them");
+    let pod_ips: Vec<&str> = pods.iter().map(|p| p.1.as_str()).collect();
+    for (s, d) in vpc_sim::sim::fabric::flows(&names)?.iter().filter(|(s, _)| pod_ips.contains(&s.to_string().as_str()))
+    {
+        println!("  {s:<12} → {d}");
+    }
+    println!("\n== pod → internet host {}", vpc_sim::sim::fabric::INTERNET_HOST);
+    for (p, ip) in [&pods[0], &pods[3]] {
+        let seen = vpc_sim::testkit::tcp_peer_seen(&names.internet(), vpc_sim::sim::fabric::INTERNET_HOST, &p.netns()?)
+            .map_err(anyhow::Error::msg)?;
+        println!("  {} ({ip}): the internet host sees {seen} (node {} primary IP, SNAT)", p.name, p.node);
+    }
+    for (i, socket) in sim.ipamd_sockets().iter().enumerate() {
+        println!("\n== node {i} pool");
+        let status = Command::new(sibling_binary("vpcctl")).arg("--socket").arg(socket).args(["enis"]).status()?;
+        if !status.success() {
+            bail!("vpcctl failed on node {i}");
+        }
+    }
+    for (p, _) in &pods {
+        p.del(false)?;
+    }
+    Ok(())
+}
+
+fn bench(pods: usize, node: usize, state_dir: PathBuf) -> Result<()> {
+    let pods: Vec<Pod> = (0..pods)
+        .map(|i| Pod {
+            state_dir: state_dir.clone(),
+            node,
+            namespace: "bench".into(),
+            name: format!("b{i}"),
+            ..Pod::default()
+        })
+        .collect();
+    let patience = Duration::from_secs(60);
+    let start = std::time::Instant::now();
+    let added = concurrently(&pods, patience, Pod::add);
+    let add_wall = start.elapsed();
+    let failed: Vec<String> = added.iter().filter_map(|(_, r)| r.as_ref().err().map(ToString::to_string)).collect();
+    let (a50, a99, amax) = percentiles(added.iter().map(|(d, _)| *d).collect());
+    let start = std::time::Instant::now();
+    let deleted = concurrently(&pods, patience, |p| p.del(false));
+    let del_wall = start.elapsed();
+    let (d50, d99, dmax) = percentiles(deleted.iter().map(|(d, _)| *d).collect());
+    println!("pods {} on node {node}", pods.len());
+    println!(
+        "ADD  p50 {a50:.1} ms  p99 {a99:.1} ms  max {amax:.1} ms  wall {:.1} ms  failed {}",
+        add_wall.as_secs_f64() * 1e3,
+        failed.len()
+    );
+    println!("DEL  p50 {d50:.1} ms  p99 {d99:.1} ms  max {dmax:.1} ms  wall {:.1} ms", del_wall.as_secs_f64() * 1e3);
+    if !failed.is_empty() {
+        bail!("{} ADDs failed, first: {}", failed.len(), failed[0]);
     }
     Ok(())
 }
@@ -237,12 +395,14 @@ async fn run_node(ec2: &aws_sdk_ec2::Client, vpc: &TestVpc, pods: usize, env: &[
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Up { nodes, instance_type, subnets, state_dir, prefix, ipamd_env } => {
+        Cmd::Up { nodes, instance_type, subnets, state_dir, prefix, ipamd_env, chain } => {
             let ipamd_env = parse_env(&ipamd_env)?;
-            up(SimConfig { nodes, instance_type, subnets, state_dir, prefix, ipamd_env }).await
+            up(SimConfig { nodes, instance_type, subnets, state_dir, prefix, ipamd_env, chain }).await
         }
         Cmd::Status { state_dir } => status(&state_dir),
         Cmd::Pod { cmd } => pod_cmd(cmd),
+        Cmd::Demo { state_dir, prefix } => demo(state_dir, prefix).await,
+        Cmd::Bench { pods, node, state_dir } => bench(pods, node, state_dir),
         Cmd::IpamdDemo { instance_type, pods, ipamd_env } => ipamd_demo(&instance_type, pods, &ipamd_env).await,
     }
 }

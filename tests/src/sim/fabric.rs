@@ -79,6 +79,7 @@ pub fn create(names: &Names) -> Result<(), NetnsError> {
     ] {
         sysctl_in(&fabric, k, v)?;
     }
+    flow_log(&fabric)?;
     ip_in(&fabric, &["link", "add", "inet", "type", "veth", "peer", "name", "eth0", "netns", &internet])?;
     ip_in(&fabric, &["addr", "add", &format!("{INTERNET_GW}/24"), "dev", "inet"])?;
     ip_in(&fabric, &["link", "set", "inet", "up"])?;
@@ -86,6 +87,36 @@ pub fn create(names: &Names) -> Result<(), NetnsError> {
     ip_in(&internet, &["link", "set", "eth0", "up"])?;
     ip_in(&internet, &["route", "add", "default", "via", INTERNET_GW])?;
     Ok(())
+}
+
+/// The sim's VPC flow log: every (source, destination) pair the fabric forwards lands in an nft set, so what the
+/// VPC saw — pod IPs, not node IPs — can be read back (`vpc-sim flows`).
+fn flow_log(fabric: &str) -> Result<(), NetnsError> {
+    let rules = "table ip vpcsim {\n\
+        set flows { type ipv4_addr . ipv4_addr; flags dynamic; size 65535; }\n\
+        chain forward { type filter hook forward priority 0; policy accept; add @flows { ip saddr . ip daddr }; }\n\
+        }\n";
+    netns::run_stdin("ip", &["netns", "exec", fabric, "nft", "-f", "-"], rules).map(|_| ())
+}
+
+/// The (source, destination) pairs the fabric has forwarded so far.
+pub fn flows(names: &Names) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>, NetnsError> {
+    let out =
+        netns::run("ip", &["netns", "exec", &names.fabric(), "nft", "-j", "list", "set", "ip", "vpcsim", "flows"])?;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let mut pairs = Vec::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        for e in item["set"]["elem"].as_array().into_iter().flatten() {
+            let concat = e.get("elem").and_then(|x| x.get("val")).unwrap_or(e);
+            if let Some([a, b]) = concat["concat"].as_array().map(Vec::as_slice)
+                && let (Some(a), Some(b)) =
+                    (a.as_str().and_then(|x| x.parse().ok()), b.as_str().and_then(|x| x.parse().ok()))
+            {
+                pairs.push((a, b));
+            }
+        }
+    }
+    Ok(pairs)
 }
 
 /// What the fabric currently has, so each sync only changes the difference.

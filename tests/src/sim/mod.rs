@@ -30,6 +30,8 @@ pub struct SimConfig {
     pub state_dir: PathBuf,
     pub prefix: String,
     pub ipamd_env: Vec<(String, String)>,
+    /// Chain portmap and bandwidth after vpc-cni in the nodes' conflist.
+    pub chain: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +164,7 @@ impl Sim {
         for i in 0..vpc.instance_ids.len() {
             let dir = self.cfg.node_dir(i);
             std::fs::create_dir_all(&dir).map_err(|e| SimError::Other(format!("{}: {e}", dir.display())))?;
-            node::write_conflist(&dir).map_err(|e| SimError::Other(format!("conflist: {e}")))?;
+            node::write_conflist(&dir, self.cfg.chain).map_err(|e| SimError::Other(format!("conflist: {e}")))?;
             let mut env: Vec<(&str, String)> = vec![
                 ("IPAMD_HOST_NETWORK", "true".into()),
                 ("AWS_ENDPOINT_URL_EC2", "http://127.0.0.1:4566".into()),

@@ -63,10 +63,12 @@ async fn proxy(listener: tokio::net::TcpListener, upstream: String) {
     }
 }
 
-/// The node's CNI network configuration, as a runtime would find it in /etc/cni/net.d.
-pub fn write_conflist(dir: &Path) -> std::io::Result<()> {
-    let conf = serde_json::json!({
-        "cniVersion": "1.1.0",
+/// The node's CNI network configuration, as a runtime would find it in /etc/cni/net.d: vpc-cni, and with `chain`
+/// the reference portmap and bandwidth plugins after it, as aws-vpc-cni ships it.
+pub fn write_conflist(dir: &Path, chain: bool) -> std::io::Result<()> {
+    let mut conf = serde_json::json!({
+        // 1.0.0: the newest version Debian's reference plugins (1.1.1) accept; vpc-cni speaks 1.1.0 too.
+        "cniVersion": "1.0.0",
         "name": "aws-cni",
         "plugins": [{
             "type": "vpc-cni",
@@ -75,7 +77,17 @@ pub fn write_conflist(dir: &Path) -> std::io::Result<()> {
             "vethPrefix": "eni",
             "logFile": dir.join("plugin.log"),
             "logLevel": "debug",
+        }, {
+            "type": "portmap",
+            "capabilities": { "portMappings": true },
+            "snat": true,
+        }, {
+            "type": "bandwidth",
+            "capabilities": { "bandwidth": true },
         }],
     });
+    if !chain {
+        conf["plugins"].as_array_mut().expect("plugins").truncate(1);
+    }
     std::fs::write(dir.join("10-vpc-cni.conflist"), serde_json::to_vec_pretty(&conf).expect("json"))
 }

@@ -15,12 +15,15 @@ use crate::sim::fabric::Names;
 use crate::sim::record::SimRecord;
 
 /// One pod of the sim.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Pod {
     pub state_dir: PathBuf,
     pub node: usize,
     pub namespace: String,
     pub name: String,
+    /// What the runtime passes for capabilities (`portMappings`, `bandwidth`), as libcni does: each plugin
+    /// gets `runtimeConfig` with the keys its `capabilities` name.
+    pub runtime_config: Value,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +88,16 @@ impl Pod {
         if let Some(p) = prev {
             conf["prevResult"] = p.clone();
         }
+        if let (Some(caps), Some(rc)) = (plugin["capabilities"].as_object(), self.runtime_config.as_object()) {
+            let granted: serde_json::Map<String, Value> = rc
+                .iter()
+                .filter(|(k, _)| caps.get(*k).and_then(Value::as_bool) == Some(true))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !granted.is_empty() {
+                conf["runtimeConfig"] = Value::Object(granted);
+            }
+        }
         let bin = plugin_path(&kind).ok_or_else(|| PodError::Io(format!("plugin {kind} not found in CNI_PATH")))?;
         let node_ns = Names { prefix: self.record()?.prefix }.node(self.node);
         let netns_path = netns::path(&self.netns()?);
@@ -148,10 +161,17 @@ impl Pod {
 
     /// Runs CHECK through the chain with the cached result.
     pub fn check(&self) -> Result<(), PodError> {
+        self.check_only(|_| true)
+    }
+
+    /// Runs CHECK for the plugins of the chain whose type `select` picks.
+    pub fn check_only(&self, select: impl Fn(&str) -> bool) -> Result<(), PodError> {
         let list = self.conflist()?;
         let prev = self.cached().ok_or_else(|| PodError::Io(format!("no cached result for {}", self.name)))?;
         for plugin in list["plugins"].as_array().cloned().unwrap_or_default() {
-            self.exec_plugin("CHECK", &plugin, &list, Some(&prev))?;
+            if select(plugin["type"].as_str().unwrap_or_default()) {
+                self.exec_plugin("CHECK", &plugin, &list, Some(&prev))?;
+            }
         }
         Ok(())
     }
@@ -193,4 +213,40 @@ pub fn cni_path() -> Vec<String> {
 
 fn plugin_path(kind: &str) -> Option<PathBuf> {
     cni_path().into_iter().map(|d| Path::new(&d).join(kind)).find(|p| p.exists())
+}
+
+/// Runs `op` on every pod at once (one thread each), retrying "try again later" (code 11) as kubelet would
+/// for up to `patience`; returns each pod's wall time and outcome.
+pub fn concurrently<T: Send>(
+    pods: &[Pod],
+    patience: std::time::Duration,
+    op: impl Fn(&Pod) -> Result<T, PodError> + Sync,
+) -> Vec<(std::time::Duration, Result<T, PodError>)> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .map(|p| {
+                let op = &op;
+                s.spawn(move || {
+                    let start = std::time::Instant::now();
+                    loop {
+                        match op(p) {
+                            Err(PodError::Plugin { json, .. }) if json["code"] == 11 && start.elapsed() < patience => {
+                                std::thread::sleep(std::time::Duration::from_millis(100));
+                            }
+                            r => return (start.elapsed(), r),
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("pod thread")).collect()
+    })
+}
+
+/// p50 / p99 / max of some durations, in milliseconds.
+pub fn percentiles(mut d: Vec<std::time::Duration>) -> (f64, f64, f64) {
+    d.sort();
+    let at = |q: f64| d.get(((d.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |x| x.as_secs_f64() * 1000.0);
+    (at(0.5), at(0.99), at(1.0))
 }

@@ -1,0 +1,90 @@
+//! Node SNAT in vpc-sim (root + netns): with the default, pods' traffic to the internet host arrives from the
+//! node's primary IP (pods on secondary ENIs included); with AWS_VPC_K8S_CNI_EXTERNALSNAT=true it arrives from
+//! the pod IP, secondary-ENI pods leaving through their own ENI. Inside the VPC sources are never rewritten.
+
+use serde_json::Value;
+use vpc_sim::localstack::{self, node_enis};
+use vpc_sim::netns::ip_in;
+use vpc_sim::sim::fabric::INTERNET_HOST;
+use vpc_sim::sim::pods::{Pod, PodError};
+use vpc_sim::testkit::{SimProc, tcp_peer_seen};
+
+fn add_retrying(p: &Pod) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match p.add() {
+            Ok(r) => return r,
+            Err(PodError::Plugin { json, .. }) if json["code"] == 11 && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => panic!("ADD {}: {e}", p.name),
+        }
+    }
+}
+
+/// Six pods on node 0 (t3.medium: the sixth is on the secondary ENI); returns (pod, ip, ENI device) each.
+async fn six_pods(sim: &SimProc) -> Vec<(Pod, String, i32)> {
+    let mut out = Vec::new();
+    for i in 0..6 {
+        let p = Pod {
+            state_dir: sim.state.path().to_path_buf(),
+            node: 0,
+            namespace: "default".into(),
+            name: format!("s{i}"),
+            ..Default::default()
+        };
+        let r = add_retrying(&p);
+        let ip = r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+        out.push((p, ip, -1));
+    }
+    let enis = node_enis(&localstack::ec2_client(), &sim.record().vpc.instance_ids[0]).await.unwrap();
+    for (_, ip, dev) in &mut out {
+        *dev = enis.iter().find(|e| e.secondary_ips.contains(ip)).map(|e| e.device_index).unwrap();
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + netns"]
+async fn internet_traffic_is_snated_to_the_node_ip_unless_external_snat() {
+    let (snat, external) = std::thread::scope(|s| {
+        let a = s.spawn(|| SimProc::start("vs", 1, &[]));
+        let b = s.spawn(|| SimProc::start("vx", 1, &["AWS_VPC_K8S_CNI_EXTERNALSNAT=true"]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+
+    // Default: SNAT to the node's primary IP, whichever ENI the pod's IP is on.
+    let node_ip =
+        node_enis(&localstack::ec2_client(), &snat.record().vpc.instance_ids[0]).await.unwrap()[0].primary_ip.clone();
+    let table =
+        vpc_sim::netns::run("ip", &["netns", "exec", &snat.node(0), "nft", "list", "table", "ip", "vpc-cni"]).unwrap();
+    assert!(table.contains(&format!("snat to {node_ip} fully-random")), "{table}");
+    let internet = format!("{}-internet", snat.prefix);
+    let pods = six_pods(&snat).await;
+    assert!(
+        pods.iter().any(|p| p.2 == 0) && pods.iter().any(|p| p.2 == 1),
+        "pods on both ENIs: {:?}",
+        pods.iter().map(|p| p.2).collect::<Vec<_>>()
+    );
+    for (p, ip, dev) in &pods {
+        let seen = tcp_peer_seen(&internet, INTERNET_HOST, &p.netns().unwrap()).unwrap();
+        assert_eq!(seen, node_ip, "pod {ip} on device {dev} → internet is SNATed to the node IP");
+    }
+    // Inside the VPC the pod's own IP stays the source.
+    let (a, b) = (&pods[0], &pods[5]);
+    assert_eq!(tcp_peer_seen(&b.0.netns().unwrap(), &b.1, &a.0.netns().unwrap()).unwrap(), a.1);
+
+    // External SNAT: the internet host sees pod IPs; secondary-ENI pods leave through their ENI and pass the
+    // fabric's source check.
+    let internet = format!("{}-internet", external.prefix);
+    for (p, ip, dev) in six_pods(&external).await {
+        let seen = tcp_peer_seen(&internet, INTERNET_HOST, &p.netns().unwrap()).unwrap();
+        assert_eq!(seen, ip, "pod on device {dev} keeps its IP with external SNAT");
+        if dev == 1 {
+            let rules = ip_in(&external.node(0), &["rule"]).unwrap();
+            assert!(rules.contains(&format!("from {ip} lookup 2")), "{rules}");
+        }
+    }
+    drop(snat.stop());
+    drop(external.stop());
+}
