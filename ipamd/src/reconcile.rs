@@ -143,25 +143,36 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             self.sweep_leaked_enis().await?;
             self.last_leak_sweep = Some(Instant::now());
         }
-        let attached = self.ec2.attached_enis(&self.node.instance_id).await?;
-        let mut observed = self.observed(&attached).await?;
-        let mut host_errors = match self.hostnet.clone() {
-            Some(net) => self.sync_host(net.as_ref(), &mut observed).await,
-            None => Vec::new(),
-        };
+        let (attached, mut host_errors) = self.observe(limits).await?;
         if let Err(e) = self.sync_snat().await {
             host_errors.push(HostNetError::Netlink { op: "nftables", message: e });
         }
-        self.pool.observe(observed, limits).await?;
         let (actions, requeue) = self.pool.plan().await?;
         let mut used: BTreeSet<u32> = attached.iter().filter_map(|e| e.device_index).collect();
         for action in &actions {
             self.apply(action, &attached, &mut used).await?;
         }
+        if !actions.is_empty() {
+            // The pool sees what was just done before the round counts as complete (health waits on it).
+            let (_, mut more) = self.observe(limits).await?;
+            host_errors.append(&mut more);
+        }
         if !host_errors.is_empty() {
             return Err(ReconcileError::HostNet(host_errors));
         }
         Ok(if actions.is_empty() { requeue } else { Duration::ZERO })
+    }
+
+    /// Reads the node's ENIs from EC2, wires their host networking, and hands the result to the pool.
+    async fn observe(&mut self, limits: Limits) -> Result<(Vec<Ec2Eni>, Vec<HostNetError>), ReconcileError> {
+        let attached = self.ec2.attached_enis(&self.node.instance_id).await?;
+        let mut observed = self.observed(&attached).await?;
+        let host_errors = match self.hostnet.clone() {
+            Some(net) => self.sync_host(net.as_ref(), &mut observed).await,
+            None => Vec::new(),
+        };
+        self.pool.observe(observed, limits).await?;
+        Ok((attached, host_errors))
     }
 
     /// Keeps the SNAT table in step with the VPC's CIDRs (IMDS), rebuilding it atomically when they change.
