@@ -35,7 +35,13 @@ impl PodSpec {
         if self.table == MAIN_TABLE {
             return Vec::new();
         }
-        let rule = |dst| Rule { priority: FROM_POD_RULE_PRIORITY, src: Some(host(self.ip)), dst, table: self.table };
+        let rule = |dst| Rule {
+            priority: FROM_POD_RULE_PRIORITY,
+            src: Some(host(self.ip)),
+            dst,
+            fwmark: None,
+            table: self.table,
+        };
         match &self.via_eni {
             None => vec![rule(None)],
             Some(dsts) => dsts.iter().map(|d| rule(Some(*d))).collect(),
@@ -52,7 +58,7 @@ fn dp(step: &str) -> impl FnOnce(HostNetError) -> CniError + '_ {
 }
 
 fn to_pod_rule(ip: Ipv4Addr) -> Rule {
-    Rule { priority: TO_POD_RULE_PRIORITY, src: None, dst: Some(host(ip)), table: MAIN_TABLE }
+    Rule { priority: TO_POD_RULE_PRIORITY, src: None, dst: Some(host(ip)), fwmark: None, table: MAIN_TABLE }
 }
 
 fn host_route(ip: Ipv4Addr, index: u32) -> Route {

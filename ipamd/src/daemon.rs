@@ -67,9 +67,26 @@ async fn load_node(imds: &AwsImds) -> Result<NodeInfo, ImdsError> {
 async fn host_setup(node: &NodeInfo) -> Result<(Netlink, String), DaemonError> {
     let net = Netlink::current()?;
     let primary = hostnet::wait_for_link(&net, &node.primary_mac, Duration::from_secs(10)).await?;
-    let changes = hostnet::node_sysctls(std::path::Path::new("/proc/sys"), &primary.name)?;
+    let changes = hostnet::node_sysctls(std::path::Path::new("/proc/sys"), &primary.name)?
+        + usize::from(hostnet::ensure_nodeport_rule(&net).await?);
     tracing::info!(link = %primary.name, mac = %node.primary_mac, changes, "node sysctls: ip_forward=1, rp_filter=2");
     Ok((net, primary.name))
+}
+
+/// Deletes the conntrack entries of every released IP, off the request path.
+fn conntrack_janitor() -> tokio::sync::mpsc::UnboundedSender<std::net::Ipv4Addr> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(ip) = rx.recv().await {
+            match tokio::task::spawn_blocking(move || hostnet::conntrack::forget(ip)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(%ip, entries = n, "conntrack entries of a released IP deleted"),
+                Ok(Err(e)) => tracing::warn!(%ip, "conntrack clean-up: {e}"),
+                Err(e) => tracing::warn!(%ip, "conntrack clean-up task: {e}"),
+            }
+        }
+    });
+    tx
 }
 
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
@@ -108,7 +125,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         health.set_service_status(name, ServingStatus::NotServing).await;
     }
     let policy = PeerPolicy { allowed_uids: cfg.ipamd_allowed_uids.0.clone() };
+    let released = cfg.ipamd_host_network.then(conntrack_janitor);
     let ipam = IpamService {
+        released,
         pool: pool.clone(),
         facts: NetFacts {
             vpc_cidrs: node.vpc_cidrs.iter().map(ToString::to_string).collect(),

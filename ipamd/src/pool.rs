@@ -78,7 +78,7 @@ pub enum Command {
     Gc {
         network_name: String,
         valid: Vec<AllocKey>,
-        reply: oneshot::Sender<Result<Vec<AllocKey>, PoolError>>,
+        reply: oneshot::Sender<Result<Vec<(AllocKey, Ipv4Addr)>, PoolError>>,
     },
     Observe {
         enis: Vec<ObservedEni>,
@@ -189,7 +189,8 @@ impl Actor {
                 let mut released = Vec::new();
                 for k in stale {
                     match self.del(&k) {
-                        Ok(_) => released.push(k),
+                        Ok(Some((a, _))) => released.push((k, a.ip)),
+                        Ok(None) => {}
                         Err(e) => {
                             let _ = reply.send(Err(e));
                             return;
@@ -333,7 +334,7 @@ impl PoolHandle {
         self.call(|reply| Command::Check { key, reply }).await
     }
 
-    pub async fn gc(&self, network_name: String, valid: Vec<AllocKey>) -> Result<Vec<AllocKey>, PoolError> {
+    pub async fn gc(&self, network_name: String, valid: Vec<AllocKey>) -> Result<Vec<(AllocKey, Ipv4Addr)>, PoolError> {
         self.call(|reply| Command::Gc { network_name, valid, reply }).await?
     }
 

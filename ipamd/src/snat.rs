@@ -57,6 +57,32 @@ pub fn ruleset(cfg: &SnatConfig) -> Value {
         "chain",
         json!({ "name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept" }),
     ));
+    // NodePort / hostPort: connections entering the primary ENI for a local address get the connmark bit; the
+    // pods' replies carry it back as a packet mark, which the `fwmark 0x80/0x80 lookup main` rule routes out of
+    // the primary ENI even for pods on secondary ENIs (their own ENI would fail EC2's source check).
+    cmds.push(obj(
+        "chain",
+        json!({ "name": "prerouting", "type": "filter", "hook": "prerouting", "prio": -150, "policy": "accept" }),
+    ));
+    let iif = |op: &str| json!({ "match": { "op": op, "left": { "meta": { "key": "iifname" } }, "right": cfg.primary_link } });
+    let ct_mark = json!({ "ct": { "key": "mark" } });
+    let mark = crate::hostnet::NODEPORT_MARK;
+    cmds.push(obj(
+        "rule",
+        json!({ "chain": "prerouting", "expr": [
+        iif("=="),
+        { "match": { "op": "==", "left": { "fib": { "result": "type", "flags": ["daddr"] } }, "right": "local" } },
+        { "mangle": { "key": ct_mark.clone(), "value": { "|": [ct_mark.clone(), mark] } } },
+    ] }),
+    ));
+    cmds.push(obj(
+        "rule",
+        json!({ "chain": "prerouting", "expr": [
+        iif("!="),
+        { "match": { "op": "==", "left": { "&": [ct_mark.clone(), mark] }, "right": mark } },
+        { "mangle": { "key": { "meta": { "key": "mark" } }, "value": { "|": [{ "meta": { "key": "mark" } }, mark] } } },
+    ] }),
+    ));
     if !cfg.external {
         let mut snat = json!({ "addr": cfg.primary_ip.to_string() });
         match cfg.randomize {

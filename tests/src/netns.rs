@@ -102,7 +102,7 @@ pub fn list(prefix: &str) -> Vec<String> {
 }
 
 /// Runs `f` on a helper thread that has entered `ns`; the calling thread's namespace never changes.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T, NetnsError> + Send) -> Result<T, NetnsError> {
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T, NetnsError> + Send) -> Result<T, NetnsError> {
     let target = std::fs::File::open(path(ns)).map_err(io(format!("open netns {ns}")))?;
     std::thread::scope(|s| {
         s.spawn(|| {

@@ -49,6 +49,37 @@ async fn portmap_and_bandwidth_chain_after_vpc_cni() {
     let qdisc = run("ip", &["netns", "exec", &sim.node(0), "tc", "qdisc", "show", "dev", &veth]).unwrap();
     assert!(qdisc.contains("tbf"), "bandwidth shaped the host veth: {qdisc}");
 
+    // A hostPort to a pod on the secondary ENI: the reply must leave by the primary ENI (connmark + fwmark rule),
+    // or the fabric's source check drops it.
+    for i in 0..4 {
+        let p = Pod {
+            state_dir: sim.state.path().to_path_buf(),
+            node: 0,
+            namespace: "shop".into(),
+            name: format!("f{i}"),
+            ..Pod::default()
+        };
+        p.add_retrying(std::time::Duration::from_secs(30)).unwrap();
+    }
+    let api = Pod {
+        state_dir: sim.state.path().to_path_buf(),
+        node: 0,
+        namespace: "shop".into(),
+        name: "api".into(),
+        runtime_config: json!({ "portMappings": [{ "hostPort": 8081, "containerPort": 80, "protocol": "tcp" }] }),
+    };
+    let r = api.add_retrying(std::time::Duration::from_secs(30)).unwrap();
+    let api_ip = r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    let enis = node_enis(&localstack::ec2_client(), &rec.vpc.instance_ids[0]).await.unwrap();
+    assert!(enis.iter().any(|e| e.device_index == 1 && e.secondary_ips.contains(&api_ip)), "api on the secondary ENI");
+    let seen = tcp_peer_seen_via(
+        &api.netns().unwrap(),
+        format!("{api_ip}:80").parse().unwrap(),
+        &sim.node(1),
+        Some(format!("{node0_ip}:8081").parse().unwrap()),
+    );
+    assert!(seen.is_ok(), "hostPort 8081 → secondary-ENI pod {api_ip}:80: {seen:?}");
+
     web.del(false).unwrap();
     let nat = run("ip", &["netns", "exec", &sim.node(0), "iptables-save", "-t", "nat"]).unwrap();
     assert!(!nat.contains(&pod_ip), "portmap removed its DNAT:\n{nat}");

@@ -26,16 +26,7 @@ fn pod(sim: &SimProc, node: usize, name: &str) -> Pod {
 
 /// ADD, retried while the plugin says "try again later" (code 11), as kubelet does while ipamd attaches an ENI.
 fn add_retrying(p: &Pod) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        match p.add() {
-            Ok(r) => return r,
-            Err(PodError::Plugin { json, .. }) if json["code"] == 11 && std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
-            Err(e) => panic!("ADD {}: {e}", p.name),
-        }
-    }
+    p.add_retrying(std::time::Duration::from_secs(30)).unwrap_or_else(|e| panic!("ADD {}: {e}", p.name))
 }
 
 fn ip_of(result: &Value) -> String {
@@ -133,13 +124,21 @@ async fn pods_get_vpc_addresses_reach_each_other_and_leave_nothing_behind() {
         other => panic!("CHECK should fail: {other:?}"),
     }
 
-    // DEL twice.
+    // DEL twice; the released IP's conntrack entries go too (a reused IP inherits no flows).
     let socket0 = sim.state.path().join("node-0/ipamd.sock");
     let before = allocations(&socket0).await;
+    let a1_ip: std::net::Ipv4Addr = ips[&a1].parse().unwrap();
+    let flows = || netns::in_netns(&sim.node(0), || Ok(ipamd::hostnet::conntrack::count(a1_ip).unwrap())).unwrap();
+    assert!(flows() > 0, "the pings above left conntrack entries for {a1_ip}");
     p.del(false).unwrap();
     pod(&sim, a1.0, &format!("p{}", a1.1)).del(false).unwrap();
     assert_gone(&sim.node(0), &ips[&a1], &host_veth(&results[&a1]));
     assert_eq!(allocations(&socket0).await, before - 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while flows() > 0 {
+        assert!(std::time::Instant::now() < deadline, "conntrack entries of {a1_ip} still there after DEL");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     // DEL after the netns is gone.
     let q = pod(&sim, a0.0, &format!("p{}", a0.1));

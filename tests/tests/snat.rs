@@ -6,20 +6,11 @@ use serde_json::Value;
 use vpc_sim::localstack::{self, node_enis};
 use vpc_sim::netns::ip_in;
 use vpc_sim::sim::fabric::INTERNET_HOST;
-use vpc_sim::sim::pods::{Pod, PodError};
+use vpc_sim::sim::pods::Pod;
 use vpc_sim::testkit::{SimProc, tcp_peer_seen};
 
 fn add_retrying(p: &Pod) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        match p.add() {
-            Ok(r) => return r,
-            Err(PodError::Plugin { json, .. }) if json["code"] == 11 && std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
-            Err(e) => panic!("ADD {}: {e}", p.name),
-        }
-    }
+    p.add_retrying(std::time::Duration::from_secs(30)).unwrap_or_else(|e| panic!("ADD {}: {e}", p.name))
 }
 
 /// Six pods on node 0 (t3.medium: the sixth is on the secondary ENI); returns (pod, ip, ENI device) each.

@@ -19,6 +19,16 @@ pub struct NetFacts {
 pub struct IpamService {
     pub pool: PoolHandle,
     pub facts: NetFacts,
+    /// Released IPs, for the conntrack janitor (only when ipamd manages the host network).
+    pub released: Option<tokio::sync::mpsc::UnboundedSender<std::net::Ipv4Addr>>,
+}
+
+impl IpamService {
+    fn forget(&self, ip: std::net::Ipv4Addr) {
+        if let Some(tx) = &self.released {
+            let _ = tx.send(ip);
+        }
+    }
 }
 
 pub(crate) fn key(k: Option<pb::AllocationKey>) -> Result<AllocKey, Status> {
@@ -71,12 +81,15 @@ impl pb::ipam_server::Ipam for IpamService {
     async fn del_network(&self, req: Request<pb::DelNetworkRequest>) -> Result<Response<pb::DelNetworkReply>, Status> {
         let key = key(req.into_inner().key)?;
         let reply = match self.pool.del(key).await.map_err(status)? {
-            Some((a, dev)) => pb::DelNetworkReply {
-                released: true,
-                ipv4_addr: a.ip.to_string(),
-                device_number: dev,
-                route_table: route_table(dev),
-            },
+            Some((a, dev)) => {
+                self.forget(a.ip);
+                pb::DelNetworkReply {
+                    released: true,
+                    ipv4_addr: a.ip.to_string(),
+                    device_number: dev,
+                    route_table: route_table(dev),
+                }
+            }
             None => pb::DelNetworkReply::default(),
         };
         Ok(Response::new(reply))
@@ -108,7 +121,10 @@ impl pb::ipam_server::Ipam for IpamService {
         }
         let valid = r.valid.into_iter().map(|k| key(Some(k))).collect::<Result<Vec<_>, _>>()?;
         let released = self.pool.gc(r.network_name, valid).await.map_err(status)?;
-        Ok(Response::new(pb::GcNetworksReply { released: released.iter().map(pb_key).collect() }))
+        for (_, ip) in &released {
+            self.forget(*ip);
+        }
+        Ok(Response::new(pb::GcNetworksReply { released: released.iter().map(|(k, _)| pb_key(k)).collect() }))
     }
 
     async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {

@@ -111,7 +111,7 @@ async fn secondary_eni_gets_its_table_rule_and_no_main_subnet_route() {
     assert!(net.routes(MAIN_TABLE).await.unwrap().is_empty(), "subnet route removed from main");
     assert_eq!(
         net.rules.lock().unwrap().clone(),
-        vec![Rule { priority: 32765, src: Some("10.0.5.9/32".parse().unwrap()), dst: None, table: 2 }]
+        vec![Rule { priority: 32765, src: Some("10.0.5.9/32".parse().unwrap()), dst: None, fwmark: None, table: 2 }]
     );
 }
 

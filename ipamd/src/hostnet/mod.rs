@@ -4,6 +4,7 @@
 //! for it is removed from main. Every step reads first and changes only what differs, so a second run makes
 //! no change. [`HostNet`] is the netlink boundary; [`netlink::Netlink`] implements it.
 
+pub mod conntrack;
 pub mod netlink;
 pub mod podnet;
 
@@ -52,7 +53,35 @@ pub struct Rule {
     pub priority: u32,
     pub src: Option<Ipv4Net>,
     pub dst: Option<Ipv4Net>,
+    /// (mark, mask) of `fwmark MARK/MASK`.
+    pub fwmark: Option<(u32, u32)>,
     pub table: u32,
+}
+
+/// Connmark bit for connections that entered through the primary ENI to a local address (NodePort, hostPort):
+/// their replies from pods on secondary ENIs must leave through the primary ENI too.
+pub const NODEPORT_MARK: u32 = 0x80;
+pub const NODEPORT_RULE_PRIORITY: u32 = 1024;
+
+/// `fwmark 0x80/0x80 lookup main` at priority 1024, ahead of the pods' per-ENI rules.
+pub fn nodeport_rule() -> Rule {
+    Rule {
+        priority: NODEPORT_RULE_PRIORITY,
+        src: None,
+        dst: None,
+        fwmark: Some((NODEPORT_MARK, NODEPORT_MARK)),
+        table: MAIN_TABLE,
+    }
+}
+
+/// Adds [`nodeport_rule`] unless present; returns whether it was added.
+pub async fn ensure_nodeport_rule(net: &impl HostNet) -> Result<bool, HostNetError> {
+    let rule = nodeport_rule();
+    if net.rules().await?.contains(&rule) {
+        return Ok(false);
+    }
+    net.add_rule(&rule).await?;
+    Ok(true)
 }
 
 /// One netlink operation per method.
@@ -88,7 +117,13 @@ impl EniNet {
         Ipv4Addr::from(u32::from(self.subnet.network()) + 1)
     }
     fn rule(&self) -> Rule {
-        Rule { priority: ENI_RULE_PRIORITY, src: Some(host(self.primary_ip)), dst: None, table: self.table() }
+        Rule {
+            priority: ENI_RULE_PRIORITY,
+            src: Some(host(self.primary_ip)),
+            dst: None,
+            fwmark: None,
+            table: self.table(),
+        }
     }
     fn routes(&self, oif: u32) -> [Route; 2] {
         let gw = self.gateway();

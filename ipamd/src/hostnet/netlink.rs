@@ -107,17 +107,20 @@ impl Netlink {
             return None;
         }
         let mut table = u32::from(m.header.table);
-        let (mut priority, mut src, mut dst) = (0, None, None);
+        let (mut priority, mut src, mut dst, mut mark, mut mask) = (0, None, None, None, None);
         for a in &m.attributes {
             match a {
                 RuleAttribute::Table(t) => table = *t,
                 RuleAttribute::Priority(p) => priority = *p,
+                RuleAttribute::FwMark(v) => mark = Some(*v),
+                RuleAttribute::FwMask(v) => mask = Some(*v),
                 RuleAttribute::Source(IpAddr::V4(ip)) => src = Ipv4Net::new(*ip, m.header.src_len).ok(),
                 RuleAttribute::Destination(IpAddr::V4(ip)) => dst = Ipv4Net::new(*ip, m.header.dst_len).ok(),
                 _ => {}
             }
         }
-        Some(Rule { priority, src, dst, table })
+        let fwmark = mark.map(|m| (m, mask.unwrap_or(u32::MAX)));
+        Some(Rule { priority, src, dst, fwmark, table })
     }
 }
 
@@ -214,6 +217,10 @@ impl HostNet for Netlink {
         if let Some(dst) = rule.dst {
             req = req.destination_prefix(dst.addr(), dst.prefix_len());
         }
+        if let Some((mark, mask)) = rule.fwmark {
+            req.message_mut().attributes.push(RuleAttribute::FwMark(mark));
+            req.message_mut().attributes.push(RuleAttribute::FwMask(mask));
+        }
         req.execute().await.map_err(nl("RTM_NEWRULE"))
     }
 
@@ -233,6 +240,10 @@ impl HostNet for Netlink {
         if let Some(dst) = rule.dst {
             m.header.dst_len = dst.prefix_len();
             m.attributes.push(RuleAttribute::Destination(IpAddr::V4(dst.addr())));
+        }
+        if let Some((mark, mask)) = rule.fwmark {
+            m.attributes.push(RuleAttribute::FwMark(mark));
+            m.attributes.push(RuleAttribute::FwMask(mask));
         }
         self.handle.rule().del(m).execute().await.map_err(nl("RTM_DELRULE"))
     }

@@ -197,7 +197,7 @@ async fn demo_body(sim: &Sim, state_dir: &std::path::Path) -> Result<()> {
                 name: format!("web-{node}-{i}"),
                 ..Pod::default()
             };
-            let r = concurrently(std::slice::from_ref(&p), Duration::from_secs(30), Pod::add).remove(0).1?;
+            let r = p.add_retrying(Duration::from_secs(30))?;
             let ip =
                 r["ips"][0]["address"].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_string();
             println!(

@@ -155,6 +155,12 @@ impl Pod {
         Ok(result)
     }
 
+    /// ADD, retried while the plugin says "try again later" (code 11) — as kubelet does while ipamd attaches
+    /// an ENI — for up to `patience`.
+    pub fn add_retrying(&self, patience: std::time::Duration) -> Result<Value, PodError> {
+        concurrently(std::slice::from_ref(self), patience, Pod::add).remove(0).1
+    }
+
     fn cached(&self) -> Option<Value> {
         serde_json::from_slice(&std::fs::read(self.cache()).ok()?).ok()
     }

@@ -1,0 +1,141 @@
+//! Forgetting a released IP's flows over ctnetlink (NETLINK_NETFILTER), so a reused IP never inherits the
+//! previous pod's conntrack state (aws-vpc-cni's 30 s cooldown is shorter than SYN_SENT's timeout). Dumps the
+//! IPv4 conntrack table and deletes, by its original tuple, every entry whose original or reply tuple holds
+//! the IP. The socket belongs to the calling thread's network namespace.
+
+use std::io;
+use std::net::Ipv4Addr;
+
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const AF_INET: u8 = 2;
+const ENOENT: i32 = 2;
+const NLMSG_HDR: usize = 16;
+const NFGENMSG: usize = 4;
+
+fn align(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+fn message(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let len = NLMSG_HDR + NFGENMSG + payload.len();
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | kind).to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&[AF_INET, 0, 0, 0]);
+    m.extend_from_slice(payload);
+    m
+}
+
+/// Netlink attributes of `buf`: (type without flag bits, payload, whole attribute bytes).
+fn attrs(buf: &[u8]) -> Vec<(u16, &[u8], &[u8])> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 4 <= buf.len() {
+        let len = u16::from_ne_bytes([buf[off], buf[off + 1]]) as usize;
+        let kind = u16::from_ne_bytes([buf[off + 2], buf[off + 3]]) & 0x3fff;
+        if len < 4 || off + len > buf.len() {
+            break;
+        }
+        out.push((kind, &buf[off + 4..off + len], &buf[off..off + len]));
+        off += align(len);
+    }
+    out
+}
+
+fn tuple_has(tuple: &[u8], ip: Ipv4Addr) -> bool {
+    attrs(tuple).into_iter().filter(|(k, _, _)| *k == CTA_TUPLE_IP).any(|(_, ips, _)| {
+        attrs(ips).into_iter().any(|(k, v, _)| (k == CTA_IP_V4_SRC || k == CTA_IP_V4_DST) && v == ip.octets())
+    })
+}
+
+/// Netlink messages of one datagram: (type, flags-free payload after the netlink header).
+fn messages(buf: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + NLMSG_HDR <= buf.len() {
+        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
+        let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        if len < NLMSG_HDR || off + len > buf.len() {
+            break;
+        }
+        out.push((kind, &buf[off + NLMSG_HDR..off + len]));
+        off += align(len);
+    }
+    out
+}
+
+fn check_ack(payload: &[u8]) -> io::Result<()> {
+    let errno = i32::from_ne_bytes(payload.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
+    // ENOENT: the entry expired between the dump and the delete — the goal is met.
+    if errno == 0 || errno == -ENOENT { Ok(()) } else { Err(io::Error::from_raw_os_error(-errno)) }
+}
+
+fn open() -> io::Result<Socket> {
+    let mut sock = Socket::new(NETLINK_NETFILTER)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    Ok(sock)
+}
+
+/// The original tuples (whole attributes) of every IPv4 entry involving `ip`.
+fn matching_tuples(sock: &Socket, ip: Ipv4Addr) -> io::Result<Vec<Vec<u8>>> {
+    sock.send(&message(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, 1, &[]), 0)?;
+    let mut found = Vec::new();
+    loop {
+        let (buf, _) = sock.recv_from_full()?;
+        for (kind, payload) in messages(&buf) {
+            match kind {
+                NLMSG_DONE => return Ok(found),
+                NLMSG_ERROR => check_ack(payload)?,
+                _ => {
+                    let Some(body) = payload.get(NFGENMSG..) else { continue };
+                    let a = attrs(body);
+                    let orig = a.iter().find(|(k, _, _)| *k == CTA_TUPLE_ORIG);
+                    let reply = a.iter().find(|(k, _, _)| *k == CTA_TUPLE_REPLY);
+                    let hit = orig.is_some_and(|o| tuple_has(o.1, ip)) || reply.is_some_and(|r| tuple_has(r.1, ip));
+                    if let (true, Some(o)) = (hit, orig) {
+                        found.push(o.2.to_vec());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Deletes every conntrack entry of `ip` in the current network namespace; returns how many.
+pub fn forget(ip: Ipv4Addr) -> io::Result<usize> {
+    let sock = open()?;
+    let tuples = matching_tuples(&sock, ip)?;
+    for (i, tuple) in tuples.iter().enumerate() {
+        sock.send(&message(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, 2 + i as u32, tuple), 0)?;
+        let (buf, _) = sock.recv_from_full()?;
+        for (kind, payload) in messages(&buf) {
+            if kind == NLMSG_ERROR {
+                check_ack(payload)?;
+            }
+        }
+    }
+    Ok(tuples.len())
+}
+
+/// How many conntrack entries involve `ip` (for tests and diagnostics).
+pub fn count(ip: Ipv4Addr) -> io::Result<usize> {
+    matching_tuples(&open()?, ip).map(|t| t.len())
+}
