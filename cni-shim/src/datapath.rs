@@ -140,6 +140,13 @@ async fn wire(nl: &Netlink, spec: &PodSpec) -> Result<AddResult, CniError> {
 /// errors do not stop the rest and are all returned.
 pub async fn del(nl: &Netlink, ip: Option<Ipv4Addr>, host_veth: &str) -> Vec<HostNetError> {
     let mut errors = Vec::new();
+    let veth = match nl.link_by_name(host_veth).await {
+        Ok(l) => l,
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
     if let Some(ip) = ip {
         match nl.rules().await {
             Ok(rules) => {
@@ -155,25 +162,24 @@ pub async fn del(nl: &Netlink, ip: Option<Ipv4Addr>, host_veth: &str) -> Vec<Hos
             }
             Err(e) => errors.push(e),
         }
-        match nl.routes(MAIN_TABLE).await {
-            Ok(routes) => {
-                for r in routes.iter().filter(|r| r.dst == host(ip) && r.gateway.is_none()) {
-                    if let Err(e) = nl.del_route(r).await {
-                        errors.push(e);
+        // Only the route through this pod's veth (the kernel drops it with the veth anyway).
+        if let Some(l) = &veth {
+            match nl.routes(MAIN_TABLE).await {
+                Ok(routes) => {
+                    for r in routes.iter().filter(|r| r.dst == host(ip) && r.oif == Some(l.index)) {
+                        if let Err(e) = nl.del_route(r).await {
+                            errors.push(e);
+                        }
                     }
                 }
+                Err(e) => errors.push(e),
             }
-            Err(e) => errors.push(e),
         }
     }
-    match nl.link_by_name(host_veth).await {
-        Ok(Some(l)) => {
-            if let Err(e) = nl.del_link(l.index).await {
-                errors.push(e);
-            }
-        }
-        Ok(None) => {}
-        Err(e) => errors.push(e),
+    if let Some(l) = veth
+        && let Err(e) = nl.del_link(l.index).await
+    {
+        errors.push(e);
     }
     errors
 }

@@ -139,10 +139,10 @@ async fn add(
         })
         .await?;
     log.debug(&format!("ipamd: {} on {} table {}", reply.ipv4_addr, reply.eni_id, reply.route_table));
-    let ip = reply
-        .ipv4_addr
-        .parse()
-        .map_err(|_| CniError::new(Code::Ipamd, "ipamd returned an invalid address", reply.ipv4_addr.clone()))?;
+    let Ok(ip) = reply.ipv4_addr.parse() else {
+        let _ = ipam.del(key(conf, env)).await;
+        return Err(CniError::new(Code::Ipamd, "ipamd returned an invalid address", reply.ipv4_addr.clone()));
+    };
     let spec = PodSpec {
         host_veth: host_veth.to_string(),
         ifname: env.ifname.clone(),
@@ -171,21 +171,26 @@ fn via_eni(external_snat: bool, vpc: &[String], excluded: &[String]) -> Option<V
 
 async fn del(conf: &NetConf, env: &Env, nl: &Netlink, host_veth: &str, log: &mut Log) -> Result<Value, CniError> {
     // ipamd first; if it cannot be reached the pod still goes (ipamd reclaims the IP through GC later).
-    let released = match Ipam::connect(&conf.socket(), timeout(conf)).await {
+    // prevResult is trusted only while ipamd cannot answer (the IP is then still held, so it is still this
+    // pod's). When ipamd answers that it holds nothing, this is a repeated or late DEL: the IP may already
+    // belong to another pod, so nothing is touched.
+    let ip = match Ipam::connect(&conf.socket(), timeout(conf)).await {
         Ok(mut ipam) => match ipam.del(key(conf, env)).await {
             Ok(r) if r.released => r.ipv4_addr.parse().ok(),
-            Ok(_) => None,
+            Ok(_) => {
+                log.info("ipamd holds no allocation for this attachment: already deleted");
+                return Ok(Value::Null);
+            }
             Err(e) => {
                 log.error(&format!("ipamd DelNetwork: {e}; tearing down from prevResult"));
-                None
+                conf.prev_pod_ip()
             }
         },
         Err(e) => {
             log.error(&format!("{e}; tearing down from prevResult"));
-            None
+            conf.prev_pod_ip()
         }
     };
-    let ip = released.or_else(|| conf.prev_pod_ip());
     for e in datapath::del(nl, ip, host_veth).await {
         log.error(&format!("teardown: {e}"));
     }
@@ -211,7 +216,7 @@ async fn check(conf: &NetConf, env: &Env, nl: &Netlink, host_veth: &str) -> Resu
         netns: env.netns.clone().expect("CHECK requires CNI_NETNS"),
         ip: prev_ip,
         table: if held.route_table == 0 { MAIN_TABLE } else { held.route_table },
-        mtu: conf.mtu.unwrap_or(9001),
+        mtu: conf.mtu.unwrap_or(if held.pod_mtu > 0 { held.pod_mtu } else { 9001 }),
         via_eni: via_eni(held.external_snat, &held.vpc_cidrs, &held.exclude_snat_cidrs),
     };
     let wrong = datapath::check(nl, &spec)
@@ -246,7 +251,14 @@ async fn status(conf: &NetConf) -> Result<(), CniError> {
 }
 
 async fn gc(conf: &NetConf) -> Result<(), CniError> {
-    let valid = conf.valid_attachments.clone().unwrap_or_default();
+    // Without the list every allocation of the network would look stale: refuse rather than release all.
+    let valid = conf.valid_attachments.clone().ok_or_else(|| {
+        CniError::new(
+            Code::InvalidConfig,
+            "GC needs cni.dev/valid-attachments",
+            "the runtime must list live attachments",
+        )
+    })?;
     let mut ipam = Ipam::connect(&conf.socket(), timeout(conf)).await?;
     ipam.gc(pb::GcNetworksRequest {
         network_name: conf.name.clone(),

@@ -74,16 +74,25 @@ async fn host_setup(node: &NodeInfo) -> Result<(Netlink, String), DaemonError> {
 }
 
 /// Deletes the conntrack entries of every released IP, off the request path.
-fn conntrack_janitor() -> tokio::sync::mpsc::UnboundedSender<std::net::Ipv4Addr> {
+/// Flushes once at release and once more as the cooldown ends, just before the IP can be reused (flows that
+/// appeared in between must not reach the next pod either).
+fn conntrack_janitor(cooldown: Duration) -> tokio::sync::mpsc::UnboundedSender<std::net::Ipv4Addr> {
+    async fn flush(ip: std::net::Ipv4Addr) {
+        match tokio::task::spawn_blocking(move || hostnet::conntrack::forget(ip)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(%ip, entries = n, "conntrack entries of a released IP deleted"),
+            Ok(Err(e)) => tracing::warn!(%ip, "conntrack clean-up: {e}"),
+            Err(e) => tracing::warn!(%ip, "conntrack clean-up task: {e}"),
+        }
+    }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(ip) = rx.recv().await {
-            match tokio::task::spawn_blocking(move || hostnet::conntrack::forget(ip)).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::info!(%ip, entries = n, "conntrack entries of a released IP deleted"),
-                Ok(Err(e)) => tracing::warn!(%ip, "conntrack clean-up: {e}"),
-                Err(e) => tracing::warn!(%ip, "conntrack clean-up task: {e}"),
-            }
+            flush(ip).await;
+            tokio::spawn(async move {
+                tokio::time::sleep(cooldown.saturating_sub(Duration::from_millis(100))).await;
+                flush(ip).await;
+            });
         }
     });
     tx
@@ -125,7 +134,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         health.set_service_status(name, ServingStatus::NotServing).await;
     }
     let policy = PeerPolicy { allowed_uids: cfg.ipamd_allowed_uids.0.clone() };
-    let released = cfg.ipamd_host_network.then(conntrack_janitor);
+    let released = cfg.ipamd_host_network.then(|| conntrack_janitor(Duration::from_secs(cfg.ip_cooldown_period)));
     let ipam = IpamService {
         released,
         pool: pool.clone(),

@@ -105,18 +105,27 @@ pub struct Datastore {
     pub allocations: BTreeMap<AllocKey, Allocation>,
     /// Released IPs still resting (kept here too so they survive an ENI observation and a restart).
     pub cooling: BTreeMap<Ipv4Addr, i64>,
+    /// IPs handed to EC2 for unassignment, until when to keep them out of use even if EC2 still lists them
+    /// (its reads can lag a write).
+    pub releasing: BTreeMap<Ipv4Addr, i64>,
 }
+
+/// How long an IP given back to EC2 stays unusable while EC2 may still report it.
+const RELEASE_GRACE_MS: i64 = 60_000;
 
 impl Datastore {
     /// Rebuilds from a checkpoint: allocations and cooling IPs. ENIs come with the first observation.
     pub fn restore(allocations: BTreeMap<AllocKey, Allocation>, cooling: BTreeMap<Ipv4Addr, i64>) -> Self {
-        Self { enis: BTreeMap::new(), allocations, cooling }
+        Self { enis: BTreeMap::new(), allocations, cooling, releasing: BTreeMap::new() }
     }
 
     /// Replaces the ENI set with what EC2 reports. IPs that EC2 no longer has are dropped; allocations are
     /// kept either way (a pod whose IP vanished still needs its DEL to find what to tear down).
     pub fn observe(&mut self, observed: Vec<ObservedEni>, primary_eni_id: &str, now_ms: i64) {
         self.cooling.retain(|_, until| *until > now_ms);
+        let in_ec2: std::collections::BTreeSet<Ipv4Addr> =
+            observed.iter().flat_map(|o| o.secondary_ips.iter().copied()).collect();
+        self.releasing.retain(|ip, until| *until > now_ms && in_ec2.contains(ip));
         let mut assigned: BTreeMap<Ipv4Addr, ()> = BTreeMap::new();
         for a in self.allocations.values() {
             assigned.insert(a.ip, ());
@@ -127,6 +136,8 @@ impl Datastore {
             for ip in o.secondary_ips {
                 let state = if assigned.contains_key(&ip) {
                     IpState::Assigned
+                } else if self.releasing.contains_key(&ip) {
+                    IpState::Releasing
                 } else if let Some(until) = self.cooling.get(&ip) {
                     IpState::Cooling { until_ms: *until }
                 } else {
@@ -273,6 +284,7 @@ impl Datastore {
             .filter(|ip| match eni.ips.get_mut(ip) {
                 Some(st) if usable(*st, now_ms) => {
                     *st = IpState::Releasing;
+                    self.releasing.insert(*ip, now_ms + RELEASE_GRACE_MS);
                     true
                 }
                 _ => false,
@@ -370,6 +382,21 @@ mod tests {
         assert!(ds.allocations.contains_key(&key("c2")));
         let s = ds.stats(5_000);
         assert_eq!((s.total, s.assigned, s.cooling, s.free), (2, 1, 1, 0));
+    }
+
+    #[test]
+    fn ips_given_back_stay_out_of_use_while_ec2_still_lists_them() {
+        let mut ds = two_enis();
+        let ip: Ipv4Addr = "10.0.1.11".parse().unwrap();
+        assert_eq!(ds.reserve_for_release("eni-a", &[ip], 0), vec![ip]);
+        // EC2 has not caught up with the unassign yet.
+        ds.observe(vec![eni("eni-a", 0, &["10.0.1.10", "10.0.1.11"]), eni("eni-b", 1, &["10.0.1.20"])], "eni-a", 1_000);
+        assert_eq!(ds.enis["eni-a"].ips[&ip], IpState::Releasing);
+        let got: Vec<Ipv4Addr> = ["a", "b"].iter().map(|c| ds.assign(&key(c), "ns", "p", 1_000).unwrap().ip).collect();
+        assert!(!got.contains(&ip));
+        // Once EC2 no longer lists it, the mark goes.
+        ds.observe(vec![eni("eni-a", 0, &["10.0.1.10"])], "eni-a", 2_000);
+        assert!(ds.releasing.is_empty());
     }
 
     #[test]

@@ -202,6 +202,9 @@ async fn pods_get_vpc_addresses_reach_each_other_and_leave_nothing_behind() {
     let (ok, out) = raw_plugin(&node0, &[("CNI_COMMAND", "GC")], &gc.to_string());
     assert!(ok, "{out}");
     assert_eq!(allocations(&socket0).await, left.len() - 1, "GC released the one attachment not listed");
+    let (ok, out) = raw_plugin(&node0, &[("CNI_COMMAND", "GC")], &one.to_string());
+    assert!(!ok && out["code"] == 7, "GC without cni.dev/valid-attachments must not release everything: {out}");
+    assert_eq!(allocations(&socket0).await, left.len() - 1);
 
     // DEL with ipamd stopped still tears the pod down.
     let r = pod(&sim, b1.0, &format!("p{}", b1.1));

@@ -108,6 +108,7 @@ impl pb::ipam_server::Ipam for IpamService {
                 vpc_cidrs: self.facts.vpc_cidrs.clone(),
                 exclude_snat_cidrs: self.facts.exclude_snat_cidrs.clone(),
                 external_snat: self.facts.external_snat,
+                pod_mtu: self.facts.pod_mtu,
             },
             None => pb::CheckNetworkReply::default(),
         };
