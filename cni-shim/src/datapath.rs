@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use ipamd::hostnet::netlink::Netlink;
-use ipamd::hostnet::{HostNet, HostNetError, MAIN_TABLE, Route, Rule};
+use ipamd::hostnet::{HostNet, HostNetError, MAIN_TABLE, Route, Rule, host};
 use ipnet::Ipv4Net;
 
 use crate::cni::{AddResult, CniError, Code};
@@ -47,10 +47,6 @@ impl PodSpec {
             Some(dsts) => dsts.iter().map(|d| rule(Some(*d))).collect(),
         }
     }
-}
-
-fn host(ip: Ipv4Addr) -> Ipv4Net {
-    Ipv4Net::new(ip, 32).expect("/32")
 }
 
 fn dp(step: &str) -> impl FnOnce(HostNetError) -> CniError + '_ {

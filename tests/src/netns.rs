@@ -2,7 +2,6 @@
 //! inside one, and open listening sockets inside one (a helper thread enters the namespace only while the
 //! socket is created; the socket stays bound there). Nothing here touches the root namespace's configuration.
 
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -103,21 +102,13 @@ pub fn list(prefix: &str) -> Vec<String> {
 
 /// Runs `f` on a helper thread that has entered `ns`; the calling thread's namespace never changes.
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T, NetnsError> + Send) -> Result<T, NetnsError> {
-    let target = std::fs::File::open(path(ns)).map_err(io(format!("open netns {ns}")))?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let own = std::fs::File::open("/proc/thread-self/ns/net").map_err(io("own netns"))?;
-            nix::sched::setns(target.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| NetnsError::Io { what: format!("setns {ns}"), source: e.into() })?;
-            let r = f();
-            let _ = nix::sched::setns(own.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
-            r
-        })
-        .join()
-        .unwrap_or_else(|_| {
-            Err(NetnsError::Io { what: "netns thread".into(), source: std::io::Error::other("panicked") })
-        })
-    })
+    let mut inner = None;
+    let entered = ipamd::hostnet::in_netns(&path(ns), || {
+        inner = Some(f());
+        Ok(())
+    });
+    entered.map_err(io(format!("enter netns {ns}")))?;
+    inner.expect("ran")
 }
 
 /// Binds a blocking TCP listener at `addr` inside `ns` (the socket stays in `ns`).

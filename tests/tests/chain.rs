@@ -25,7 +25,7 @@ async fn portmap_and_bandwidth_chain_after_vpc_cni() {
         }),
     };
     let result = web.add().unwrap();
-    let pod_ip = result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    let pod_ip = vpc_sim::sim::pods::pod_ip(&result);
     let veth = result["interfaces"][0]["name"].as_str().unwrap().to_string();
     web.check_only(|t| t != "portmap").unwrap();
     // Debian's portmap 1.1.1 also checks an IPv6 DNAT chain it never creates for an IPv4-only pod (fixed
@@ -69,7 +69,7 @@ async fn portmap_and_bandwidth_chain_after_vpc_cni() {
         runtime_config: json!({ "portMappings": [{ "hostPort": 8081, "containerPort": 80, "protocol": "tcp" }] }),
     };
     let r = api.add_retrying(std::time::Duration::from_secs(30)).unwrap();
-    let api_ip = r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    let api_ip = vpc_sim::sim::pods::pod_ip(&r);
     let enis = node_enis(&localstack::ec2_client(), &rec.vpc.instance_ids[0]).await.unwrap();
     assert!(enis.iter().any(|e| e.device_index == 1 && e.secondary_ips.contains(&api_ip)), "api on the secondary ENI");
     let seen = tcp_peer_seen_via(

@@ -30,7 +30,7 @@ fn add_retrying(p: &Pod) -> Value {
 }
 
 fn ip_of(result: &Value) -> String {
-    result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string()
+    vpc_sim::sim::pods::pod_ip(result)
 }
 
 /// Nothing of the pod is left on the node: no host veth, no /32 route, no rule naming its IP.

@@ -6,7 +6,7 @@ use serde_json::Value;
 use vpc_sim::localstack::{self, node_enis};
 use vpc_sim::netns::ip_in;
 use vpc_sim::sim::fabric::INTERNET_HOST;
-use vpc_sim::sim::pods::Pod;
+use vpc_sim::sim::pods::{Pod, pod_ip};
 use vpc_sim::testkit::{SimProc, tcp_peer_seen};
 
 fn add_retrying(p: &Pod) -> Value {
@@ -25,7 +25,7 @@ async fn six_pods(sim: &SimProc) -> Vec<(Pod, String, i32)> {
             ..Default::default()
         };
         let r = add_retrying(&p);
-        let ip = r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+        let ip = pod_ip(&r);
         out.push((p, ip, -1));
     }
     let enis = node_enis(&localstack::ec2_client(), &sim.record().vpc.instance_ids[0]).await.unwrap();

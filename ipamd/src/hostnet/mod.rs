@@ -140,8 +140,28 @@ impl EniNet {
     }
 }
 
-fn host(ip: Ipv4Addr) -> Ipv4Net {
+/// `ip/32`.
+pub fn host(ip: Ipv4Addr) -> Ipv4Net {
     Ipv4Net::new(ip, 32).expect("/32")
+}
+
+/// Runs `f` on a helper thread that has entered the network namespace at `netns` (e.g. /var/run/netns/NAME);
+/// the caller's thread never changes namespace. Sockets `f` opens stay bound to that namespace.
+pub fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> std::io::Result<T> + Send) -> std::io::Result<T> {
+    use std::os::fd::AsFd;
+    let target = std::fs::File::open(netns)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let own = std::fs::File::open("/proc/thread-self/ns/net")?;
+            nix::sched::setns(target.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let r = f();
+            // Leave the namespace before the thread ends, even though it is about to.
+            let _ = nix::sched::setns(own.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
+            r
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("netns helper thread panicked")))
+    })
 }
 
 /// Finds a link by MAC, waiting for it with backoff up to `wait` (a hot-plugged ENI takes a moment to appear).

@@ -3,7 +3,6 @@
 //! only a short-lived helper thread (never the caller's thread, never the whole operation).
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsFd;
 use std::path::Path;
 
 use futures::TryStreamExt;
@@ -47,22 +46,12 @@ impl Netlink {
     /// the namespace, and only while the socket is created.
     pub fn in_netns(netns: &Path) -> Result<Self, HostNetError> {
         let rt = tokio::runtime::Handle::current();
-        let target = std::fs::File::open(netns).map_err(HostNetError::Io)?;
-        let (conn, handle) = std::thread::scope(|s| {
-            s.spawn(|| -> Result<_, HostNetError> {
-                let _enter = rt.enter();
-                let own = std::fs::File::open("/proc/thread-self/ns/net").map_err(HostNetError::Io)?;
-                nix::sched::setns(target.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| HostNetError::Io(e.into()))?;
-                let made = rtnetlink::new_connection().map_err(HostNetError::Io);
-                // Leave the namespace before the thread ends, even though it is about to.
-                let _ = nix::sched::setns(own.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
-                let (conn, handle, _) = made?;
-                Ok((conn, handle))
-            })
-            .join()
-            .map_err(|_| HostNetError::Io(std::io::Error::other("netns helper thread panicked")))?
-        })?;
+        let (conn, handle, _) = super::in_netns(netns, || {
+            // The socket registers with the runtime's reactor as it is created.
+            let _enter = rt.enter();
+            rtnetlink::new_connection()
+        })
+        .map_err(HostNetError::Io)?;
         rt.spawn(conn);
         Ok(Self { handle })
     }

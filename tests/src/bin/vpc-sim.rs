@@ -18,7 +18,7 @@ use vpc_sim::imds::ImdsEmulator;
 use vpc_sim::ipamd_proc::{Ipamd, sibling_binary};
 use vpc_sim::localstack::{self, TestVpc};
 use vpc_sim::netns::ip_in;
-use vpc_sim::sim::pods::{Pod, concurrently, percentiles};
+use vpc_sim::sim::pods::{Pod, concurrently, percentiles, pod_ip};
 use vpc_sim::sim::{Sim, SimConfig, record::SimRecord};
 
 #[derive(Parser)]
@@ -198,8 +198,7 @@ async fn demo_body(sim: &Sim, state_dir: &std::path::Path) -> Result<()> {
                 ..Pod::default()
             };
             let r = p.add_retrying(Duration::from_secs(30))?;
-            let ip =
-                r["ips"][0]["address"].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_string();
+            let ip = pod_ip(&r);
             println!(
                 "  node {node}  demo/{:<9} {ip:<12} host veth {}",
                 p.name,

@@ -203,6 +203,11 @@ impl Pod {
     }
 }
 
+/// The pod's address from a CNI result (its first IP, without the prefix length).
+pub fn pod_ip(result: &Value) -> String {
+    result["ips"][0]["address"].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_string()
+}
+
 /// Where plugins are looked up: next to the sim's binaries first, then the distribution's CNI directories.
 pub fn cni_path() -> Vec<String> {
     let mut dirs = Vec::new();
