@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what a fresh machine lacks (Debian packages, rustfmt/clippy, the LocalStack venv). Idempotent.
+# Installs what a fresh machine lacks (Debian packages, rustfmt/clippy, the LocalStack venv, the cached kube-apiserver build). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,3 +21,4 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   rustup component add rustfmt clippy
 fi
 bash scripts/localstack.sh install
+bash scripts/kube-apiserver.sh install
