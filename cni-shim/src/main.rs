@@ -136,6 +136,7 @@ async fn add(
             k8s_pod_namespace: pod_ns.to_string(),
             k8s_pod_name: pod_name.to_string(),
             netns: netns.display().to_string(),
+            k8s_pod_uid: env.args.get("K8S_POD_UID").cloned().unwrap_or_default(),
         })
         .await?;
     log.debug(&format!("ipamd: {} on {} table {}", reply.ipv4_addr, reply.eni_id, reply.route_table));

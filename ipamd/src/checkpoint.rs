@@ -117,6 +117,7 @@ mod tests {
                 eni_id: "eni-1".into(),
                 pod_namespace: "default".into(),
                 pod_name: "web".into(),
+                pod_uid: "5f1c2d8e-uid".into(),
                 allocated_unix: 7,
             },
         );

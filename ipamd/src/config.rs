@@ -68,6 +68,21 @@ pub struct Config {
     /// Take pods' ENIs from the node's ENIConfig.
     #[arg(long, env = "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub aws_vpc_k8s_cni_custom_network_cfg: bool,
+    /// Node label naming the node's ENIConfig (operators often use topology.kubernetes.io/zone).
+    #[arg(long, env = "ENI_CONFIG_LABEL_DEF", default_value = "k8s.amazonaws.com/eniConfig")]
+    pub eni_config_label_def: String,
+    /// Node annotation naming the node's ENIConfig (looked at before ENI_CONFIG_LABEL_DEF).
+    #[arg(long, env = "ENI_CONFIG_ANNOTATION_DEF", default_value = "k8s.amazonaws.com/eniConfig")]
+    pub eni_config_annotation_def: String,
+    /// This node's name (downward API); the Kubernetes features need it.
+    #[arg(long, env = "MY_NODE_NAME")]
+    pub my_node_name: Option<String>,
+    /// This ipamd pod's name (downward API): the reporting instance of its Events.
+    #[arg(long, env = "MY_POD_NAME")]
+    pub my_pod_name: Option<String>,
+    /// Seconds an allocation's pod must be gone from the API server before its IP is released (0: never).
+    #[arg(long, env = "IPAMD_POD_GC_GRACE", default_value_t = 120, value_parser = parse_seconds)]
+    pub ipamd_pod_gc_grace: u64,
     /// Cluster name: tagged on ENIs, scopes leaked-ENI cleanup.
     #[arg(long, env = "CLUSTER_NAME", default_value = "")]
     pub cluster_name: String,
@@ -155,13 +170,33 @@ impl Config {
                     .into(),
             });
         }
-        if self.aws_vpc_k8s_cni_custom_network_cfg {
+        if self.aws_vpc_k8s_cni_custom_network_cfg && self.node_name().is_none() {
             return Err(ConfigError::Unsupported {
                 var: "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG",
-                message: "accepted value: false (ENIConfig custom networking is not available yet)".into(),
+                message: "true needs MY_NODE_NAME (the node's ENIConfig is named on its Node object); accepted: \
+                          false, or true with MY_NODE_NAME set"
+                    .into(),
             });
         }
+        for (var, value) in [
+            ("ENI_CONFIG_LABEL_DEF", &self.eni_config_label_def),
+            ("ENI_CONFIG_ANNOTATION_DEF", &self.eni_config_annotation_def),
+        ] {
+            if value.trim().is_empty() || value.contains(char::is_whitespace) {
+                return Err(ConfigError::Unsupported {
+                    var,
+                    message: format!(
+                        "'{value}' is not accepted; accepted: a label/annotation key such as topology.kubernetes.io/zone"
+                    ),
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// MY_NODE_NAME when set and not blank.
+    pub fn node_name(&self) -> Option<&str> {
+        self.my_node_name.as_deref().map(str::trim).filter(|n| !n.is_empty())
     }
 
     /// The pod MTU: POD_MTU, else the ENI MTU.
@@ -194,6 +229,11 @@ impl Config {
             ("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", cidrs.collect::<Vec<_>>().join(",")),
             ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", format!("{:?}", self.aws_vpc_k8s_cni_randomizesnat).to_lowercase()),
             ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", self.aws_vpc_k8s_cni_custom_network_cfg.to_string()),
+            ("ENI_CONFIG_LABEL_DEF", self.eni_config_label_def.clone()),
+            ("ENI_CONFIG_ANNOTATION_DEF", self.eni_config_annotation_def.clone()),
+            ("MY_NODE_NAME", opt(self.my_node_name.as_ref())),
+            ("MY_POD_NAME", opt(self.my_pod_name.as_ref())),
+            ("IPAMD_POD_GC_GRACE", self.ipamd_pod_gc_grace.to_string()),
             ("CLUSTER_NAME", self.cluster_name.clone()),
             ("ADDITIONAL_ENI_TAGS", serde_json::to_string(&self.additional_eni_tags.0).unwrap_or_default()),
             ("DISABLE_LEAKED_ENI_CLEANUP", self.disable_leaked_eni_cleanup.to_string()),
@@ -328,6 +368,11 @@ mod tests {
         assert!(err.contains("AWS_VPC_K8S_CNI_EXTERNALSNAT") && err.contains("true or false"), "{err}");
         let err = parse(&["--enable-prefix-delegation", "true"]).unwrap_err().to_string();
         assert!(err.starts_with("ENABLE_PREFIX_DELEGATION"), "{err}");
+        let err = parse(&["--aws-vpc-k8s-cni-custom-network-cfg", "true"]).unwrap_err().to_string();
+        assert!(err.starts_with("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG") && err.contains("MY_NODE_NAME"), "{err}");
+        assert!(parse(&["--aws-vpc-k8s-cni-custom-network-cfg", "true", "--my-node-name", "n1"]).is_ok());
+        let err = parse(&["--eni-config-label-def", " "]).unwrap_err().to_string();
+        assert!(err.starts_with("ENI_CONFIG_LABEL_DEF"), "{err}");
         let err = parse(&["--aws-vpc-eni-mtu", "100"]).unwrap_err().to_string();
         assert!(err.contains("AWS_VPC_ENI_MTU") && err.contains("576"), "{err}");
     }

@@ -21,6 +21,7 @@ use crate::grpc::{
 };
 use crate::hostnet::{self, HostNetError, netlink::Netlink};
 use crate::imds::{AwsImds, ImdsError, NodeInfo};
+use crate::k8s::{Kube, KubeSettings, podgc::PodGc};
 use crate::planner::Targets;
 use crate::pool::{self, PoolSettings};
 use crate::reconcile::{ReconcileSettings, Reconciler};
@@ -107,6 +108,16 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         subnet = %node.subnet_cidr, "node bootstrapped from IMDS"
     );
     let ec2 = Arc::new(AwsEc2::new(&node.region, cfg.ec2_api_qps, cfg.ec2_api_burst).await);
+    let kube = match cfg.node_name() {
+        Some(node_name) => Kube::start(KubeSettings {
+            node_name: node_name.to_string(),
+            pod_name: cfg.my_pod_name.clone(),
+            custom_networking: cfg.aws_vpc_k8s_cni_custom_network_cfg,
+            label_def: cfg.eni_config_label_def.clone(),
+            annotation_def: cfg.eni_config_annotation_def.clone(),
+        }),
+        None => Kube::disabled(),
+    };
 
     std::fs::create_dir_all(&cfg.ipamd_state_dir)
         .map_err(|source| DaemonError::StateDir { path: cfg.ipamd_state_dir.display().to_string(), source })?;
@@ -124,6 +135,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             },
             cooldown: Duration::from_secs(cfg.ip_cooldown_period),
             reconcile_interval: Duration::from_secs(cfg.ipamd_reconcile_interval),
+            primary_reserved: cfg.aws_vpc_k8s_cni_custom_network_cfg,
         },
         store,
         checkpoint,
@@ -136,7 +148,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let policy = PeerPolicy { allowed_uids: cfg.ipamd_allowed_uids.0.clone() };
     let released = cfg.ipamd_host_network.then(|| conntrack_janitor(Duration::from_secs(cfg.ip_cooldown_period)));
     let ipam = IpamService {
-        released,
+        released: released.clone(),
         pool: pool.clone(),
         facts: NetFacts {
             vpc_cidrs: node.vpc_cidrs.iter().map(ToString::to_string).collect(),
@@ -145,7 +157,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             exclude_snat_cidrs: cfg.aws_vpc_k8s_cni_exclude_snat_cidrs.0.iter().map(ToString::to_string).collect(),
         },
     };
-    let introspection = IntrospectionService { pool: pool.clone(), node: node.clone(), config: cfg.entries() };
+    let introspection =
+        IntrospectionService { pool: pool.clone(), node: node.clone(), config: cfg.entries(), kube: kube.clone() };
     let listener = grpc::bind(&cfg.ipamd_socket)?;
     let server = Server::builder()
         .add_service(tonic::service::interceptor::InterceptedService::new(health_service, policy.interceptor()))
@@ -156,7 +169,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let grpc_task = tokio::spawn(server);
 
     if let Some(addr) = cfg.metrics_bind_addr.0 {
-        let (local, fut) = crate::metrics::serve(addr, pool.clone(), ec2.calls.clone())
+        let (local, fut) = crate::metrics::serve(addr, pool.clone(), ec2.calls.clone(), kube.clone())
             .await
             .map_err(|source| DaemonError::Metrics { addr: addr.to_string(), source })?;
         tracing::info!(%local, "metrics listening");
@@ -177,6 +190,17 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     } else {
         (None, None)
     };
+    if kube.settings.is_some() && cfg.ipamd_pod_gc_grace > 0 {
+        let gc = PodGc {
+            pool: pool.clone(),
+            grace: Duration::from_secs(cfg.ipamd_pod_gc_grace),
+            released,
+            hostnet: hostnet.clone(),
+        };
+        tokio::spawn(gc.run(kube.clone()));
+    } else {
+        kube.update_status(|s| s.pod_gc = "off".into());
+    }
     let reconciler = Reconciler::new(
         ec2.clone(),
         Arc::new(imds),
@@ -193,6 +217,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             snat,
             link_wait: Duration::from_secs(10),
         },
+        kube,
     );
     let on_serving = move || {
         let elapsed_ms = started.elapsed().as_millis() as u64;

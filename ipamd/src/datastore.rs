@@ -24,6 +24,9 @@ pub struct Allocation {
     pub eni_id: String,
     pub pod_namespace: String,
     pub pod_name: String,
+    /// K8S_POD_UID when the runtime passed it: tells this pod from a later one with the same namespace/name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod_uid: String,
     pub allocated_unix: i64,
 }
 
@@ -108,6 +111,8 @@ pub struct Datastore {
     /// IPs handed to EC2 for unassignment, until when to keep them out of use even if EC2 still lists them
     /// (its reads can lag a write).
     pub releasing: BTreeMap<Ipv4Addr, i64>,
+    /// Custom networking: the primary ENI serves no pods, so it is neither handed out from nor planned for.
+    pub primary_reserved: bool,
 }
 
 /// How long an IP given back to EC2 stays unusable while EC2 may still report it.
@@ -116,7 +121,7 @@ const RELEASE_GRACE_MS: i64 = 60_000;
 impl Datastore {
     /// Rebuilds from a checkpoint: allocations and cooling IPs. ENIs come with the first observation.
     pub fn restore(allocations: BTreeMap<AllocKey, Allocation>, cooling: BTreeMap<Ipv4Addr, i64>) -> Self {
-        Self { enis: BTreeMap::new(), allocations, cooling, releasing: BTreeMap::new() }
+        Self { allocations, cooling, ..Self::default() }
     }
 
     /// Replaces the ENI set with what EC2 reports. IPs that EC2 no longer has are dropped; allocations are
@@ -183,7 +188,9 @@ impl Datastore {
             let device_number = self.enis.get(&a.eni_id).map(|e| e.device_number).unwrap_or(0);
             return Ok(Assigned { ip: a.ip, eni_id: a.eni_id.clone(), device_number, new: false });
         }
-        let mut enis: Vec<&mut Eni> = self.enis.values_mut().filter(|e| e.ready && !e.deleting).collect();
+        let reserved = self.primary_reserved;
+        let mut enis: Vec<&mut Eni> =
+            self.enis.values_mut().filter(|e| e.ready && !e.deleting && !(reserved && e.primary)).collect();
         enis.sort_by_key(|e| e.device_number);
         for eni in enis {
             let pick = eni.ips.iter().find(|(_, s)| usable(**s, now_ms)).map(|(ip, _)| *ip);
@@ -197,6 +204,7 @@ impl Datastore {
                         eni_id: eni.id.clone(),
                         pod_namespace: pod_namespace.to_string(),
                         pod_name: pod_name.to_string(),
+                        pod_uid: String::new(),
                         allocated_unix: now_ms / 1000,
                     },
                 );
@@ -252,6 +260,7 @@ impl Datastore {
         let enis = self
             .enis
             .values()
+            .filter(|e| !(self.primary_reserved && e.primary))
             .map(|e| {
                 let mut v = EniView {
                     id: e.id.clone(),
@@ -406,6 +415,17 @@ mod tests {
         b.ready = false;
         ds.observe(vec![eni("eni-a", 0, &[]), b], "eni-a", 0);
         assert!(ds.assign(&key("c1"), "ns", "p", 0).is_err());
+    }
+
+    #[test]
+    fn a_reserved_primary_eni_is_neither_used_nor_planned_for() {
+        let mut ds = two_enis();
+        ds.primary_reserved = true;
+        let ips: Vec<String> =
+            ["a", "b"].iter().filter_map(|c| ds.assign(&key(c), "ns", "p", 0).ok()).map(|a| a.ip.to_string()).collect();
+        assert_eq!(ips, ["10.0.1.20"], "only the secondary ENI's IP is handed out");
+        let view = ds.view(0);
+        assert_eq!(view.enis.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["eni-b"]);
     }
 
     #[test]

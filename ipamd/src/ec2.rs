@@ -41,6 +41,14 @@ pub struct Ec2Eni {
     pub attachment_id: Option<String>,
     /// "in-use", "available", …
     pub status: String,
+    pub security_groups: Vec<String>,
+}
+
+/// A subnet as ipamd needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnet {
+    pub cidr: Ipv4Net,
+    pub availability_zone: String,
 }
 
 /// What a new ENI is created with.
@@ -70,7 +78,7 @@ pub trait Ec2Api: Send + Sync + 'static {
         tag_key: &str,
         tag_value: &str,
     ) -> impl Future<Output = Result<Vec<Ec2Eni>, Ec2Error>> + Send;
-    fn subnet_cidr(&self, subnet_id: &str) -> impl Future<Output = Result<Ipv4Net, Ec2Error>> + Send;
+    fn subnet(&self, subnet_id: &str) -> impl Future<Output = Result<Subnet, Ec2Error>> + Send;
     fn instance_limits(&self, instance_type: &str) -> impl Future<Output = Result<InstanceLimits, Ec2Error>> + Send;
     fn create_eni(&self, eni: &NewEni) -> impl Future<Output = Result<Ec2Eni, Ec2Error>> + Send;
     /// Attaches and returns the attachment id.
@@ -167,6 +175,7 @@ fn convert(op: &'static str, ni: &aws_sdk_ec2::types::NetworkInterface) -> Resul
         device_index: att.and_then(|a| a.device_index()).map(|d| d as u32),
         attachment_id: att.and_then(|a| a.attachment_id()).map(String::from),
         status: ni.status().map(|s| s.as_str().to_string()).unwrap_or_default(),
+        security_groups: ni.groups().iter().filter_map(|g| g.group_id().map(String::from)).collect(),
     })
 }
 
@@ -194,12 +203,18 @@ impl Ec2Api for AwsEc2 {
         Ok(enis.into_iter().filter(|e| e.status == "available").collect())
     }
 
-    async fn subnet_cidr(&self, subnet_id: &str) -> Result<Ipv4Net, Ec2Error> {
+    async fn subnet(&self, subnet_id: &str) -> Result<Subnet, Ec2Error> {
         const OP: &str = "DescribeSubnets";
         self.gate(OP).await;
         let out = self.client.describe_subnets().subnet_ids(subnet_id).send().await.map_err(sdk_err(OP))?;
-        let cidr = out.subnets().first().and_then(|s| s.cidr_block()).unwrap_or_default();
-        cidr.parse().map_err(|_| Ec2Error::new(OP, "BadResponse", format!("subnet {subnet_id} CIDR {cidr:?}")))
+        let s = out.subnets().first();
+        let cidr = s.and_then(|s| s.cidr_block()).unwrap_or_default();
+        Ok(Subnet {
+            cidr: cidr
+                .parse()
+                .map_err(|_| Ec2Error::new(OP, "BadResponse", format!("subnet {subnet_id} CIDR {cidr:?}")))?,
+            availability_zone: s.and_then(|s| s.availability_zone()).unwrap_or_default().to_string(),
+        })
     }
 
     async fn instance_limits(&self, instance_type: &str) -> Result<InstanceLimits, Ec2Error> {

@@ -4,7 +4,8 @@
 //! Layout: [`config`] (env/flags) → [`imds`] (node bootstrap) and [`ec2`] (the EC2 boundary) feed the
 //! [`reconcile`] loop, which observes, asks the [`pool`] actor for a [`planner`] decision and applies it;
 //! the actor owns the [`datastore`] and persists it through [`checkpoint`]; [`grpc`] and [`metrics`] are thin
-//! adapters over the actor; [`daemon`] wires it all.
+//! adapters over the actor; [`k8s`] is the optional Kubernetes side (ENIConfig custom networking through
+//! [`placement`], node facts, Events, pod-aware clean-up); [`daemon`] wires it all.
 
 pub mod checkpoint;
 pub mod config;
@@ -14,7 +15,9 @@ pub mod ec2;
 pub mod grpc;
 pub mod hostnet;
 pub mod imds;
+pub mod k8s;
 pub mod metrics;
+pub mod placement;
 pub mod planner;
 pub mod pool;
 pub mod ratelimit;

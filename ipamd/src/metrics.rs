@@ -10,12 +10,14 @@ use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge}
 use prometheus_client::registry::Registry;
 
 use crate::ec2::CallCounts;
+use crate::k8s::{ApiState, Kube, KubeStatus};
 use crate::pool::{PoolHandle, Snapshot};
 
 #[derive(Clone)]
 struct Ctx {
     pool: PoolHandle,
     calls: Arc<CallCounts>,
+    kube: Kube,
 }
 
 fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
@@ -24,8 +26,8 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
     reg.register(name, help, g);
 }
 
-/// Renders the exposition text for one snapshot.
-pub fn render(s: &Snapshot, calls: &CallCounts) -> String {
+/// Renders the exposition text for one snapshot (and the Kubernetes side's status, when it is on).
+pub fn render(s: &Snapshot, calls: &CallCounts, kube: Option<(bool, &KubeStatus)>) -> String {
     let mut reg = Registry::default();
     gauge(&mut reg, "awscni_eni_allocated", "ENIs attached to the node", s.stats.enis as i64);
     gauge(&mut reg, "awscni_eni_max", "ENIs the node may attach", s.limits.map_or(0, |l| l.max_enis) as i64);
@@ -54,6 +56,24 @@ pub fn render(s: &Snapshot, calls: &CallCounts) -> String {
     let throttled = Counter::<u64>::default();
     throttled.inc_by(calls.throttled_ms());
     reg.register("ipamd_ec2_throttle_wait_milliseconds", "time EC2 calls waited on EC2_API_QPS", throttled);
+    if let Some((connected, k)) = kube {
+        gauge(&mut reg, "ipamd_kube_api_connected", "1 when the Kubernetes API server answered", i64::from(connected));
+        gauge(
+            &mut reg,
+            "ipamd_unknown_pod_ips",
+            "running pods on this node whose IP ipamd did not hand out",
+            k.unknown_pod_ips.len() as i64,
+        );
+        let released = Counter::<u64>::default();
+        released.inc_by(k.stale_released);
+        reg.register("ipamd_stale_allocations_released", "IPs released because their pod no longer exists", released);
+        gauge(
+            &mut reg,
+            "ipamd_eniconfig_problem",
+            "1 while new ENIs cannot be placed from the ENIConfig",
+            i64::from(!k.eni_config_problem.is_empty()),
+        );
+    }
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
     out
@@ -61,7 +81,12 @@ pub fn render(s: &Snapshot, calls: &CallCounts) -> String {
 
 async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     match ctx.pool.snapshot().await {
-        Ok(s) => (StatusCode::OK, render(&s, &ctx.calls)),
+        Ok(s) => {
+            let status = ctx.kube.status();
+            let connected = ctx.kube.view.borrow().api == ApiState::Connected;
+            let kube = ctx.kube.settings.is_some().then_some((connected, &status));
+            (StatusCode::OK, render(&s, &ctx.calls, kube))
+        }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
@@ -71,9 +96,10 @@ pub async fn serve(
     addr: SocketAddr,
     pool: PoolHandle,
     calls: Arc<CallCounts>,
+    kube: Kube,
 ) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = Router::new().route("/metrics", get(metrics)).with_state(Ctx { pool, calls });
+    let app = Router::new().route("/metrics", get(metrics)).with_state(Ctx { pool, calls, kube });
     Ok((local, async move { axum::serve(listener, app).await }))
 }

@@ -55,6 +55,8 @@ pub struct Snapshot {
     pub ds: Datastore,
     pub stats: Stats,
     pub limits: Option<Limits>,
+    /// Pods the node can hold from the instance limits (one ENI fewer when the primary ENI is reserved).
+    pub max_pods: Option<u32>,
     pub serving: bool,
     pub last_reconcile_unix: i64,
     pub last_error: String,
@@ -65,6 +67,7 @@ pub enum Command {
         key: AllocKey,
         pod_namespace: String,
         pod_name: String,
+        pod_uid: String,
         reply: oneshot::Sender<Result<AddOutcome, PoolError>>,
     },
     Del {
@@ -104,6 +107,8 @@ pub struct PoolSettings {
     pub targets: Targets,
     pub cooldown: Duration,
     pub reconcile_interval: Duration,
+    /// Custom networking: the primary ENI serves no pods.
+    pub primary_reserved: bool,
 }
 
 struct Actor {
@@ -131,8 +136,10 @@ pub fn spawn(settings: PoolSettings, store: Store, checkpoint: Checkpoint) -> Po
     let (tx, rx) = mpsc::channel(256);
     let (events, _) = broadcast::channel(1024);
     let kick = Arc::new(Notify::new());
+    let mut ds = Datastore::restore(checkpoint.allocations, checkpoint.cooling);
+    ds.primary_reserved = settings.primary_reserved;
     let actor = Actor {
-        ds: Datastore::restore(checkpoint.allocations, checkpoint.cooling),
+        ds,
         settings,
         limits: None,
         store,
@@ -168,8 +175,8 @@ impl Actor {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Add { key, pod_namespace, pod_name, reply } => {
-                let _ = reply.send(self.add(&key, &pod_namespace, &pod_name));
+            Command::Add { key, pod_namespace, pod_name, pod_uid, reply } => {
+                let _ = reply.send(self.add(&key, (&pod_namespace, &pod_name, pod_uid)));
             }
             Command::Del { key, reply } => {
                 let _ = reply.send(self.del(&key));
@@ -230,6 +237,7 @@ impl Actor {
                     stats: self.ds.stats(now_ms()),
                     ds: self.ds.clone(),
                     limits: self.limits,
+                    max_pods: self.pod_limits().map(|l| l.max_pods()),
                     serving: self.serving,
                     last_reconcile_unix: self.last_reconcile_unix,
                     last_error: self.last_error.clone(),
@@ -238,7 +246,13 @@ impl Actor {
         }
     }
 
-    fn add(&mut self, key: &AllocKey, ns: &str, name: &str) -> Result<AddOutcome, PoolError> {
+    /// The limits as the planner sees the pool: without the primary ENI when it is reserved.
+    fn pod_limits(&self) -> Option<Limits> {
+        let reserved = u32::from(self.settings.primary_reserved);
+        self.limits.map(|l| Limits { max_enis: l.max_enis.saturating_sub(reserved), ..l })
+    }
+
+    fn add(&mut self, key: &AllocKey, (ns, name, uid): (&str, &str, String)) -> Result<AddOutcome, PoolError> {
         if !self.serving && self.ds.enis.is_empty() {
             return Err(PoolError::NotReady);
         }
@@ -246,6 +260,9 @@ impl Actor {
         match self.ds.assign(key, ns, name, now) {
             Ok(a) => {
                 if a.new {
+                    if let Some(al) = self.ds.allocations.get_mut(key) {
+                        al.pod_uid = uid;
+                    }
                     if let Err(e) = self.checkpoint() {
                         // Not durable means not promised: undo, so a restart cannot hand the IP out twice.
                         self.ds.release(key, now, 0);
@@ -259,9 +276,10 @@ impl Actor {
             }
             Err(e) => {
                 self.kick.notify_one();
-                let enis = &self.ds.enis;
-                let at_limit = self.limits.filter(|l| {
-                    enis.len() as u32 >= l.max_enis && enis.values().all(|e| e.ips.len() as u32 >= l.ips_per_eni)
+                let reserved = self.settings.primary_reserved;
+                let enis: Vec<_> = self.ds.enis.values().filter(|e| !(reserved && e.primary)).collect();
+                let at_limit = self.pod_limits().filter(|l| {
+                    enis.len() as u32 >= l.max_enis && enis.iter().all(|e| e.ips.len() as u32 >= l.ips_per_eni)
                 });
                 match at_limit {
                     Some(l) => Err(PoolError::AtLimit(e, l.max_enis)),
@@ -298,7 +316,7 @@ impl Actor {
             Some(t) => idle.min(Duration::from_millis((t - now).max(0) as u64 + 50)),
             None => idle,
         };
-        let Some(limits) = self.limits else {
+        let Some(limits) = self.pod_limits() else {
             return (Vec::new(), requeue);
         };
         let mut actions = planner::plan(&self.ds.view(now), self.settings.targets, limits);
@@ -322,8 +340,14 @@ impl PoolHandle {
         rx.await.map_err(|_| PoolError::Stopped)
     }
 
-    pub async fn add(&self, key: AllocKey, pod_namespace: String, pod_name: String) -> Result<AddOutcome, PoolError> {
-        self.call(|reply| Command::Add { key, pod_namespace, pod_name, reply }).await?
+    pub async fn add(
+        &self,
+        key: AllocKey,
+        pod_namespace: String,
+        pod_name: String,
+        pod_uid: String,
+    ) -> Result<AddOutcome, PoolError> {
+        self.call(|reply| Command::Add { key, pod_namespace, pod_name, pod_uid, reply }).await?
     }
 
     pub async fn del(&self, key: AllocKey) -> Result<DelOutcome, PoolError> {

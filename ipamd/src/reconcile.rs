@@ -10,9 +10,11 @@ use ipnet::Ipv4Net;
 use moka::future::Cache;
 
 use crate::datastore::ObservedEni;
-use crate::ec2::{Ec2Api, Ec2Eni, Ec2Error, InstanceLimits, NewEni};
+use crate::ec2::{Ec2Api, Ec2Eni, Ec2Error, InstanceLimits, NewEni, Subnet};
 use crate::hostnet::{self, EniNet, HostNet, HostNetError};
 use crate::imds::{self, MacInfo, Metadata, NodeInfo};
+use crate::k8s::{Kube, eniconfig::EniConfigSpec, events};
+use crate::placement::Placement;
 use crate::planner::{Action, Limits};
 use crate::pool::PoolHandle;
 use crate::snat::{self, SnatConfig};
@@ -34,6 +36,8 @@ pub enum ReconcileError {
     Pool(#[from] crate::pool::PoolError),
     #[error("host network: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     HostNet(Vec<HostNetError>),
+    #[error("custom networking: {0}")]
+    EniConfig(String),
 }
 
 /// Settings of the loop that come from the configuration.
@@ -61,8 +65,11 @@ pub struct Reconciler<E: Ec2Api, M: Metadata, N: HostNet> {
     pub node: Arc<NodeInfo>,
     pub pool: PoolHandle,
     pub settings: ReconcileSettings,
+    pub kube: Kube,
     limits_cache: Cache<String, InstanceLimits>,
-    subnet_cache: Cache<String, Ipv4Net>,
+    subnet_cache: Cache<String, Subnet>,
+    /// The ENIConfig (name, spec) new ENIs were last created from, to notice a change.
+    pub(crate) last_eni_config: Option<(String, EniConfigSpec)>,
     macs: BTreeMap<String, MacInfo>,
     last_leak_sweep: Option<Instant>,
     /// ENIs whose host networking is known to be in place.
@@ -79,8 +86,11 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         node: Arc<NodeInfo>,
         pool: PoolHandle,
         settings: ReconcileSettings,
+        kube: Kube,
     ) -> Self {
         Self {
+            kube,
+            last_eni_config: None,
             ec2,
             imds,
             hostnet,
@@ -110,6 +120,11 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                 }
                 Err(e) => {
                     tracing::warn!("reconcile failed: {e}");
+                    if let ReconcileError::Ec2(ec2) = &e
+                        && let Some((reason, note)) = events::for_ec2_error(ec2)
+                    {
+                        self.kube.events.warning(reason, "ReconcileENIs", note);
+                    }
                     let _ = self.pool.reconciled(Some(e.to_string())).await;
                     self.settings.error_backoff
                 }
@@ -147,10 +162,11 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         if let Err(e) = self.sync_snat().await {
             host_errors.push(HostNetError::Netlink { op: "nftables", message: e });
         }
+        let placement = self.placement(&attached).await;
         let (actions, requeue) = self.pool.plan().await?;
         let mut used: BTreeSet<u32> = attached.iter().filter_map(|e| e.device_index).collect();
         for action in &actions {
-            self.apply(action, &attached, &mut used).await?;
+            self.apply(action, &attached, &mut used, &placement).await?;
         }
         if !actions.is_empty() {
             // The pool sees what was just done before the round counts as complete (health waits on it).
@@ -259,7 +275,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         }
         let mut out = Vec::with_capacity(attached.len());
         for e in attached {
-            let subnet_cidr = self.subnet_cidr(&e.subnet_id).await?;
+            let subnet_cidr = self.subnet(&e.subnet_id).await?.cidr;
             let mac = self.macs.get(&e.id);
             out.push(ObservedEni {
                 id: e.id.clone(),
@@ -276,16 +292,14 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         Ok(out)
     }
 
-    async fn subnet_cidr(&self, subnet_id: &str) -> Result<Ipv4Net, ReconcileError> {
+    /// A subnet's CIDR and zone (the node's own from IMDS, others from EC2 once, cached).
+    pub(crate) async fn subnet(&self, subnet_id: &str) -> Result<Subnet, Ec2Error> {
         if subnet_id == self.node.subnet_id {
-            return Ok(self.node.subnet_cidr);
+            return Ok(Subnet { cidr: self.node.subnet_cidr, availability_zone: self.node.availability_zone.clone() });
         }
         let ec2 = self.ec2.clone();
         let id = subnet_id.to_string();
-        self.subnet_cache
-            .try_get_with(id.clone(), async move { ec2.subnet_cidr(&id).await })
-            .await
-            .map_err(|e| ReconcileError::Ec2((*e).clone()))
+        self.subnet_cache.try_get_with(id.clone(), async move { ec2.subnet(&id).await }).await.map_err(|e| (*e).clone())
     }
 
     fn tags(&self) -> BTreeMap<String, String> {
@@ -304,13 +318,15 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         action: &Action,
         attached: &[Ec2Eni],
         used: &mut BTreeSet<u32>,
+        placement: &Result<Placement, String>,
     ) -> Result<(), ReconcileError> {
         match action {
             Action::CreateEni { ip_count } => {
+                let place = placement.clone().map_err(ReconcileError::EniConfig)?;
                 let device_index = (1..).find(|d| !used.contains(d)).unwrap_or(1);
                 let new = NewEni {
-                    subnet_id: self.node.subnet_id.clone(),
-                    security_groups: self.node.security_groups.clone(),
+                    subnet_id: place.subnet_id,
+                    security_groups: place.security_groups,
                     ip_count: *ip_count,
                     description: format!("aws-K8S-{}", self.node.instance_id),
                     tags: self.tags(),
@@ -330,7 +346,12 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                 self.ec2.set_delete_on_termination(&eni.id, &attachment).await?;
                 self.pool.emit(
                     "eni-attached",
-                    format!("{} at device {device_index} with {} IPs", eni.id, eni.secondary_ips.len()),
+                    format!(
+                        "{} at device {device_index} with {} IPs in {}",
+                        eni.id,
+                        eni.secondary_ips.len(),
+                        eni.subnet_id
+                    ),
                 );
             }
             Action::AssignIps { eni_id, count } => {

@@ -76,6 +76,7 @@ pub async fn add(ipamd: &Ipamd, container: &str) -> Result<pb::AddNetworkReply, 
         k8s_pod_namespace: "default".into(),
         k8s_pod_name: format!("pod-{container}"),
         netns: format!("/var/run/netns/{container}"),
+        k8s_pod_uid: String::new(),
     };
     ipamd.ipam().await.add_network(req).await.map(tonic::Response::into_inner)
 }

@@ -94,13 +94,52 @@ async fn main() -> Result<()> {
                 "enis": s.enis, "total_ips": s.total_ips, "assigned_ips": s.assigned_ips,
                 "cooling_ips": s.cooling_ips, "free_ips": s.free_ips,
                 "last_reconcile_unix": s.last_reconcile_unix, "last_error": s.last_error,
+                "max_pods_source": s.max_pods_source, "kube_api": s.kube_api,
+                "custom_networking": s.custom_networking, "eni_config": s.eni_config,
+                "eni_config_source": s.eni_config_source, "eni_config_subnet": s.eni_config_subnet,
+                "eni_config_security_groups": s.eni_config_security_groups,
+                "eni_config_problem": s.eni_config_problem,
+                "enis_from_other_eni_config": s.enis_from_other_eni_config,
+                "unknown_pod_ips": s.unknown_pod_ips,
+                "stale_allocations_released": s.stale_allocations_released, "pod_gc": s.pod_gc,
             });
             if as_json {
                 println!("{v:#}");
             } else {
                 println!("instance   {} ({})", s.instance_id, s.instance_type);
                 println!("serving    {}", s.serving);
-                println!("limits     {} ENIs x {} IPs, max pods {}", s.max_enis, s.ips_per_eni, s.max_pods);
+                println!(
+                    "limits     {} ENIs x {} IPs, max pods {} (from {})",
+                    s.max_enis, s.ips_per_eni, s.max_pods, s.max_pods_source
+                );
+                println!("kube api   {}", s.kube_api);
+                if s.custom_networking {
+                    if s.eni_config.is_empty() {
+                        println!("eniconfig  none usable");
+                    } else {
+                        let sgs = if s.eni_config_security_groups.is_empty() {
+                            "node's security groups".to_string()
+                        } else {
+                            s.eni_config_security_groups.join(",")
+                        };
+                        println!(
+                            "eniconfig  {} (from {}): subnet {}, {}",
+                            s.eni_config, s.eni_config_source, s.eni_config_subnet, sgs
+                        );
+                    }
+                    if !s.eni_config_problem.is_empty() {
+                        println!("  problem  {}", s.eni_config_problem);
+                    }
+                    for e in &s.enis_from_other_eni_config {
+                        println!("  earlier  {e} (from an earlier ENIConfig; replaced when the node is recycled)");
+                    }
+                }
+                if !s.pod_gc.is_empty() {
+                    println!("pod gc     {}, {} stale allocations released", s.pod_gc, s.stale_allocations_released);
+                }
+                for p in &s.unknown_pod_ips {
+                    println!("unknown    {p} (a running pod whose IP ipamd did not hand out)");
+                }
                 println!(
                     "pool       {} ENIs, {} IPs: {} assigned, {} cooling, {} free",
                     s.enis, s.total_ips, s.assigned_ips, s.cooling_ips, s.free_ips

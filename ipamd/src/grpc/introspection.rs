@@ -8,6 +8,7 @@ use vpc_cni_proto::v1 as pb;
 
 use crate::datastore::IpState;
 use crate::imds::NodeInfo;
+use crate::k8s::Kube;
 use crate::pool::{PoolHandle, now_ms};
 
 use super::ipam::{pb_key, status};
@@ -16,6 +17,7 @@ pub struct IntrospectionService {
     pub pool: PoolHandle,
     pub node: std::sync::Arc<NodeInfo>,
     pub config: Vec<(&'static str, String)>,
+    pub kube: Kube,
 }
 
 #[tonic::async_trait]
@@ -23,12 +25,36 @@ impl pb::introspection_server::Introspection for IntrospectionService {
     async fn get_status(&self, _r: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusReply>, Status> {
         let s = self.pool.snapshot().await.map_err(status)?;
         let l = s.limits;
+        let custom = self.kube.custom_networking();
+        let (api, capacity_pods) = {
+            let v = self.kube.view.borrow();
+            let node = self.kube.settings.as_ref().and_then(|k| v.node.items.get(&k.node_name));
+            (v.describe_api(custom), node.and_then(|n| n.capacity_pods))
+        };
+        let (max_pods, max_pods_source) = match capacity_pods {
+            Some(n) => (n, "node capacity"),
+            None => (s.max_pods.unwrap_or(0), "instance limits"),
+        };
+        let k = self.kube.status();
+        let (selection, spec) = k.eni_config.clone().unzip();
         Ok(Response::new(pb::GetStatusReply {
             instance_id: self.node.instance_id.clone(),
             instance_type: self.node.instance_type.clone(),
             max_enis: l.map_or(0, |l| l.max_enis),
             ips_per_eni: l.map_or(0, |l| l.ips_per_eni),
-            max_pods: l.map_or(0, |l| l.max_pods()),
+            max_pods,
+            max_pods_source: max_pods_source.into(),
+            kube_api: api,
+            custom_networking: custom,
+            eni_config: selection.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+            eni_config_source: selection.map(|s| s.source).unwrap_or_default(),
+            eni_config_subnet: spec.as_ref().map(|s| s.subnet.clone()).unwrap_or_default(),
+            eni_config_security_groups: spec.map(|s| s.security_groups).unwrap_or_default(),
+            eni_config_problem: k.eni_config_problem,
+            enis_from_other_eni_config: k.enis_from_other_config,
+            unknown_pod_ips: k.unknown_pod_ips,
+            stale_allocations_released: k.stale_released,
+            pod_gc: k.pod_gc,
             enis: s.stats.enis as u32,
             total_ips: s.stats.total as u32,
             assigned_ips: s.stats.assigned as u32,

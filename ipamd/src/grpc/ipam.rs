@@ -65,7 +65,7 @@ impl pb::ipam_server::Ipam for IpamService {
     async fn add_network(&self, req: Request<pb::AddNetworkRequest>) -> Result<Response<pb::AddNetworkReply>, Status> {
         let r = req.into_inner();
         let key = key(r.key)?;
-        let out = self.pool.add(key, r.k8s_pod_namespace, r.k8s_pod_name).await.map_err(status)?;
+        let out = self.pool.add(key, r.k8s_pod_namespace, r.k8s_pod_name, r.k8s_pod_uid).await.map_err(status)?;
         Ok(Response::new(pb::AddNetworkReply {
             ipv4_addr: out.ip.to_string(),
             eni_id: out.eni_id,

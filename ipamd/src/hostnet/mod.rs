@@ -252,6 +252,37 @@ pub async fn remove_stale_tables(net: &impl HostNet, keep_tables: &[u32]) -> Res
     if errors.is_empty() { Ok(removed) } else { Err(errors) }
 }
 
+/// Removes what a pod's wiring left on the host for `ip` (its `to`/`from` rules and its /32 route in main) after
+/// its allocation was released without a CNI DEL. Goes on past errors and returns them all.
+pub async fn forget_pod_ip(net: &impl HostNet, ip: Ipv4Addr) -> Result<usize, Vec<HostNetError>> {
+    let me = Some(host(ip));
+    let mut errors = Vec::new();
+    let mut removed = 0;
+    match net.rules().await {
+        Ok(rules) => {
+            for rule in rules.iter().filter(|r| r.fwmark.is_none() && (r.src == me || r.dst == me)) {
+                match net.del_rule(rule).await {
+                    Ok(()) => removed += 1,
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        Err(e) => errors.push(e),
+    }
+    match net.routes(MAIN_TABLE).await {
+        Ok(routes) => {
+            for r in routes.iter().filter(|r| Some(r.dst) == me) {
+                match net.del_route(r).await {
+                    Ok(()) => removed += 1,
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        Err(e) => errors.push(e),
+    }
+    if errors.is_empty() { Ok(removed) } else { Err(errors) }
+}
+
 /// Writes the sysctl at `root/rel` (root normally /proc/sys, rel like `net/ipv4/ip_forward`) when it differs;
 /// returns whether it changed.
 pub fn ensure_sysctl(root: &Path, rel: &str, value: &str) -> Result<bool, HostNetError> {

@@ -1,0 +1,244 @@
+//! Pod-aware clean-up. A runtime that never sent DEL (node crash, lost sandbox) leaves an allocation behind;
+//! once its pod is gone from the API server — UID-checked, for a whole grace period, seen in a pod list that is
+//! synced, and confirmed by a direct GET — the IP is released with a log line and an Event. Anything less
+//! certain (watch error, unreachable API server, a GET that fails) releases nothing. Running pods whose IP
+//! ipamd did not hand out are reported (status + metric): another CNI or a lost checkpoint.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::events::{Note, Regarding};
+use super::{Kube, PodFacts};
+use crate::datastore::{AllocKey, Allocation};
+use crate::hostnet::{self, HostNet};
+use crate::pool::{PoolHandle, now_ms};
+
+/// Allocations whose pod has been missing (or replaced by another UID) for `grace_ms`, counting from when this
+/// loop first saw it missing, and that are at least `grace_ms` old. `missing_since` is the loop's memory.
+pub fn stale(
+    allocations: &BTreeMap<AllocKey, Allocation>,
+    pods: &BTreeMap<String, PodFacts>,
+    missing_since: &mut BTreeMap<AllocKey, i64>,
+    now_ms: i64,
+    grace_ms: i64,
+) -> Vec<AllocKey> {
+    missing_since.retain(|k, _| allocations.contains_key(k));
+    let mut out = Vec::new();
+    for (key, a) in allocations {
+        // Outside Kubernetes (no K8S_POD_* in CNI_ARGS) there is no pod to look for.
+        if a.pod_namespace.is_empty() {
+            continue;
+        }
+        let present = pods
+            .get(&format!("{}/{}", a.pod_namespace, a.pod_name))
+            .is_some_and(|p| a.pod_uid.is_empty() || p.uid == a.pod_uid);
+        if present {
+            missing_since.remove(key);
+            continue;
+        }
+        let since = *missing_since.entry(key.clone()).or_insert(now_ms);
+        if now_ms - since >= grace_ms && now_ms - a.allocated_unix * 1000 >= grace_ms {
+            out.push(key.clone());
+        }
+    }
+    out
+}
+
+/// Running pod-network pods with an IP that no allocation holds, as "namespace/name ip".
+pub fn unknown_pod_ips(allocations: &BTreeMap<AllocKey, Allocation>, pods: &BTreeMap<String, PodFacts>) -> Vec<String> {
+    let known: BTreeSet<Ipv4Addr> = allocations.values().map(|a| a.ip).collect();
+    pods.iter()
+        .filter(|(_, p)| p.phase == "Running" && !p.host_network)
+        .filter_map(|(k, p)| p.ip.filter(|ip| !known.contains(ip)).map(|ip| format!("{k} {ip}")))
+        .collect()
+}
+
+/// What a direct GET says about an allocation's pod.
+#[derive(Debug, PartialEq, Eq)]
+enum Confirm {
+    Gone(String),
+    Alive,
+    Unknown(String),
+}
+
+async fn confirm(client: kube::Client, a: &Allocation, node_name: &str) -> Confirm {
+    match Api::<Pod>::namespaced(client, &a.pod_namespace).get_opt(&a.pod_name).await {
+        Ok(None) => Confirm::Gone("deleted from the API server".into()),
+        Ok(Some(p)) => {
+            let uid = p.metadata.uid.unwrap_or_default();
+            let node = p.spec.and_then(|s| s.node_name).unwrap_or_default();
+            if !a.pod_uid.is_empty() && uid != a.pod_uid {
+                Confirm::Gone(format!("replaced by a pod with UID {uid}"))
+            } else if !node.is_empty() && node != node_name {
+                Confirm::Gone(format!("now on node {node}"))
+            } else {
+                Confirm::Alive
+            }
+        }
+        Err(e) => Confirm::Unknown(e.to_string()),
+    }
+}
+
+/// Everything the loop needs besides the Kubernetes handle.
+pub struct PodGc<N: HostNet> {
+    pub pool: PoolHandle,
+    pub grace: Duration,
+    /// Released IPs whose conntrack entries must go (host networking only).
+    pub released: Option<UnboundedSender<Ipv4Addr>>,
+    pub hostnet: Option<Arc<N>>,
+}
+
+impl<N: HostNet> PodGc<N> {
+    /// Runs forever (only started when the grace period is not 0 and the Kubernetes side is on).
+    pub async fn run(self, kube: Kube) {
+        let node_name = kube.settings.as_ref().map(|s| s.node_name.clone()).unwrap_or_default();
+        let grace_ms = self.grace.as_millis() as i64;
+        let tick = (self.grace / 4).clamp(Duration::from_secs(1), Duration::from_secs(15));
+        let mut missing_since = BTreeMap::new();
+        loop {
+            tokio::time::sleep(tick).await;
+            let (pods, synced, error) = {
+                let v = kube.view.borrow();
+                (v.pods.items.clone(), v.pods.synced, v.pods.error.clone())
+            };
+            if !synced {
+                let why = if error.is_empty() { "listing".to_string() } else { error };
+                kube.update_status(|s| s.pod_gc = format!("paused: the pod list is not trusted ({why})"));
+                continue;
+            }
+            let Ok(snapshot) = self.pool.snapshot().await else { return };
+            let allocations = snapshot.ds.allocations;
+            let unknown = unknown_pod_ips(&allocations, &pods);
+            kube.update_status(|s| {
+                s.pod_gc = format!("active (grace {}s)", self.grace.as_secs());
+                s.unknown_pod_ips = unknown;
+            });
+            let candidates = stale(&allocations, &pods, &mut missing_since, now_ms(), grace_ms);
+            let Some(client) = kube.client.borrow().clone() else { continue };
+            for key in candidates {
+                let a = &allocations[&key];
+                match confirm(client.clone(), a, &node_name).await {
+                    Confirm::Gone(why) => self.release(&kube, &key, a, &why).await,
+                    Confirm::Alive => {
+                        missing_since.remove(&key);
+                    }
+                    Confirm::Unknown(e) => {
+                        tracing::warn!(pod = %format!("{}/{}", a.pod_namespace, a.pod_name), "not releasing: {e}")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn release(&self, kube: &Kube, key: &AllocKey, a: &Allocation, why: &str) {
+        let Ok(Some((a2, _))) = self.pool.del(key.clone()).await else { return };
+        let pod = format!("{}/{}", a.pod_namespace, a.pod_name);
+        tracing::warn!(%pod, ip = %a2.ip, container = %key.container_id, "released the IP of a pod that is gone ({why}); its runtime never sent DEL");
+        if let Some(tx) = &self.released {
+            let _ = tx.send(a2.ip);
+        }
+        if let Some(net) = &self.hostnet
+            && let Err(errors) = hostnet::forget_pod_ip(net.as_ref(), a2.ip).await
+        {
+            tracing::warn!(ip = %a2.ip, "removing the pod's host rules: {errors:?}");
+        }
+        self.pool.emit("stale-allocation", format!("{} of {pod} released: the pod is {why}", a2.ip));
+        kube.events.record(Note {
+            warning: false,
+            reason: "StaleAllocationReleased",
+            action: "ReleaseIP",
+            note: format!(
+                "{} released: pod {pod} is {why} and its sandbox {} never got a CNI DEL",
+                a2.ip, key.container_id
+            ),
+            regarding: Regarding::Pod {
+                namespace: a.pod_namespace.clone(),
+                name: a.pod_name.clone(),
+                uid: a.pod_uid.clone(),
+            },
+        });
+        kube.update_status(|s| s.stale_released += 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(c: &str) -> AllocKey {
+        AllocKey { network_name: "aws-cni".into(), container_id: c.into(), if_name: "eth0".into() }
+    }
+
+    fn alloc(ns: &str, name: &str, uid: &str, ip: &str) -> Allocation {
+        Allocation {
+            ip: ip.parse().unwrap(),
+            eni_id: "eni-1".into(),
+            pod_namespace: ns.into(),
+            pod_name: name.into(),
+            pod_uid: uid.into(),
+            allocated_unix: 0,
+        }
+    }
+
+    fn pod(uid: &str, ip: Option<&str>, phase: &str) -> PodFacts {
+        PodFacts { uid: uid.into(), phase: phase.into(), host_network: false, ip: ip.map(|i| i.parse().unwrap()) }
+    }
+
+    #[test]
+    fn only_pods_missing_for_the_whole_grace_period_are_stale() {
+        let mut allocs = BTreeMap::new();
+        allocs.insert(key("a"), alloc("web", "a", "u1", "10.0.0.10"));
+        allocs.insert(key("b"), alloc("web", "b", "u2", "10.0.0.11"));
+        allocs.insert(key("c"), alloc("web", "c", "u3", "10.0.0.12"));
+        allocs.insert(key("host"), alloc("", "container-x", "", "10.0.0.13"));
+        let mut pods = BTreeMap::new();
+        pods.insert("web/a".to_string(), pod("u1", Some("10.0.0.10"), "Running"));
+        // b's name is back with another UID: a new pod, the allocation belongs to the old one.
+        pods.insert("web/b".to_string(), pod("u9", None, "Pending"));
+        let mut since = BTreeMap::new();
+        assert!(stale(&allocs, &pods, &mut since, 100_000, 60_000).is_empty(), "missing just now");
+        assert_eq!(since.len(), 2);
+        assert!(stale(&allocs, &pods, &mut since, 159_999, 60_000).is_empty());
+        let got = stale(&allocs, &pods, &mut since, 160_000, 60_000);
+        assert_eq!(got, vec![key("b"), key("c")]);
+        // A pod that shows up again resets its clock.
+        pods.insert("web/c".to_string(), pod("u3", None, "Running"));
+        assert_eq!(stale(&allocs, &pods, &mut since, 170_000, 60_000), vec![key("b")]);
+        assert!(!since.contains_key(&key("c")));
+    }
+
+    #[test]
+    fn young_allocations_wait_and_uidless_ones_match_by_name() {
+        let mut allocs = BTreeMap::new();
+        let mut young = alloc("web", "a", "", "10.0.0.10");
+        young.allocated_unix = 150;
+        allocs.insert(key("a"), young);
+        let pods = BTreeMap::from([("web/a".to_string(), pod("any", None, "Running"))]);
+        let mut since = BTreeMap::new();
+        assert!(stale(&allocs, &pods, &mut since, 500_000, 60_000).is_empty(), "present by name");
+        let mut since = BTreeMap::new();
+        stale(&allocs, &BTreeMap::new(), &mut since, 100_000, 60_000);
+        assert!(stale(&allocs, &BTreeMap::new(), &mut since, 200_000, 60_000).is_empty(), "allocated at 150 s");
+        assert_eq!(stale(&allocs, &BTreeMap::new(), &mut since, 210_000, 60_000), vec![key("a")]);
+    }
+
+    #[test]
+    fn running_pods_with_unknown_ips_are_reported() {
+        let allocs = BTreeMap::from([(key("a"), alloc("web", "a", "u1", "10.0.0.10"))]);
+        let mut host = pod("h", Some("10.0.0.4"), "Running");
+        host.host_network = true;
+        let pods = BTreeMap::from([
+            ("web/a".to_string(), pod("u1", Some("10.0.0.10"), "Running")),
+            ("web/x".to_string(), pod("u5", Some("10.0.0.99"), "Running")),
+            ("web/y".to_string(), pod("u6", Some("10.0.0.98"), "Succeeded")),
+            ("kube-system/proxy".to_string(), host),
+        ]);
+        assert_eq!(unknown_pod_ips(&allocs, &pods), ["web/x 10.0.0.99"]);
+    }
+}
