@@ -100,11 +100,8 @@ private_apt() {
   fi
   apt_opts=(-o APT::Sandbox::User=root -o "Dir::Etc::SourceList=$aptdir/sources.list" -o "Dir::Etc::SourceParts=$aptdir/sources.list.d"
     -o "Dir::State::Lists=$aptdir/lists" -o "Dir::Cache=$aptdir/cache")
-  if [ ! -f "$aptdir/updated" ]; then
-    log "apt-get update (private lists)"
-    apt-get "${apt_opts[@]}" update -qq
-    touch "$aptdir/updated"
-  fi
+  log "apt-get update (private lists)"
+  apt-get "${apt_opts[@]}" update -qq
 }
 
 fetch_etcd() {
@@ -132,19 +129,26 @@ fetch_source() {
   touch "$src/.extracted"
 }
 
+installed() {
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$recipe" ] && [ -x "$bin/kube-apiserver" ] && [ -x "$bin/etcd" ]
+}
+
 install() {
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$recipe" ] && [ -x "$bin/kube-apiserver" ] && [ -x "$bin/etcd" ]; then
+  if installed; then
     if ! command -v openssl >/dev/null || ! command -v curl >/dev/null; then apt_install_missing openssl curl; fi
     return 0
   fi
-  local t0=$SECONDS
   mkdir -p "$cache"
-  # One build at a time per cache (two clones' CI runs may share it).
+  # One build at a time per cache (two clones' CI runs may share it). The lock is released before `start`
+  # launches anything, so the daemons do not inherit it.
   exec 9>"$cache/.install.lock"
   flock 9
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$recipe" ] && [ -x "$bin/kube-apiserver" ] && [ -x "$bin/etcd" ]; then
-    return 0
-  fi
+  installed || build_all
+  exec 9>&-
+}
+
+build_all() {
+  local t0=$SECONDS
   if [ -f "$stamp" ]; then
     log "build recipe changed: preparing the source tree again (the Go build cache is kept)"
     rm -rf "$cache/src" "$bin/kube-apiserver" "$stamp"
