@@ -33,12 +33,6 @@ impl Problem {
     }
 }
 
-fn sorted(v: &[String]) -> Vec<String> {
-    let mut v = v.to_vec();
-    v.sort();
-    v
-}
-
 impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
     /// This round's placement; also updates status and records Events.
     pub(crate) async fn placement(&mut self, attached: &[Ec2Eni]) -> Result<Placement, String> {
@@ -55,10 +49,12 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                 } else {
                     spec.security_groups.clone()
                 };
+                // An ENI from this ENIConfig is in its subnet and carries its groups (EC2 may list more: LocalStack
+                // adds the instance's to every attached ENI).
                 let others: Vec<String> = attached
                     .iter()
                     .filter(|e| e.id != self.node.primary_eni_id)
-                    .filter(|e| e.subnet_id != spec.subnet || sorted(&e.security_groups) != sorted(&sgs))
+                    .filter(|e| e.subnet_id != spec.subnet || !sgs.iter().all(|g| e.security_groups.contains(g)))
                     .map(|e| format!("{} {} ({})", e.id, e.subnet_id, e.security_groups.join(",")))
                     .collect();
                 let now = (selection.name.clone(), spec.clone());

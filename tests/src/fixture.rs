@@ -71,12 +71,17 @@ pub fn key(container: &str) -> pb::AllocationKey {
 }
 
 pub async fn add(ipamd: &Ipamd, container: &str) -> Result<pb::AddNetworkReply, Status> {
+    add_pod(ipamd, container, ("default", &format!("pod-{container}"), "")).await
+}
+
+/// AddNetwork for container `container` of pod (namespace, name, uid), as the plugin sends it.
+pub async fn add_pod(ipamd: &Ipamd, container: &str, pod: (&str, &str, &str)) -> Result<pb::AddNetworkReply, Status> {
     let req = pb::AddNetworkRequest {
         key: Some(key(container)),
-        k8s_pod_namespace: "default".into(),
-        k8s_pod_name: format!("pod-{container}"),
+        k8s_pod_namespace: pod.0.into(),
+        k8s_pod_name: pod.1.into(),
         netns: format!("/var/run/netns/{container}"),
-        k8s_pod_uid: String::new(),
+        k8s_pod_uid: pod.2.into(),
     };
     ipamd.ipam().await.add_network(req).await.map(tonic::Response::into_inner)
 }

@@ -55,9 +55,28 @@ pub struct TestVpc {
     pub subnet_ids: Vec<String>,
     pub sg_id: String,
     pub instance_ids: Vec<String>,
+    /// Security groups added later (e.g. for pod ENIs), removed with the VPC.
+    #[serde(default)]
+    pub extra_sg_ids: Vec<String>,
 }
 
 impl TestVpc {
+    /// A subnet of this VPC in `az`, removed with it.
+    pub async fn add_subnet(&mut self, ec2: &Client, cidr: &str, az: &str) -> Result<String, LsError> {
+        let s = ec2.create_subnet().vpc_id(&self.vpc_id).cidr_block(cidr).availability_zone(az).send().await;
+        let id = s.map_err(ls("CreateSubnet"))?.subnet().and_then(|s| s.subnet_id()).unwrap_or_default().to_string();
+        self.subnet_ids.push(id.clone());
+        Ok(id)
+    }
+
+    /// A security group of this VPC, removed with it.
+    pub async fn add_security_group(&mut self, ec2: &Client, name: &str) -> Result<String, LsError> {
+        let out = ec2.create_security_group().vpc_id(&self.vpc_id).group_name(name).description(name).send().await;
+        let id = out.map_err(ls("CreateSecurityGroup"))?.group_id().unwrap_or_default().to_string();
+        self.extra_sg_ids.push(id.clone());
+        Ok(id)
+    }
+
     /// Creates the VPC (`vpc_cidr`, one /24 subnet per entry of `subnets`) and `nodes` instances of
     /// `instance_type` in the first subnet. Everything is tagged `vpc-sim=<tag>`.
     pub async fn create(
@@ -85,6 +104,7 @@ impl TestVpc {
             subnet_ids: Vec::new(),
             sg_id: String::new(),
             instance_ids: Vec::new(),
+            extra_sg_ids: Vec::new(),
         };
         for cidr in subnets {
             let s = ec2
@@ -154,6 +174,11 @@ impl TestVpc {
             for ni in out.network_interfaces() {
                 let id = ni.network_interface_id().unwrap_or_default();
                 let _ = ec2.delete_network_interface().network_interface_id(id).send().await;
+            }
+        }
+        for sg in &self.extra_sg_ids {
+            if let Err(e) = ec2.delete_security_group().group_id(sg).send().await {
+                errors.push(ls("DeleteSecurityGroup")(e));
             }
         }
         if !self.sg_id.is_empty()

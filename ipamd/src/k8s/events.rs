@@ -16,6 +16,7 @@ use super::KubeView;
 use crate::ec2::Ec2Error;
 
 pub const REPORTING_CONTROLLER: &str = "vpc-cni";
+pub const NODE_EVENTS_NAMESPACE: &str = "kube-system";
 /// The same event is not repeated within this window.
 pub const REPEAT_WINDOW: Duration = Duration::from_secs(600);
 const QUEUE: usize = 64;
@@ -23,7 +24,8 @@ const QUEUE: usize = 64;
 /// What an event is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Regarding {
-    /// This node (the event goes to namespace `default`, where `kubectl describe node` finds it).
+    /// This node. Events about a cluster-scoped object go to `kube-system`: the only namespace every API server
+    /// accepts for them with an eventTime (1.20 refuses `default`); `kubectl describe node` searches them all.
     Node,
     Pod {
         namespace: String,
@@ -136,7 +138,7 @@ async fn send_loop(
 fn build(note: &Note, node_name: &str, node_uid: Option<String>, instance: &str) -> Event {
     let (namespace, regarding) = match &note.regarding {
         Regarding::Node => (
-            "default".to_string(),
+            NODE_EVENTS_NAMESPACE.to_string(),
             ObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Node".into()),
@@ -201,10 +203,10 @@ mod tests {
     }
 
     #[test]
-    fn node_events_live_in_default_and_pod_events_with_their_pod() {
+    fn node_events_live_in_kube_system_and_pod_events_with_their_pod() {
         let n = Note { warning: true, reason: "R", action: "A", note: "x".repeat(2000), regarding: Regarding::Node };
         let e = build(&n, "node-1", Some("u".into()), "vpc-cni-abcde");
-        assert_eq!(e.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(e.metadata.namespace.as_deref(), Some("kube-system"));
         assert_eq!(e.type_.as_deref(), Some("Warning"));
         assert!(e.note.unwrap().len() <= 1000);
         let p =

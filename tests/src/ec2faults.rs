@@ -1,0 +1,185 @@
+//! A fault-injecting EC2 proxy between ipamd and LocalStack: every request is counted by its `Action`, and an
+//! action can be made to fail with the EC2 error LocalStack never returns (UnauthorizedOperation,
+//! InsufficientFreeAddressesInSubnet, …); everything else is forwarded unchanged. Listens on loopback only.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+/// An EC2 error answer.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Default)]
+struct State {
+    faults: BTreeMap<String, Fault>,
+    calls: BTreeMap<String, u64>,
+}
+
+pub struct Ec2FaultProxy {
+    pub endpoint: String,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Ec2FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The `Action` of an EC2 query request body.
+fn action(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or_default().to_string()
+}
+
+fn error_body(f: &Fault) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code><Message>{}</Message>\
+         </Error></Errors><RequestID>vpc-sim-fault</RequestID></Response>",
+        f.code, f.message
+    )
+}
+
+async fn forward(
+    upstream: &str,
+    parts: hyper::http::request::Parts,
+    body: Bytes,
+) -> Result<Response<Full<Bytes>>, String> {
+    let stream = tokio::net::TcpStream::connect(upstream).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = sender.send_request(Request::from_parts(parts, Full::new(body))).await.map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Response::from_parts(parts, Full::new(bytes)))
+}
+
+async fn handle(
+    state: Arc<Mutex<State>>,
+    upstream: String,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let act = action(&body);
+    let fault = {
+        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        *s.calls.entry(act.clone()).or_default() += 1;
+        s.faults.get(&act).cloned()
+    };
+    if let Some(f) = fault {
+        let resp = Response::builder()
+            .status(StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_REQUEST))
+            .header("content-type", "text/xml")
+            .body(Full::new(Bytes::from(error_body(&f))))
+            .expect("response");
+        return Ok(resp);
+    }
+    Ok(forward(&upstream, parts, body).await.unwrap_or_else(|e| {
+        Response::builder().status(StatusCode::BAD_GATEWAY).body(Full::new(Bytes::from(e))).expect("response")
+    }))
+}
+
+impl Ec2FaultProxy {
+    /// Starts a proxy to `upstream` (host:port, e.g. LocalStack's 127.0.0.1:4566).
+    pub async fn start(upstream: &str) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let state: Arc<Mutex<State>> = Arc::default();
+        let (st, up) = (state.clone(), upstream.to_string());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (st, up) = (st.clone(), up.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| handle(st.clone(), up.clone(), req));
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        Ok(Self { endpoint, state, task })
+    }
+
+    /// Makes every `action` request fail with `code` (HTTP `status`).
+    pub fn fail(&self, action: &str, status: u16, code: &str, message: &str) {
+        let f = Fault { status, code: code.to_string(), message: message.to_string() };
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).faults.insert(action.to_string(), f);
+    }
+
+    pub fn heal(&self, action: &str) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).faults.remove(action);
+    }
+
+    /// Requests seen for `action`, answered or faulted.
+    pub fn calls(&self, action: &str) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).calls.get(action).copied().unwrap_or(0)
+    }
+}
+
+/// A TCP relay that can be cut (refusing and dropping every connection) and restored: an API server that
+/// becomes unreachable, without touching the real one that other tests share.
+pub struct CuttableRelay {
+    pub addr: std::net::SocketAddr,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for CuttableRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cut();
+    }
+}
+
+impl CuttableRelay {
+    pub async fn start(upstream: &str) -> std::io::Result<Self> {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (o, c, up) = (open.clone(), conns.clone(), upstream.to_string());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                if !o.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let up = up.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&up).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                c.lock().unwrap_or_else(|p| p.into_inner()).push(h.abort_handle());
+            }
+        });
+        Ok(Self { addr, open, conns, task })
+    }
+
+    /// Drops every live connection and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for h in self.conns.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            h.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
