@@ -190,10 +190,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     } else {
         (None, None)
     };
-    if kube.settings.is_some() && cfg.ipamd_pod_gc_grace > 0 {
+    if kube.settings.is_some() {
         let gc = PodGc {
             pool: pool.clone(),
-            grace: Duration::from_secs(cfg.ipamd_pod_gc_grace),
+            grace: (cfg.ipamd_pod_gc_grace > 0).then(|| Duration::from_secs(cfg.ipamd_pod_gc_grace)),
             released,
             hostnet: hostnet.clone(),
         };

@@ -10,7 +10,7 @@ use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge}
 use prometheus_client::registry::Registry;
 
 use crate::ec2::CallCounts;
-use crate::k8s::{ApiState, Kube, KubeStatus};
+use crate::k8s::{Kube, KubeStatus};
 use crate::pool::{PoolHandle, Snapshot};
 
 #[derive(Clone)]
@@ -57,7 +57,7 @@ pub fn render(s: &Snapshot, calls: &CallCounts, kube: Option<(bool, &KubeStatus)
     throttled.inc_by(calls.throttled_ms());
     reg.register("ipamd_ec2_throttle_wait_milliseconds", "time EC2 calls waited on EC2_API_QPS", throttled);
     if let Some((connected, k)) = kube {
-        gauge(&mut reg, "ipamd_kube_api_connected", "1 when the Kubernetes API server answered", i64::from(connected));
+        gauge(&mut reg, "ipamd_kube_api_connected", "1 while every watch is listed and healthy", i64::from(connected));
         gauge(
             &mut reg,
             "ipamd_unknown_pod_ips",
@@ -83,7 +83,7 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     match ctx.pool.snapshot().await {
         Ok(s) => {
             let status = ctx.kube.status();
-            let connected = ctx.kube.view.borrow().api == ApiState::Connected;
+            let connected = ctx.kube.view.borrow().describe_api(ctx.kube.custom_networking()) == "connected";
             let kube = ctx.kube.settings.is_some().then_some((connected, &status));
             (StatusCode::OK, render(&s, &ctx.calls, kube))
         }

@@ -186,6 +186,14 @@ pub async fn put_eni_config(admin: &Client, name: &str, spec: Value) -> Result<(
     Ok(())
 }
 
+pub async fn delete_eni_config(admin: &Client, name: &str) {
+    let ar = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("crd.k8s.amazonaws.com", "v1alpha1", "ENIConfig"),
+        "eniconfigs",
+    );
+    let _ = Api::<DynamicObject>::all_with(admin.clone(), &ar).delete(name, &DeleteParams::default()).await;
+}
+
 /// Registers a Node as a kubelet would (labels given; capacity.pods when set).
 pub async fn put_node(
     admin: &Client,

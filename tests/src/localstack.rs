@@ -87,6 +87,19 @@ impl TestVpc {
         instance_type: &str,
         nodes: usize,
     ) -> Result<Self, LsError> {
+        let zoned: Vec<(&str, String)> = subnets.iter().map(|c| (*c, format!("{REGION}a"))).collect();
+        Self::create_zoned(ec2, tag, vpc_cidr, &zoned, instance_type, &vec![0; nodes]).await
+    }
+
+    /// As [`TestVpc::create`] with each subnet's zone given, and node `i` launched in subnet `node_subnets[i]`.
+    pub async fn create_zoned(
+        ec2: &Client,
+        tag: &str,
+        vpc_cidr: &str,
+        subnets: &[(&str, String)],
+        instance_type: &str,
+        node_subnets: &[usize],
+    ) -> Result<Self, LsError> {
         let tags = |rt: ResourceType| {
             TagSpecification::builder().resource_type(rt).tags(Tag::builder().key("vpc-sim").value(tag).build()).build()
         };
@@ -106,12 +119,12 @@ impl TestVpc {
             instance_ids: Vec::new(),
             extra_sg_ids: Vec::new(),
         };
-        for cidr in subnets {
+        for (cidr, az) in subnets {
             let s = ec2
                 .create_subnet()
                 .vpc_id(&vpc_id)
                 .cidr_block(*cidr)
-                .availability_zone(format!("{REGION}a"))
+                .availability_zone(az)
                 .tag_specifications(tags(ResourceType::Subnet))
                 .send()
                 .await
@@ -127,19 +140,26 @@ impl TestVpc {
             .await
             .map_err(ls("CreateSecurityGroup"))?;
         me.sg_id = sg.group_id().unwrap_or_default().to_string();
-        let run = ec2
-            .run_instances()
-            .image_id(IMAGE_ID)
-            .instance_type(InstanceType::from(instance_type))
-            .min_count(nodes as i32)
-            .max_count(nodes as i32)
-            .subnet_id(&me.subnet_ids[0])
-            .security_group_ids(&me.sg_id)
-            .tag_specifications(tags(ResourceType::Instance))
-            .send()
-            .await
-            .map_err(ls("RunInstances"))?;
-        me.instance_ids = run.instances().iter().filter_map(|i| i.instance_id().map(String::from)).collect();
+        // One RunInstances per run of nodes in the same subnet, so instance ids come back in node order.
+        let mut i = 0;
+        while i < node_subnets.len() {
+            let subnet = node_subnets[i];
+            let count = node_subnets[i..].iter().take_while(|s| **s == subnet).count();
+            let run = ec2
+                .run_instances()
+                .image_id(IMAGE_ID)
+                .instance_type(InstanceType::from(instance_type))
+                .min_count(count as i32)
+                .max_count(count as i32)
+                .subnet_id(&me.subnet_ids[subnet])
+                .security_group_ids(&me.sg_id)
+                .tag_specifications(tags(ResourceType::Instance))
+                .send()
+                .await
+                .map_err(ls("RunInstances"))?;
+            me.instance_ids.extend(run.instances().iter().filter_map(|i| i.instance_id().map(String::from)));
+            i += count;
+        }
         Ok(me)
     }
 
@@ -206,6 +226,8 @@ pub struct NodeEni {
     pub primary_ip: String,
     pub secondary_ips: Vec<String>,
     pub tags: Vec<(String, String)>,
+    pub subnet_id: String,
+    pub security_groups: Vec<String>,
 }
 
 /// The ENIs attached to `instance_id`, by device index.
@@ -229,6 +251,8 @@ pub async fn node_enis(ec2: &Client, instance_id: &str) -> Result<Vec<NodeEni>, 
                 .filter(|p| p.primary() != Some(true))
                 .filter_map(|p| p.private_ip_address().map(String::from))
                 .collect(),
+            subnet_id: ni.subnet_id().unwrap_or_default().to_string(),
+            security_groups: ni.groups().iter().filter_map(|g| g.group_id().map(String::from)).collect(),
             tags: ni
                 .tag_set()
                 .iter()

@@ -17,8 +17,8 @@ pub struct SimProc {
 }
 
 impl SimProc {
-    /// Starts `vpc-sim up` and waits for its `vpc-sim ready` line. `env` holds KEY=VALUE ipamd settings, and
-    /// `--chain` to chain portmap and bandwidth.
+    /// Starts `vpc-sim up` and waits for its `vpc-sim ready` line. `env` holds KEY=VALUE ipamd settings and
+    /// `vpc-sim up` flags (`--chain`, `--kube`, `--zones=2`, …).
     pub fn start(tag: &str, nodes: usize, env: &[&str]) -> Self {
         Self::start_with(tag, nodes, "t3.medium", env)
     }
@@ -32,7 +32,7 @@ impl SimProc {
             .arg("--state-dir")
             .arg(state.path());
         for e in env {
-            if *e == "--chain" {
+            if e.starts_with("--") {
                 cmd.arg(e);
             } else {
                 cmd.args(["--ipamd-env", e]);

@@ -190,7 +190,11 @@ async fn socket_refuses_a_non_root_peer() {
     assert_eq!(std::fs::metadata(&ipamd.socket).unwrap().permissions().mode() & 0o777, 0o600);
     std::fs::set_permissions(node.dir.path(), mode(0o755)).unwrap();
     std::fs::set_permissions(&ipamd.socket, mode(0o666)).unwrap();
-    let vpcctl = vpc_sim::ipamd_proc::sibling_binary("vpcctl");
+    // The checkout may sit in a directory uid 65534 cannot enter (a `mktemp -d` clone is 0700): run a copy of
+    // vpcctl from the fixture's own directory, which the test opened to everyone above.
+    let vpcctl = node.dir.path().join("vpcctl");
+    std::fs::copy(vpc_sim::ipamd_proc::sibling_binary("vpcctl"), &vpcctl).unwrap();
+    std::fs::set_permissions(&vpcctl, mode(0o755)).unwrap();
     let run = |uid: Option<u32>| {
         let mut c = std::process::Command::new(&vpcctl);
         c.arg("--socket").arg(&ipamd.socket).arg("status");

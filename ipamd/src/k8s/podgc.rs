@@ -88,18 +88,20 @@ async fn confirm(client: kube::Client, a: &Allocation, node_name: &str) -> Confi
 /// Everything the loop needs besides the Kubernetes handle.
 pub struct PodGc<N: HostNet> {
     pub pool: PoolHandle,
-    pub grace: Duration,
+    /// `None`: report unknown pod IPs only, release nothing (IPAMD_POD_GC_GRACE=0).
+    pub grace: Option<Duration>,
     /// Released IPs whose conntrack entries must go (host networking only).
     pub released: Option<UnboundedSender<Ipv4Addr>>,
     pub hostnet: Option<Arc<N>>,
 }
 
 impl<N: HostNet> PodGc<N> {
-    /// Runs forever (only started when the grace period is not 0 and the Kubernetes side is on).
+    /// Runs forever (started when the Kubernetes side is on).
     pub async fn run(self, kube: Kube) {
         let node_name = kube.settings.as_ref().map(|s| s.node_name.clone()).unwrap_or_default();
-        let grace_ms = self.grace.as_millis() as i64;
-        let tick = (self.grace / 4).clamp(Duration::from_secs(1), Duration::from_secs(15));
+        let grace_ms = self.grace.map_or(0, |g| g.as_millis() as i64);
+        let tick =
+            (self.grace.unwrap_or(Duration::from_secs(60)) / 4).clamp(Duration::from_secs(1), Duration::from_secs(15));
         let mut missing_since = BTreeMap::new();
         loop {
             tokio::time::sleep(tick).await;
@@ -116,9 +118,15 @@ impl<N: HostNet> PodGc<N> {
             let allocations = snapshot.ds.allocations;
             let unknown = unknown_pod_ips(&allocations, &pods);
             kube.update_status(|s| {
-                s.pod_gc = format!("active (grace {}s)", self.grace.as_secs());
+                s.pod_gc = match self.grace {
+                    Some(g) => format!("active (grace {}s)", g.as_secs()),
+                    None => "report only (IPAMD_POD_GC_GRACE=0)".into(),
+                };
                 s.unknown_pod_ips = unknown;
             });
+            if self.grace.is_none() {
+                continue;
+            }
             let candidates = stale(&allocations, &pods, &mut missing_since, now_ms(), grace_ms);
             let Some(client) = kube.client.borrow().clone() else { continue };
             for key in candidates {

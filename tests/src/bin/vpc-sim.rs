@@ -49,6 +49,17 @@ enum Cmd {
         /// Chain the reference portmap and bandwidth plugins after vpc-cni.
         #[arg(long)]
         chain: bool,
+        /// Availability zones; node i is in zone i % ZONES.
+        #[arg(long, default_value_t = 1)]
+        zones: usize,
+        /// Start the local Kubernetes API server (scripts/kube-apiserver.sh), register a Node per sim node and
+        /// point every ipamd at it as the DaemonSet's ServiceAccount; `pod add|del` keep Pod objects in step.
+        #[arg(long)]
+        kube: bool,
+        /// Custom networking (implies --kube): per zone a pod subnet, a security group and an ENIConfig named
+        /// after the zone, selected with ENI_CONFIG_LABEL_DEF=topology.kubernetes.io/zone.
+        #[arg(long)]
+        custom_networking: bool,
     },
     /// Run pods through the real CNI plugin chain, as a container runtime does.
     Pod {
@@ -164,8 +175,8 @@ async fn demo(state_dir: PathBuf, prefix: String) -> Result<()> {
         subnets: 1,
         state_dir: state_dir.clone(),
         prefix,
-        ipamd_env: Vec::new(),
         chain: true,
+        ..SimConfig::default()
     };
     println!("== vpc-sim: 2 × t3.medium in a LocalStack VPC, one network namespace per node + the VPC fabric");
     let sim = Sim::up(cfg).await?;
@@ -394,9 +405,32 @@ async fn run_node(ec2: &aws_sdk_ec2::Client, vpc: &TestVpc, pods: usize, env: &[
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Up { nodes, instance_type, subnets, state_dir, prefix, ipamd_env, chain } => {
+        Cmd::Up {
+            nodes,
+            instance_type,
+            subnets,
+            state_dir,
+            prefix,
+            ipamd_env,
+            chain,
+            zones,
+            kube,
+            custom_networking,
+        } => {
             let ipamd_env = parse_env(&ipamd_env)?;
-            up(SimConfig { nodes, instance_type, subnets, state_dir, prefix, ipamd_env, chain }).await
+            let cfg = SimConfig {
+                nodes,
+                instance_type,
+                subnets,
+                state_dir,
+                prefix,
+                ipamd_env,
+                chain,
+                zones,
+                kube,
+                custom_networking,
+            };
+            up(cfg).await
         }
         Cmd::Status { state_dir } => status(&state_dir),
         Cmd::Pod { cmd } => pod_cmd(cmd),

@@ -2,6 +2,7 @@
 //! hold the nodes, the VPC fabric and an internet host; the sim keeps the namespaces in step with EC2 (ENI
 //! hot-plug, VPC routes), serves IMDS and proxies EC2 inside each node, and runs the real ipamd in each node.
 
+pub mod cluster;
 pub mod fabric;
 pub mod node;
 pub mod pods;
@@ -32,6 +33,30 @@ pub struct SimConfig {
     pub ipamd_env: Vec<(String, String)>,
     /// Chain portmap and bandwidth after vpc-cni in the nodes' conflist.
     pub chain: bool,
+    /// Availability zones: node `i` is in zone `i % zones` (each zone has its own node subnet).
+    pub zones: usize,
+    /// Run the Kubernetes API server, register Nodes, point ipamd at it (`--kube`).
+    pub kube: bool,
+    /// Custom networking: per zone a pod subnet, a security group and an ENIConfig named after the zone,
+    /// selected through the zone label (implies `kube`).
+    pub custom_networking: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            nodes: 2,
+            instance_type: "t3.medium".into(),
+            subnets: 1,
+            state_dir: "/run/vpc-sim".into(),
+            prefix: "vpcsim".into(),
+            ipamd_env: Vec::new(),
+            chain: false,
+            zones: 1,
+            kube: false,
+            custom_networking: false,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +78,23 @@ impl SimConfig {
     pub fn node_dir(&self, i: usize) -> PathBuf {
         self.state_dir.join(format!("node-{i}"))
     }
-    fn subnet_cidrs(&self) -> Vec<String> {
-        (0..self.subnets.max(1)).map(|k| format!("10.0.{}.0/20", 16 * k)).collect()
+    fn zones(&self) -> usize {
+        self.zones.clamp(1, 6)
+    }
+    fn node_subnets(&self) -> usize {
+        self.subnets.max(self.zones()).max(1)
+    }
+    pub fn zone(&self, z: usize) -> String {
+        format!("{}{}", localstack::REGION, (b'a' + (z % self.zones()) as u8) as char)
+    }
+    /// (CIDR, zone) of every subnet: the node subnets (subnet `k` in zone `k % zones`), then with custom
+    /// networking one pod subnet per zone.
+    fn subnet_layout(&self) -> Vec<(String, String)> {
+        let nodes = self.node_subnets();
+        let pods = if self.custom_networking { self.zones() } else { 0 };
+        (0..nodes + pods)
+            .map(|k| (format!("10.0.{}.0/20", 16 * k), self.zone(if k < nodes { k } else { k - nodes })))
+            .collect()
     }
 }
 
@@ -98,6 +138,9 @@ pub async fn clean_leftovers(cfg: &SimConfig, ec2: &aws_sdk_ec2::Client) {
     if let Some(rec) = SimRecord::load(&cfg.state_dir) {
         eprintln!("vpc-sim: cleaning up a previous run ({})", rec.vpc.vpc_id);
         rec.kill_processes();
+        if let Some(k) = &rec.kube {
+            k.teardown().await;
+        }
         let _ = rec.vpc.destroy(ec2).await;
     }
     for ns in crate::netns::list(&cfg.prefix) {
@@ -123,41 +166,76 @@ impl Sim {
         let ec2 = localstack::ec2_client();
         clean_leftovers(&cfg, &ec2).await;
         std::fs::create_dir_all(&cfg.state_dir).map_err(|e| SimError::Other(format!("state dir: {e}")))?;
-        let subnet_cidrs = cfg.subnet_cidrs();
-        let subnet_refs: Vec<&str> = subnet_cidrs.iter().map(String::as_str).collect();
+        let layout = cfg.subnet_layout();
+        let subnet_cidrs: Vec<String> = layout.iter().map(|(c, _)| c.clone()).collect();
+        let zoned: Vec<(&str, String)> = layout.iter().map(|(c, z)| (c.as_str(), z.clone())).collect();
+        let node_subnets: Vec<usize> = (0..cfg.nodes).map(|i| i % cfg.zones()).collect();
         let vpc =
-            TestVpc::create(&ec2, &cfg.prefix, "10.0.0.0/16", &subnet_refs, &cfg.instance_type, cfg.nodes).await?;
+            TestVpc::create_zoned(&ec2, &cfg.prefix, "10.0.0.0/16", &zoned, &cfg.instance_type, &node_subnets).await?;
         let names = cfg.names();
-        let mut record = SimRecord { prefix: cfg.prefix.clone(), vpc: vpc.clone(), pids: Vec::new() };
+        let record = SimRecord { prefix: cfg.prefix.clone(), vpc, pids: Vec::new(), kube: None };
         record.save(&cfg.state_dir);
         let mut sim = Self {
             cfg: cfg.clone(),
             ec2: ec2.clone(),
-            record: record.clone(),
+            record,
             nodes: Vec::new(),
             ipamds: Vec::new(),
             sync_task: None,
             fabric: Arc::default(),
         };
-        if let Err(e) = sim.build(&names, &vpc, &subnet_cidrs).await {
+        if let Err(e) = sim.build(&names, &subnet_cidrs).await {
             sim.down().await;
             return Err(e);
         }
-        record.pids = sim.ipamds.iter().filter_map(Ipamd::pid).collect();
-        record.save(&cfg.state_dir);
-        sim.record = record;
+        sim.record.pids = sim.ipamds.iter().filter_map(Ipamd::pid).collect();
+        sim.record.save(&cfg.state_dir);
         Ok(sim)
     }
 
-    async fn build(&mut self, names: &Names, vpc: &TestVpc, subnet_cidrs: &[String]) -> Result<(), SimError> {
+    /// The Kubernetes side (`--kube`): API server, Nodes, and with custom networking per zone a pod subnet,
+    /// a security group and an ENIConfig.
+    async fn build_kube(&mut self) -> Result<(), SimError> {
+        let cfg = self.cfg.clone();
+        let mut zone_pods = Vec::new();
+        if cfg.custom_networking {
+            let first_pod_subnet = cfg.node_subnets();
+            for z in 0..cfg.zones() {
+                let sg_name = format!("{}-pods-{}", cfg.prefix, cfg.zone(z));
+                let sg = self.record.vpc.add_security_group(&self.ec2, &sg_name).await?;
+                self.record.save(&cfg.state_dir);
+                zone_pods.push(cluster::ZonePods {
+                    zone: cfg.zone(z),
+                    subnet_id: self.record.vpc.subnet_ids[first_pod_subnet + z].clone(),
+                    security_group: sg,
+                });
+            }
+        }
+        let node_zones: Vec<String> = (0..cfg.nodes).map(|i| cfg.zone(i)).collect();
+        let k = cluster::SimKube::setup(&cfg.prefix, &node_zones, &cfg.instance_type, &zone_pods)
+            .await
+            .map_err(|e| SimError::Other(format!("--kube: {e}")))?;
+        self.record.kube = Some(k);
+        self.record.save(&cfg.state_dir);
+        Ok(())
+    }
+
+    async fn build(&mut self, names: &Names, subnet_cidrs: &[String]) -> Result<(), SimError> {
+        let vpc = self.record.vpc.clone();
         fabric::create(names)?;
         let subnets: BTreeMap<String, Ipv4Net> =
             vpc.subnet_ids.iter().cloned().zip(subnet_cidrs.iter().map(|c| c.parse().expect("subnet CIDR"))).collect();
+        if self.cfg.kube || self.cfg.custom_networking {
+            self.build_kube().await?;
+        }
+        let mut upstreams =
+            vec![localstack::endpoint().trim_start_matches("http://").trim_end_matches('/').to_string()];
+        upstreams.extend(self.record.kube.as_ref().map(|k| k.server_addr.clone()));
         for (i, instance) in vpc.instance_ids.iter().enumerate() {
-            self.nodes.push(node::NodeRuntime::start(names, i, instance, &self.ec2).await?);
+            self.nodes.push(node::NodeRuntime::start(names, i, instance, &self.ec2, &upstreams).await?);
         }
         // Plug the primary ENIs before ipamd looks for them, then keep following EC2.
-        let want = desired(&self.ec2, vpc, &subnets).await?;
+        let want = desired(&self.ec2, &vpc, &subnets).await?;
         self.fabric.lock().await.sync(names, &want)?;
         self.sync_task =
             Some(tokio::spawn(sync_loop(self.ec2.clone(), vpc.clone(), subnets, names.clone(), self.fabric.clone())));
@@ -170,6 +248,9 @@ impl Sim {
                 ("AWS_ENDPOINT_URL_EC2", "http://127.0.0.1:4566".into()),
                 ("METRICS_BIND_ADDR", "127.0.0.1:61678".into()),
             ];
+            if let Some(k) = &self.record.kube {
+                env.extend(k.ipamd_env(i, self.cfg.custom_networking));
+            }
             env.extend(self.cfg.ipamd_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
             let ns = names.node(i);
             self.ipamds.push(Ipamd::spawn_in(Some(&ns), &dir, "http://169.254.169.254", &env)?);
@@ -200,6 +281,9 @@ impl Sim {
             if let Err(e) = crate::netns::delete(&ns) {
                 eprintln!("vpc-sim: {e}");
             }
+        }
+        if let Some(k) = &self.record.kube {
+            k.teardown().await;
         }
         for e in self.record.vpc.destroy(&self.ec2).await {
             eprintln!("vpc-sim: clean-up: {e}");

@@ -1,5 +1,6 @@
 //! One simulated node's namespace: loopback with the IMDS address, the IMDSv2 emulator listening inside it at
-//! 169.254.169.254:80, and 127.0.0.1:4566 inside it proxied to LocalStack — all without touching the root
+//! 169.254.169.254:80, and loopback services of the root namespace (LocalStack at 127.0.0.1:4566, the
+//! Kubernetes API server with `--kube`) reachable at the same address inside it — all without touching the root
 //! namespace (the listening sockets are opened inside the node namespace; the proxy dials from the sim).
 
 use std::net::SocketAddr;
@@ -14,12 +15,14 @@ pub const IMDS_ADDR: &str = "169.254.169.254";
 
 pub struct NodeRuntime {
     _imds: ImdsEmulator,
-    proxy: tokio::task::JoinHandle<()>,
+    proxies: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for NodeRuntime {
     fn drop(&mut self) {
-        self.proxy.abort();
+        for p in &self.proxies {
+            p.abort();
+        }
     }
 }
 
@@ -29,6 +32,7 @@ impl NodeRuntime {
         i: usize,
         instance_id: &str,
         ec2: &aws_sdk_ec2::Client,
+        upstreams: &[String],
     ) -> Result<Self, NetnsError> {
         let ns = names.node(i);
         netns::create(&ns)?;
@@ -41,16 +45,22 @@ impl NodeRuntime {
             .map_err(|e| NetnsError::Io { what: "IMDS listener".into(), source: e })?;
         let imds = ImdsEmulator::serve(imds_l, ec2.clone(), instance_id, localstack::REGION)
             .map_err(|e| NetnsError::Io { what: "IMDS emulator".into(), source: e })?;
-        let ec2_l = netns::listen_in(&ns, "127.0.0.1:4566".parse().expect("addr"))?;
-        let ec2_l = tokio::net::TcpListener::from_std(ec2_l)
-            .map_err(|e| NetnsError::Io { what: "EC2 listener".into(), source: e })?;
-        let upstream = localstack::endpoint().trim_start_matches("http://").trim_end_matches('/').to_string();
-        let proxy = tokio::spawn(proxy(ec2_l, upstream));
-        Ok(Self { _imds: imds, proxy })
+        let mut proxies = Vec::new();
+        for upstream in upstreams {
+            let addr: SocketAddr = upstream.parse().map_err(|_| NetnsError::Io {
+                what: upstream.clone(),
+                source: std::io::ErrorKind::InvalidInput.into(),
+            })?;
+            let l = netns::listen_in(&ns, addr)?;
+            let l = tokio::net::TcpListener::from_std(l)
+                .map_err(|e| NetnsError::Io { what: format!("listener {upstream}"), source: e })?;
+            proxies.push(tokio::spawn(proxy(l, upstream.clone())));
+        }
+        Ok(Self { _imds: imds, proxies })
     }
 }
 
-/// Forwards every connection accepted inside the node to LocalStack in the root namespace.
+/// Forwards every connection accepted inside the node to the same address in the root namespace.
 async fn proxy(listener: tokio::net::TcpListener, upstream: String) {
     loop {
         let Ok((mut inbound, _)) = listener.accept().await else { continue };

@@ -80,6 +80,7 @@ impl Pod {
         plugin: &Value,
         list: &Value,
         prev: Option<&Value>,
+        uid: &str,
     ) -> Result<Value, PodError> {
         let kind = plugin["type"].as_str().unwrap_or_default().to_string();
         let mut conf = plugin.clone();
@@ -114,10 +115,11 @@ impl Pod {
             .env(
                 "CNI_ARGS",
                 format!(
-                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}{}",
                     self.namespace,
                     self.name,
-                    self.container_id()
+                    self.container_id(),
+                    if uid.is_empty() { String::new() } else { format!(";K8S_POD_UID={uid}") }
                 ),
             )
             .stdin(Stdio::piped())
@@ -137,18 +139,27 @@ impl Pod {
         }
     }
 
-    /// Creates the sandbox namespace and runs ADD through the chain; returns the final result.
+    /// Creates the sandbox namespace (and with `--kube` the Pod object) and runs ADD through the chain; returns
+    /// the final result. With `--kube` the Pod is then marked Running with its IP, as the kubelet reports it.
     pub fn add(&self) -> Result<Value, PodError> {
         let list = self.conflist()?;
         let ns = self.netns()?;
+        let kube = self.record()?.kube;
+        let uid = match &kube {
+            Some(k) => k.create_pod(self.node, &self.namespace, &self.name).map_err(|e| PodError::Io(e.to_string()))?,
+            None => String::new(),
+        };
         if !netns::exists(&ns) {
             netns::create(&ns).map_err(|e| PodError::Io(e.to_string()))?;
         }
         let mut prev: Option<Value> = None;
         for plugin in list["plugins"].as_array().cloned().unwrap_or_default() {
-            prev = Some(self.exec_plugin("ADD", &plugin, &list, prev.as_ref())?);
+            prev = Some(self.exec_plugin("ADD", &plugin, &list, prev.as_ref(), &uid)?);
         }
         let result = prev.unwrap_or(Value::Null);
+        if let Some(k) = &kube {
+            k.pod_running(&self.namespace, &self.name, &pod_ip(&result)).map_err(|e| PodError::Io(e.to_string()))?;
+        }
         let cache = self.cache();
         std::fs::create_dir_all(cache.parent().expect("dir")).map_err(io("pod cache"))?;
         std::fs::write(&cache, result.to_string()).map_err(io(cache.display()))?;
@@ -176,7 +187,7 @@ impl Pod {
         let prev = self.cached().ok_or_else(|| PodError::Io(format!("no cached result for {}", self.name)))?;
         for plugin in list["plugins"].as_array().cloned().unwrap_or_default() {
             if select(plugin["type"].as_str().unwrap_or_default()) {
-                self.exec_plugin("CHECK", &plugin, &list, Some(&prev))?;
+                self.exec_plugin("CHECK", &plugin, &list, Some(&prev), "")?;
             }
         }
         Ok(())
@@ -187,7 +198,10 @@ impl Pod {
         let list = self.conflist()?;
         let prev = self.cached();
         for plugin in list["plugins"].as_array().cloned().unwrap_or_default().iter().rev() {
-            self.exec_plugin("DEL", plugin, &list, prev.as_ref())?;
+            self.exec_plugin("DEL", plugin, &list, prev.as_ref(), "")?;
+        }
+        if let Some(k) = self.record()?.kube {
+            k.delete_pod(&self.namespace, &self.name).map_err(|e| PodError::Io(e.to_string()))?;
         }
         if !keep_netns {
             netns::delete(&self.netns()?).map_err(|e| PodError::Io(e.to_string()))?;

@@ -12,6 +12,9 @@ pub struct SimRecord {
     pub prefix: String,
     pub vpc: TestVpc,
     pub pids: Vec<u32>,
+    /// What `--kube` made in the API server.
+    #[serde(default)]
+    pub kube: Option<crate::sim::cluster::SimKube>,
 }
 
 fn path(state_dir: &Path) -> PathBuf {
