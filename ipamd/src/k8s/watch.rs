@@ -48,24 +48,8 @@ pub async fn follow<K, T>(
                     f.error.clear();
                 });
             }
-            Ok(watcher::Event::Apply(o)) => {
-                let (k, t) = convert(&o);
-                view.send_modify(|v| {
-                    let f = pick(v);
-                    f.items.insert(k, t);
-                    f.synced = true;
-                    f.error.clear();
-                });
-            }
-            Ok(watcher::Event::Delete(o)) => {
-                let (k, _) = convert(&o);
-                view.send_modify(|v| {
-                    let f = pick(v);
-                    f.items.remove(&k);
-                    f.synced = true;
-                    f.error.clear();
-                });
-            }
+            Ok(watcher::Event::Apply(o)) => live(&view, pick, convert(&o), false),
+            Ok(watcher::Event::Delete(o)) => live(&view, pick, convert(&o), true),
             Err(e) => {
                 tracing::warn!(kind, "watch: {e}");
                 view.send_modify(|v| {
@@ -76,6 +60,20 @@ pub async fn follow<K, T>(
             }
         }
     }
+}
+
+/// A live change. It is also the first sign that a resumed watch delivers again, so the feed is current.
+fn live<T>(view: &chan::Sender<KubeView>, pick: fn(&mut KubeView) -> &mut Feed<T>, (k, t): (String, T), deleted: bool) {
+    view.send_modify(|v| {
+        let f = pick(v);
+        if deleted {
+            f.items.remove(&k);
+        } else {
+            f.items.insert(k, t);
+        }
+        f.synced = true;
+        f.error.clear();
+    });
 }
 
 /// The watcher's error with the API server's reason (e.g. "forbidden: … cannot list resource \"pods\"").
