@@ -83,6 +83,27 @@ pub struct Config {
     /// Seconds an allocation's pod must be gone from the API server before its IP is released (0: never).
     #[arg(long, env = "IPAMD_POD_GC_GRACE", default_value_t = 120, value_parser = parse_seconds)]
     pub ipamd_pod_gc_grace: u64,
+    /// Host veth name prefix written into the conflist (1 to 4 letters or digits; not eth, lo or vlan).
+    #[arg(long, env = "AWS_VPC_K8S_CNI_VETHPREFIX", default_value = "eni", value_parser = parse_veth_prefix)]
+    pub aws_vpc_k8s_cni_vethprefix: String,
+    /// The plugin's log file, written into the conflist.
+    #[arg(long, env = "AWS_VPC_K8S_PLUGIN_LOG_FILE", default_value = "/var/log/vpc-cni/plugin.log")]
+    pub aws_vpc_k8s_plugin_log_file: PathBuf,
+    /// The plugin's log level, written into the conflist.
+    #[arg(long, env = "AWS_VPC_K8S_PLUGIN_LOG_LEVEL", default_value = "info", value_parser = parse_plugin_log_level)]
+    pub aws_vpc_k8s_plugin_log_level: String,
+    /// Chain the reference bandwidth plugin (pod ingress/egress shaping annotations).
+    #[arg(long, env = "ENABLE_BANDWIDTH_PLUGIN", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub enable_bandwidth_plugin: bool,
+    /// Host CNI bin directory the plugin is installed into once ipamd is SERVING (unset: no install).
+    #[arg(long, env = "CNI_INSTALL_BIN_DIR")]
+    pub cni_install_bin_dir: Option<PathBuf>,
+    /// Host CNI conf directory the conflist is written into once the plugin is installed (unset: no install).
+    #[arg(long, env = "CNI_INSTALL_CONF_DIR")]
+    pub cni_install_conf_dir: Option<PathBuf>,
+    /// Where the reference plugins chained after vpc-cni (portmap, bandwidth) are copied from.
+    #[arg(long, env = "CNI_PLUGINS_SOURCE_DIR", default_value = "/usr/lib/cni")]
+    pub cni_plugins_source_dir: PathBuf,
     /// Cluster name: tagged on ENIs, scopes leaked-ENI cleanup.
     #[arg(long, env = "CLUSTER_NAME", default_value = "")]
     pub cluster_name: String,
@@ -178,6 +199,13 @@ impl Config {
                     .into(),
             });
         }
+        if self.cni_install_bin_dir.is_some() != self.cni_install_conf_dir.is_some() {
+            return Err(ConfigError::Unsupported {
+                var: if self.cni_install_bin_dir.is_some() { "CNI_INSTALL_CONF_DIR" } else { "CNI_INSTALL_BIN_DIR" },
+                message: "CNI_INSTALL_BIN_DIR and CNI_INSTALL_CONF_DIR go together; accepted: both set, or neither"
+                    .into(),
+            });
+        }
         for (var, value) in [
             ("ENI_CONFIG_LABEL_DEF", &self.eni_config_label_def),
             ("ENI_CONFIG_ANNOTATION_DEF", &self.eni_config_annotation_def),
@@ -234,6 +262,13 @@ impl Config {
             ("MY_NODE_NAME", opt(self.my_node_name.as_ref())),
             ("MY_POD_NAME", opt(self.my_pod_name.as_ref())),
             ("IPAMD_POD_GC_GRACE", self.ipamd_pod_gc_grace.to_string()),
+            ("AWS_VPC_K8S_CNI_VETHPREFIX", self.aws_vpc_k8s_cni_vethprefix.clone()),
+            ("AWS_VPC_K8S_PLUGIN_LOG_FILE", self.aws_vpc_k8s_plugin_log_file.display().to_string()),
+            ("AWS_VPC_K8S_PLUGIN_LOG_LEVEL", self.aws_vpc_k8s_plugin_log_level.clone()),
+            ("ENABLE_BANDWIDTH_PLUGIN", self.enable_bandwidth_plugin.to_string()),
+            ("CNI_INSTALL_BIN_DIR", opt(self.cni_install_bin_dir.as_ref().map(|p| p.display()))),
+            ("CNI_INSTALL_CONF_DIR", opt(self.cni_install_conf_dir.as_ref().map(|p| p.display()))),
+            ("CNI_PLUGINS_SOURCE_DIR", self.cni_plugins_source_dir.display().to_string()),
             ("CLUSTER_NAME", self.cluster_name.clone()),
             ("ADDITIONAL_ENI_TAGS", serde_json::to_string(&self.additional_eni_tags.0).unwrap_or_default()),
             ("DISABLE_LEAKED_ENI_CLEANUP", self.disable_leaked_eni_cleanup.to_string()),
@@ -256,6 +291,28 @@ fn parse_bool(s: &str) -> Result<bool, String> {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
         other => Err(format!("'{other}' is not a boolean; accepted: true or false")),
+    }
+}
+
+/// aws-vpc-cni's rule: at most 4 characters and none of the kernel's own interface prefixes; ours also keeps
+/// the name to letters and digits, as the plugin requires.
+fn parse_veth_prefix(s: &str) -> Result<String, String> {
+    let p = s.trim();
+    if p.is_empty()
+        || p.len() > 4
+        || !p.chars().all(|c| c.is_ascii_alphanumeric())
+        || ["eth", "lo", "vlan"].contains(&p)
+    {
+        return Err(format!("'{s}' is not accepted; accepted: 1 to 4 letters or digits, not eth, lo or vlan"));
+    }
+    Ok(p.to_string())
+}
+
+fn parse_plugin_log_level(s: &str) -> Result<String, String> {
+    let l = s.trim().to_ascii_lowercase();
+    match l.as_str() {
+        "debug" | "info" | "warn" | "error" => Ok(l),
+        _ => Err(format!("'{s}' is not accepted; accepted: debug, info, warn or error")),
     }
 }
 
@@ -373,6 +430,14 @@ mod tests {
         assert!(parse(&["--aws-vpc-k8s-cni-custom-network-cfg", "true", "--my-node-name", "n1"]).is_ok());
         let err = parse(&["--eni-config-label-def", " "]).unwrap_err().to_string();
         assert!(err.starts_with("ENI_CONFIG_LABEL_DEF"), "{err}");
+        for bad in ["eth", "lo", "vlan", "toolong", "e-n"] {
+            let err = parse(&["--aws-vpc-k8s-cni-vethprefix", bad]).unwrap_err().to_string();
+            assert!(err.contains("AWS_VPC_K8S_CNI_VETHPREFIX") && err.contains("not eth, lo or vlan"), "{err}");
+        }
+        let err = parse(&["--cni-install-bin-dir", "/opt/cni/bin"]).unwrap_err().to_string();
+        assert!(err.starts_with("CNI_INSTALL_CONF_DIR"), "{err}");
+        let err = parse(&["--aws-vpc-k8s-plugin-log-level", "loud"]).unwrap_err().to_string();
+        assert!(err.contains("AWS_VPC_K8S_PLUGIN_LOG_LEVEL") && err.contains("debug, info"), "{err}");
         let err = parse(&["--aws-vpc-eni-mtu", "100"]).unwrap_err().to_string();
         assert!(err.contains("AWS_VPC_ENI_MTU") && err.contains("576"), "{err}");
     }

@@ -21,6 +21,7 @@ use crate::grpc::{
 };
 use crate::hostnet::{self, HostNetError, netlink::Netlink};
 use crate::imds::{AwsImds, ImdsError, NodeInfo};
+use crate::install::Install;
 use crate::k8s::{Kube, KubeSettings, podgc::PodGc};
 use crate::planner::Targets;
 use crate::pool::{self, PoolSettings};
@@ -97,6 +98,29 @@ fn conntrack_janitor(cooldown: Duration) -> tokio::sync::mpsc::UnboundedSender<s
         }
     });
     tx
+}
+
+/// The readiness-gated install (see [`crate::install`]), retried until it succeeds: until then the node stays
+/// NotReady, which is the safe side.
+async fn install_cni(install: Install, pool: crate::pool::PoolHandle) {
+    loop {
+        let job = install.clone();
+        match tokio::task::spawn_blocking(move || job.run()).await {
+            Ok(Ok(changed)) => {
+                let msg = format!(
+                    "vpc-cni installed in {} and {} in {} ({changed} files changed)",
+                    install.bin_dir.display(),
+                    crate::install::CONFLIST,
+                    install.conf_dir.display()
+                );
+                pool.emit("cni-installed", msg);
+                return;
+            }
+            Ok(Err(e)) => pool.emit("cni-install-failed", format!("{e}; retrying in 10 s")),
+            Err(e) => pool.emit("cni-install-failed", format!("install task: {e}; retrying in 10 s")),
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
 }
 
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
@@ -219,6 +243,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         },
         kube,
     );
+    let install = Install::from_config(&cfg);
+    let install_pool = pool.clone();
     let on_serving = move || {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         tokio::spawn(async move {
@@ -226,6 +252,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 health.set_service_status(name, ServingStatus::Serving).await;
             }
             tracing::info!(elapsed_ms, "SERVING: first reconcile complete");
+            if let Some(install) = install {
+                install_cni(install, install_pool).await;
+            }
         });
     };
     tokio::spawn(reconciler.run(on_serving));

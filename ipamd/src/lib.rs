@@ -15,6 +15,7 @@ pub mod ec2;
 pub mod grpc;
 pub mod hostnet;
 pub mod imds;
+pub mod install;
 pub mod k8s;
 pub mod metrics;
 pub mod placement;

@@ -3,7 +3,8 @@
 //! ENIConfig named after the zone, selected with ENI_CONFIG_LABEL_DEF=topology.kubernetes.io/zone. Every ENI
 //! ipamd creates must sit in its zone's pod subnet with its security group (checked in LocalStack), the primary
 //! ENI serves no pod, pods get pod-subnet addresses and reach each other across nodes with their own source
-//! IPs, and `vpc-sim pod add|del` keep the Pod objects in step. All namespaces belong to the sim.
+//! IPs, and `vpc-sim pod add|del` keep the Pod objects in step. The pods run through the plugin and conflist
+//! ipamd installed itself once SERVING (`--install-cni`). All namespaces belong to the sim.
 
 use std::process::Command;
 
@@ -27,7 +28,13 @@ fn vpcctl_status(sim: &SimProc, node: usize) -> Value {
 #[tokio::test]
 #[ignore = "needs root + netns"]
 async fn pods_get_addresses_from_their_zones_eniconfig_and_reach_each_other() {
-    let sim = SimProc::start("cn", 2, &["--custom-networking", "--zones=2", "WARM_ENI_TARGET=1"]);
+    let sim = SimProc::start("cn", 2, &["--custom-networking", "--zones=2", "--install-cni", "WARM_ENI_TARGET=1"]);
+    // The pods below go through what ipamd installed once SERVING, not a conflist the sim wrote.
+    for node in 0..2 {
+        let dir = sim.state.path().join(format!("node-{node}"));
+        assert!(dir.join("cni/net.d/10-vpc-cni.conflist").exists() && dir.join("cni/bin/vpc-cni").exists());
+        assert!(!dir.join("10-vpc-cni.conflist").exists());
+    }
     let rec = sim.record();
     let kube = rec.kube.clone().expect("--kube record");
     let ec2 = vpc_sim::localstack::ec2_client();

@@ -31,36 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Create the VPC, nodes and fabric; run ipamd on each node; stay in the foreground.
-    Up {
-        #[arg(long, default_value_t = 2)]
-        nodes: usize,
-        #[arg(long, default_value = "t3.medium")]
-        instance_type: String,
-        #[arg(long, default_value_t = 1)]
-        subnets: usize,
-        #[arg(long, default_value = "/run/vpc-sim")]
-        state_dir: PathBuf,
-        /// Namespace name prefix: <prefix>-fabric, <prefix>-internet, <prefix>-node-<i>.
-        #[arg(long, default_value = "vpcsim")]
-        prefix: String,
-        /// Extra ipamd settings for every node, KEY=VALUE (repeatable).
-        #[arg(long = "ipamd-env")]
-        ipamd_env: Vec<String>,
-        /// Chain the reference portmap and bandwidth plugins after vpc-cni.
-        #[arg(long)]
-        chain: bool,
-        /// Availability zones; node i is in zone i % ZONES.
-        #[arg(long, default_value_t = 1)]
-        zones: usize,
-        /// Start the local Kubernetes API server (scripts/kube-apiserver.sh), register a Node per sim node and
-        /// point every ipamd at it as the DaemonSet's ServiceAccount; `pod add|del` keep Pod objects in step.
-        #[arg(long)]
-        kube: bool,
-        /// Custom networking (implies --kube): per zone a pod subnet, a security group and an ENIConfig named
-        /// after the zone, selected with ENI_CONFIG_LABEL_DEF=topology.kubernetes.io/zone.
-        #[arg(long)]
-        custom_networking: bool,
-    },
+    Up(SimConfig),
     /// Run pods through the real CNI plugin chain, as a container runtime does.
     Pod {
         #[command(subcommand)]
@@ -95,8 +66,8 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         pods: usize,
         /// Extra ipamd settings, KEY=VALUE (repeatable).
-        #[arg(long = "ipamd-env")]
-        ipamd_env: Vec<String>,
+        #[arg(long = "ipamd-env", value_parser = vpc_sim::sim::parse_env_pair)]
+        ipamd_env: Vec<(String, String)>,
     },
 }
 
@@ -288,17 +259,6 @@ fn bench(pods: usize, node: usize, state_dir: PathBuf) -> Result<()> {
     Ok(())
 }
 
-fn parse_env(pairs: &[String]) -> Result<Vec<(String, String)>> {
-    pairs
-        .iter()
-        .map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .with_context(|| format!("--ipamd-env takes KEY=VALUE, got '{kv}'"))
-        })
-        .collect()
-}
-
 async fn up(cfg: SimConfig) -> Result<()> {
     if cfg.prefix.len() > 8 || !cfg.prefix.chars().all(|c| c.is_ascii_alphanumeric()) {
         bail!("--prefix must be 1-8 letters or digits, got '{}'", cfg.prefix);
@@ -355,7 +315,7 @@ fn vpcctl(ipamd: &Ipamd, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-async fn ipamd_demo(instance_type: &str, pods: usize, env: &[String]) -> Result<()> {
+async fn ipamd_demo(instance_type: &str, pods: usize, env: &[(String, String)]) -> Result<()> {
     let ec2 = localstack::ec2_client();
     let tag = format!("demo-{}", std::process::id());
     let vpc = TestVpc::create(&ec2, &tag, "10.0.0.0/16", &["10.0.0.0/20"], instance_type, 1)
@@ -371,11 +331,10 @@ async fn ipamd_demo(instance_type: &str, pods: usize, env: &[String]) -> Result<
     result
 }
 
-async fn run_node(ec2: &aws_sdk_ec2::Client, vpc: &TestVpc, pods: usize, env: &[String]) -> Result<()> {
+async fn run_node(ec2: &aws_sdk_ec2::Client, vpc: &TestVpc, pods: usize, env: &[(String, String)]) -> Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let imds = ImdsEmulator::serve(listener, ec2.clone(), &vpc.instance_ids[0], localstack::REGION)?;
     let dir = tempfile::Builder::new().prefix("vpcsim-demo-").tempdir()?;
-    let env = parse_env(env)?;
     let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let mut ipamd = Ipamd::spawn(dir.path(), &imds.endpoint(), &env)?;
     let took = ipamd.wait_serving(Duration::from_secs(60)).await?;
@@ -405,33 +364,7 @@ async fn run_node(ec2: &aws_sdk_ec2::Client, vpc: &TestVpc, pods: usize, env: &[
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Up {
-            nodes,
-            instance_type,
-            subnets,
-            state_dir,
-            prefix,
-            ipamd_env,
-            chain,
-            zones,
-            kube,
-            custom_networking,
-        } => {
-            let ipamd_env = parse_env(&ipamd_env)?;
-            let cfg = SimConfig {
-                nodes,
-                instance_type,
-                subnets,
-                state_dir,
-                prefix,
-                ipamd_env,
-                chain,
-                zones,
-                kube,
-                custom_networking,
-            };
-            up(cfg).await
-        }
+        Cmd::Up(cfg) => up(cfg).await,
         Cmd::Status { state_dir } => status(&state_dir),
         Cmd::Pod { cmd } => pod_cmd(cmd),
         Cmd::Demo { state_dir, prefix } => demo(state_dir, prefix).await,

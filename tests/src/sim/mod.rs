@@ -23,23 +23,49 @@ use crate::mac::mac_for_eni;
 use fabric::{AttachedEni, FabricState, Names};
 use record::SimRecord;
 
-#[derive(Debug, Clone)]
+/// `vpc-sim up`'s settings (also its command line).
+#[derive(Debug, Clone, clap::Args)]
 pub struct SimConfig {
+    #[arg(long, default_value_t = 2)]
     pub nodes: usize,
+    #[arg(long, default_value = "t3.medium")]
     pub instance_type: String,
+    /// Node subnets (at least one per zone).
+    #[arg(long, default_value_t = 1)]
     pub subnets: usize,
+    #[arg(long, default_value = "/run/vpc-sim")]
     pub state_dir: PathBuf,
+    /// Namespace name prefix: <prefix>-fabric, <prefix>-internet, <prefix>-node-<i>.
+    #[arg(long, default_value = "vpcsim")]
     pub prefix: String,
+    /// Extra ipamd settings for every node, KEY=VALUE (repeatable).
+    #[arg(long = "ipamd-env", value_parser = parse_env_pair)]
     pub ipamd_env: Vec<(String, String)>,
     /// Chain portmap and bandwidth after vpc-cni in the nodes' conflist.
+    #[arg(long)]
     pub chain: bool,
     /// Availability zones: node `i` is in zone `i % zones` (each zone has its own node subnet).
+    #[arg(long, default_value_t = 1)]
     pub zones: usize,
-    /// Run the Kubernetes API server, register Nodes, point ipamd at it (`--kube`).
+    /// Start the local Kubernetes API server (scripts/kube-apiserver.sh), register a Node per sim node and point
+    /// every ipamd at it as the DaemonSet's ServiceAccount; `pod add|del` keep Pod objects in step.
+    #[arg(long)]
     pub kube: bool,
-    /// Custom networking: per zone a pod subnet, a security group and an ENIConfig named after the zone,
-    /// selected through the zone label (implies `kube`).
+    /// Custom networking (implies --kube): per zone a pod subnet, a security group and an ENIConfig named after
+    /// the zone, selected with ENI_CONFIG_LABEL_DEF=topology.kubernetes.io/zone.
+    #[arg(long)]
     pub custom_networking: bool,
+    /// ipamd installs the plugin and the conflist itself once SERVING (into `node-<i>/cni/bin` and
+    /// `node-<i>/cni/net.d`, as the DaemonSet does on a node) instead of the sim writing the conflist.
+    #[arg(long)]
+    pub install_cni: bool,
+}
+
+/// KEY=VALUE.
+pub fn parse_env_pair(kv: &str) -> Result<(String, String), String> {
+    kv.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("takes KEY=VALUE, got '{kv}'"))
 }
 
 impl Default for SimConfig {
@@ -55,6 +81,7 @@ impl Default for SimConfig {
             zones: 1,
             kube: false,
             custom_networking: false,
+            install_cni: false,
         }
     }
 }
@@ -242,12 +269,22 @@ impl Sim {
         for i in 0..vpc.instance_ids.len() {
             let dir = self.cfg.node_dir(i);
             std::fs::create_dir_all(&dir).map_err(|e| SimError::Other(format!("{}: {e}", dir.display())))?;
-            node::write_conflist(&dir, self.cfg.chain).map_err(|e| SimError::Other(format!("conflist: {e}")))?;
             let mut env: Vec<(&str, String)> = vec![
                 ("IPAMD_HOST_NETWORK", "true".into()),
                 ("AWS_ENDPOINT_URL_EC2", "http://127.0.0.1:4566".into()),
                 ("METRICS_BIND_ADDR", "127.0.0.1:61678".into()),
             ];
+            if self.cfg.install_cni {
+                env.extend([
+                    ("CNI_INSTALL_BIN_DIR", dir.join(node::CNI_BIN).display().to_string()),
+                    ("CNI_INSTALL_CONF_DIR", dir.join(node::CNI_CONF).display().to_string()),
+                    ("AWS_VPC_K8S_PLUGIN_LOG_FILE", dir.join("plugin.log").display().to_string()),
+                    ("AWS_VPC_K8S_PLUGIN_LOG_LEVEL", "debug".into()),
+                    ("ENABLE_BANDWIDTH_PLUGIN", self.cfg.chain.to_string()),
+                ]);
+            } else {
+                node::write_conflist(&dir, self.cfg.chain).map_err(|e| SimError::Other(format!("conflist: {e}")))?;
+            }
             if let Some(k) = &self.record.kube {
                 env.extend(k.ipamd_env(i, self.cfg.custom_networking));
             }
@@ -257,6 +294,19 @@ impl Sim {
         }
         for ipamd in &mut self.ipamds {
             ipamd.wait_serving(Duration::from_secs(90)).await?;
+        }
+        if self.cfg.install_cni {
+            // ipamd installs right after SERVING; "ready" means a pod can be added.
+            for i in 0..self.ipamds.len() {
+                let conflist = self.cfg.node_dir(i).join(node::CNI_CONF).join(ipamd::install::CONFLIST);
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while !conflist.exists() {
+                    if std::time::Instant::now() > deadline {
+                        return Err(SimError::Other(format!("ipamd did not install {}", conflist.display())));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
         }
         Ok(())
     }

@@ -12,6 +12,9 @@ use crate::netns::{self, NetnsError, ip_in, sysctl_in};
 use crate::sim::fabric::Names;
 
 pub const IMDS_ADDR: &str = "169.254.169.254";
+/// With `--install-cni`, the node's CNI bin and conf directories inside its state dir (ipamd installs there).
+pub const CNI_BIN: &str = "cni/bin";
+pub const CNI_CONF: &str = "cni/net.d";
 
 pub struct NodeRuntime {
     _imds: ImdsEmulator,

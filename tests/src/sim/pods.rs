@@ -68,8 +68,10 @@ impl Pod {
         self.node_dir().join("pods").join(format!("{}_{}.json", self.namespace, self.name))
     }
 
+    /// The node's network configuration: the one ipamd installed (`--install-cni`), else the sim's.
     fn conflist(&self) -> Result<Value, PodError> {
-        let p = self.node_dir().join("10-vpc-cni.conflist");
+        let installed = self.node_dir().join(crate::sim::node::CNI_CONF).join(ipamd::install::CONFLIST);
+        let p = if installed.exists() { installed } else { self.node_dir().join("10-vpc-cni.conflist") };
         let bytes = std::fs::read(&p).map_err(io(p.display()))?;
         serde_json::from_slice(&bytes).map_err(|e| PodError::Io(format!("{}: {e}", p.display())))
     }
@@ -99,7 +101,9 @@ impl Pod {
                 conf["runtimeConfig"] = Value::Object(granted);
             }
         }
-        let bin = plugin_path(&kind).ok_or_else(|| PodError::Io(format!("plugin {kind} not found in CNI_PATH")))?;
+        let installed = self.node_dir().join(crate::sim::node::CNI_BIN).join(&kind);
+        let bin = if installed.exists() { Some(installed) } else { plugin_path(&kind) };
+        let bin = bin.ok_or_else(|| PodError::Io(format!("plugin {kind} not found in CNI_PATH")))?;
         let node_ns = Names { prefix: self.record()?.prefix }.node(self.node);
         let netns_path = netns::path(&self.netns()?);
         let mut child = Command::new("ip")
