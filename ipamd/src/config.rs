@@ -125,6 +125,9 @@ pub struct Config {
     /// Directory of the `ipam.json` checkpoint.
     #[arg(long, env = "IPAMD_STATE_DIR", default_value = "/run/vpc-cni")]
     pub ipamd_state_dir: PathBuf,
+    /// aws-node's checkpoint, imported at ipamd's first start on a node that ran aws-vpc-cni (`off`: never).
+    #[arg(long, env = "IPAMD_AWS_NODE_CHECKPOINT", default_value = "/var/run/aws-node/ipam.json")]
+    pub ipamd_aws_node_checkpoint: String,
     /// Peer uids allowed on the socket besides root (comma list).
     #[arg(long, env = "IPAMD_ALLOWED_UIDS", default_value = "", value_parser = parse_uids)]
     pub ipamd_allowed_uids: UidList,
@@ -222,6 +225,12 @@ impl Config {
         Ok(())
     }
 
+    /// The aws-node checkpoint to import, unless `off` or empty.
+    pub fn aws_node_checkpoint(&self) -> Option<PathBuf> {
+        let p = self.ipamd_aws_node_checkpoint.trim();
+        (!p.is_empty() && !p.eq_ignore_ascii_case("off")).then(|| PathBuf::from(p))
+    }
+
     /// MY_NODE_NAME when set and not blank.
     pub fn node_name(&self) -> Option<&str> {
         self.my_node_name.as_deref().map(str::trim).filter(|n| !n.is_empty())
@@ -276,6 +285,7 @@ impl Config {
             ("EC2_API_BURST", self.ec2_api_burst.to_string()),
             ("IPAMD_SOCKET", self.ipamd_socket.display().to_string()),
             ("IPAMD_STATE_DIR", self.ipamd_state_dir.display().to_string()),
+            ("IPAMD_AWS_NODE_CHECKPOINT", self.ipamd_aws_node_checkpoint.clone()),
             ("IPAMD_ALLOWED_UIDS", self.ipamd_allowed_uids.0.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
             ("IPAMD_RECONCILE_INTERVAL", self.ipamd_reconcile_interval.to_string()),
             ("METRICS_BIND_ADDR", self.metrics_bind_addr.0.map(|a| a.to_string()).unwrap_or_else(|| "off".into())),

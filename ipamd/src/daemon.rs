@@ -34,6 +34,8 @@ pub enum DaemonError {
     Imds(#[from] ImdsError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error("{0} (set IPAMD_AWS_NODE_CHECKPOINT=off to start without importing it)")]
+    Migrate(#[from] crate::migrate::MigrateError),
     #[error("IPAMD_STATE_DIR {path}: {source}")]
     StateDir { path: String, source: std::io::Error },
     #[error(transparent)]
@@ -100,6 +102,24 @@ fn conntrack_janitor(cooldown: Duration) -> tokio::sync::mpsc::UnboundedSender<s
     tx
 }
 
+/// Imports aws-node's checkpoint into ours (first start only) and persists the result at once, so the import
+/// happens exactly once; an unreadable one stops the start (handing its IPs out twice would be worse).
+fn import_aws_node(
+    path: &std::path::Path,
+    store: &Store,
+    cp: &mut crate::checkpoint::Checkpoint,
+) -> Result<(), DaemonError> {
+    let Some(imported) = crate::migrate::import(path, crate::pool::now_ms() / 1000)? else { return Ok(()) };
+    for s in &imported.skipped {
+        tracing::warn!(path = %path.display(), "aws-node checkpoint entry not imported: {s}");
+    }
+    let n = imported.allocations.len();
+    cp.allocations.extend(imported.allocations);
+    store.save(cp)?;
+    tracing::info!(path = %path.display(), allocations = n, "imported aws-node's checkpoint: its pods keep their IPs");
+    Ok(())
+}
+
 /// The readiness-gated install (see [`crate::install`]), retried until it succeeds: until then the node stays
 /// NotReady, which is the safe side.
 async fn install_cni(install: Install, pool: crate::pool::PoolHandle) {
@@ -146,7 +166,11 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     std::fs::create_dir_all(&cfg.ipamd_state_dir)
         .map_err(|source| DaemonError::StateDir { path: cfg.ipamd_state_dir.display().to_string(), source })?;
     let store = Store::new(&cfg.ipamd_state_dir);
-    let checkpoint = store.load()?;
+    let first_start = !store.path().exists();
+    let mut checkpoint = store.load()?;
+    if first_start && let Some(path) = cfg.aws_node_checkpoint() {
+        import_aws_node(&path, &store, &mut checkpoint)?;
+    }
     tracing::info!(allocations = checkpoint.allocations.len(), path = %store.path().display(), "checkpoint restored");
 
     let pool = pool::spawn(

@@ -18,6 +18,7 @@ pub mod imds;
 pub mod install;
 pub mod k8s;
 pub mod metrics;
+pub mod migrate;
 pub mod placement;
 pub mod planner;
 pub mod pool;

@@ -20,8 +20,13 @@ pub struct NodeFixture {
 
 impl NodeFixture {
     pub async fn new(tag: &str, instance_type: &str) -> Self {
+        Self::in_subnet(tag, instance_type, "10.0.0.0/20").await
+    }
+
+    /// As [`NodeFixture::new`] with the node's subnet given.
+    pub async fn in_subnet(tag: &str, instance_type: &str, subnet: &str) -> Self {
         let ec2 = localstack::ec2_client();
-        let vpc = TestVpc::create(&ec2, tag, "10.0.0.0/16", &["10.0.0.0/20"], instance_type, 1)
+        let vpc = TestVpc::create(&ec2, tag, "10.0.0.0/16", &[subnet], instance_type, 1)
             .await
             .expect("LocalStack must be running (scripts/localstack.sh start)");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind IMDS emulator");

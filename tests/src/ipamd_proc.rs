@@ -80,6 +80,8 @@ impl Ipamd {
             .env("NO_COLOR", "1")
             // Outside a node netns ipamd must leave the host alone; vpc-sim turns this on per node.
             .env("IPAMD_HOST_NETWORK", "false")
+            // Never pick up an aws-node checkpoint of the machine running the tests.
+            .env("IPAMD_AWS_NODE_CHECKPOINT", "off")
             .env("LOG_LEVEL", "info,aws=warn,aws_smithy_runtime=warn")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
