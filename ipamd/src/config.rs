@@ -125,6 +125,11 @@ pub struct Config {
     /// Directory of the `ipam.json` checkpoint.
     #[arg(long, env = "IPAMD_STATE_DIR", default_value = "/run/vpc-cni")]
     pub ipamd_state_dir: PathBuf,
+    /// Where the node's sysctls are written (`net/ipv4/ip_forward`, `net/ipv4/conf/<primary>/rp_filter`): the
+    /// DaemonSet mounts the node's /proc/sys/net writable under /host/proc/sys, as /proc/sys is read-only in an
+    /// unprivileged container.
+    #[arg(long, env = "IPAMD_PROC_SYS", default_value = "/proc/sys")]
+    pub ipamd_proc_sys: PathBuf,
     /// aws-node's checkpoint, imported at ipamd's first start on a node that ran aws-vpc-cni (`off`: never).
     #[arg(long, env = "IPAMD_AWS_NODE_CHECKPOINT", default_value = "/var/run/aws-node/ipam.json")]
     pub ipamd_aws_node_checkpoint: String,
@@ -286,6 +291,7 @@ impl Config {
             ("IPAMD_SOCKET", self.ipamd_socket.display().to_string()),
             ("IPAMD_STATE_DIR", self.ipamd_state_dir.display().to_string()),
             ("IPAMD_AWS_NODE_CHECKPOINT", self.ipamd_aws_node_checkpoint.clone()),
+            ("IPAMD_PROC_SYS", self.ipamd_proc_sys.display().to_string()),
             ("IPAMD_ALLOWED_UIDS", self.ipamd_allowed_uids.0.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
             ("IPAMD_RECONCILE_INTERVAL", self.ipamd_reconcile_interval.to_string()),
             ("METRICS_BIND_ADDR", self.metrics_bind_addr.0.map(|a| a.to_string()).unwrap_or_else(|| "off".into())),

@@ -68,11 +68,11 @@ async fn load_node(imds: &AwsImds) -> Result<NodeInfo, ImdsError> {
 
 /// Opens netlink in ipamd's own namespace (the node's) and applies the node-wide sysctls on the primary ENI,
 /// which is found by the MAC IMDS reports.
-async fn host_setup(node: &NodeInfo) -> Result<(Netlink, String), DaemonError> {
+async fn host_setup(node: &NodeInfo, proc_sys: &std::path::Path) -> Result<(Netlink, String), DaemonError> {
     let net = Netlink::current()?;
     let primary = hostnet::wait_for_link(&net, &node.primary_mac, Duration::from_secs(10)).await?;
-    let changes = hostnet::node_sysctls(std::path::Path::new("/proc/sys"), &primary.name)?
-        + usize::from(hostnet::ensure_nodeport_rule(&net).await?);
+    let changes =
+        hostnet::node_sysctls(proc_sys, &primary.name)? + usize::from(hostnet::ensure_nodeport_rule(&net).await?);
     tracing::info!(link = %primary.name, mac = %node.primary_mac, changes, "node sysctls: ip_forward=1, rp_filter=2");
     Ok((net, primary.name))
 }
@@ -225,7 +225,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
 
     let (hostnet, snat) = if cfg.ipamd_host_network {
-        let (net, primary_link) = host_setup(&node).await?;
+        let (net, primary_link) = host_setup(&node, &cfg.ipamd_proc_sys).await?;
         let snat = SnatConfig {
             primary_link,
             primary_ip: node.primary_ip,
