@@ -87,7 +87,7 @@ pub async fn add(nl: &Netlink, spec: &PodSpec) -> Result<AddResult, CniError> {
     match wire(nl, spec).await {
         Ok(r) => Ok(r),
         Err(e) => {
-            let leftovers = del(nl, Some(spec.ip), &spec.host_veth).await;
+            let leftovers = del(nl, Some(spec.ip), &spec.host_veth, true).await;
             if !leftovers.is_empty() {
                 return Err(CniError::new(e.code, e.msg, format!("{}; clean-up: {leftovers:?}", e.details)));
             }
@@ -134,8 +134,14 @@ async fn wire(nl: &Netlink, spec: &PodSpec) -> Result<AddResult, CniError> {
 
 /// Removes the pod's rules, host route and host veth (the pod end goes with it). Missing pieces are fine;
 /// errors do not stop the rest and are all returned.
-pub async fn del(nl: &Netlink, ip: Option<Ipv4Addr>, host_veth: &str) -> Vec<HostNetError> {
+///
+/// The host veth's name depends only on the pod's namespace/name, so a late DEL of an old sandbox finds the
+/// veth of the pod's new sandbox under the same name: unless this call created it (`created_here`, an ADD
+/// undoing itself), the veth is deleted only when it carries this pod's IP (its `ip/32` route goes through
+/// it); otherwise it belongs to another sandbox and is left alone.
+pub async fn del(nl: &Netlink, ip: Option<Ipv4Addr>, host_veth: &str, created_here: bool) -> Vec<HostNetError> {
     let mut errors = Vec::new();
+    let mut carries_ip = false;
     let veth = match nl.link_by_name(host_veth).await {
         Ok(l) => l,
         Err(e) => {
@@ -163,6 +169,7 @@ pub async fn del(nl: &Netlink, ip: Option<Ipv4Addr>, host_veth: &str) -> Vec<Hos
             match nl.routes(MAIN_TABLE).await {
                 Ok(routes) => {
                     for r in routes.iter().filter(|r| r.dst == host(ip) && r.oif == Some(l.index)) {
+                        carries_ip = true;
                         if let Err(e) = nl.del_route(r).await {
                             errors.push(e);
                         }
@@ -172,7 +179,7 @@ pub async fn del(nl: &Netlink, ip: Option<Ipv4Addr>, host_veth: &str) -> Vec<Hos
             }
         }
     }
-    if let Some(l) = veth
+    if let Some(l) = veth.filter(|_| created_here || carries_ip)
         && let Err(e) = nl.del_link(l.index).await
     {
         errors.push(e);

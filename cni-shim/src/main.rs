@@ -192,7 +192,7 @@ async fn del(conf: &NetConf, env: &Env, nl: &Netlink, host_veth: &str, log: &mut
             conf.prev_pod_ip()
         }
     };
-    for e in datapath::del(nl, ip, host_veth).await {
+    for e in datapath::del(nl, ip, host_veth, false).await {
         log.error(&format!("teardown: {e}"));
     }
     Ok(Value::Null)

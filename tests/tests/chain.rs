@@ -23,6 +23,7 @@ async fn portmap_and_bandwidth_chain_after_vpc_cni() {
             "portMappings": [{ "hostPort": 8080, "containerPort": 80, "protocol": "tcp" }],
             "bandwidth": { "ingressRate": 100_000_000, "ingressBurst": 1_000_000 },
         }),
+        ..Pod::default()
     };
     let result = web.add().unwrap();
     let pod_ip = vpc_sim::sim::pods::pod_ip(&result);
@@ -67,6 +68,7 @@ async fn portmap_and_bandwidth_chain_after_vpc_cni() {
         namespace: "shop".into(),
         name: "api".into(),
         runtime_config: json!({ "portMappings": [{ "hostPort": 8081, "containerPort": 80, "protocol": "tcp" }] }),
+        ..Pod::default()
     };
     let r = api.add_retrying(std::time::Duration::from_secs(30)).unwrap();
     let api_ip = vpc_sim::sim::pods::pod_ip(&r);

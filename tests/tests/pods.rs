@@ -206,6 +206,23 @@ async fn pods_get_vpc_addresses_reach_each_other_and_leave_nothing_behind() {
     assert!(!ok && out["code"] == 7, "GC without cni.dev/valid-attachments must not release everything: {out}");
     assert_eq!(allocations(&socket0).await, left.len() - 1);
 
+    // A pod recreated under the same name (a StatefulSet pod) gets a new sandbox; the runtime's DEL for the old
+    // sandbox arrives late. Both sandboxes want the same host veth name: the new ADD replaces the stale veth, and
+    // the late DEL releases the old IP but must leave the new sandbox's veth, routes and rules alone.
+    let old_sb = pod(&sim, 1, "sts-0");
+    let old_ip = ip_of(&add_retrying(&old_sb));
+    let new_sb = Pod { sandbox: 1, ..old_sb.clone() };
+    let new_r = add_retrying(&new_sb);
+    let new_ip = ip_of(&new_r);
+    assert_ne!(old_ip, new_ip);
+    old_sb.del(false).unwrap();
+    let node0_ip = node_enis(&ec2, &rec.vpc.instance_ids[0]).await.unwrap()[0].primary_ip.clone();
+    assert!(ping(&new_sb.netns().unwrap(), &node0_ip), "new sandbox → node 0 after the late DEL");
+    assert!(ping(&sim.node(0), &new_ip), "node 0 → new sandbox after the late DEL");
+    assert!(ip_in(&sim.node(1), &["link"]).unwrap().contains(&host_veth(&new_r)));
+    new_sb.del(false).unwrap();
+    assert_gone(&sim.node(1), &new_ip, &host_veth(&new_r));
+
     // DEL with ipamd stopped still tears the pod down.
     let r = pod(&sim, b1.0, &format!("p{}", b1.1));
     let pid = rec.pids[1];

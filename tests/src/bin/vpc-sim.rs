@@ -104,6 +104,7 @@ impl PodArgs {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
             runtime_config,
+            sandbox: 0,
         }
     }
 }

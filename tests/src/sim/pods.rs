@@ -24,6 +24,9 @@ pub struct Pod {
     /// What the runtime passes for capabilities (`portMappings`, `bandwidth`), as libcni does: each plugin
     /// gets `runtimeConfig` with the keys its `capabilities` name.
     pub runtime_config: Value,
+    /// Which sandbox of the pod this is: a pod recreated under the same name (a StatefulSet pod) gets a new
+    /// sandbox, with its own container id and namespace; 0 is the first.
+    pub sandbox: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,19 +56,20 @@ impl Pod {
 
     /// The pod sandbox's namespace name.
     pub fn netns(&self) -> Result<String, PodError> {
-        Ok(format!("{}-pod-{}-{}-{}", self.record()?.prefix, self.node, self.namespace, self.name))
+        let suffix = if self.sandbox == 0 { String::new() } else { format!("-s{}", self.sandbox) };
+        Ok(format!("{}-pod-{}-{}-{}{suffix}", self.record()?.prefix, self.node, self.namespace, self.name))
     }
 
-    /// The infra container id a runtime would use: stable per pod.
+    /// The infra container id a runtime would use: stable per pod sandbox.
     pub fn container_id(&self) -> String {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&self.namespace, &self.name).hash(&mut h);
+        (&self.namespace, &self.name, self.sandbox).hash(&mut h);
         format!("{:016x}{:016x}", h.finish(), self.node)
     }
 
     fn cache(&self) -> PathBuf {
-        self.node_dir().join("pods").join(format!("{}_{}.json", self.namespace, self.name))
+        self.node_dir().join("pods").join(format!("{}_{}_{}.json", self.namespace, self.name, self.sandbox))
     }
 
     /// The node's network configuration: the one ipamd installed (`--install-cni`), else the sim's.
