@@ -38,6 +38,8 @@ pub enum DaemonError {
     Migrate(#[from] crate::migrate::MigrateError),
     #[error("IPAMD_STATE_DIR {path}: {source}")]
     StateDir { path: String, source: std::io::Error },
+    #[error("another ipamd ({holder}) holds {path}: refusing to start rather than take over its socket and state")]
+    Locked { path: String, holder: String },
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error("host network setup: {0}")]
@@ -100,6 +102,36 @@ fn conntrack_janitor(cooldown: Duration) -> tokio::sync::mpsc::UnboundedSender<s
         }
     });
     tx
+}
+
+/// Takes `<state dir>/ipamd.lock` (flock, held for the process's life; the kernel drops it on any exit, kill -9
+/// included) and writes this pid into it. A second ipamd on the same state dir stops here.
+fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("ipamd.lock");
+    let state_err = |source| DaemonError::StateDir { path: path.display().to_string(), source };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(state_err)?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0)
+                .and_then(|_| lock.rewind())
+                .and_then(|_| write!(lock, "{}", std::process::id()))
+                .map_err(state_err)?;
+            Ok(lock)
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Err(DaemonError::Locked { path: path.display().to_string(), holder: format!("pid {}", pid.trim()) })
+        }
+        Err((_, e)) => Err(state_err(e.into())),
+    }
 }
 
 /// Imports aws-node's checkpoint into ours (first start only) and persists the result at once, so the import
@@ -165,6 +197,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
 
     std::fs::create_dir_all(&cfg.ipamd_state_dir)
         .map_err(|source| DaemonError::StateDir { path: cfg.ipamd_state_dir.display().to_string(), source })?;
+    let _lock = lock_state_dir(&cfg.ipamd_state_dir)?;
     let store = Store::new(&cfg.ipamd_state_dir);
     let first_start = !store.path().exists();
     let mut checkpoint = store.load()?;

@@ -134,6 +134,11 @@ impl Ipamd {
         Err(ProcError::NotServing(timeout, self.log_text()))
     }
 
+    /// Waits up to `timeout` for the process to exit on its own; its status, or `None` if it still runs.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait()).await.ok().and_then(Result::ok)
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub async fn kill9(mut self) {
         let _ = self.child.start_kill();

@@ -213,3 +213,20 @@ async fn socket_refuses_a_non_root_peer() {
     ipamd.terminate().await;
     node.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_second_ipamd_on_the_same_state_dir_refuses_to_start() {
+    let node = NodeFixture::new("lock", "t3.medium").await;
+    let mut first = node.spawn_ipamd(&[]);
+    first.wait_serving(SERVING_TIMEOUT).await.unwrap();
+    let mut second = node.spawn_ipamd(&[]);
+    let status = second.wait_exit(Duration::from_secs(20)).await.expect("the second ipamd must exit");
+    assert!(!status.success());
+    let log = second.log_text();
+    assert!(log.contains("another ipamd (pid ") && log.contains("ipamd.lock"), "{log}");
+    // The first one still owns its socket and serves.
+    assert_eq!(first.serving().await, Some(true));
+    assert!(add(&first, "c1").await.is_ok());
+    first.terminate().await;
+    node.cleanup().await;
+}
