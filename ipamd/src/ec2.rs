@@ -42,6 +42,7 @@ pub struct Ec2Eni {
     /// "in-use", "available", …
     pub status: String,
     pub security_groups: Vec<String>,
+    pub tags: BTreeMap<String, String>,
 }
 
 /// A subnet as ipamd needs it.
@@ -176,6 +177,7 @@ fn convert(op: &'static str, ni: &aws_sdk_ec2::types::NetworkInterface) -> Resul
         attachment_id: att.and_then(|a| a.attachment_id()).map(String::from),
         status: ni.status().map(|s| s.as_str().to_string()).unwrap_or_default(),
         security_groups: ni.groups().iter().filter_map(|g| g.group_id().map(String::from)).collect(),
+        tags: ni.tag_set().iter().filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string()))).collect(),
     })
 }
 

@@ -53,7 +53,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                 // adds the instance's to every attached ENI).
                 let others: Vec<String> = attached
                     .iter()
-                    .filter(|e| e.id != self.node.primary_eni_id)
+                    .filter(|e| e.id != self.node.primary_eni_id && self.managed(e))
                     .filter(|e| e.subnet_id != spec.subnet || !sgs.iter().all(|g| e.security_groups.contains(g)))
                     .map(|e| format!("{} {} ({})", e.id, e.subnet_id, e.security_groups.join(",")))
                     .collect();

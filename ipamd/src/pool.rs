@@ -86,6 +86,8 @@ pub enum Command {
     Observe {
         enis: Vec<ObservedEni>,
         limits: Limits,
+        /// Attached ENIs ipamd does not manage: they take attachment slots.
+        foreign: u32,
         reply: oneshot::Sender<()>,
     },
     /// Plans the next actions and reserves what they will remove.
@@ -121,6 +123,8 @@ struct Actor {
     serving: bool,
     last_reconcile_unix: i64,
     last_error: String,
+    /// Attached ENIs ipamd does not manage (last observation).
+    foreign: u32,
 }
 
 /// Cheap, cloneable access to the actor.
@@ -148,6 +152,7 @@ pub fn spawn(settings: PoolSettings, store: Store, checkpoint: Checkpoint) -> Po
         serving: false,
         last_reconcile_unix: 0,
         last_error: String::new(),
+        foreign: 0,
     };
     tokio::spawn(actor.run(rx));
     PoolHandle { tx, events, kick }
@@ -206,11 +211,12 @@ impl Actor {
                 }
                 let _ = reply.send(Ok(released));
             }
-            Command::Observe { enis, limits, reply } => {
+            Command::Observe { enis, limits, foreign, reply } => {
                 let now = now_ms();
                 let before = self.ds.cooling.len();
                 self.ds.observe(enis, &self.settings.primary_eni_id, now);
                 self.limits = Some(limits);
+                self.foreign = foreign;
                 if self.ds.cooling.len() != before
                     && let Err(e) = self.checkpoint()
                 {
@@ -246,9 +252,10 @@ impl Actor {
         }
     }
 
-    /// The limits as the planner sees the pool: without the primary ENI when it is reserved.
+    /// The limits as the planner sees the pool: without the primary ENI when it is reserved, and without the
+    /// slots of ENIs ipamd does not manage.
     fn pod_limits(&self) -> Option<Limits> {
-        let reserved = u32::from(self.settings.primary_reserved);
+        let reserved = u32::from(self.settings.primary_reserved) + self.foreign;
         self.limits.map(|l| Limits { max_enis: l.max_enis.saturating_sub(reserved), ..l })
     }
 
@@ -282,7 +289,7 @@ impl Actor {
                     enis.len() as u32 >= l.max_enis && enis.iter().all(|e| e.ips.len() as u32 >= l.ips_per_eni)
                 });
                 match at_limit {
-                    Some(l) => Err(PoolError::AtLimit(e, l.max_enis)),
+                    Some(_) => Err(PoolError::AtLimit(e, self.limits.map_or(0, |l| l.max_enis))),
                     None => Err(PoolError::Exhausted(e)),
                 }
             }
@@ -362,8 +369,8 @@ impl PoolHandle {
         self.call(|reply| Command::Gc { network_name, valid, reply }).await?
     }
 
-    pub async fn observe(&self, enis: Vec<ObservedEni>, limits: Limits) -> Result<(), PoolError> {
-        self.call(|reply| Command::Observe { enis, limits, reply }).await
+    pub async fn observe(&self, enis: Vec<ObservedEni>, limits: Limits, foreign: u32) -> Result<(), PoolError> {
+        self.call(|reply| Command::Observe { enis, limits, foreign, reply }).await
     }
 
     pub async fn plan(&self) -> Result<(Vec<Action>, Duration), PoolError> {

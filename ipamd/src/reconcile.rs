@@ -22,6 +22,8 @@ use crate::snat::{self, SnatConfig};
 pub const TAG_INSTANCE_ID: &str = "node.k8s.amazonaws.com/instance_id";
 pub const TAG_CREATED_AT: &str = "node.k8s.amazonaws.com/createdAt";
 pub const TAG_CLUSTER: &str = "cluster.k8s.amazonaws.com/name";
+/// aws-vpc-cni's opt-out tag: an ENI carrying it with value `true` is never touched.
+pub const TAG_NO_MANAGE: &str = "node.k8s.amazonaws.com/no_manage";
 
 /// How often leaked ENIs (created by this node, never attached, e.g. after a crash) are looked for.
 const LEAK_SWEEP_EVERY: Duration = Duration::from_secs(300);
@@ -70,6 +72,8 @@ pub struct Reconciler<E: Ec2Api, M: Metadata, N: HostNet> {
     subnet_cache: Cache<String, Subnet>,
     /// The ENIConfig (name, spec) new ENIs were last created from, to notice a change.
     pub(crate) last_eni_config: Option<(String, EniConfigSpec)>,
+    /// Attached ENIs ipamd leaves alone (reported once each).
+    foreign: BTreeSet<String>,
     macs: BTreeMap<String, MacInfo>,
     last_leak_sweep: Option<Instant>,
     /// ENIs whose host networking is known to be in place.
@@ -91,6 +95,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         Self {
             kube,
             last_eni_config: None,
+            foreign: BTreeSet::new(),
             ec2,
             imds,
             hostnet,
@@ -179,15 +184,38 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         Ok(if actions.is_empty() { requeue } else { Duration::ZERO })
     }
 
-    /// Reads the node's ENIs from EC2, wires their host networking, and hands the result to the pool.
+    /// Whether ipamd manages `eni`: the primary ENI, or one it created for this instance (its instance tag) that
+    /// is not opted out with `no_manage=true`. Anything else (a trunk, an EFA, one a user attached) is left alone.
+    pub(crate) fn managed(&self, eni: &Ec2Eni) -> bool {
+        eni.id == self.node.primary_eni_id
+            || (eni.tags.get(TAG_INSTANCE_ID) == Some(&self.node.instance_id)
+                && eni.tags.get(TAG_NO_MANAGE).is_none_or(|v| !v.eq_ignore_ascii_case("true")))
+    }
+
+    /// Reads the node's ENIs from EC2, wires the host networking of those ipamd manages, and hands them to the
+    /// pool; ENIs it does not manage still take attachment slots, so the pool's ENI limit shrinks by them.
+    /// Returns every attached ENI (device indexes in use) and the host errors.
     async fn observe(&mut self, limits: Limits) -> Result<(Vec<Ec2Eni>, Vec<HostNetError>), ReconcileError> {
         let attached = self.ec2.attached_enis(&self.node.instance_id).await?;
-        let mut observed = self.observed(&attached).await?;
+        let (mine, foreign): (Vec<Ec2Eni>, Vec<Ec2Eni>) = attached.iter().cloned().partition(|e| self.managed(e));
+        for e in &foreign {
+            if self.foreign.insert(e.id.clone()) {
+                self.pool.emit(
+                    "eni-ignored",
+                    format!(
+                        "{} at device {:?}: not created by this ipamd or tagged {TAG_NO_MANAGE}=true; left alone",
+                        e.id, e.device_index
+                    ),
+                );
+            }
+        }
+        self.foreign.retain(|id| foreign.iter().any(|e| &e.id == id));
+        let mut observed = self.observed(&mine).await?;
         let host_errors = match self.hostnet.clone() {
             Some(net) => self.sync_host(net.as_ref(), &mut observed).await,
             None => Vec::new(),
         };
-        self.pool.observe(observed, limits).await?;
+        self.pool.observe(observed, limits, foreign.len() as u32).await?;
         Ok((attached, host_errors))
     }
 
