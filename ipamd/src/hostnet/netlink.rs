@@ -162,13 +162,15 @@ impl HostNet for Netlink {
             .collect())
     }
 
+    /// Adds with IFA_F_NOPREFIXROUTE: the kernel would otherwise put the subnet route of a secondary ENI into
+    /// main until ipamd removes it, and traffic routed out of that ENI meanwhile (replies to a NodePort or
+    /// hostPort, say) fails the VPC's source check.
     async fn add_address(&self, index: u32, addr: Ipv4Net) -> Result<(), HostNetError> {
-        self.handle
-            .address()
-            .add(index, IpAddr::V4(addr.addr()), addr.prefix_len())
-            .execute()
-            .await
-            .map_err(nl("RTM_NEWADDR"))
+        let mut req = self.handle.address().add(index, IpAddr::V4(addr.addr()), addr.prefix_len());
+        req.message_mut().attributes.push(netlink_packet_route::address::AddressAttribute::Flags(
+            netlink_packet_route::address::AddressFlags::Noprefixroute,
+        ));
+        req.execute().await.map_err(nl("RTM_NEWADDR"))
     }
 
     async fn routes(&self, table: u32) -> Result<Vec<Route>, HostNetError> {
