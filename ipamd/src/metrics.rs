@@ -83,7 +83,7 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     match ctx.pool.snapshot().await {
         Ok(s) => {
             let status = ctx.kube.status();
-            let connected = ctx.kube.view.borrow().describe_api(ctx.kube.custom_networking()) == "connected";
+            let connected = ctx.kube.view.borrow().healthy(ctx.kube.custom_networking());
             let kube = ctx.kube.settings.is_some().then_some((connected, &status));
             (StatusCode::OK, render(&s, &ctx.calls, kube))
         }

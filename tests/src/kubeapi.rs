@@ -157,11 +157,7 @@ pub async fn apply_deploy_file(client: &Client, file: &str) -> Result<(), KubeAp
 pub async fn install_deploy_basics(admin: &Client) -> Result<(), KubeApiError> {
     apply_deploy_file(admin, "eniconfig-crd.yaml").await?;
     apply_deploy_file(admin, "rbac.yaml").await?;
-    let ar = kube::api::ApiResource::from_gvk_with_plural(
-        &kube::api::GroupVersionKind::gvk("crd.k8s.amazonaws.com", "v1alpha1", "ENIConfig"),
-        "eniconfigs",
-    );
-    let api: Api<DynamicObject> = Api::all_with(admin.clone(), &ar);
+    let api = eni_configs(admin);
     for _ in 0..100 {
         if api.list(&ListParams::default().limit(1)).await.is_ok() {
             return Ok(());
@@ -171,13 +167,14 @@ pub async fn install_deploy_basics(admin: &Client) -> Result<(), KubeApiError> {
     Err(KubeApiError::Other("ENIConfig CRD not established after 10 s".into()))
 }
 
+/// ENIConfigs through ipamd's own typed resource (the one it watches).
+fn eni_configs(client: &Client) -> Api<ipamd::k8s::eniconfig::EniConfig> {
+    Api::all(client.clone())
+}
+
 /// Creates or replaces an ENIConfig.
 pub async fn put_eni_config(admin: &Client, name: &str, spec: Value) -> Result<(), KubeApiError> {
-    let ar = kube::api::ApiResource::from_gvk_with_plural(
-        &kube::api::GroupVersionKind::gvk("crd.k8s.amazonaws.com", "v1alpha1", "ENIConfig"),
-        "eniconfigs",
-    );
-    let api: Api<DynamicObject> = Api::all_with(admin.clone(), &ar);
+    let api = eni_configs(admin);
     let obj = json!({"apiVersion": "crd.k8s.amazonaws.com/v1alpha1", "kind": "ENIConfig",
         "metadata": {"name": name}, "spec": spec});
     api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj))
@@ -187,11 +184,7 @@ pub async fn put_eni_config(admin: &Client, name: &str, spec: Value) -> Result<(
 }
 
 pub async fn delete_eni_config(admin: &Client, name: &str) {
-    let ar = kube::api::ApiResource::from_gvk_with_plural(
-        &kube::api::GroupVersionKind::gvk("crd.k8s.amazonaws.com", "v1alpha1", "ENIConfig"),
-        "eniconfigs",
-    );
-    let _ = Api::<DynamicObject>::all_with(admin.clone(), &ar).delete(name, &DeleteParams::default()).await;
+    let _ = eni_configs(admin).delete(name, &DeleteParams::default()).await;
 }
 
 /// Registers a Node as a kubelet would (labels given; capacity.pods when set).

@@ -68,6 +68,8 @@ pub enum ApiState {
     Connected,
 }
 
+const HEALTHY: &str = "connected";
+
 /// Everything the watches know, published as a whole after every change.
 #[derive(Debug, Clone, Default)]
 pub struct KubeView {
@@ -81,6 +83,11 @@ pub struct KubeView {
 }
 
 impl KubeView {
+    /// Connected, every watch it needs listed and healthy (`ipamd_kube_api_connected`).
+    pub fn healthy(&self, custom_networking: bool) -> bool {
+        self.describe_api(custom_networking) == HEALTHY
+    }
+
     /// One line for `vpcctl status`.
     pub fn describe_api(&self, custom_networking: bool) -> String {
         match &self.api {
@@ -97,7 +104,7 @@ impl KubeView {
                 if !broken.is_empty() {
                     format!("unreachable or refused: {}", broken.join("; "))
                 } else if feeds.iter().all(|(_, synced, _)| *synced) {
-                    "connected".into()
+                    HEALTHY.into()
                 } else {
                     "connected, listing".into()
                 }
