@@ -143,6 +143,10 @@ pub struct Config {
     /// Seconds between warm-pool reconciles when nothing asks for one sooner.
     #[arg(long, env = "IPAMD_RECONCILE_INTERVAL", default_value_t = 5, value_parser = parse_positive_seconds)]
     pub ipamd_reconcile_interval: u64,
+    /// Seconds between full EC2 syncs (DescribeNetworkInterfaces); in between, each reconcile compares IMDS
+    /// with what EC2 last said and asks EC2 only on a change ipamd did not make. Jittered by up to +20 %.
+    #[arg(long, env = "IPAMD_EC2_RESYNC_INTERVAL", default_value_t = 1800, value_parser = parse_positive_seconds)]
+    pub ipamd_ec2_resync_interval: u64,
     /// Prometheus metrics listener (`off` disables it).
     #[arg(long, env = "METRICS_BIND_ADDR", default_value = "0.0.0.0:61678", value_parser = parse_bind)]
     pub metrics_bind_addr: BindAddr,
@@ -294,6 +298,7 @@ impl Config {
             ("IPAMD_PROC_SYS", self.ipamd_proc_sys.display().to_string()),
             ("IPAMD_ALLOWED_UIDS", self.ipamd_allowed_uids.0.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
             ("IPAMD_RECONCILE_INTERVAL", self.ipamd_reconcile_interval.to_string()),
+            ("IPAMD_EC2_RESYNC_INTERVAL", self.ipamd_ec2_resync_interval.to_string()),
             ("METRICS_BIND_ADDR", self.metrics_bind_addr.0.map(|a| a.to_string()).unwrap_or_else(|| "off".into())),
             ("LOG_FORMAT", format!("{:?}", self.log_format).to_lowercase()),
             ("LOG_LEVEL", self.log_level.clone()),

@@ -294,6 +294,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             additional_tags: cfg.additional_eni_tags.0.clone(),
             leaked_eni_cleanup: !cfg.disable_leaked_eni_cleanup,
             error_backoff: Duration::from_secs(2),
+            ec2_resync: Duration::from_secs(cfg.ipamd_ec2_resync_interval),
             eni_mtu: cfg.aws_vpc_eni_mtu,
             snat,
             link_wait: Duration::from_secs(10),

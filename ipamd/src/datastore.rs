@@ -41,6 +41,8 @@ pub enum IpState {
     },
     /// Chosen by the planner to be unassigned in EC2; never handed out.
     Releasing,
+    /// EC2 assigned it but IMDS does not show it yet (IMDS lags EC2): counted, not handed out.
+    Pending,
 }
 
 /// One attached ENI as observed in EC2, plus ipamd's view of its IPs.
@@ -71,6 +73,8 @@ pub struct ObservedEni {
     pub subnet_cidr: Ipv4Net,
     pub primary_ip: Ipv4Addr,
     pub secondary_ips: Vec<Ipv4Addr>,
+    /// Those of `secondary_ips` that IMDS does not show yet.
+    pub unconfirmed: Vec<Ipv4Addr>,
     /// Host networking for the ENI is in place (always true for the primary ENI).
     pub ready: bool,
 }
@@ -78,8 +82,10 @@ pub struct ObservedEni {
 /// Why an assignment could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AssignError {
-    #[error("no free IP on this node: {assigned} assigned, {cooling} cooling, {enis} ENIs attached")]
-    Exhausted { assigned: usize, cooling: usize, enis: usize },
+    #[error(
+        "no free IP on this node: {assigned} assigned, {cooling} cooling, {pending} waiting for IMDS, {enis} ENIs attached"
+    )]
+    Exhausted { assigned: usize, cooling: usize, pending: usize, enis: usize },
 }
 
 /// Result of an assignment.
@@ -100,6 +106,8 @@ pub struct Stats {
     pub assigned: usize,
     pub cooling: usize,
     pub free: usize,
+    /// Assigned in EC2, not yet shown by IMDS.
+    pub pending: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -145,6 +153,8 @@ impl Datastore {
                     IpState::Releasing
                 } else if let Some(until) = self.cooling.get(&ip) {
                     IpState::Cooling { until_ms: *until }
+                } else if o.unconfirmed.contains(&ip) {
+                    IpState::Pending
                 } else {
                     IpState::Free
                 };
@@ -212,7 +222,7 @@ impl Datastore {
             }
         }
         let s = self.stats(now_ms);
-        Err(AssignError::Exhausted { assigned: s.assigned, cooling: s.cooling, enis: s.enis })
+        Err(AssignError::Exhausted { assigned: s.assigned, cooling: s.cooling, pending: s.pending, enis: s.enis })
     }
 
     /// Releases `key`'s IP into cooldown. `None` when the key holds nothing (a repeated DEL).
@@ -243,6 +253,7 @@ impl Datastore {
             s.total += 1;
             match *state {
                 IpState::Assigned => s.assigned += 1,
+                IpState::Pending => s.pending += 1,
                 st if usable(st, now_ms) => s.free += 1,
                 _ => s.cooling += 1,
             }
@@ -273,6 +284,8 @@ impl Datastore {
                 for (ip, st) in &e.ips {
                     match *st {
                         IpState::Assigned => v.assigned += 1,
+                        // About to be usable: counted as free so the planner does not ask EC2 for more.
+                        IpState::Pending => v.free.push(*ip),
                         s if usable(s, now_ms) => v.free.push(*ip),
                         _ => v.cooling += 1,
                     }
@@ -318,7 +331,7 @@ fn usable(state: IpState, now_ms: i64) -> bool {
     match state {
         IpState::Free => true,
         IpState::Cooling { until_ms } => until_ms <= now_ms,
-        IpState::Assigned | IpState::Releasing => false,
+        IpState::Assigned | IpState::Releasing | IpState::Pending => false,
     }
 }
 
@@ -339,6 +352,7 @@ mod tests {
             subnet_cidr: "10.0.1.0/24".parse().unwrap(),
             primary_ip: format!("10.0.1.{}", 100 + dev).parse().unwrap(),
             secondary_ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
+            unconfirmed: Vec::new(),
             ready: true,
         }
     }

@@ -39,6 +39,8 @@ pub struct Ec2Eni {
     pub secondary_ips: Vec<Ipv4Addr>,
     pub device_index: Option<u32>,
     pub attachment_id: Option<String>,
+    /// The attachment's DeleteOnTermination (`None` when not attached).
+    pub delete_on_termination: Option<bool>,
     /// "in-use", "available", …
     pub status: String,
     pub security_groups: Vec<String>,
@@ -175,6 +177,7 @@ fn convert(op: &'static str, ni: &aws_sdk_ec2::types::NetworkInterface) -> Resul
         secondary_ips,
         device_index: att.and_then(|a| a.device_index()).map(|d| d as u32),
         attachment_id: att.and_then(|a| a.attachment_id()).map(String::from),
+        delete_on_termination: att.and_then(|a| a.delete_on_termination()),
         status: ni.status().map(|s| s.as_str().to_string()).unwrap_or_default(),
         security_groups: ni.groups().iter().filter_map(|g| g.group_id().map(String::from)).collect(),
         tags: ni.tag_set().iter().filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string()))).collect(),

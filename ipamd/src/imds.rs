@@ -1,7 +1,7 @@
 //! Node bootstrap from the instance metadata service (IMDSv2 through aws-config's client, so the standard
 //! AWS_EC2_METADATA_SERVICE_ENDPOINT override applies). The [`Metadata`] trait is the I/O boundary.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::Ipv4Addr;
 
@@ -67,6 +67,8 @@ pub struct MacInfo {
     pub mac: String,
     pub eni_id: String,
     pub device_number: u32,
+    /// `local-ipv4s`: the ENI's primary and secondary private IPs as the instance sees them.
+    pub ips: BTreeSet<Ipv4Addr>,
 }
 
 /// What ipamd needs to know about its node.
@@ -132,7 +134,8 @@ impl NodeInfo {
     }
 }
 
-/// The node's interfaces by ENI id, from `network/interfaces/macs/` (links are matched to ENIs by MAC).
+/// The node's interfaces by ENI id, from `network/interfaces/macs/` (links are matched to ENIs by MAC), with
+/// their addresses: the reconcile loop compares this with its EC2 view every round instead of asking EC2.
 pub async fn interfaces(md: &impl Metadata) -> Result<BTreeMap<String, MacInfo>, ImdsError> {
     let mut out = BTreeMap::new();
     for mac in lines(&md.get("network/interfaces/macs/").await?) {
@@ -141,7 +144,13 @@ pub async fn interfaces(md: &impl Metadata) -> Result<BTreeMap<String, MacInfo>,
         let eni_id = md.get(&format!("{base}/interface-id")).await?.trim().to_string();
         let dev_path = format!("{base}/device-number");
         let device_number = parse(&dev_path, &md.get(&dev_path).await?)?;
-        out.insert(eni_id.clone(), MacInfo { mac, eni_id, device_number });
+        let ips_path = format!("{base}/local-ipv4s");
+        // An interface IMDS has only just learnt about may not list addresses yet.
+        let ips = match md.get(&ips_path).await {
+            Ok(text) => lines(&text).map(|l| parse(&ips_path, l)).collect::<Result<_, _>>()?,
+            Err(_) => BTreeSet::new(),
+        };
+        out.insert(eni_id.clone(), MacInfo { mac, eni_id, device_number, ips });
     }
     Ok(out)
 }
@@ -177,6 +186,7 @@ pub(crate) mod fake {
             ("network/interfaces/macs/".into(), format!("{mac}/\n")),
             (format!("{b}/interface-id"), "eni-prim".into()),
             (format!("{b}/device-number"), "0".into()),
+            (format!("{b}/local-ipv4s"), "10.0.1.4".into()),
             (format!("{b}/subnet-id"), "subnet-1".into()),
             (format!("{b}/subnet-ipv4-cidr-block"), "10.0.1.0/24".into()),
             (format!("{b}/security-group-ids"), "sg-1\nsg-2".into()),
@@ -199,6 +209,7 @@ mod tests {
         assert_eq!(n.vpc_cidrs.len(), 2);
         let ifs = interfaces(&md).await.unwrap();
         assert_eq!(ifs["eni-prim"].mac, "02:aa:bb:cc:dd:00");
+        assert_eq!(ifs["eni-prim"].ips, BTreeSet::from([Ipv4Addr::new(10, 0, 1, 4)]));
     }
 
     #[tokio::test]

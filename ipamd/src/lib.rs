@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod datastore;
 pub mod ec2;
+pub mod ec2sync;
 pub mod grpc;
 pub mod hostnet;
 pub mod imds;

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
 use crate::checkpoint::{Checkpoint, Store};
-use crate::datastore::{AllocKey, Allocation, AssignError, Datastore, ObservedEni, Stats};
+use crate::datastore::{AllocKey, Allocation, AssignError, Datastore, IpState, ObservedEni, Stats};
 use crate::planner::{self, Action, Limits, Targets};
 
 pub fn now_ms() -> i64 {
@@ -286,7 +286,10 @@ impl Actor {
                 let reserved = self.settings.primary_reserved;
                 let enis: Vec<_> = self.ds.enis.values().filter(|e| !(reserved && e.primary)).collect();
                 let at_limit = self.pod_limits().filter(|l| {
-                    enis.len() as u32 >= l.max_enis && enis.iter().all(|e| e.ips.len() as u32 >= l.ips_per_eni)
+                    enis.len() as u32 >= l.max_enis
+                        && enis.iter().all(|e| e.ips.len() as u32 >= l.ips_per_eni)
+                        // IPs waiting for IMDS are about to be usable: not the end of the road.
+                        && enis.iter().all(|e| e.ips.values().all(|s| *s != IpState::Pending))
                 });
                 match at_limit {
                     Some(_) => Err(PoolError::AtLimit(e, self.limits.map_or(0, |l| l.max_enis))),

@@ -1,6 +1,8 @@
 //! IMDSv2 emulator: serves one instance's metadata, read fresh from LocalStack on every request, so ENIs that
 //! ipamd attaches show up at once. Tokens are required (PUT /latest/api/token first), as on real EC2.
 //! MACs are derived from ENI ids ([`crate::mac::mac_for_eni`]) because LocalStack's are malformed.
+//! The tree is cached for [`FRESH_FOR`]: like the real IMDS it may lag EC2 by a moment, and a node that reads
+//! it every few seconds does not turn into a stream of LocalStack requests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -17,6 +19,9 @@ use crate::mac::mac_for_eni;
 
 const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+const FRESH_FOR: std::time::Duration = std::time::Duration::from_millis(500);
+
+type Tree = Arc<BTreeMap<String, String>>;
 
 #[derive(Clone)]
 struct Ctx {
@@ -24,6 +29,7 @@ struct Ctx {
     instance_id: String,
     region: String,
     tokens: Arc<Mutex<BTreeSet<String>>>,
+    cache: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Tree)>>>,
 }
 
 /// A running emulator.
@@ -42,7 +48,13 @@ impl ImdsEmulator {
         region: &str,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
-        let ctx = Ctx { ec2, instance_id: instance_id.to_string(), region: region.to_string(), tokens: Arc::default() };
+        let ctx = Ctx {
+            ec2,
+            instance_id: instance_id.to_string(),
+            region: region.to_string(),
+            tokens: Arc::default(),
+            cache: Arc::default(),
+        };
         let app = Router::new().fallback(handle).with_state(ctx);
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -94,13 +106,26 @@ async fn handle(
     let Some(rel) = path.strip_prefix("/latest/meta-data/") else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    match metadata(&ctx).await {
+    match cached(&ctx).await {
         Ok(map) => match map.get(rel) {
             Some(v) => Response::new(Body::from(v.clone())),
             None => StatusCode::NOT_FOUND.into_response(),
         },
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
     }
+}
+
+/// The tree, fetched again once older than [`FRESH_FOR`] (concurrent requests wait for one fetch).
+async fn cached(ctx: &Ctx) -> Result<Tree, String> {
+    let mut slot = ctx.cache.lock().await;
+    if let Some((at, tree)) = slot.as_ref()
+        && at.elapsed() < FRESH_FOR
+    {
+        return Ok(tree.clone());
+    }
+    let tree = Arc::new(metadata(ctx).await?);
+    *slot = Some((std::time::Instant::now(), tree.clone()));
+    Ok(tree)
 }
 
 /// The whole metadata tree for the instance, as path → value.

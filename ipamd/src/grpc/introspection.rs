@@ -100,6 +100,7 @@ impl pb::introspection_server::Introspection for IntrospectionService {
                                     out.cooldown_until_unix = until_ms / 1000;
                                 }
                                 IpState::Releasing => out.state = "releasing".into(),
+                                IpState::Pending => out.state = "pending".into(),
                                 _ => out.state = "free".into(),
                             }
                             out

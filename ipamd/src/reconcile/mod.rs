@@ -1,6 +1,11 @@
-//! The warm-pool reconcile loop: observe EC2 (and IMDS for MACs), hand the observation to the pool actor, ask
-//! it for a plan, apply the plan through EC2, and requeue — at once after a change, at the next cooldown
-//! expiry, when the actor kicks (a pod took an IP), or after the idle interval.
+//! The warm-pool reconcile loop: observe the node's ENIs (from IMDS, asking EC2 only when [`Ec2Sync`] says
+//! so), hand the observation to the pool actor, ask it for a plan, apply the plan through EC2, and requeue —
+//! at once after a change, at the next cooldown expiry, when the actor kicks (a pod took an IP), or after the
+//! idle interval. A failing round backs off exponentially (with jitter) and ignores kicks meanwhile, so a
+//! burst of pods on an exhausted subnet cannot turn into a burst of EC2 calls.
+
+mod apply;
+pub mod sweep;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -10,12 +15,12 @@ use ipnet::Ipv4Net;
 use moka::future::Cache;
 
 use crate::datastore::ObservedEni;
-use crate::ec2::{Ec2Api, Ec2Eni, Ec2Error, InstanceLimits, NewEni, Subnet};
+use crate::ec2::{Ec2Api, Ec2Eni, Ec2Error, InstanceLimits, Subnet};
+use crate::ec2sync::{Ec2Sync, ImdsEnis};
 use crate::hostnet::{self, EniNet, HostNet, HostNetError};
-use crate::imds::{self, MacInfo, Metadata, NodeInfo};
+use crate::imds::{self, Metadata, NodeInfo};
 use crate::k8s::{Kube, eniconfig::EniConfigSpec, events};
-use crate::placement::Placement;
-use crate::planner::{Action, Limits};
+use crate::planner::Limits;
 use crate::pool::PoolHandle;
 use crate::snat::{self, SnatConfig};
 
@@ -25,8 +30,10 @@ pub const TAG_CLUSTER: &str = "cluster.k8s.amazonaws.com/name";
 /// aws-vpc-cni's opt-out tag: an ENI carrying it with value `true` is never touched.
 pub const TAG_NO_MANAGE: &str = "node.k8s.amazonaws.com/no_manage";
 
-/// How often leaked ENIs (created by this node, never attached, e.g. after a crash) are looked for.
-const LEAK_SWEEP_EVERY: Duration = Duration::from_secs(300);
+/// Longest wait between two tries of a failing round.
+const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(120);
+/// How soon to look at IMDS again while it has not caught up with ipamd's own EC2 actions.
+const IMDS_CATCH_UP: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -49,8 +56,10 @@ pub struct ReconcileSettings {
     pub cluster_name: String,
     pub additional_tags: BTreeMap<String, String>,
     pub leaked_eni_cleanup: bool,
-    /// Wait after a failed round before trying again.
+    /// Wait after a failed round before trying again (doubled per consecutive failure, up to 2 min).
     pub error_backoff: Duration,
+    /// Full EC2 sync interval (IPAMD_EC2_RESYNC_INTERVAL); between syncs IMDS is compared with the EC2 view.
+    pub ec2_resync: Duration,
     /// MTU for secondary ENI links (AWS_VPC_ENI_MTU).
     pub eni_mtu: u32,
     /// How long to wait for a newly attached ENI's link to appear.
@@ -74,8 +83,18 @@ pub struct Reconciler<E: Ec2Api, M: Metadata, N: HostNet> {
     pub(crate) last_eni_config: Option<(String, EniConfigSpec)>,
     /// Attached ENIs ipamd leaves alone (reported once each).
     foreign: BTreeSet<String>,
-    macs: BTreeMap<String, MacInfo>,
-    last_leak_sweep: Option<Instant>,
+    /// What EC2 last said, and when to ask again.
+    pub(crate) sync: Ec2Sync,
+    /// ENIs created but not attached whose delete failed: retried each round.
+    orphans: BTreeSet<String>,
+    /// Leaked-ENI candidates without a createdAt tag: when each was first seen available (unix seconds).
+    available_since: BTreeMap<String, i64>,
+    /// The leaked-ENI sweep runs at start and once per full EC2 sync.
+    sweep_due: bool,
+    /// Consecutive failed rounds.
+    failures: u32,
+    /// The last good round ended with IMDS showing everything the EC2 view holds.
+    settled: bool,
     /// ENIs whose host networking is known to be in place.
     configured: BTreeSet<String>,
     /// The SNAT ruleset last applied (re-applied when it would differ).
@@ -103,35 +122,52 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             snat_applied: None,
             node,
             pool,
-            settings,
             limits_cache: Cache::builder().time_to_live(Duration::from_secs(3600)).build(),
             subnet_cache: Cache::builder().max_capacity(64).build(),
-            macs: BTreeMap::new(),
-            last_leak_sweep: None,
+            sync: Ec2Sync::new(settings.ec2_resync, Instant::now()),
+            settings,
+            orphans: BTreeSet::new(),
+            available_since: BTreeMap::new(),
+            sweep_due: true,
+            failures: 0,
+            settled: false,
         }
     }
 
     /// Runs forever; `on_first_success` fires once (health → SERVING).
+    /// SERVING waits until the pool's IPs are usable (IMDS shows them), or at most [`crate::ec2sync::SETTLE`]
+    /// after the first good round if IMDS keeps disagreeing.
     pub async fn run(mut self, on_first_success: impl FnOnce() + Send) {
         let mut first = Some(on_first_success);
+        let mut first_good: Option<Instant> = None;
         loop {
             let requeue = match self.reconcile_once().await {
                 Ok(requeue) => {
+                    self.failures = 0;
                     let _ = self.pool.reconciled(None).await;
-                    if let Some(f) = first.take() {
+                    let since = *first_good.get_or_insert_with(Instant::now);
+                    if (self.settled || since.elapsed() >= crate::ec2sync::SETTLE)
+                        && let Some(f) = first.take()
+                    {
                         f();
                     }
                     requeue
                 }
                 Err(e) => {
-                    tracing::warn!("reconcile failed: {e}");
+                    self.failures = self.failures.saturating_add(1);
+                    let wait = error_backoff(self.settings.error_backoff, self.failures);
+                    tracing::warn!("reconcile failed ({} in a row, next try in {wait:.1?}): {e}", self.failures);
                     if let ReconcileError::Ec2(ec2) = &e
                         && let Some((reason, note)) = events::for_ec2_error(ec2)
                     {
                         self.kube.events.warning(reason, "ReconcileENIs", note);
                     }
-                    let _ = self.pool.reconciled(Some(e.to_string())).await;
-                    self.settings.error_backoff
+                    let message =
+                        format!("{e} (failed {} times in a row; next try in {}s)", self.failures, wait.as_secs());
+                    let _ = self.pool.reconciled(Some(message)).await;
+                    // Kicks (pods asking for IPs) do not cut a backoff short: that is how hot loops start.
+                    tokio::time::sleep(wait).await;
+                    continue;
                 }
             };
             if !requeue.is_zero() {
@@ -159,11 +195,12 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
     /// One observe → plan → apply round. Returns when to look again.
     pub async fn reconcile_once(&mut self) -> Result<Duration, ReconcileError> {
         let limits = self.limits().await?;
-        if self.settings.leaked_eni_cleanup && self.last_leak_sweep.is_none_or(|t| t.elapsed() >= LEAK_SWEEP_EVERY) {
+        let (attached, mut host_errors, mut settled) = self.observe(limits).await?;
+        if std::mem::take(&mut self.sweep_due) && self.settings.leaked_eni_cleanup {
             self.sweep_leaked_enis().await?;
-            self.last_leak_sweep = Some(Instant::now());
         }
-        let (attached, mut host_errors) = self.observe(limits).await?;
+        let managed: Vec<Ec2Eni> = attached.iter().filter(|e| self.managed(e)).cloned().collect();
+        self.repair(&managed).await;
         if let Err(e) = self.sync_snat().await {
             host_errors.push(HostNetError::Netlink { op: "nftables", message: e });
         }
@@ -171,17 +208,26 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         let (actions, requeue) = self.pool.plan().await?;
         let mut used: BTreeSet<u32> = attached.iter().filter_map(|e| e.device_index).collect();
         for action in &actions {
-            self.apply(action, &attached, &mut used, &placement).await?;
+            self.apply(action, &mut used, &placement).await?;
         }
         if !actions.is_empty() {
             // The pool sees what was just done before the round counts as complete (health waits on it).
-            let (_, mut more) = self.observe(limits).await?;
+            let (_, mut more, now_settled) = self.observe(limits).await?;
             host_errors.append(&mut more);
+            settled = now_settled;
         }
         if !host_errors.is_empty() {
             return Err(ReconcileError::HostNet(host_errors));
         }
-        Ok(if actions.is_empty() { requeue } else { Duration::ZERO })
+        self.settled = settled;
+        Ok(if !actions.is_empty() {
+            Duration::ZERO
+        } else if !settled {
+            // New IPs wait for IMDS to show them; look again soon (IMDS only, no EC2 call).
+            requeue.min(IMDS_CATCH_UP)
+        } else {
+            requeue
+        })
     }
 
     /// Whether ipamd manages `eni`: the primary ENI, or one it created for this instance (its instance tag) that
@@ -192,11 +238,23 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                 && eni.tags.get(TAG_NO_MANAGE).is_none_or(|v| !v.eq_ignore_ascii_case("true")))
     }
 
-    /// Reads the node's ENIs from EC2, wires the host networking of those ipamd manages, and hands them to the
-    /// pool; ENIs it does not manage still take attachment slots, so the pool's ENI limit shrinks by them.
-    /// Returns every attached ENI (device indexes in use) and the host errors.
-    async fn observe(&mut self, limits: Limits) -> Result<(Vec<Ec2Eni>, Vec<HostNetError>), ReconcileError> {
-        let attached = self.ec2.attached_enis(&self.node.instance_id).await?;
+    /// Reads the node's ENIs (IMDS every time, EC2 only when [`Ec2Sync::due`]), wires the host networking of
+    /// those ipamd manages, and hands them to the pool; ENIs it does not manage still take attachment slots,
+    /// so the pool's ENI limit shrinks by them. Returns every attached ENI (device indexes in use), the host
+    /// errors, and whether IMDS agrees with the EC2 view.
+    async fn observe(&mut self, limits: Limits) -> Result<(Vec<Ec2Eni>, Vec<HostNetError>, bool), ReconcileError> {
+        let imds = imds::interfaces(self.imds.as_ref()).await?;
+        let now = Instant::now();
+        if let Some(why) = self.sync.due(&imds, now) {
+            tracing::debug!(why = why.as_str(), "asking EC2 for the node's ENIs");
+            let enis = self.ec2.attached_enis(&self.node.instance_id).await?;
+            self.sync.described(enis, &imds, now, why);
+            if why == crate::ec2sync::Why::FullSync {
+                self.sweep_due = true;
+            }
+        }
+        let settled = self.sync.confirmed(&imds);
+        let attached = self.sync.enis().to_vec();
         let (mine, foreign): (Vec<Ec2Eni>, Vec<Ec2Eni>) = attached.iter().cloned().partition(|e| self.managed(e));
         for e in &foreign {
             if self.foreign.insert(e.id.clone()) {
@@ -210,13 +268,13 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             }
         }
         self.foreign.retain(|id| foreign.iter().any(|e| &e.id == id));
-        let mut observed = self.observed(&mine).await?;
+        let mut observed = self.observed(&mine, &imds).await?;
         let host_errors = match self.hostnet.clone() {
             Some(net) => self.sync_host(net.as_ref(), &mut observed).await,
             None => Vec::new(),
         };
         self.pool.observe(observed, limits, foreign.len() as u32).await?;
-        Ok((attached, host_errors))
+        Ok((attached, host_errors, settled))
     }
 
     /// Keeps the SNAT table in step with the VPC's CIDRs (IMDS), rebuilding it atomically when they change.
@@ -297,14 +355,12 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         errors
     }
 
-    async fn observed(&mut self, attached: &[Ec2Eni]) -> Result<Vec<ObservedEni>, ReconcileError> {
-        if attached.iter().any(|e| !self.macs.contains_key(&e.id)) {
-            self.macs = imds::interfaces(self.imds.as_ref()).await?;
-        }
+    async fn observed(&mut self, attached: &[Ec2Eni], imds: &ImdsEnis) -> Result<Vec<ObservedEni>, ReconcileError> {
         let mut out = Vec::with_capacity(attached.len());
         for e in attached {
             let subnet_cidr = self.subnet(&e.subnet_id).await?.cidr;
-            let mac = self.macs.get(&e.id);
+            // An ENI IMDS does not show yet has no MAC: its link cannot be found, so it is not ready.
+            let mac = imds.get(&e.id);
             out.push(ObservedEni {
                 id: e.id.clone(),
                 mac: mac.map(|m| m.mac.clone()).unwrap_or_default(),
@@ -313,6 +369,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                 subnet_cidr,
                 primary_ip: e.primary_ip,
                 secondary_ips: e.secondary_ips.clone(),
+                unconfirmed: Ec2Sync::unconfirmed(e, imds),
                 // Without host networking to do, every ENI is usable as observed.
                 ready: self.hostnet.is_none() || e.id == self.node.primary_eni_id,
             });
@@ -329,104 +386,25 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         let id = subnet_id.to_string();
         self.subnet_cache.try_get_with(id.clone(), async move { ec2.subnet(&id).await }).await.map_err(|e| (*e).clone())
     }
+}
 
-    fn tags(&self) -> BTreeMap<String, String> {
-        let mut tags = self.settings.additional_tags.clone();
-        tags.insert(TAG_INSTANCE_ID.into(), self.node.instance_id.clone());
-        let created = crate::pool::now_ms() / 1000;
-        tags.insert(TAG_CREATED_AT.into(), created.to_string());
-        if !self.settings.cluster_name.is_empty() {
-            tags.insert(TAG_CLUSTER.into(), self.settings.cluster_name.clone());
-        }
-        tags
-    }
+/// The wait after the `failures`-th failed round in a row: `base` doubled per failure up to
+/// [`MAX_ERROR_BACKOFF`], spread by ±20 % so that nodes failing together do not retry together.
+fn error_backoff(base: Duration, failures: u32) -> Duration {
+    let doubled = base.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(MAX_ERROR_BACKOFF);
+    doubled.mul_f64(0.8 + rand::random::<f64>() * 0.4)
+}
 
-    async fn apply(
-        &self,
-        action: &Action,
-        attached: &[Ec2Eni],
-        used: &mut BTreeSet<u32>,
-        placement: &Result<Placement, String>,
-    ) -> Result<(), ReconcileError> {
-        match action {
-            Action::CreateEni { ip_count } => {
-                let place = placement.clone().map_err(ReconcileError::EniConfig)?;
-                let device_index = (1..).find(|d| !used.contains(d)).unwrap_or(1);
-                let new = NewEni {
-                    subnet_id: place.subnet_id,
-                    security_groups: place.security_groups,
-                    ip_count: *ip_count,
-                    description: format!("aws-K8S-{}", self.node.instance_id),
-                    tags: self.tags(),
-                };
-                let eni = self.ec2.create_eni(&new).await?;
-                let attachment = match self.ec2.attach_eni(&eni.id, &self.node.instance_id, device_index).await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Do not leak it: an unattached ENI still costs an address per IP in the subnet.
-                        if let Err(de) = self.ec2.delete_eni(&eni.id).await {
-                            tracing::warn!("deleting unattached {} after a failed attach: {de}", eni.id);
-                        }
-                        return Err(e.into());
-                    }
-                };
-                used.insert(device_index);
-                self.ec2.set_delete_on_termination(&eni.id, &attachment).await?;
-                self.pool.emit(
-                    "eni-attached",
-                    format!(
-                        "{} at device {device_index} with {} IPs in {}",
-                        eni.id,
-                        eni.secondary_ips.len(),
-                        eni.subnet_id
-                    ),
-                );
-            }
-            Action::AssignIps { eni_id, count } => {
-                self.ec2.assign_ips(eni_id, *count).await?;
-                self.pool.emit("ips-assigned", format!("{count} IPs to {eni_id}"));
-            }
-            Action::UnassignIps { eni_id, ips } => {
-                self.ec2.unassign_ips(eni_id, ips).await?;
-                self.pool.emit("ips-unassigned", format!("{} IPs from {eni_id}", ips.len()));
-            }
-            Action::DeleteEni { eni_id } => {
-                if let Some(att) = attached.iter().find(|e| &e.id == eni_id).and_then(|e| e.attachment_id.clone()) {
-                    self.ec2.detach_eni(&att).await?;
-                }
-                self.delete_with_retry(eni_id).await?;
-                self.pool.emit("eni-deleted", format!("{eni_id} detached and deleted"));
-            }
-        }
-        Ok(())
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// EC2 detaches asynchronously: deletion fails with InUse until the detach has finished.
-    async fn delete_with_retry(&self, eni_id: &str) -> Result<(), Ec2Error> {
-        let mut delay = Duration::from_millis(200);
-        let mut attempts = 0;
-        loop {
-            match self.ec2.delete_eni(eni_id).await {
-                Err(e) if e.code.contains("InUse") && attempts < 8 => {
-                    attempts += 1;
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                other => return other,
-            }
+    #[test]
+    fn error_backoff_doubles_up_to_the_cap_with_jitter() {
+        let base = Duration::from_secs(2);
+        for (failures, nominal) in [(1, 2.0), (2, 4.0), (3, 8.0), (6, 64.0), (7, 120.0), (40, 120.0)] {
+            let w = error_backoff(base, failures).as_secs_f64();
+            assert!(w >= nominal * 0.8 && w <= nominal * 1.2, "failure {failures}: {w}");
         }
-    }
-
-    async fn sweep_leaked_enis(&self) -> Result<(), ReconcileError> {
-        let leaked = self.ec2.unattached_tagged_enis(TAG_INSTANCE_ID, &self.node.instance_id).await?;
-        for eni in leaked {
-            match self.ec2.delete_eni(&eni.id).await {
-                Ok(()) => {
-                    self.pool.emit("eni-deleted", format!("{} leaked (created by this node, never attached)", eni.id))
-                }
-                Err(e) => tracing::warn!("leaked {}: {e}", eni.id),
-            }
-        }
-        Ok(())
     }
 }

@@ -1,0 +1,156 @@
+//! Carrying out the planner's actions in EC2, keeping the EC2 view ([`crate::ec2sync`]) in step with each
+//! result so that the next round needs no Describe, and repairing what an interrupted action left: an ENI
+//! created but never attached is deleted, an attachment without DeleteOnTermination gets it.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use super::{ReconcileError, Reconciler, TAG_CLUSTER, TAG_CREATED_AT, TAG_INSTANCE_ID};
+use crate::ec2::{Ec2Api, Ec2Eni, Ec2Error, NewEni};
+use crate::hostnet::HostNet;
+use crate::imds::Metadata;
+use crate::placement::Placement;
+use crate::planner::Action;
+
+impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
+    fn tags(&self) -> std::collections::BTreeMap<String, String> {
+        let mut tags = self.settings.additional_tags.clone();
+        tags.insert(TAG_INSTANCE_ID.into(), self.node.instance_id.clone());
+        let created = crate::pool::now_ms() / 1000;
+        tags.insert(TAG_CREATED_AT.into(), created.to_string());
+        if !self.settings.cluster_name.is_empty() {
+            tags.insert(TAG_CLUSTER.into(), self.settings.cluster_name.clone());
+        }
+        tags
+    }
+
+    /// Applies one action. On an error the EC2 view is dropped (what EC2 did is no longer known), so the next
+    /// round asks EC2.
+    pub(super) async fn apply(
+        &mut self,
+        action: &Action,
+        used: &mut BTreeSet<u32>,
+        placement: &Result<Placement, String>,
+    ) -> Result<(), ReconcileError> {
+        let result = self.apply_inner(action, used, placement).await;
+        if matches!(result, Err(ReconcileError::Ec2(_))) {
+            self.sync.invalidate();
+        }
+        result
+    }
+
+    async fn apply_inner(
+        &mut self,
+        action: &Action,
+        used: &mut BTreeSet<u32>,
+        placement: &Result<Placement, String>,
+    ) -> Result<(), ReconcileError> {
+        match action {
+            Action::CreateEni { ip_count } => {
+                let place = placement.clone().map_err(ReconcileError::EniConfig)?;
+                let device_index = (1..).find(|d| !used.contains(d)).unwrap_or(1);
+                let new = NewEni {
+                    subnet_id: place.subnet_id,
+                    security_groups: place.security_groups,
+                    ip_count: *ip_count,
+                    description: format!("aws-K8S-{}", self.node.instance_id),
+                    tags: self.tags(),
+                };
+                let eni = self.ec2.create_eni(&new).await?;
+                let attachment = match self.ec2.attach_eni(&eni.id, &self.node.instance_id, device_index).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Do not leak it: an unattached ENI still holds an address per IP in the subnet.
+                        self.delete_orphan(eni.id.clone()).await;
+                        return Err(e.into());
+                    }
+                };
+                used.insert(device_index);
+                self.ec2.set_delete_on_termination(&eni.id, &attachment).await?;
+                self.pool.emit(
+                    "eni-attached",
+                    format!(
+                        "{} at device {device_index} with {} IPs in {}",
+                        eni.id,
+                        eni.secondary_ips.len(),
+                        eni.subnet_id
+                    ),
+                );
+                self.sync.attached(eni, device_index, attachment, Instant::now());
+            }
+            Action::AssignIps { eni_id, count } => {
+                let ips = self.ec2.assign_ips(eni_id, *count).await?;
+                let added = self.sync.assigned(eni_id, &ips, Instant::now());
+                self.pool.emit("ips-assigned", format!("{added} IPs to {eni_id}"));
+            }
+            Action::UnassignIps { eni_id, ips } => {
+                self.ec2.unassign_ips(eni_id, ips).await?;
+                self.pool.emit("ips-unassigned", format!("{} IPs from {eni_id}", ips.len()));
+                self.sync.unassigned(eni_id, ips, Instant::now());
+            }
+            Action::DeleteEni { eni_id } => {
+                let attachment =
+                    self.sync.enis().iter().find(|e| &e.id == eni_id).and_then(|e| e.attachment_id.clone());
+                if let Some(att) = attachment {
+                    self.ec2.detach_eni(&att).await?;
+                }
+                self.delete_with_retry(eni_id).await?;
+                self.pool.emit("eni-deleted", format!("{eni_id} detached and deleted"));
+                self.sync.deleted(eni_id, Instant::now());
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes an ENI this ipamd created but could not attach; remembered and retried every round until done.
+    async fn delete_orphan(&mut self, eni_id: String) {
+        match self.ec2.delete_eni(&eni_id).await {
+            Ok(()) => self.pool.emit("eni-deleted", format!("{eni_id} (created, attach failed)")),
+            Err(e) => {
+                tracing::warn!("deleting unattached {eni_id} after a failed attach: {e}; retrying next round");
+                self.orphans.insert(eni_id);
+            }
+        }
+    }
+
+    /// Fixes what an earlier round left half-done: orphaned ENIs still to delete, and ENIs of ours attached
+    /// without DeleteOnTermination (they would outlive the instance). Errors are logged; they do not fail
+    /// the round (the next one retries).
+    pub(super) async fn repair(&mut self, managed: &[Ec2Eni]) {
+        for eni_id in std::mem::take(&mut self.orphans) {
+            match self.ec2.delete_eni(&eni_id).await {
+                Ok(()) => self.pool.emit("eni-deleted", format!("{eni_id} (created, attach failed)")),
+                Err(e) if e.code.contains("NotFound") => {}
+                Err(e) => {
+                    tracing::warn!("deleting unattached {eni_id}: {e}");
+                    self.orphans.insert(eni_id);
+                }
+            }
+        }
+        for e in managed.iter().filter(|e| e.id != self.node.primary_eni_id && e.delete_on_termination == Some(false)) {
+            let Some(att) = &e.attachment_id else { continue };
+            // Either way, not tried again before EC2 is next asked (no retry loop on a denied call).
+            self.sync.delete_on_termination_done(&e.id);
+            match self.ec2.set_delete_on_termination(&e.id, att).await {
+                Ok(()) => self.pool.emit("eni-repaired", format!("{}: DeleteOnTermination set", e.id)),
+                Err(err) => tracing::warn!("{}: setting DeleteOnTermination: {err}", e.id),
+            }
+        }
+    }
+
+    /// EC2 detaches asynchronously: deletion fails with InUse until the detach has finished.
+    async fn delete_with_retry(&self, eni_id: &str) -> Result<(), Ec2Error> {
+        let mut delay = Duration::from_millis(200);
+        let mut attempts = 0;
+        loop {
+            match self.ec2.delete_eni(eni_id).await {
+                Err(e) if e.code.contains("InUse") && attempts < 8 => {
+                    attempts += 1;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
+}
