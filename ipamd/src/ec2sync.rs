@@ -285,7 +285,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Ec2Sync::new(RESYNC, t0);
         let prim = eni("eni-a", 4, &[10]);
-        s.described(vec![prim.clone()], &imds_of(&[prim.clone()]), t0, Why::Unknown);
+        s.described(vec![prim.clone()], &imds_of(std::slice::from_ref(&prim)), t0, Why::Unknown);
         let mut new = eni("eni-b", 20, &[21, 22]);
         new.device_index = None;
         new.attachment_id = None;
