@@ -1,4 +1,5 @@
-//! `ipam.json`: the allocations and cooling IPs that must survive a crash. Versioned, written atomically
+//! `ipam.json`: the allocations and cooling IPs that must survive a crash, and the last known node, limits and
+//! ENIs, so that ipamd can serve from it when EC2 or IMDS cannot be reached. Versioned, written atomically
 //! (temp file, fsync, rename, fsync of the directory), so a reader sees the old or the new file, never half.
 
 use std::collections::BTreeMap;
@@ -8,7 +9,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use ipnet::Ipv4Net;
+
 use crate::datastore::{AllocKey, Allocation};
+use crate::imds::NodeInfo;
+use crate::planner::Limits;
 
 pub const VERSION: u32 = 1;
 pub const FILE_NAME: &str = "ipam.json";
@@ -38,6 +43,24 @@ struct File {
     /// IP → unix millis when it may be reused.
     #[serde(default)]
     cooling: BTreeMap<Ipv4Addr, i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<NodeInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limits: Option<Limits>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    enis: Vec<SavedEni>,
+}
+
+/// An ENI and its usable secondary IPs as last observed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedEni {
+    pub id: String,
+    pub mac: String,
+    pub device_number: u32,
+    pub subnet_id: String,
+    pub subnet_cidr: Ipv4Net,
+    pub primary_ip: Ipv4Addr,
+    pub secondary_ips: Vec<Ipv4Addr>,
 }
 
 /// What the checkpoint holds.
@@ -45,6 +68,10 @@ struct File {
 pub struct Checkpoint {
     pub allocations: BTreeMap<AllocKey, Allocation>,
     pub cooling: BTreeMap<Ipv4Addr, i64>,
+    /// The node as IMDS last described it.
+    pub node: Option<NodeInfo>,
+    pub limits: Option<Limits>,
+    pub enis: Vec<SavedEni>,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +105,9 @@ impl Store {
         Ok(Checkpoint {
             allocations: file.allocations.into_iter().map(|e| (e.key, e.allocation)).collect(),
             cooling: file.cooling,
+            node: file.node,
+            limits: file.limits,
+            enis: file.enis,
         })
     }
 
@@ -86,6 +116,9 @@ impl Store {
             version: VERSION,
             allocations: cp.allocations.iter().map(|(k, a)| Entry { key: k.clone(), allocation: a.clone() }).collect(),
             cooling: cp.cooling.clone(),
+            node: cp.node.clone(),
+            limits: cp.limits,
+            enis: cp.enis.clone(),
         };
         let io = |source| CheckpointError::Io { path: self.path.clone(), source };
         let dir = self.path.parent().unwrap_or(Path::new("."));

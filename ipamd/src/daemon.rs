@@ -27,6 +27,7 @@ use crate::planner::Targets;
 use crate::pool::{self, PoolSettings};
 use crate::reconcile::{ReconcileSettings, Reconciler};
 use crate::snat::SnatConfig;
+use crate::telemetry::Telemetry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -51,13 +52,13 @@ pub enum DaemonError {
 }
 
 /// Reads IMDS, retrying for a while: at node boot the metadata service can lag the daemon's start.
-async fn load_node(imds: &AwsImds) -> Result<NodeInfo, ImdsError> {
+async fn load_node(imds: &AwsImds, attempts: u32) -> Result<NodeInfo, ImdsError> {
     let mut delay = Duration::from_millis(250);
     let mut attempt = 0;
     loop {
         match NodeInfo::load(imds).await {
             Ok(n) => return Ok(n),
-            Err(e) if attempt < 8 => {
+            Err(e) if attempt + 1 < attempts => {
                 tracing::warn!("IMDS not ready ({e}); retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
@@ -177,13 +178,36 @@ async fn install_cni(install: Install, pool: crate::pool::PoolHandle) {
 
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let started = Instant::now();
+    std::fs::create_dir_all(&cfg.ipamd_state_dir)
+        .map_err(|source| DaemonError::StateDir { path: cfg.ipamd_state_dir.display().to_string(), source })?;
+    let _lock = lock_state_dir(&cfg.ipamd_state_dir)?;
+    let store = Store::new(&cfg.ipamd_state_dir);
+    let first_start = !store.path().exists();
+    let mut checkpoint = store.load()?;
+    if first_start && let Some(path) = cfg.aws_node_checkpoint() {
+        import_aws_node(&path, &store, &mut checkpoint)?;
+    }
+
     let imds = AwsImds::from_env();
-    let node = Arc::new(load_node(&imds).await?);
+    // With a saved node there is something to serve from: do not wait long for IMDS.
+    let attempts = if checkpoint.node.is_some() { 3 } else { 9 };
+    let node = match (load_node(&imds, attempts).await, checkpoint.node.clone()) {
+        (Ok(node), _) => node,
+        // IMDS down at start: the node has not changed since the checkpoint was written (same instance, same
+        // state dir), so serve from it; the reconcile loop reports DEGRADED until IMDS answers.
+        (Err(e), Some(saved)) => {
+            tracing::error!("IMDS unreachable ({e}); starting from the node saved in the checkpoint");
+            saved
+        }
+        (Err(e), None) => return Err(e.into()),
+    };
+    let node = Arc::new(node);
     tracing::info!(
         instance = %node.instance_id, instance_type = %node.instance_type, eni = %node.primary_eni_id,
         subnet = %node.subnet_cidr, "node bootstrapped from IMDS"
     );
-    let ec2 = Arc::new(AwsEc2::new(&node.region, cfg.ec2_api_qps, cfg.ec2_api_burst).await);
+    let telemetry = Telemetry::default();
+    let ec2 = Arc::new(AwsEc2::new(&node.region, cfg.ec2_api_qps, cfg.ec2_api_burst, telemetry.clone()).await);
     let kube = match cfg.node_name() {
         Some(node_name) => Kube::start(KubeSettings {
             node_name: node_name.to_string(),
@@ -194,16 +218,6 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         }),
         None => Kube::disabled(),
     };
-
-    std::fs::create_dir_all(&cfg.ipamd_state_dir)
-        .map_err(|source| DaemonError::StateDir { path: cfg.ipamd_state_dir.display().to_string(), source })?;
-    let _lock = lock_state_dir(&cfg.ipamd_state_dir)?;
-    let store = Store::new(&cfg.ipamd_state_dir);
-    let first_start = !store.path().exists();
-    let mut checkpoint = store.load()?;
-    if first_start && let Some(path) = cfg.aws_node_checkpoint() {
-        import_aws_node(&path, &store, &mut checkpoint)?;
-    }
     tracing::info!(allocations = checkpoint.allocations.len(), path = %store.path().display(), "checkpoint restored");
 
     let pool = pool::spawn(
@@ -217,6 +231,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             cooldown: Duration::from_secs(cfg.ip_cooldown_period),
             reconcile_interval: Duration::from_secs(cfg.ipamd_reconcile_interval),
             primary_reserved: cfg.aws_vpc_k8s_cni_custom_network_cfg,
+            node: Some((*node).clone()),
         },
         store,
         checkpoint,
@@ -229,6 +244,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let policy = PeerPolicy { allowed_uids: cfg.ipamd_allowed_uids.0.clone() };
     let released = cfg.ipamd_host_network.then(|| conntrack_janitor(Duration::from_secs(cfg.ip_cooldown_period)));
     let ipam = IpamService {
+        telemetry: telemetry.clone(),
         released: released.clone(),
         pool: pool.clone(),
         facts: NetFacts {
@@ -250,7 +266,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let grpc_task = tokio::spawn(server);
 
     if let Some(addr) = cfg.metrics_bind_addr.0 {
-        let (local, fut) = crate::metrics::serve(addr, pool.clone(), ec2.calls.clone(), kube.clone())
+        let (local, fut) = crate::metrics::serve(addr, pool.clone(), telemetry.clone(), kube.clone())
             .await
             .map_err(|source| DaemonError::Metrics { addr: addr.to_string(), source })?;
         tracing::info!(%local, "metrics listening");
@@ -295,6 +311,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             leaked_eni_cleanup: !cfg.disable_leaked_eni_cleanup,
             error_backoff: Duration::from_secs(2),
             ec2_resync: Duration::from_secs(cfg.ipamd_ec2_resync_interval),
+            telemetry: telemetry.clone(),
             eni_mtu: cfg.aws_vpc_eni_mtu,
             snat,
             link_wait: Duration::from_secs(10),

@@ -242,6 +242,15 @@ impl Datastore {
         Some((a, device_number))
     }
 
+    /// Undoes [`Datastore::release`] (its checkpoint write failed).
+    pub fn restore_allocation(&mut self, key: AllocKey, a: Allocation) {
+        self.cooling.remove(&a.ip);
+        if let Some(state) = self.enis.get_mut(&a.eni_id).and_then(|e| e.ips.get_mut(&a.ip)) {
+            *state = IpState::Assigned;
+        }
+        self.allocations.insert(key, a);
+    }
+
     /// Device number of the ENI that holds `eni_id` (0 when unknown).
     pub fn device_number(&self, eni_id: &str) -> u32 {
         self.enis.get(eni_id).map(|e| e.device_number).unwrap_or(0)

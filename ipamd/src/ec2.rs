@@ -1,11 +1,10 @@
 //! The EC2 boundary: the [`Ec2Api`] trait (one method per EC2 operation ipamd makes) and its aws-sdk-ec2
-//! implementation, rate-limited by a token bucket and counted per operation for metrics.
+//! implementation, rate-limited by a token bucket (every attempt), retried per [`crate::retry`], and counted
+//! per operation for metrics.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
@@ -15,6 +14,8 @@ use aws_sdk_ec2::types::{
 use ipnet::Ipv4Net;
 
 use crate::ratelimit::TokenBucket;
+use crate::retry;
+use crate::telemetry::Telemetry;
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("EC2 {op}: {code}: {message}")]
@@ -102,45 +103,56 @@ pub trait Ec2Api: Send + Sync + 'static {
     fn delete_eni(&self, eni_id: &str) -> impl Future<Output = Result<(), Ec2Error>> + Send;
 }
 
-/// Per-operation EC2 request counters (shared with the metrics endpoint).
-#[derive(Debug, Default)]
-pub struct CallCounts(std::sync::Mutex<BTreeMap<&'static str, u64>>, AtomicU64);
-
-impl CallCounts {
-    fn inc(&self, op: &'static str) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(op).or_default() += 1;
-    }
-    fn throttled(&self, waited: Duration) {
-        self.1.fetch_add(waited.as_millis() as u64, Ordering::Relaxed);
-    }
-    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-    pub fn throttled_ms(&self) -> u64 {
-        self.1.load(Ordering::Relaxed)
-    }
-}
-
-/// aws-sdk-ec2 client behind the token bucket.
+/// aws-sdk-ec2 client behind the token bucket, with ipamd's own retries (see [`crate::retry`]).
 pub struct AwsEc2 {
     client: aws_sdk_ec2::Client,
     bucket: TokenBucket,
-    pub calls: Arc<CallCounts>,
+    pub telemetry: Telemetry,
 }
 
 impl AwsEc2 {
-    /// Loads the standard AWS configuration (AWS_ENDPOINT_URL_EC2, credentials chain) for `region`.
-    pub async fn new(region: &str, qps: f64, burst: u32) -> Self {
-        let conf = aws_config::from_env().region(aws_config::Region::new(region.to_string())).load().await;
-        Self { client: aws_sdk_ec2::Client::new(&conf), bucket: TokenBucket::new(qps, burst), calls: Arc::default() }
+    /// Loads the standard AWS configuration (AWS_ENDPOINT_URL_EC2, credentials chain) for `region`. The SDK's
+    /// retries are off: they would bypass EC2_API_QPS.
+    pub async fn new(region: &str, qps: f64, burst: u32, telemetry: Telemetry) -> Self {
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .operation_attempt_timeout(Duration::from_secs(20))
+            .build();
+        let conf = aws_config::from_env()
+            .region(aws_config::Region::new(region.to_string()))
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .timeout_config(timeouts)
+            .load()
+            .await;
+        Self { client: aws_sdk_ec2::Client::new(&conf), bucket: TokenBucket::new(qps, burst), telemetry }
     }
 
-    async fn gate(&self, op: &'static str) {
-        let waited = self.bucket.acquire().await;
-        self.calls.inc(op);
-        if !waited.is_zero() {
-            self.calls.throttled(waited);
-            tracing::debug!(op, waited_ms = waited.as_millis() as u64, "EC2 call delayed by EC2_API_QPS");
+    /// Sends one EC2 request through the bucket, retrying throttling, server errors and lost answers (where
+    /// repeating is safe) with jittered exponential backoff; each attempt takes a token and is counted.
+    async fn call<T, F, Fut>(&self, op: &'static str, mut send: F) -> Result<T, Ec2Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Ec2Error>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let waited = self.bucket.acquire().await;
+            if !waited.is_zero() {
+                self.telemetry.ec2_throttle_wait(waited);
+                tracing::debug!(op, waited_ms = waited.as_millis() as u64, "EC2 call delayed by EC2_API_QPS");
+            }
+            let started = std::time::Instant::now();
+            let result = send().await;
+            self.telemetry.ec2_call(op, started.elapsed(), result.as_ref().err().map(|e| e.code.as_str()));
+            match result {
+                Err(e) if retry::should_retry(op, &e, attempt) => {
+                    let wait = retry::backoff(attempt);
+                    tracing::info!(op, attempt, wait_ms = wait.as_millis() as u64, "EC2 {}: retrying", e.code);
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
         }
     }
 }
@@ -148,10 +160,20 @@ impl AwsEc2 {
 fn sdk_err<E: ProvideErrorMetadata + std::error::Error + 'static>(
     op: &'static str,
 ) -> impl FnOnce(aws_sdk_ec2::error::SdkError<E>) -> Ec2Error {
+    use aws_sdk_ec2::error::SdkError;
     move |e| {
-        let code = e.code().unwrap_or("Unknown").to_string();
         let message =
             e.message().map(String::from).unwrap_or_else(|| aws_sdk_ec2::error::DisplayErrorContext(&e).to_string());
+        let code = match (&e, e.code()) {
+            (_, Some(code)) => code.to_string(),
+            (SdkError::DispatchFailure(_), None) => "DispatchFailure".into(),
+            (SdkError::TimeoutError(_), None) => "Timeout".into(),
+            (SdkError::ResponseError(_), None) => "ResponseError".into(),
+            (_, None) => match e.raw_response().map(|r| r.status().as_u16()) {
+                Some(status) if status >= 500 => format!("{} {status}", retry::HTTP_5XX),
+                _ => "Unknown".into(),
+            },
+        };
         Ec2Error::new(op, code, message)
     }
 }
@@ -187,31 +209,44 @@ fn convert(op: &'static str, ni: &aws_sdk_ec2::types::NetworkInterface) -> Resul
 impl Ec2Api for AwsEc2 {
     async fn attached_enis(&self, instance_id: &str) -> Result<Vec<Ec2Eni>, Ec2Error> {
         const OP: &str = "DescribeNetworkInterfaces";
-        self.gate(OP).await;
-        let filter = Filter::builder().name("attachment.instance-id").values(instance_id).build();
-        let out = self.client.describe_network_interfaces().filters(filter).send().await.map_err(sdk_err(OP))?;
+        let client = &self.client;
+        let filter = &Filter::builder().name("attachment.instance-id").values(instance_id).build();
+        let out = self
+            .call(OP, || async move {
+                client.describe_network_interfaces().filters(filter.clone()).send().await.map_err(sdk_err(OP))
+            })
+            .await?;
         out.network_interfaces().iter().map(|n| convert(OP, n)).collect()
     }
 
     async fn unattached_tagged_enis(&self, tag_key: &str, tag_value: &str) -> Result<Vec<Ec2Eni>, Ec2Error> {
         const OP: &str = "DescribeNetworkInterfaces";
-        self.gate(OP).await;
+        let client = &self.client;
+        let tag = &Filter::builder().name(format!("tag:{tag_key}")).values(tag_value).build();
+        let available = &Filter::builder().name("status").values("available").build();
         let out = self
-            .client
-            .describe_network_interfaces()
-            .filters(Filter::builder().name(format!("tag:{tag_key}")).values(tag_value).build())
-            .filters(Filter::builder().name("status").values("available").build())
-            .send()
-            .await
-            .map_err(sdk_err(OP))?;
+            .call(OP, || async move {
+                client
+                    .describe_network_interfaces()
+                    .filters(tag.clone())
+                    .filters(available.clone())
+                    .send()
+                    .await
+                    .map_err(sdk_err(OP))
+            })
+            .await?;
         let enis: Vec<Ec2Eni> = out.network_interfaces().iter().map(|n| convert(OP, n)).collect::<Result<_, _>>()?;
         Ok(enis.into_iter().filter(|e| e.status == "available").collect())
     }
 
     async fn subnet(&self, subnet_id: &str) -> Result<Subnet, Ec2Error> {
         const OP: &str = "DescribeSubnets";
-        self.gate(OP).await;
-        let out = self.client.describe_subnets().subnet_ids(subnet_id).send().await.map_err(sdk_err(OP))?;
+        let client = &self.client;
+        let out =
+            self.call(OP, || async move {
+                client.describe_subnets().subnet_ids(subnet_id).send().await.map_err(sdk_err(OP))
+            })
+            .await?;
         let s = out.subnets().first();
         let cidr = s.and_then(|s| s.cidr_block()).unwrap_or_default();
         Ok(Subnet {
@@ -224,14 +259,17 @@ impl Ec2Api for AwsEc2 {
 
     async fn instance_limits(&self, instance_type: &str) -> Result<InstanceLimits, Ec2Error> {
         const OP: &str = "DescribeInstanceTypes";
-        self.gate(OP).await;
+        let client = &self.client;
         let out = self
-            .client
-            .describe_instance_types()
-            .instance_types(InstanceType::from(instance_type))
-            .send()
-            .await
-            .map_err(sdk_err(OP))?;
+            .call(OP, || async move {
+                client
+                    .describe_instance_types()
+                    .instance_types(InstanceType::from(instance_type))
+                    .send()
+                    .await
+                    .map_err(sdk_err(OP))
+            })
+            .await?;
         let net = out.instance_types().first().and_then(|t| t.network_info());
         match net.map(|n| (n.maximum_network_interfaces(), n.ipv4_addresses_per_interface())) {
             Some((Some(e), Some(i))) if e > 0 && i > 1 => {
@@ -243,96 +281,118 @@ impl Ec2Api for AwsEc2 {
 
     async fn create_eni(&self, eni: &NewEni) -> Result<Ec2Eni, Ec2Error> {
         const OP: &str = "CreateNetworkInterface";
-        self.gate(OP).await;
-        let tags = TagSpecification::builder()
+        let client = &self.client;
+        let tags = &TagSpecification::builder()
             .resource_type(ResourceType::NetworkInterface)
             .set_tags(Some(eni.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()))
             .build();
-        let mut req = self
-            .client
-            .create_network_interface()
-            .subnet_id(&eni.subnet_id)
-            .set_groups(Some(eni.security_groups.clone()))
-            .description(&eni.description)
-            .tag_specifications(tags);
-        if eni.ip_count > 0 {
-            req = req.secondary_private_ip_address_count(eni.ip_count as i32);
-        }
-        let out = req.send().await.map_err(sdk_err(OP))?;
+        let out = self
+            .call(OP, || async move {
+                let mut req = client
+                    .create_network_interface()
+                    .subnet_id(&eni.subnet_id)
+                    .set_groups(Some(eni.security_groups.clone()))
+                    .description(&eni.description)
+                    .tag_specifications(tags.clone());
+                if eni.ip_count > 0 {
+                    req = req.secondary_private_ip_address_count(eni.ip_count as i32);
+                }
+                req.send().await.map_err(sdk_err(OP))
+            })
+            .await?;
         let ni = out.network_interface().ok_or_else(|| Ec2Error::new(OP, "BadResponse", "no NetworkInterface"))?;
         convert(OP, ni)
     }
 
     async fn attach_eni(&self, eni_id: &str, instance_id: &str, device_index: u32) -> Result<String, Ec2Error> {
         const OP: &str = "AttachNetworkInterface";
-        self.gate(OP).await;
+        let client = &self.client;
         let out = self
-            .client
-            .attach_network_interface()
-            .network_interface_id(eni_id)
-            .instance_id(instance_id)
-            .device_index(device_index as i32)
-            .send()
-            .await
-            .map_err(sdk_err(OP))?;
+            .call(OP, || async move {
+                client
+                    .attach_network_interface()
+                    .network_interface_id(eni_id)
+                    .instance_id(instance_id)
+                    .device_index(device_index as i32)
+                    .send()
+                    .await
+                    .map_err(sdk_err(OP))
+            })
+            .await?;
         out.attachment_id().map(String::from).ok_or_else(|| Ec2Error::new(OP, "BadResponse", "no AttachmentId"))
     }
 
     async fn set_delete_on_termination(&self, eni_id: &str, attachment_id: &str) -> Result<(), Ec2Error> {
         const OP: &str = "ModifyNetworkInterfaceAttribute";
-        self.gate(OP).await;
-        let change = NetworkInterfaceAttachmentChanges::builder()
+        let client = &self.client;
+        let change = &NetworkInterfaceAttachmentChanges::builder()
             .attachment_id(attachment_id)
             .delete_on_termination(true)
             .build();
-        self.client
-            .modify_network_interface_attribute()
-            .network_interface_id(eni_id)
-            .attachment(change)
-            .send()
-            .await
-            .map_err(sdk_err(OP))?;
+        self.call(OP, || async move {
+            client
+                .modify_network_interface_attribute()
+                .network_interface_id(eni_id)
+                .attachment(change.clone())
+                .send()
+                .await
+                .map_err(sdk_err(OP))
+        })
+        .await?;
         Ok(())
     }
 
     async fn assign_ips(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, Ec2Error> {
         const OP: &str = "AssignPrivateIpAddresses";
-        self.gate(OP).await;
+        let client = &self.client;
         let out = self
-            .client
-            .assign_private_ip_addresses()
-            .network_interface_id(eni_id)
-            .secondary_private_ip_address_count(count as i32)
-            .send()
-            .await
-            .map_err(sdk_err(OP))?;
+            .call(OP, || async move {
+                client
+                    .assign_private_ip_addresses()
+                    .network_interface_id(eni_id)
+                    .secondary_private_ip_address_count(count as i32)
+                    .send()
+                    .await
+                    .map_err(sdk_err(OP))
+            })
+            .await?;
         out.assigned_private_ip_addresses().iter().map(|a| parse_ip(OP, a.private_ip_address())).collect()
     }
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), Ec2Error> {
         const OP: &str = "UnassignPrivateIpAddresses";
-        self.gate(OP).await;
-        self.client
-            .unassign_private_ip_addresses()
-            .network_interface_id(eni_id)
-            .set_private_ip_addresses(Some(ips.iter().map(Ipv4Addr::to_string).collect()))
-            .send()
-            .await
-            .map_err(sdk_err(OP))?;
+        let client = &self.client;
+        let ips = &ips.iter().map(Ipv4Addr::to_string).collect::<Vec<_>>();
+        self.call(OP, || async move {
+            client
+                .unassign_private_ip_addresses()
+                .network_interface_id(eni_id)
+                .set_private_ip_addresses(Some(ips.clone()))
+                .send()
+                .await
+                .map_err(sdk_err(OP))
+        })
+        .await?;
         Ok(())
     }
 
     async fn detach_eni(&self, attachment_id: &str) -> Result<(), Ec2Error> {
         const OP: &str = "DetachNetworkInterface";
-        self.gate(OP).await;
-        self.client.detach_network_interface().attachment_id(attachment_id).send().await.map_err(sdk_err(OP))?;
+        let client = &self.client;
+        self.call(OP, || async move {
+            client.detach_network_interface().attachment_id(attachment_id).send().await.map_err(sdk_err(OP))
+        })
+        .await?;
         Ok(())
     }
 
     async fn delete_eni(&self, eni_id: &str) -> Result<(), Ec2Error> {
         const OP: &str = "DeleteNetworkInterface";
-        self.gate(OP).await;
-        self.client.delete_network_interface().network_interface_id(eni_id).send().await.map_err(sdk_err(OP))?;
+        let client = &self.client;
+        self.call(OP, || async move {
+            client.delete_network_interface().network_interface_id(eni_id).send().await.map_err(sdk_err(OP))
+        })
+        .await?;
         Ok(())
     }
 }

@@ -164,7 +164,7 @@ impl Ec2Sync {
         self.acted(now);
     }
 
-    /// DeleteOnTermination was set on `eni_id` (or tried: see the repair step).
+    /// DeleteOnTermination was set on `eni_id`.
     pub fn delete_on_termination_done(&mut self, eni_id: &str) {
         if let Some(e) = self.eni_mut(eni_id) {
             e.delete_on_termination = Some(true);

@@ -72,7 +72,7 @@ pub struct MacInfo {
 }
 
 /// What ipamd needs to know about its node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeInfo {
     pub instance_id: String,
     pub instance_type: String,

@@ -25,7 +25,9 @@ pub mod planner;
 pub mod pool;
 pub mod ratelimit;
 pub mod reconcile;
+pub mod retry;
 pub mod snat;
+pub mod telemetry;
 
 /// Sets up tracing to stderr in the configured format.
 pub fn init_logging(format: config::LogFormat, level: &str) {

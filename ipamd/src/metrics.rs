@@ -2,21 +2,20 @@
 //! they are always consistent with each other; names follow aws-vpc-cni's `awscni_*` where it has one.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use prometheus_client::registry::Registry;
 
-use crate::ec2::CallCounts;
 use crate::k8s::{Kube, KubeStatus};
 use crate::pool::{PoolHandle, Snapshot};
+use crate::telemetry::Telemetry;
 
 #[derive(Clone)]
 struct Ctx {
     pool: PoolHandle,
-    calls: Arc<CallCounts>,
+    telemetry: Telemetry,
     kube: Kube,
 }
 
@@ -27,7 +26,7 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
 }
 
 /// Renders the exposition text for one snapshot (and the Kubernetes side's status, when it is on).
-pub fn render(s: &Snapshot, calls: &CallCounts, kube: Option<(bool, &KubeStatus)>) -> String {
+pub fn render(s: &Snapshot, telemetry: &Telemetry, kube: Option<(bool, &KubeStatus)>) -> String {
     let mut reg = Registry::default();
     gauge(&mut reg, "awscni_eni_allocated", "ENIs attached to the node", s.stats.enis as i64);
     gauge(&mut reg, "awscni_eni_max", "ENIs the node may attach", s.limits.map_or(0, |l| l.max_enis) as i64);
@@ -48,14 +47,13 @@ pub fn render(s: &Snapshot, calls: &CallCounts, kube: Option<(bool, &KubeStatus)
         "unix time of the last good reconcile",
         s.last_reconcile_unix,
     );
-    let requests = Family::<Vec<(String, String)>, Counter>::default();
-    for (op, n) in calls.snapshot() {
-        requests.get_or_create(&vec![("op".to_string(), op.to_string())]).inc_by(n);
-    }
-    reg.register("ipamd_ec2_requests", "EC2 API requests by operation", requests);
-    let throttled = Counter::<u64>::default();
-    throttled.inc_by(calls.throttled_ms());
-    reg.register("ipamd_ec2_throttle_wait_milliseconds", "time EC2 calls waited on EC2_API_QPS", throttled);
+    gauge(
+        &mut reg,
+        "ipamd_pending_ip_addresses",
+        "IPs assigned in EC2 that IMDS does not show yet",
+        s.stats.pending as i64,
+    );
+    telemetry.register(&mut reg);
     if let Some((connected, k)) = kube {
         gauge(&mut reg, "ipamd_kube_api_connected", "1 while every watch is listed and healthy", i64::from(connected));
         gauge(
@@ -85,7 +83,7 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
             let status = ctx.kube.status();
             let connected = ctx.kube.view.borrow().healthy(ctx.kube.custom_networking());
             let kube = ctx.kube.settings.is_some().then_some((connected, &status));
-            (StatusCode::OK, render(&s, &ctx.calls, kube))
+            (StatusCode::OK, render(&s, &ctx.telemetry, kube))
         }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
@@ -95,11 +93,11 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
 pub async fn serve(
     addr: SocketAddr,
     pool: PoolHandle,
-    calls: Arc<CallCounts>,
+    telemetry: Telemetry,
     kube: Kube,
 ) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = Router::new().route("/metrics", get(metrics)).with_state(Ctx { pool, calls, kube });
+    let app = Router::new().route("/metrics", get(metrics)).with_state(Ctx { pool, telemetry, kube });
     Ok((local, async move { axum::serve(listener, app).await }))
 }

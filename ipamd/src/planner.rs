@@ -62,7 +62,7 @@ pub struct Targets {
 }
 
 /// What the instance allows (after MAX_ENI).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     pub max_enis: u32,
     /// Secondary IPs one ENI can hold (the instance type's IPv4 addresses per interface, minus the primary).

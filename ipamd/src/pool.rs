@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
+use crate::checkpoint::SavedEni;
 use crate::checkpoint::{Checkpoint, Store};
 use crate::datastore::{AllocKey, Allocation, AssignError, Datastore, IpState, ObservedEni, Stats};
 use crate::planner::{self, Action, Limits, Targets};
@@ -60,6 +61,8 @@ pub struct Snapshot {
     pub serving: bool,
     pub last_reconcile_unix: i64,
     pub last_error: String,
+    /// Set while serving from the last known pool because EC2 or IMDS cannot be reached.
+    pub degraded: Option<String>,
 }
 
 pub enum Command {
@@ -94,6 +97,11 @@ pub enum Command {
     Plan {
         reply: oneshot::Sender<(Vec<Action>, Duration)>,
     },
+    /// EC2 or IMDS cannot be reached: serve from what is known if there is anything. Replies whether serving.
+    Degraded {
+        reason: String,
+        reply: oneshot::Sender<bool>,
+    },
     Reconciled {
         error: Option<String>,
     },
@@ -111,6 +119,8 @@ pub struct PoolSettings {
     pub reconcile_interval: Duration,
     /// Custom networking: the primary ENI serves no pods.
     pub primary_reserved: bool,
+    /// The node, saved in the checkpoint for a start without IMDS.
+    pub node: Option<crate::imds::NodeInfo>,
 }
 
 struct Actor {
@@ -125,6 +135,10 @@ struct Actor {
     last_error: String,
     /// Attached ENIs ipamd does not manage (last observation).
     foreign: u32,
+    /// Why ipamd serves from what it last knew (EC2 or IMDS unreachable).
+    degraded: Option<String>,
+    /// The ENIs as last written to the checkpoint.
+    saved_enis: Vec<SavedEni>,
 }
 
 /// Cheap, cloneable access to the actor.
@@ -142,10 +156,15 @@ pub fn spawn(settings: PoolSettings, store: Store, checkpoint: Checkpoint) -> Po
     let kick = Arc::new(Notify::new());
     let mut ds = Datastore::restore(checkpoint.allocations, checkpoint.cooling);
     ds.primary_reserved = settings.primary_reserved;
+    // The last known ENIs: used only if EC2 and IMDS cannot be reached (see `Degraded`); the first real
+    // observation replaces them.
+    let saved: Vec<ObservedEni> = checkpoint.enis.iter().map(saved_to_observed).collect();
+    ds.observe(saved, &settings.primary_eni_id, now_ms());
+    let limits = checkpoint.limits;
     let actor = Actor {
         ds,
         settings,
-        limits: None,
+        limits,
         store,
         events: events.clone(),
         kick: kick.clone(),
@@ -153,6 +172,8 @@ pub fn spawn(settings: PoolSettings, store: Store, checkpoint: Checkpoint) -> Po
         last_reconcile_unix: 0,
         last_error: String::new(),
         foreign: 0,
+        degraded: None,
+        saved_enis: checkpoint.enis,
     };
     tokio::spawn(actor.run(rx));
     PoolHandle { tx, events, kick }
@@ -169,9 +190,41 @@ impl Actor {
         send_event(&self.events, kind, message);
     }
 
-    fn checkpoint(&self) -> Result<(), PoolError> {
-        let cp = Checkpoint { allocations: self.ds.allocations.clone(), cooling: self.ds.cooling.clone() };
-        self.store.save(&cp).map_err(|e| PoolError::Checkpoint(e.to_string()))
+    fn checkpoint(&mut self) -> Result<(), PoolError> {
+        let enis = self.saved_enis();
+        let cp = Checkpoint {
+            allocations: self.ds.allocations.clone(),
+            cooling: self.ds.cooling.clone(),
+            node: self.settings.node.clone(),
+            limits: self.limits,
+            enis: enis.clone(),
+        };
+        self.store.save(&cp).map_err(|e| PoolError::Checkpoint(e.to_string()))?;
+        self.saved_enis = enis;
+        Ok(())
+    }
+
+    /// The ENIs and their usable IPs as the checkpoint keeps them (IPs IMDS does not show yet, or on their
+    /// way back to EC2, are left out: they are not to be served from).
+    fn saved_enis(&self) -> Vec<SavedEni> {
+        self.ds
+            .enis
+            .values()
+            .map(|e| SavedEni {
+                id: e.id.clone(),
+                mac: e.mac.clone(),
+                device_number: e.device_number,
+                subnet_id: e.subnet_id.clone(),
+                subnet_cidr: e.subnet_cidr,
+                primary_ip: e.primary_ip,
+                secondary_ips: e
+                    .ips
+                    .iter()
+                    .filter(|(_, s)| !matches!(s, IpState::Pending | IpState::Releasing))
+                    .map(|(ip, _)| *ip)
+                    .collect(),
+            })
+            .collect()
     }
 
     fn cooldown_ms(&self) -> i64 {
@@ -217,7 +270,7 @@ impl Actor {
                 self.ds.observe(enis, &self.settings.primary_eni_id, now);
                 self.limits = Some(limits);
                 self.foreign = foreign;
-                if self.ds.cooling.len() != before
+                if (self.ds.cooling.len() != before || self.saved_enis() != self.saved_enis)
                     && let Err(e) = self.checkpoint()
                 {
                     tracing::warn!("{e}");
@@ -227,8 +280,21 @@ impl Actor {
             Command::Plan { reply } => {
                 let _ = reply.send(self.plan());
             }
+            Command::Degraded { reason, reply } => {
+                let can_serve = self.limits.is_some() && self.ds.enis.values().any(|e| e.ready);
+                if can_serve && self.degraded.is_none() {
+                    self.emit("degraded", format!("serving from the last known pool: {reason}"));
+                }
+                self.serving |= can_serve;
+                self.last_error = reason.clone();
+                self.degraded = Some(reason);
+                let _ = reply.send(can_serve);
+            }
             Command::Reconciled { error } => match error {
                 None => {
+                    if self.degraded.take().is_some() {
+                        self.emit("recovered", "EC2 and IMDS reachable again".into());
+                    }
                     self.serving = true;
                     self.last_reconcile_unix = now_ms() / 1000;
                     self.last_error.clear();
@@ -247,6 +313,7 @@ impl Actor {
                     serving: self.serving,
                     last_reconcile_unix: self.last_reconcile_unix,
                     last_error: self.last_error.clone(),
+                    degraded: self.degraded.clone(),
                 });
             }
         }
@@ -303,7 +370,12 @@ impl Actor {
         let now = now_ms();
         let out = self.ds.release(key, now, self.cooldown_ms());
         if let Some((a, _)) = &out {
-            self.checkpoint()?;
+            if let Err(e) = self.checkpoint() {
+                // Memory follows the disk: the allocation stays until a DEL is durable (the runtime retries
+                // DEL), so the IP cannot go to a new pod while a restart would still give it to the old one.
+                self.ds.restore_allocation(key.clone(), a.clone());
+                return Err(e);
+            }
             self.emit(
                 "ip-released",
                 format!(
@@ -380,6 +452,11 @@ impl PoolHandle {
         self.call(|reply| Command::Plan { reply }).await
     }
 
+    /// Reports EC2 or IMDS unreachable; returns whether the pool serves anyway (from what it last knew).
+    pub async fn degraded(&self, reason: String) -> Result<bool, PoolError> {
+        self.call(|reply| Command::Degraded { reason, reply }).await
+    }
+
     pub async fn reconciled(&self, error: Option<String>) -> Result<(), PoolError> {
         self.tx.send(Command::Reconciled { error }).await.map_err(|_| PoolError::Stopped)
     }
@@ -393,8 +470,28 @@ impl PoolHandle {
     }
 }
 
+/// A checkpointed ENI as an observation: its host networking was in place when it was saved (a node that
+/// rebooted has lost its pods too).
+fn saved_to_observed(e: &SavedEni) -> ObservedEni {
+    ObservedEni {
+        id: e.id.clone(),
+        mac: e.mac.clone(),
+        device_number: e.device_number,
+        subnet_id: e.subnet_id.clone(),
+        subnet_cidr: e.subnet_cidr,
+        primary_ip: e.primary_ip,
+        secondary_ips: e.secondary_ips.clone(),
+        unconfirmed: Vec::new(),
+        ready: true,
+    }
+}
+
 fn send_event(events: &broadcast::Sender<Event>, kind: &'static str, message: String) {
     tracing::info!(kind, "{message}");
     // No subscriber is fine: events are for whoever is watching.
     let _ = events.send(Event { unix_millis: now_ms(), kind, message });
 }
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod tests;

@@ -1,9 +1,11 @@
-//! A fault-injecting EC2 proxy between ipamd and LocalStack: every request is counted by its `Action`, and an
-//! action can be made to fail with the EC2 error LocalStack never returns (UnauthorizedOperation,
-//! InsufficientFreeAddressesInSubnet, …); everything else is forwarded unchanged. Listens on loopback only.
+//! A fault-injecting EC2 proxy between ipamd and LocalStack: every request is counted by its `Action` (with
+//! its arrival time, for rate checks), and an action can be made to fail with the EC2 error LocalStack never
+//! returns (UnauthorizedOperation, InsufficientFreeAddressesInSubnet, …). [`Chaos`] adds random throttling
+//! (`RequestLimitExceeded`), 5xx answers, dropped connections and latency to every request. Faulted and
+//! dropped requests never reach LocalStack (as when EC2 throttles: nothing was done). Everything else is
+//! forwarded unchanged. Listens on loopback only.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use http_body_util::{BodyExt, Full};
@@ -19,10 +21,30 @@ pub struct Fault {
     pub message: String,
 }
 
+/// Random trouble for every request: probabilities in 0..=1, applied in this order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Chaos {
+    pub throttle: f64,
+    pub server_error: f64,
+    pub drop: f64,
+    /// Added before the request is answered (faulted or forwarded).
+    pub latency: std::time::Duration,
+}
+
 #[derive(Default)]
 struct State {
     faults: BTreeMap<String, Fault>,
     calls: BTreeMap<String, u64>,
+    chaos: Chaos,
+    /// Arrival time, action and form body of every request.
+    log: Vec<(std::time::Instant, String, String)>,
+}
+
+/// What the proxy does with one request.
+enum Verdict {
+    Fault(Fault),
+    Drop,
+    Forward,
 }
 
 pub struct Ec2FaultProxy {
@@ -65,18 +87,46 @@ async fn forward(
     Ok(Response::from_parts(parts, Full::new(bytes)))
 }
 
+fn verdict(s: &State, act: &str) -> Verdict {
+    if let Some(f) = s.faults.get(act) {
+        return Verdict::Fault(f.clone());
+    }
+    let c = s.chaos;
+    let roll: f64 = rand::random();
+    if roll < c.throttle {
+        let message = "Request limit exceeded.".to_string();
+        Verdict::Fault(Fault { status: 503, code: "RequestLimitExceeded".into(), message })
+    } else if roll < c.throttle + c.server_error {
+        Verdict::Fault(Fault { status: 500, code: "InternalError".into(), message: "injected 5xx".into() })
+    } else if roll < c.throttle + c.server_error + c.drop {
+        Verdict::Drop
+    } else {
+        Verdict::Forward
+    }
+}
+
 async fn handle(
     state: Arc<Mutex<State>>,
     upstream: String,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let act = action(&body);
-    let fault = {
+    let (verdict, latency) = {
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
         *s.calls.entry(act.clone()).or_default() += 1;
-        s.faults.get(&act).cloned()
+        s.log.push((std::time::Instant::now(), act.clone(), String::from_utf8_lossy(&body).into_owned()));
+        (verdict(&s, &act), s.chaos.latency)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let fault = match verdict {
+        // An error from the service makes hyper close the connection without an answer.
+        Verdict::Drop => return Err(std::io::Error::other("connection dropped by the fault proxy")),
+        Verdict::Fault(f) => Some(f),
+        Verdict::Forward => None,
     };
     if let Some(f) = fault {
         let resp = Response::builder()
@@ -112,6 +162,12 @@ impl Ec2FaultProxy {
         Ok(Self { endpoint, state, task })
     }
 
+    /// A proxy in front of the LocalStack the tests use.
+    pub async fn to_localstack() -> std::io::Result<Self> {
+        let upstream = crate::localstack::endpoint();
+        Self::start(upstream.trim_start_matches("http://").trim_end_matches('/')).await
+    }
+
     /// Makes every `action` request fail with `code` (HTTP `status`).
     pub fn fail(&self, action: &str, status: u16, code: &str, message: &str) {
         let f = Fault { status, code: code.to_string(), message: message.to_string() };
@@ -120,6 +176,37 @@ impl Ec2FaultProxy {
 
     pub fn heal(&self, action: &str) {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).faults.remove(action);
+    }
+
+    /// Sets (or with `Chaos::default()`, clears) the random trouble.
+    pub fn chaos(&self, chaos: Chaos) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).chaos = chaos;
+    }
+
+    /// Requests seen in all.
+    pub fn total_calls(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).calls.values().sum()
+    }
+
+    /// The most requests that arrived within any `window` (a sliding window over arrival times).
+    pub fn max_in_window(&self, window: std::time::Duration) -> usize {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let times: Vec<std::time::Instant> = s.log.iter().map(|(t, _, _)| *t).collect();
+        let mut best = 0;
+        let mut lo = 0;
+        for hi in 0..times.len() {
+            while times[hi].duration_since(times[lo]) >= window {
+                lo += 1;
+            }
+            best = best.max(hi - lo + 1);
+        }
+        best
+    }
+
+    /// The form bodies of the `action` requests seen so far (URL-encoded, as sent).
+    pub fn bodies(&self, action: &str) -> Vec<String> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.log.iter().filter(|(_, a, _)| a == action).map(|(_, _, b)| b.clone()).collect()
     }
 
     /// Requests seen for `action`, answered or faulted.

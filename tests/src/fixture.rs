@@ -53,6 +53,12 @@ impl NodeFixture {
         self.enis().await.iter().map(|e| e.secondary_ips.len()).collect()
     }
 
+    /// ENIs in the node's VPC that are not attached ("available"): what a leak looks like.
+    pub async fn unattached_enis(&self) -> Vec<String> {
+        let all = localstack::vpc_enis(&self.ec2, &self.vpc.vpc_id).await.expect("DescribeNetworkInterfaces");
+        all.into_iter().filter(|(_, status, _)| status == "available").map(|(id, _, _)| id).collect()
+    }
+
     pub async fn cleanup(self) {
         let errors = self.vpc.destroy(&self.ec2).await;
         if !errors.is_empty() {
@@ -150,4 +156,16 @@ pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// `vpcctl status`'s data, `None` while ipamd's socket is not up.
+pub async fn try_status(ipamd: &Ipamd) -> Option<pb::GetStatusReply> {
+    let mut client = pb::introspection_client::IntrospectionClient::new(ipamd.channel().await.ok()?);
+    Some(client.get_status(pb::GetStatusRequest {}).await.ok()?.into_inner())
+}
+
+/// The ENIs and IPs ipamd's pool holds (`vpcctl enis`).
+pub async fn pool_enis(ipamd: &Ipamd) -> Vec<pb::Eni> {
+    let mut client = ipamd.introspection().await;
+    client.list_enis(pb::ListEnisRequest {}).await.expect("ListEnis").into_inner().enis
 }

@@ -30,12 +30,15 @@ struct Ctx {
     region: String,
     tokens: Arc<Mutex<BTreeSet<String>>>,
     cache: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Tree)>>>,
+    /// An outage: every request is answered 503.
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A running emulator.
 #[derive(Debug)]
 pub struct ImdsEmulator {
     pub addr: SocketAddr,
+    down: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -54,14 +57,21 @@ impl ImdsEmulator {
             region: region.to_string(),
             tokens: Arc::default(),
             cache: Arc::default(),
+            down: Arc::default(),
         };
+        let down = ctx.down.clone();
         let app = Router::new().fallback(handle).with_state(ctx);
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::warn!("IMDS emulator stopped: {e}");
             }
         });
-        Ok(Self { addr, task })
+        Ok(Self { addr, down, task })
+    }
+
+    /// Starts (`true`) or ends an outage.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The value for AWS_EC2_METADATA_SERVICE_ENDPOINT.
@@ -83,6 +93,9 @@ async fn handle(
     headers: HeaderMap,
 ) -> Response {
     let path = uri.path();
+    if ctx.down.load(std::sync::atomic::Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "IMDS outage (test)").into_response();
+    }
     if method == Method::PUT && path == "/latest/api/token" {
         let ttl = headers.get(TTL_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok());
         if !ttl.is_some_and(|t| (1..=21600).contains(&t)) {

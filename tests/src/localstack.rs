@@ -264,6 +264,29 @@ pub async fn node_enis(ec2: &Client, instance_id: &str) -> Result<Vec<NodeEni>, 
     Ok(enis)
 }
 
+/// Every ENI in `vpc_id`: (id, status, tags), whatever it is attached to.
+pub async fn vpc_enis(ec2: &Client, vpc_id: &str) -> Result<Vec<(String, String, Vec<(String, String)>)>, LsError> {
+    let out = ec2
+        .describe_network_interfaces()
+        .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
+        .send()
+        .await
+        .map_err(ls("DescribeNetworkInterfaces"))?;
+    Ok(out
+        .network_interfaces()
+        .iter()
+        .map(|ni| {
+            let tags = ni
+                .tag_set()
+                .iter()
+                .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
+                .collect();
+            let status = ni.status().map(|s| s.as_str().to_string()).unwrap_or_default();
+            (ni.network_interface_id().unwrap_or_default().to_string(), status, tags)
+        })
+        .collect())
+}
+
 /// Whether an ENI id still exists in EC2.
 pub async fn eni_exists(ec2: &Client, eni_id: &str) -> Result<bool, LsError> {
     let out = ec2

@@ -94,6 +94,7 @@ async fn main() -> Result<()> {
                 "enis": s.enis, "total_ips": s.total_ips, "assigned_ips": s.assigned_ips,
                 "cooling_ips": s.cooling_ips, "free_ips": s.free_ips,
                 "last_reconcile_unix": s.last_reconcile_unix, "last_error": s.last_error,
+                "degraded": s.degraded, "pending_ips": s.pending_ips,
                 "max_pods_source": s.max_pods_source, "kube_api": s.kube_api,
                 "custom_networking": s.custom_networking, "eni_config": s.eni_config,
                 "eni_config_source": s.eni_config_source, "eni_config_subnet": s.eni_config_subnet,
@@ -144,6 +145,12 @@ async fn main() -> Result<()> {
                     "pool       {} ENIs, {} IPs: {} assigned, {} cooling, {} free",
                     s.enis, s.total_ips, s.assigned_ips, s.cooling_ips, s.free_ips
                 );
+                if s.pending_ips > 0 {
+                    println!("pending    {} IPs assigned in EC2, waiting for IMDS to show them", s.pending_ips);
+                }
+                if !s.degraded.is_empty() {
+                    println!("DEGRADED   serving from the last known pool: {}", s.degraded);
+                }
                 if !s.last_error.is_empty() {
                     println!("last error {}", s.last_error);
                 }

@@ -63,6 +63,8 @@ impl pb::introspection_server::Introspection for IntrospectionService {
             serving: s.serving,
             last_reconcile_unix: s.last_reconcile_unix,
             last_error: s.last_error,
+            degraded: s.degraded.unwrap_or_default(),
+            pending_ips: s.stats.pending as u32,
         }))
     }
 

@@ -18,6 +18,7 @@ pub struct NetFacts {
 
 pub struct IpamService {
     pub pool: PoolHandle,
+    pub telemetry: crate::telemetry::Telemetry,
     pub facts: NetFacts,
     /// Released IPs, for the conntrack janitor (only when ipamd manages the host network).
     pub released: Option<tokio::sync::mpsc::UnboundedSender<std::net::Ipv4Addr>>,
@@ -60,9 +61,17 @@ pub(crate) fn status(e: PoolError) -> Status {
     }
 }
 
-#[tonic::async_trait]
-impl pb::ipam_server::Ipam for IpamService {
-    async fn add_network(&self, req: Request<pb::AddNetworkRequest>) -> Result<Response<pb::AddNetworkReply>, Status> {
+/// The result label of a pod request in the metrics.
+fn outcome<T>(r: &Result<T, Status>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(s) if s.code() == tonic::Code::ResourceExhausted => "no_ip",
+        Err(_) => "error",
+    }
+}
+
+impl IpamService {
+    async fn add(&self, req: Request<pb::AddNetworkRequest>) -> Result<Response<pb::AddNetworkReply>, Status> {
         let r = req.into_inner();
         let key = key(r.key)?;
         let out = self.pool.add(key, r.k8s_pod_namespace, r.k8s_pod_name, r.k8s_pod_uid).await.map_err(status)?;
@@ -78,7 +87,7 @@ impl pb::ipam_server::Ipam for IpamService {
         }))
     }
 
-    async fn del_network(&self, req: Request<pb::DelNetworkRequest>) -> Result<Response<pb::DelNetworkReply>, Status> {
+    async fn del(&self, req: Request<pb::DelNetworkRequest>) -> Result<Response<pb::DelNetworkReply>, Status> {
         let key = key(req.into_inner().key)?;
         let reply = match self.pool.del(key).await.map_err(status)? {
             Some((a, dev)) => {
@@ -93,6 +102,23 @@ impl pb::ipam_server::Ipam for IpamService {
             None => pb::DelNetworkReply::default(),
         };
         Ok(Response::new(reply))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::ipam_server::Ipam for IpamService {
+    async fn add_network(&self, req: Request<pb::AddNetworkRequest>) -> Result<Response<pb::AddNetworkReply>, Status> {
+        let started = std::time::Instant::now();
+        let result = self.add(req).await;
+        self.telemetry.pod_request("add", outcome(&result), started.elapsed());
+        result
+    }
+
+    async fn del_network(&self, req: Request<pb::DelNetworkRequest>) -> Result<Response<pb::DelNetworkReply>, Status> {
+        let started = std::time::Instant::now();
+        let result = self.del(req).await;
+        self.telemetry.pod_request("del", outcome(&result), started.elapsed());
+        result
     }
 
     async fn check_network(
@@ -119,6 +145,15 @@ impl pb::ipam_server::Ipam for IpamService {
         let r = req.into_inner();
         if r.network_name.is_empty() {
             return Err(Status::invalid_argument("network_name is required"));
+        }
+        if r.valid.is_empty() {
+            // An empty list would release every pod's IP on the node: far more likely a broken caller than a
+            // node without a single pod, and a wrong guess cuts every pod off.
+            return Err(Status::invalid_argument(format!(
+                "refusing GC of network {:?} with an empty list of valid attachments: that would release every \
+                 allocation; pods without a network are released one by one by DEL or by ipamd's pod GC",
+                r.network_name
+            )));
         }
         let valid = r.valid.into_iter().map(|k| key(Some(k))).collect::<Result<Vec<_>, _>>()?;
         let released = self.pool.gc(r.network_name, valid).await.map_err(status)?;

@@ -77,6 +77,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                     ),
                 );
                 self.sync.attached(eni, device_index, attachment, Instant::now());
+                self.settings.telemetry.eni("attached");
             }
             Action::AssignIps { eni_id, count } => {
                 let ips = self.ec2.assign_ips(eni_id, *count).await?;
@@ -93,6 +94,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                     self.sync.enis().iter().find(|e| &e.id == eni_id).and_then(|e| e.attachment_id.clone());
                 if let Some(att) = attachment {
                     self.ec2.detach_eni(&att).await?;
+                    self.settings.telemetry.eni("detached");
                 }
                 self.delete_with_retry(eni_id).await?;
                 self.pool.emit("eni-deleted", format!("{eni_id} detached and deleted"));
@@ -114,28 +116,29 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
     }
 
     /// Fixes what an earlier round left half-done: orphaned ENIs still to delete, and ENIs of ours attached
-    /// without DeleteOnTermination (they would outlive the instance). Errors are logged; they do not fail
-    /// the round (the next one retries).
-    pub(super) async fn repair(&mut self, managed: &[Ec2Eni]) {
+    /// without DeleteOnTermination (they would outlive the instance). A failure fails the round, so the loop's
+    /// backoff spaces the retries, and drops the EC2 view, so the next try sees EC2's state.
+    pub(super) async fn repair(&mut self, managed: &[Ec2Eni]) -> Result<(), ReconcileError> {
         for eni_id in std::mem::take(&mut self.orphans) {
             match self.ec2.delete_eni(&eni_id).await {
                 Ok(()) => self.pool.emit("eni-deleted", format!("{eni_id} (created, attach failed)")),
                 Err(e) if e.code.contains("NotFound") => {}
                 Err(e) => {
-                    tracing::warn!("deleting unattached {eni_id}: {e}");
                     self.orphans.insert(eni_id);
+                    return Err(e.into());
                 }
             }
         }
         for e in managed.iter().filter(|e| e.id != self.node.primary_eni_id && e.delete_on_termination == Some(false)) {
             let Some(att) = &e.attachment_id else { continue };
-            // Either way, not tried again before EC2 is next asked (no retry loop on a denied call).
-            self.sync.delete_on_termination_done(&e.id);
-            match self.ec2.set_delete_on_termination(&e.id, att).await {
-                Ok(()) => self.pool.emit("eni-repaired", format!("{}: DeleteOnTermination set", e.id)),
-                Err(err) => tracing::warn!("{}: setting DeleteOnTermination: {err}", e.id),
+            if let Err(err) = self.ec2.set_delete_on_termination(&e.id, att).await {
+                self.sync.invalidate();
+                return Err(err.into());
             }
+            self.sync.delete_on_termination_done(&e.id);
+            self.pool.emit("eni-repaired", format!("{}: DeleteOnTermination set", e.id));
         }
+        Ok(())
     }
 
     /// EC2 detaches asynchronously: deletion fails with InUse until the detach has finished.

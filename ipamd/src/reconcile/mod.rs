@@ -49,6 +49,18 @@ pub enum ReconcileError {
     EniConfig(String),
 }
 
+impl ReconcileError {
+    /// EC2 or IMDS could not be reached or would not answer (as opposed to refusing a request): ipamd serves
+    /// degraded from what it knows.
+    pub fn unreachable(&self) -> bool {
+        match self {
+            ReconcileError::Ec2(e) => crate::retry::classify(e) != crate::retry::Failure::Final,
+            ReconcileError::Imds(imds::ImdsError::Request { .. }) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Settings of the loop that come from the configuration.
 #[derive(Debug, Clone)]
 pub struct ReconcileSettings {
@@ -60,6 +72,7 @@ pub struct ReconcileSettings {
     pub error_backoff: Duration,
     /// Full EC2 sync interval (IPAMD_EC2_RESYNC_INTERVAL); between syncs IMDS is compared with the EC2 view.
     pub ec2_resync: Duration,
+    pub telemetry: crate::telemetry::Telemetry,
     /// MTU for secondary ENI links (AWS_VPC_ENI_MTU).
     pub eni_mtu: u32,
     /// How long to wait for a newly attached ENI's link to appear.
@@ -141,9 +154,13 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         let mut first = Some(on_first_success);
         let mut first_good: Option<Instant> = None;
         loop {
-            let requeue = match self.reconcile_once().await {
+            let started = Instant::now();
+            let result = self.reconcile_once().await;
+            self.settings.telemetry.reconcile(result.is_ok(), started.elapsed());
+            let requeue = match result {
                 Ok(requeue) => {
                     self.failures = 0;
+                    self.settings.telemetry.set_degraded(None);
                     let _ = self.pool.reconciled(None).await;
                     let since = *first_good.get_or_insert_with(Instant::now);
                     if (self.settled || since.elapsed() >= crate::ec2sync::SETTLE)
@@ -164,7 +181,18 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                     }
                     let message =
                         format!("{e} (failed {} times in a row; next try in {}s)", self.failures, wait.as_secs());
-                    let _ = self.pool.reconciled(Some(message)).await;
+                    if e.unreachable() {
+                        // Pods keep getting IPs from what is known; SERVING even at start if the checkpoint
+                        // holds a pool.
+                        self.settings.telemetry.set_degraded(Some(e.to_string()));
+                        if self.pool.degraded(message).await.unwrap_or(false)
+                            && let Some(f) = first.take()
+                        {
+                            f();
+                        }
+                    } else {
+                        let _ = self.pool.reconciled(Some(message)).await;
+                    }
                     // Kicks (pods asking for IPs) do not cut a backoff short: that is how hot loops start.
                     tokio::time::sleep(wait).await;
                     continue;
@@ -200,7 +228,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             self.sweep_leaked_enis().await?;
         }
         let managed: Vec<Ec2Eni> = attached.iter().filter(|e| self.managed(e)).cloned().collect();
-        self.repair(&managed).await;
+        self.repair(&managed).await?;
         if let Err(e) = self.sync_snat().await {
             host_errors.push(HostNetError::Netlink { op: "nftables", message: e });
         }

@@ -1,0 +1,64 @@
+//! The pool actor with a real checkpoint file: what is in memory never runs ahead of what is on disk.
+
+use std::time::Duration;
+
+use super::*;
+use crate::checkpoint::Store;
+use crate::planner::{Limits, Targets};
+
+fn settings() -> PoolSettings {
+    PoolSettings {
+        primary_eni_id: "eni-a".into(),
+        targets: Targets { warm_eni: 1, warm_ip: None, minimum_ip: None },
+        cooldown: Duration::from_secs(30),
+        reconcile_interval: Duration::from_secs(5),
+        primary_reserved: false,
+        node: None,
+    }
+}
+
+fn eni() -> ObservedEni {
+    ObservedEni {
+        id: "eni-a".into(),
+        mac: "02:00:00:00:00:01".into(),
+        device_number: 0,
+        subnet_id: "subnet-1".into(),
+        subnet_cidr: "10.0.1.0/24".parse().unwrap(),
+        primary_ip: "10.0.1.4".parse().unwrap(),
+        secondary_ips: vec!["10.0.1.10".parse().unwrap(), "10.0.1.11".parse().unwrap()],
+        unconfirmed: Vec::new(),
+        ready: true,
+    }
+}
+
+fn key(c: &str) -> AllocKey {
+    AllocKey { network_name: "aws-cni".into(), container_id: c.into(), if_name: "eth0".into() }
+}
+
+#[tokio::test]
+async fn a_del_whose_checkpoint_write_fails_is_undone_and_can_be_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let store = Store::new(&state);
+    let pool = spawn(settings(), store.clone(), Checkpoint::default());
+    pool.observe(vec![eni()], Limits { max_enis: 3, ips_per_eni: 9 }, 0).await.unwrap();
+    pool.reconciled(None).await.unwrap();
+    let a = pool.add(key("c1"), "default".into(), "web".into(), String::new()).await.unwrap();
+
+    // The state directory disappears (disk trouble): the write fails, and the DEL with it.
+    std::fs::remove_dir_all(&state).unwrap();
+    let err = pool.del(key("c1")).await.unwrap_err();
+    assert!(matches!(err, PoolError::Checkpoint(_)), "{err:?}");
+    let s = pool.snapshot().await.unwrap();
+    assert_eq!(s.ds.allocations.get(&key("c1")).map(|al| al.ip), Some(a.ip), "still allocated in memory");
+    assert_eq!(s.stats.assigned, 1);
+    // Nobody else gets that IP meanwhile.
+    let other = pool.add(key("c2"), "default".into(), "db".into(), String::new()).await;
+    assert!(other.map(|o| o.ip != a.ip).unwrap_or(true));
+
+    // The runtime retries the DEL once the disk is back: now it is released, in memory and on disk.
+    std::fs::create_dir(&state).unwrap();
+    assert_eq!(pool.del(key("c1")).await.unwrap().map(|(al, _)| al.ip), Some(a.ip));
+    assert!(!store.load().unwrap().allocations.contains_key(&key("c1")));
+}

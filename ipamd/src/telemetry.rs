@@ -1,0 +1,212 @@
+//! The counters and histograms operators graph (the ones aws-vpc-cni dashboards show, under ipamd's names):
+//! pod Add/Del requests and their latency by result, pods that found no IP, EC2 calls, errors and latency by
+//! operation, reconcile rounds and their duration, ENI attach/detach counts, and the degraded state.
+//! Long-lived and shared (cloning shares the same series); [`crate::metrics`] registers them on each scrape
+//! next to the gauges it reads from a pool snapshot.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Buckets from 0.5 ms to ~16 s: pod requests sit at the low end, EC2 calls and rounds at the high end.
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+#[derive(Debug)]
+struct Inner {
+    ec2_requests: Family<Labels, Counter>,
+    ec2_errors: Family<Labels, Counter>,
+    ec2_latency: Family<Labels, Histogram, fn() -> Histogram>,
+    ec2_throttle_wait_ms: Counter,
+    pod_requests: Family<Labels, Counter>,
+    pod_latency: Family<Labels, Histogram, fn() -> Histogram>,
+    no_ip: Counter,
+    reconciles: Family<Labels, Counter>,
+    reconcile_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    eni_changes: Family<Labels, Counter>,
+    degraded: Gauge,
+    degraded_reason: std::sync::Mutex<String>,
+    degraded_since: AtomicI64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Telemetry(Arc<Inner>);
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self(Arc::new(Inner::new()))
+    }
+}
+
+impl Inner {
+    fn new() -> Self {
+        Self {
+            ec2_requests: Family::default(),
+            ec2_errors: Family::default(),
+            ec2_latency: Family::new_with_constructor(seconds_histogram),
+            ec2_throttle_wait_ms: Counter::default(),
+            pod_requests: Family::default(),
+            pod_latency: Family::new_with_constructor(seconds_histogram),
+            no_ip: Counter::default(),
+            reconciles: Family::default(),
+            reconcile_duration: Family::new_with_constructor(seconds_histogram),
+            eni_changes: Family::default(),
+            degraded: Gauge::default(),
+            degraded_reason: std::sync::Mutex::default(),
+            degraded_since: AtomicI64::new(0),
+        }
+    }
+}
+
+impl Telemetry {
+    /// One EC2 request (each attempt counts: that is what the account's budget sees).
+    pub fn ec2_call(&self, op: &str, took: Duration, error_code: Option<&str>) {
+        let op_l = labels(&[("op", op)]);
+        self.0.ec2_requests.get_or_create(&op_l).inc();
+        self.0.ec2_latency.get_or_create(&op_l).observe(took.as_secs_f64());
+        if let Some(code) = error_code {
+            self.0.ec2_errors.get_or_create(&labels(&[("op", op), ("code", code)])).inc();
+        }
+    }
+
+    pub fn ec2_throttle_wait(&self, waited: Duration) {
+        self.0.ec2_throttle_wait_ms.inc_by(waited.as_millis() as u64);
+    }
+
+    /// EC2 requests made for `op` so far.
+    pub fn ec2_requests(&self, op: &str) -> u64 {
+        self.0.ec2_requests.get_or_create(&labels(&[("op", op)])).get()
+    }
+
+    /// A pod request over the socket: `op` add/del, `result` ok/no_ip/error.
+    pub fn pod_request(&self, op: &str, result: &str, took: Duration) {
+        let l = labels(&[("op", op), ("result", result)]);
+        self.0.pod_requests.get_or_create(&l).inc();
+        self.0.pod_latency.get_or_create(&l).observe(took.as_secs_f64());
+        if result == "no_ip" {
+            self.0.no_ip.inc();
+        }
+    }
+
+    pub fn reconcile(&self, ok: bool, took: Duration) {
+        let l = labels(&[("result", if ok { "ok" } else { "error" })]);
+        self.0.reconciles.get_or_create(&l).inc();
+        self.0.reconcile_duration.get_or_create(&l).observe(took.as_secs_f64());
+    }
+
+    /// `change`: attached / detached.
+    pub fn eni(&self, change: &str) {
+        self.0.eni_changes.get_or_create(&labels(&[("change", change)])).inc();
+    }
+
+    /// Sets or clears the degraded state (EC2 or IMDS unreachable while serving from the checkpoint).
+    pub fn set_degraded(&self, reason: Option<String>) {
+        let mut r = self.0.degraded_reason.lock().unwrap_or_else(|p| p.into_inner());
+        match reason {
+            Some(reason) => {
+                if r.is_empty() {
+                    self.0.degraded_since.store(crate::pool::now_ms() / 1000, Ordering::Relaxed);
+                }
+                *r = reason;
+                self.0.degraded.set(1);
+            }
+            None => {
+                r.clear();
+                self.0.degraded.set(0);
+                self.0.degraded_since.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Why ipamd is degraded and since when (unix seconds), if it is.
+    pub fn degraded(&self) -> Option<(String, i64)> {
+        let r = self.0.degraded_reason.lock().unwrap_or_else(|p| p.into_inner());
+        (!r.is_empty()).then(|| (r.clone(), self.0.degraded_since.load(Ordering::Relaxed)))
+    }
+
+    /// Adds every series to `reg`.
+    pub fn register(&self, reg: &mut Registry) {
+        let i = &self.0;
+        reg.register("ipamd_ec2_requests", "EC2 API requests by operation (each attempt)", i.ec2_requests.clone());
+        reg.register("ipamd_ec2_errors", "EC2 API errors by operation and error code", i.ec2_errors.clone());
+        reg.register_with_unit(
+            "ipamd_ec2_request_duration",
+            "EC2 API request latency by operation",
+            prometheus_client::registry::Unit::Seconds,
+            i.ec2_latency.clone(),
+        );
+        reg.register(
+            "ipamd_ec2_throttle_wait_milliseconds",
+            "time EC2 calls waited on EC2_API_QPS",
+            i.ec2_throttle_wait_ms.clone(),
+        );
+        reg.register("ipamd_pod_requests", "pod Add/Del requests by result (ok, no_ip, error)", i.pod_requests.clone());
+        reg.register_with_unit(
+            "ipamd_pod_request_duration",
+            "pod Add/Del latency inside ipamd by result",
+            prometheus_client::registry::Unit::Seconds,
+            i.pod_latency.clone(),
+        );
+        reg.register("awscni_no_available_ip_addresses", "pod Adds that found no free IP", i.no_ip.clone());
+        reg.register("ipamd_reconciles", "warm-pool reconcile rounds by result", i.reconciles.clone());
+        reg.register_with_unit(
+            "ipamd_reconcile_duration",
+            "warm-pool reconcile round duration by result",
+            prometheus_client::registry::Unit::Seconds,
+            i.reconcile_duration.clone(),
+        );
+        reg.register("ipamd_eni_changes", "ENIs attached or detached by ipamd", i.eni_changes.clone());
+        reg.register(
+            "ipamd_degraded",
+            "1 while EC2 or IMDS is unreachable and ipamd serves from its checkpoint",
+            i.degraded.clone(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_show_up_in_the_exposition() {
+        let t = Telemetry::default();
+        t.ec2_call("AssignPrivateIpAddresses", Duration::from_millis(30), Some("RequestLimitExceeded"));
+        t.pod_request("add", "no_ip", Duration::from_millis(2));
+        t.reconcile(true, Duration::from_millis(80));
+        t.eni("attached");
+        t.set_degraded(Some("EC2 unreachable".into()));
+        let mut reg = Registry::default();
+        t.register(&mut reg);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        for want in [
+            "ipamd_ec2_requests_total{op=\"AssignPrivateIpAddresses\"} 1",
+            "ipamd_ec2_errors_total{op=\"AssignPrivateIpAddresses\",code=\"RequestLimitExceeded\"} 1",
+            "ipamd_ec2_request_duration_seconds_count{op=\"AssignPrivateIpAddresses\"} 1",
+            "ipamd_pod_requests_total{op=\"add\",result=\"no_ip\"} 1",
+            "awscni_no_available_ip_addresses_total 1",
+            "ipamd_reconciles_total{result=\"ok\"} 1",
+            "ipamd_eni_changes_total{change=\"attached\"} 1",
+            "ipamd_degraded 1",
+        ] {
+            assert!(text.contains(want), "{want} missing in\n{text}");
+        }
+        assert_eq!(t.degraded().map(|d| d.0), Some("EC2 unreachable".to_string()));
+        t.set_degraded(None);
+        assert!(t.degraded().is_none());
+    }
+}
