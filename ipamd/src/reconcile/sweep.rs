@@ -4,8 +4,10 @@
 //! - created by a vpc-cni ipamd: it carries the instance tag, and in scope: this instance's tag, or with
 //!   CLUSTER_NAME set, the cluster tag with that name (so a node can clean up after a node that is gone);
 //! - not opted out with `node.k8s.amazonaws.com/no_manage=true`;
-//! - older than [`MIN_AGE`] by its createdAt tag (or, without the tag, seen `available` that long ago), so
-//!   an ENI another ipamd is about to attach is never taken away.
+//! - created for this instance (only this ipamd, holding the state-dir lock, creates those, and the sweep runs
+//!   between its own actions, so one that is `available` is a leftover of a crash between Create and Attach),
+//!   or else older than [`MIN_AGE`] by its createdAt tag (or, without the tag, seen `available` that long
+//!   ago), so an ENI another node's ipamd is about to attach is never taken away.
 //!
 //! At most [`MAX_DELETES`] per sweep, through the same EC2 rate limit as everything else. Runs at start and then
 //! with every full EC2 sync.
@@ -43,9 +45,9 @@ pub fn leaked<'a>(
         })
         .filter(|e| e.tags.get(TAG_NO_MANAGE).is_none_or(|v| !v.eq_ignore_ascii_case("true")))
         .filter(|e| {
-            let since =
-                e.tags.get(TAG_CREATED_AT).and_then(|t| t.parse::<i64>().ok()).or(first_seen.get(&e.id).copied());
-            since.is_some_and(|t| now_unix - t >= min_age)
+            let own = e.tags.get(TAG_INSTANCE_ID).is_some_and(|v| v == instance_id);
+            let since = e.tags.get(TAG_CREATED_AT).and_then(|t| t.parse::<i64>().ok()).or(first_seen.get(&e.id).copied());
+            own || since.is_some_and(|t| now_unix - t >= min_age)
         })
         .take(MAX_DELETES)
         .collect()
@@ -111,18 +113,15 @@ mod tests {
     fn only_old_unattached_enis_of_ours_in_scope() {
         let old = (NOW - 600).to_string();
         let young = (NOW - 60).to_string();
+        let young = (NOW - 60).to_string();
         let enis = [
-            eni("eni-old", &[(TAG_INSTANCE_ID, "i-1"), (TAG_CREATED_AT, &old)]),
-            eni("eni-young", &[(TAG_INSTANCE_ID, "i-1"), (TAG_CREATED_AT, &young)]),
+            eni("eni-mine", &[(TAG_INSTANCE_ID, "i-1"), (TAG_CREATED_AT, &young)]),
             eni("eni-other-node", &[(TAG_INSTANCE_ID, "i-2"), (TAG_CREATED_AT, &old)]),
             eni("eni-opted-out", &[(TAG_INSTANCE_ID, "i-1"), (TAG_CREATED_AT, &old), (TAG_NO_MANAGE, "True")]),
             eni("eni-user", &[(TAG_CREATED_AT, &old)]),
-            eni("eni-untimed", &[(TAG_INSTANCE_ID, "i-1")]),
         ];
-        assert_eq!(ids(leaked(&enis, "i-1", "", &BTreeMap::new(), NOW)), ["eni-old"]);
-        // Without a createdAt tag: only once it has been seen available for the minimum age.
-        let seen = BTreeMap::from([("eni-untimed".to_string(), NOW - 301)]);
-        assert_eq!(ids(leaked(&enis, "i-1", "", &seen, NOW)), ["eni-old", "eni-untimed"]);
+        // This instance's own leftovers go at once, whatever their age; nobody else's without CLUSTER_NAME.
+        assert_eq!(ids(leaked(&enis, "i-1", "", &BTreeMap::new(), NOW)), ["eni-mine"]);
         let mut attached = enis[0].clone();
         attached.attachment_id = Some("attach-1".into());
         assert!(leaked(&[attached], "i-1", "", &BTreeMap::new(), NOW).is_empty());
@@ -131,12 +130,19 @@ mod tests {
     #[test]
     fn cluster_name_widens_the_scope_to_the_cluster_and_only_it() {
         let old = (NOW - 600).to_string();
+        let young = (NOW - 60).to_string();
         let enis = [
             eni("eni-gone-node", &[(TAG_INSTANCE_ID, "i-2"), (TAG_CLUSTER, "prod"), (TAG_CREATED_AT, &old)]),
+            eni("eni-being-attached", &[(TAG_INSTANCE_ID, "i-4"), (TAG_CLUSTER, "prod"), (TAG_CREATED_AT, &young)]),
+            eni("eni-untimed", &[(TAG_INSTANCE_ID, "i-5"), (TAG_CLUSTER, "prod")]),
             eni("eni-other-cluster", &[(TAG_INSTANCE_ID, "i-3"), (TAG_CLUSTER, "dev"), (TAG_CREATED_AT, &old)]),
             eni("eni-no-cluster", &[(TAG_INSTANCE_ID, "i-1"), (TAG_CREATED_AT, &old)]),
         ];
+        // Another node's ENI only when old enough: it may be between that ipamd's Create and Attach.
         assert_eq!(ids(leaked(&enis, "i-1", "prod", &BTreeMap::new(), NOW)), ["eni-gone-node"]);
+        // Without a createdAt tag: once it has been seen available for the minimum age.
+        let seen = BTreeMap::from([("eni-untimed".to_string(), NOW - 301)]);
+        assert_eq!(ids(leaked(&enis, "i-1", "prod", &seen, NOW)), ["eni-gone-node", "eni-untimed"]);
     }
 
     #[test]
