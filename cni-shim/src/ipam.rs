@@ -24,8 +24,32 @@ fn status_error(what: &str, s: tonic::Status) -> CniError {
     CniError::new(code, format!("ipamd {what}: {:?}", s.code()), s.message().to_string())
 }
 
+/// The plugin runs as root: it talks only to a real socket owned by root (or by the user it runs as), never
+/// through a symlink someone could point elsewhere.
+pub fn check_socket(socket: &Path) -> Result<(), CniError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let bad = |why: String| CniError::new(Code::InvalidConfig, "refusing ipamd socket", why);
+    let m = match std::fs::symlink_metadata(socket) {
+        Ok(m) => m,
+        // Not there (yet): ipamd is starting; the connect reports "unreachable", try again later.
+        Err(_) => return Ok(()),
+    };
+    if m.file_type().is_symlink() {
+        return Err(bad(format!("{} is a symlink", socket.display())));
+    }
+    if !m.file_type().is_socket() {
+        return Err(bad(format!("{} is not a socket", socket.display())));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if m.uid() != 0 && m.uid() != me {
+        return Err(bad(format!("{} is owned by uid {}, not root", socket.display(), m.uid())));
+    }
+    Ok(())
+}
+
 impl Ipam {
     pub async fn connect(socket: &Path, timeout: Duration) -> Result<Self, CniError> {
+        check_socket(socket)?;
         let channel = vpc_cni_proto::uds::connect(socket, Some(timeout)).await.map_err(|e| {
             CniError::new(Code::TryAgainLater, "ipamd is unreachable", format!("{}: {e}", socket.display()))
         })?;
@@ -60,5 +84,30 @@ impl Ipam {
             .await
             .map(tonic::Response::into_inner)
             .map_err(|s| status_error("Status", s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_real_socket_of_root_or_ours_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("ipamd.sock");
+        assert!(check_socket(&sock).is_ok(), "missing: ipamd is starting");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert!(check_socket(&sock).is_ok());
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&sock, &link).unwrap();
+        let e = check_socket(&link).unwrap_err();
+        assert!(e.code == Code::InvalidConfig && e.details.contains("symlink"), "{e}");
+        let file = dir.path().join("file.sock");
+        std::fs::write(&file, b"").unwrap();
+        assert!(check_socket(&file).unwrap_err().details.contains("not a socket"));
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&sock, Some(65534), None).unwrap();
+            assert!(check_socket(&sock).unwrap_err().details.contains("uid 65534"));
+        }
     }
 }

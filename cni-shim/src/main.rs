@@ -21,14 +21,23 @@ use ipam::Ipam;
 use log::Log;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A network configuration is a few KiB; anything past this is refused before it is parsed.
+pub const MAX_STDIN: u64 = 1 << 20;
 
 fn main() {
     let get = |k: &str| std::env::var(k).ok();
     let mut stdin = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut stdin);
-    let (out, ok) = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt.block_on(run(&get, &stdin)),
-        Err(e) => (CniError::new(Code::Io, "cannot start the runtime", e.to_string()).to_json("1.1.0"), false),
+    let read = std::io::stdin().take(MAX_STDIN + 1).read_to_end(&mut stdin);
+    let (out, ok) = if let Err(e) = read {
+        (CniError::new(Code::Io, "cannot read the network configuration", e.to_string()).to_json("1.1.0"), false)
+    } else if stdin.len() as u64 > MAX_STDIN {
+        let e = CniError::new(Code::Decode, "network configuration too large", format!("more than {MAX_STDIN} bytes"));
+        (e.to_json("1.1.0"), false)
+    } else {
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(run(&get, &stdin)),
+            Err(e) => (CniError::new(Code::Io, "cannot start the runtime", e.to_string()).to_json("1.1.0"), false),
+        }
     };
     let mut stdout = std::io::stdout().lock();
     if !out.is_null() {
@@ -38,37 +47,53 @@ fn main() {
     std::process::exit(if ok { 0 } else { 1 });
 }
 
-/// Returns the JSON to print (null for nothing) and whether the command succeeded.
-async fn run(get: &impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (Value, bool) {
+/// What the plugin was asked, read from its environment and stdin before anything is done.
+#[derive(Debug)]
+enum Request {
+    /// VERSION: answered from the configuration's version alone.
+    Version(Value),
+    /// STATUS and GC (no attachment), or ADD/DEL/CHECK with their environment.
+    Act { cmd: Command, conf: NetConf, env: Option<Env> },
+}
+
+/// Parses the request; on bad input the CNI error JSON to print. Pure: no I/O, no panics (fuzzed).
+fn parse_request(get: &impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Request, Value> {
     let version_hint = serde_json::from_slice::<Value>(stdin)
         .ok()
         .and_then(|v| v.get("cniVersion")?.as_str().map(String::from))
         .filter(|v| cni::SUPPORTED.contains(&v.as_str()))
         .unwrap_or_else(|| "1.1.0".to_string());
-    let cmd = match cni::command(get) {
-        Ok(c) => c,
-        Err(e) => return (e.to_json(&version_hint), false),
-    };
+    let cmd = cni::command(get).map_err(|e| e.to_json(&version_hint))?;
     if cmd == Command::Version {
-        return (json!({ "cniVersion": version_hint, "supportedVersions": cni::SUPPORTED }), true);
+        return Ok(Request::Version(json!({ "cniVersion": version_hint, "supportedVersions": cni::SUPPORTED })));
     }
-    let conf = match NetConf::parse(stdin) {
-        Ok(c) => c,
-        Err(e) => return (e.to_json(&version_hint), false),
-    };
+    let conf = NetConf::parse(stdin).map_err(|e| e.to_json(&version_hint))?;
     let version = conf.cni_version.clone();
     if !conf.supports(cmd) {
         let e =
             CniError::new(Code::IncompatibleVersion, format!("{cmd:?} is not defined for cniVersion {version}"), "");
-        return (e.to_json(&version), false);
+        return Err(e.to_json(&version));
     }
-    let result = match cmd {
-        Command::Status => status(&conf).await.map(|()| Value::Null),
-        Command::Gc => gc(&conf).await.map(|()| Value::Null),
-        _ => match cni::env(cmd, get) {
-            Ok(env) => attachment(cmd, &conf, &env).await,
-            Err(e) => Err(e),
-        },
+    let env = match cmd {
+        Command::Status | Command::Gc => None,
+        _ => Some(cni::env(cmd, get).map_err(|e| e.to_json(&version))?),
+    };
+    Ok(Request::Act { cmd, conf, env })
+}
+
+/// Returns the JSON to print (null for nothing) and whether the command succeeded.
+async fn run(get: &impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (Value, bool) {
+    let (cmd, conf, env) = match parse_request(get, stdin) {
+        Ok(Request::Version(v)) => return (v, true),
+        Ok(Request::Act { cmd, conf, env }) => (cmd, conf, env),
+        Err(e) => return (e, false),
+    };
+    let version = conf.cni_version.clone();
+    let result = match (cmd, env) {
+        (Command::Status, _) => status(&conf).await.map(|()| Value::Null),
+        (Command::Gc, _) => gc(&conf).await.map(|()| Value::Null),
+        (_, Some(env)) => attachment(cmd, &conf, &env).await,
+        (_, None) => Err(CniError::new(Code::InvalidEnv, "no CNI environment", "")),
     };
     match result {
         Ok(v) => (v, true),
@@ -175,20 +200,34 @@ async fn del(conf: &NetConf, env: &Env, nl: &Netlink, host_veth: &str, log: &mut
     // prevResult is trusted only while ipamd cannot answer (the IP is then still held, so it is still this
     // pod's). When ipamd answers that it holds nothing, this is a repeated or late DEL: the IP may already
     // belong to another pod, so nothing is touched.
-    let ip = match Ipam::connect(&conf.socket(), timeout(conf)).await {
+    let asked = match Ipam::connect(&conf.socket(), timeout(conf)).await {
         Ok(mut ipam) => match ipam.del(key(conf, env)).await {
-            Ok(r) if r.released => r.ipv4_addr.parse().ok(),
+            Ok(r) if r.released => Ok(r.ipv4_addr.parse().ok()),
             Ok(_) => {
                 log.info("ipamd holds no allocation for this attachment: already deleted");
                 return Ok(Value::Null);
             }
-            Err(e) => {
-                log.error(&format!("ipamd DelNetwork: {e}; tearing down from prevResult"));
-                conf.prev_pod_ip()
-            }
+            Err(e) => Err(format!("ipamd DelNetwork: {e}")),
         },
-        Err(e) => {
-            log.error(&format!("{e}; tearing down from prevResult"));
+        Err(e) => Err(e.to_string()),
+    };
+    let ip = match asked {
+        Ok(released) => released,
+        Err(why) => {
+            // The release is left to ipamd for when it is back (see ipamd::deferred): no IP leaks.
+            let k = key(conf, env);
+            let entry = ipamd::deferred::Entry {
+                network_name: k.network_name,
+                container_id: k.container_id,
+                if_name: k.if_name,
+                unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+            };
+            match ipamd::deferred::record(&ipamd::deferred::dir_for(&conf.socket()), &entry) {
+                Ok(p) => log.error(&format!("{why}; tearing down from prevResult, release left in {}", p.display())),
+                Err(e) => log.error(&format!("{why}; tearing down from prevResult; deferring the release: {e}")),
+            }
             conf.prev_pod_ip()
         }
     };
@@ -275,3 +314,7 @@ async fn gc(conf: &NetConf) -> Result<(), CniError> {
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "fuzz_tests.rs"]
+mod fuzz_tests;

@@ -111,6 +111,15 @@ impl Store {
         })
     }
 
+    /// Renames an unreadable checkpoint to `ipam.json.corrupt-<unix seconds>` (kept for a post-mortem) and
+    /// returns the new path.
+    pub fn move_aside(&self) -> Result<PathBuf, CheckpointError> {
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let aside = self.path.with_extension(format!("json.corrupt-{secs}"));
+        std::fs::rename(&self.path, &aside).map_err(|source| CheckpointError::Io { path: self.path.clone(), source })?;
+        Ok(aside)
+    }
+
     pub fn save(&self, cp: &Checkpoint) -> Result<(), CheckpointError> {
         let file = File {
             version: VERSION,
@@ -172,3 +181,7 @@ mod tests {
         assert!(matches!(store.load(), Err(CheckpointError::Version { found: 9, .. })));
     }
 }
+
+#[cfg(test)]
+#[path = "checkpoint_fuzz.rs"]
+mod fuzz;

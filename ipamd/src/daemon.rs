@@ -28,6 +28,7 @@ use crate::pool::{self, PoolSettings};
 use crate::reconcile::{ReconcileSettings, Reconciler};
 use crate::snat::SnatConfig;
 use crate::telemetry::Telemetry;
+use tonic::service::interceptor::InterceptedService;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -135,6 +136,44 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::Fi
     }
 }
 
+/// A checkpoint holding an allocation for every pod the host routes to (see
+/// [`crate::datastore::RECOVERED_NETWORK`]); empty without host networking.
+async fn rebuild_from_host(cfg: &Config) -> crate::checkpoint::Checkpoint {
+    use crate::datastore::{AllocKey, Allocation, RECOVERED_NETWORK};
+    let mut cp = crate::checkpoint::Checkpoint::default();
+    if !cfg.ipamd_host_network {
+        return cp;
+    }
+    let pods = match Netlink::current() {
+        Ok(net) => hostnet::pod_ips(&net, &cfg.aws_vpc_k8s_cni_vethprefix).await,
+        Err(e) => Err(e),
+    };
+    match pods {
+        Ok(pods) => {
+            let now = crate::pool::now_ms() / 1000;
+            for (ip, veth) in pods {
+                let key = AllocKey {
+                    network_name: RECOVERED_NETWORK.into(),
+                    container_id: format!("recovered-{ip}"),
+                    if_name: veth.clone(),
+                };
+                let a = Allocation {
+                    ip,
+                    eni_id: String::new(),
+                    pod_namespace: String::new(),
+                    pod_name: veth,
+                    pod_uid: String::new(),
+                    allocated_unix: now,
+                };
+                cp.allocations.insert(key, a);
+            }
+            tracing::warn!(allocations = cp.allocations.len(), "allocations rebuilt from host state");
+        }
+        Err(e) => tracing::error!("reading pods from host state: {e}; starting with no allocations"),
+    }
+    cp
+}
+
 /// Imports aws-node's checkpoint into ours (first start only) and persists the result at once, so the import
 /// happens exactly once; an unreadable one stops the start (handing its IPs out twice would be worse).
 fn import_aws_node(
@@ -183,7 +222,19 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let _lock = lock_state_dir(&cfg.ipamd_state_dir)?;
     let store = Store::new(&cfg.ipamd_state_dir);
     let first_start = !store.path().exists();
-    let mut checkpoint = store.load()?;
+    let (mut checkpoint, recovered) = match store.load() {
+        Ok(cp) => (cp, false),
+        // Never a crash loop on a damaged file: keep it for a post-mortem and rebuild from the host. An I/O
+        // error or a newer version still stops the start (a downgrade must not drop allocations).
+        Err(e @ crate::checkpoint::CheckpointError::Decode { .. }) => {
+            let aside = store.move_aside()?;
+            tracing::error!("{e}; moved aside to {}; rebuilding allocations from the host's pod routes", aside.display());
+            let cp = rebuild_from_host(&cfg).await;
+            store.save(&cp)?;
+            (cp, true)
+        }
+        Err(e) => return Err(e.into()),
+    };
     if first_start && let Some(path) = cfg.aws_node_checkpoint() {
         import_aws_node(&path, &store, &mut checkpoint)?;
     }
@@ -243,7 +294,14 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     let policy = PeerPolicy { allowed_uids: cfg.ipamd_allowed_uids.0.clone() };
     let released = cfg.ipamd_host_network.then(|| conntrack_janitor(Duration::from_secs(cfg.ip_cooldown_period)));
+    // DELs the plugin could not hand over while ipamd was down: carried out before the first request.
+    let deferred_dir = crate::deferred::dir_for(&cfg.ipamd_socket);
+    let drained = crate::deferred::drain(&deferred_dir, &pool).await;
+    if !drained.released.is_empty() || drained.dropped > 0 {
+        tracing::info!(released = drained.released.len(), dropped = drained.dropped, "deferred DELs carried out");
+    }
     let ipam = IpamService {
+        deferred_dir: deferred_dir.clone(),
         telemetry: telemetry.clone(),
         released: released.clone(),
         pool: pool.clone(),
@@ -258,9 +316,16 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         IntrospectionService { pool: pool.clone(), node: node.clone(), config: cfg.entries(), kube: kube.clone() };
     let listener = grpc::bind(&cfg.ipamd_socket)?;
     let server = Server::builder()
-        .add_service(tonic::service::interceptor::InterceptedService::new(health_service, policy.interceptor()))
-        .add_service(IpamServer::with_interceptor(ipam, policy.interceptor()))
-        .add_service(IntrospectionServer::with_interceptor(introspection, policy.interceptor()))
+        .add_service(InterceptedService::new(health_service, policy.interceptor()))
+        // Requests are small (a GC list of a few thousand keys is well under this); larger ones are refused.
+        .add_service(InterceptedService::new(
+            IpamServer::new(ipam).max_decoding_message_size(1 << 20),
+            policy.interceptor(),
+        ))
+        .add_service(InterceptedService::new(
+            IntrospectionServer::new(introspection).max_decoding_message_size(64 << 10),
+            policy.interceptor(),
+        ))
         .serve_with_incoming(grpc::incoming(listener));
     tracing::info!(socket = %cfg.ipamd_socket.display(), "gRPC listening");
     let grpc_task = tokio::spawn(server);
@@ -312,6 +377,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             error_backoff: Duration::from_secs(2),
             ec2_resync: Duration::from_secs(cfg.ipamd_ec2_resync_interval),
             telemetry: telemetry.clone(),
+            deferred_dir,
+            veth_prefix: cfg.aws_vpc_k8s_cni_vethprefix.clone(),
+            recovered,
             eni_mtu: cfg.aws_vpc_eni_mtu,
             snat,
             link_wait: Duration::from_secs(10),

@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::planner::{EniView, PoolView};
 
+/// The network name of allocations rebuilt from host state after the checkpoint was lost: their CNI keys are
+/// unknown, so no runtime GC of a real network touches them; each is released once its pod's host route is
+/// gone (the runtime deleted the pod's namespace).
+pub const RECOVERED_NETWORK: &str = "vpc-cni-recovered";
+
 /// One pod attachment, as the CNI spec identifies it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AllocKey {

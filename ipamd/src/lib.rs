@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod daemon;
 pub mod datastore;
+pub mod deferred;
 pub mod ec2;
 pub mod ec2sync;
 pub mod grpc;

@@ -18,6 +18,8 @@ pub struct NetFacts {
 
 pub struct IpamService {
     pub pool: PoolHandle,
+    /// Where the plugin leaves DELs it could not hand over (carried out before any ADD).
+    pub deferred_dir: std::path::PathBuf,
     pub telemetry: crate::telemetry::Telemetry,
     pub facts: NetFacts,
     /// Released IPs, for the conntrack janitor (only when ipamd manages the host network).
@@ -36,6 +38,14 @@ pub(crate) fn key(k: Option<pb::AllocationKey>) -> Result<AllocKey, Status> {
     let k = k.ok_or_else(|| Status::invalid_argument("key is required"))?;
     if k.container_id.is_empty() || k.if_name.is_empty() || k.network_name.is_empty() {
         return Err(Status::invalid_argument("key needs network_name, container_id and if_name"));
+    }
+    // What the checkpoint keeps per pod stays small whatever a caller sends.
+    for (field, value, max) in
+        [("network_name", &k.network_name, 256), ("container_id", &k.container_id, 256), ("if_name", &k.if_name, 15)]
+    {
+        if value.len() > max {
+            return Err(Status::invalid_argument(format!("{field} is {} bytes; at most {max}", value.len())));
+        }
     }
     Ok(AllocKey { network_name: k.network_name, container_id: k.container_id, if_name: k.if_name })
 }
@@ -73,7 +83,20 @@ fn outcome<T>(r: &Result<T, Status>) -> &'static str {
 impl IpamService {
     async fn add(&self, req: Request<pb::AddNetworkRequest>) -> Result<Response<pb::AddNetworkReply>, Status> {
         let r = req.into_inner();
+        // A DEL deferred while ipamd was unreachable goes before any later ADD (the runtime may retry an ADD
+        // with the same container id after that DEL).
+        for (_, ip) in crate::deferred::drain(&self.deferred_dir, &self.pool).await.released {
+            self.forget(ip);
+        }
         let key = key(r.key)?;
+        for (field, value) in [("k8s_pod_namespace", &r.k8s_pod_namespace), ("k8s_pod_name", &r.k8s_pod_name)] {
+            if value.len() > 253 {
+                return Err(Status::invalid_argument(format!("{field} is {} bytes; at most 253", value.len())));
+            }
+        }
+        if r.k8s_pod_uid.len() > 64 {
+            return Err(Status::invalid_argument("k8s_pod_uid is longer than 64 bytes"));
+        }
         let out = self.pool.add(key, r.k8s_pod_namespace, r.k8s_pod_name, r.k8s_pod_uid).await.map_err(status)?;
         Ok(Response::new(pb::AddNetworkReply {
             ipv4_addr: out.ip.to_string(),

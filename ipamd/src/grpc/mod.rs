@@ -54,15 +54,25 @@ impl PeerPolicy {
     }
 }
 
-/// Binds the socket: parent directory 0700, stale socket removed, socket file 0600.
+/// Binds the socket, file mode 0600. A missing parent directory is created 0700; an existing one is left as
+/// it is (IPAMD_SOCKET=/tmp/x.sock must not close /tmp). A socket left by an earlier run is replaced; anything
+/// else at the path (a file, a symlink) is refused, not deleted.
 pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
     let err = |source| ServeError::Socket { path: path.to_path_buf(), source };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(err)?,
+        Ok(_) => {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket; refusing to replace it",
+            )));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
     }
@@ -111,14 +121,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn socket_is_private() {
+    async fn socket_is_private_and_replaces_only_a_stale_socket() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("run/ipamd.sock");
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, b"stale").unwrap();
-        let _l = bind(&path).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&path), 0o600);
+        // A directory ipamd creates is private.
+        let path = dir.path().join("run/ipamd.sock");
+        drop(bind(&path).unwrap());
         assert_eq!(mode(path.parent().unwrap()), 0o700);
+        // The socket of an earlier run is replaced.
+        let _l = bind(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        // An existing directory keeps its mode.
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _s = bind(&shared.join("ipamd.sock")).unwrap();
+        assert_eq!(mode(&shared), 0o755);
+        // A regular file or a symlink at the path is refused and left in place.
+        let file = shared.join("data");
+        std::fs::write(&file, b"precious").unwrap();
+        assert!(bind(&file).unwrap_err().to_string().contains("not a socket"));
+        assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+        let link = shared.join("link.sock");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(bind(&link).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"precious");
     }
 }

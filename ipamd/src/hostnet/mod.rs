@@ -283,6 +283,22 @@ pub async fn forget_pod_ip(net: &impl HostNet, ip: Ipv4Addr) -> Result<usize, Ve
     if errors.is_empty() { Ok(removed) } else { Err(errors) }
 }
 
+/// The pods wired on this host, as the host's own state shows them: each `/32` route in main through a link
+/// named with the pods' veth prefix, as (pod IP, host veth). What a lost checkpoint is rebuilt from.
+pub async fn pod_ips(net: &impl HostNet, veth_prefix: &str) -> Result<Vec<(Ipv4Addr, String)>, HostNetError> {
+    let veths: std::collections::BTreeMap<u32, String> =
+        net.links().await?.into_iter().filter(|l| l.name.starts_with(veth_prefix)).map(|l| (l.index, l.name)).collect();
+    let mut out: Vec<(Ipv4Addr, String)> = net
+        .routes(MAIN_TABLE)
+        .await?
+        .into_iter()
+        .filter(|r| r.dst.prefix_len() == 32 && r.gateway.is_none())
+        .filter_map(|r| Some((r.dst.addr(), veths.get(&r.oif?)?.clone())))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 /// Writes the sysctl at `root/rel` (root normally /proc/sys, rel like `net/ipv4/ip_forward`) when it differs;
 /// returns whether it changed.
 pub fn ensure_sysctl(root: &Path, rel: &str, value: &str) -> Result<bool, HostNetError> {

@@ -5,6 +5,7 @@
 //! burst of pods on an exhausted subnet cannot turn into a burst of EC2 calls.
 
 mod apply;
+mod recovered;
 pub mod sweep;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -73,6 +74,12 @@ pub struct ReconcileSettings {
     /// Full EC2 sync interval (IPAMD_EC2_RESYNC_INTERVAL); between syncs IMDS is compared with the EC2 view.
     pub ec2_resync: Duration,
     pub telemetry: crate::telemetry::Telemetry,
+    /// Deferred DELs (see [`crate::deferred`]), carried out every round.
+    pub deferred_dir: std::path::PathBuf,
+    /// Pod veth name prefix (AWS_VPC_K8S_CNI_VETHPREFIX), to read pods from host state.
+    pub veth_prefix: String,
+    /// Allocations were rebuilt from host state (corrupt checkpoint): release each once its pod is gone.
+    pub recovered: bool,
     /// MTU for secondary ENI links (AWS_VPC_ENI_MTU).
     pub eni_mtu: u32,
     /// How long to wait for a newly attached ENI's link to appear.
@@ -222,6 +229,10 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
 
     /// One observe → plan → apply round. Returns when to look again.
     pub async fn reconcile_once(&mut self) -> Result<Duration, ReconcileError> {
+        crate::deferred::drain(&self.settings.deferred_dir, &self.pool).await;
+        if self.settings.recovered {
+            self.release_recovered().await;
+        }
         let limits = self.limits().await?;
         let (attached, mut host_errors, mut settled) = self.observe(limits).await?;
         if std::mem::take(&mut self.sweep_due) && self.settings.leaked_eni_cleanup {

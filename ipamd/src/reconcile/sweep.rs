@@ -110,9 +110,8 @@ mod tests {
     }
 
     #[test]
-    fn only_old_unattached_enis_of_ours_in_scope() {
+    fn only_unattached_enis_of_ours_in_scope_and_others_only_when_old() {
         let old = (NOW - 600).to_string();
-        let young = (NOW - 60).to_string();
         let young = (NOW - 60).to_string();
         let enis = [
             eni("eni-mine", &[(TAG_INSTANCE_ID, "i-1"), (TAG_CREATED_AT, &young)]),

@@ -7,6 +7,7 @@ pub mod fabric;
 pub mod node;
 pub mod pods;
 pub mod record;
+pub mod supervisor;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -183,6 +184,9 @@ pub struct Sim {
     pub record: SimRecord,
     nodes: Vec<node::NodeRuntime>,
     ipamds: Vec<Ipamd>,
+    /// Each node's ipamd once SERVING, restarted when it exits.
+    supervised: Vec<supervisor::Supervised>,
+    launches: Vec<supervisor::Launch>,
     sync_task: Option<tokio::task::JoinHandle<()>>,
     pub fabric: Arc<Mutex<FabricState>>,
 }
@@ -208,6 +212,8 @@ impl Sim {
             record,
             nodes: Vec::new(),
             ipamds: Vec::new(),
+            supervised: Vec::new(),
+            launches: Vec::new(),
             sync_task: None,
             fabric: Arc::default(),
         };
@@ -217,6 +223,9 @@ impl Sim {
         }
         sim.record.pids = sim.ipamds.iter().filter_map(Ipamd::pid).collect();
         sim.record.save(&cfg.state_dir);
+        let launches = std::mem::take(&mut sim.launches);
+        sim.supervised =
+            sim.ipamds.drain(..).zip(launches).map(|(p, l)| supervisor::Supervised::new(p, l)).collect();
         Ok(sim)
     }
 
@@ -290,7 +299,10 @@ impl Sim {
             }
             env.extend(self.cfg.ipamd_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
             let ns = names.node(i);
-            self.ipamds.push(Ipamd::spawn_in(Some(&ns), &dir, "http://169.254.169.254", &env)?);
+            let env = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            let launch = supervisor::Launch { node: i, netns: ns, dir, env };
+            self.ipamds.push(launch.spawn()?);
+            self.launches.push(launch);
         }
         for ipamd in &mut self.ipamds {
             ipamd.wait_serving(Duration::from_secs(90)).await?;
@@ -312,13 +324,16 @@ impl Sim {
     }
 
     pub fn ipamd_sockets(&self) -> Vec<PathBuf> {
-        self.ipamds.iter().map(|i| i.socket.clone()).collect()
+        self.supervised.iter().map(|s| s.socket.clone()).chain(self.ipamds.iter().map(|i| i.socket.clone())).collect()
     }
 
     /// Stops everything and removes every namespace, process and EC2 resource the sim made.
     pub async fn down(mut self) {
         if let Some(t) = self.sync_task.take() {
             t.abort();
+        }
+        for s in self.supervised.drain(..) {
+            s.stop().await;
         }
         for ipamd in self.ipamds.drain(..) {
             ipamd.terminate().await;

@@ -1,0 +1,231 @@
+//! Crash safety under pod churn (root + netns): ≥ 300 pod ADD/DEL cycles through the real plugin on a vpc-sim
+//! node while a second thread SIGKILLs its ipamd at random moments (≥ 10 times; the sim restarts it as the
+//! kubelet would). The pool is kept moving in EC2 (WARM_IP_TARGET=2, MINIMUM_IP_TARGET=3, 1 s cooldown), so
+//! kills also land between EC2 calls. Afterwards: no IP held by two live pods, ipamd's allocations are exactly
+//! the live pods, every IP EC2 assigned is in ipamd's pool, and no ENI exists that ipamd does not track.
+//! Then the checkpoint is corrupted and ipamd killed once more: the file is moved aside, the live pods' IPs
+//! are rebuilt from the host's routes (no new pod gets one), and each is released once its pod is gone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use vpc_cni_proto::v1 as pb;
+use vpc_sim::localstack::{self, node_enis};
+use vpc_sim::sim::pods::{Pod, pod_ip};
+use vpc_sim::testkit::SimProc;
+
+const CYCLES: usize = 300;
+const KILLS: usize = 10;
+const MAX_LIVE: usize = 12;
+
+fn pod(sim: &SimProc, name: &str) -> Pod {
+    Pod {
+        state_dir: sim.state.path().to_path_buf(),
+        node: 0,
+        namespace: "chaos".into(),
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+/// As a runtime does: a failed ADD is followed by a DEL, then the ADD is tried again.
+fn add(p: &Pod) -> String {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match p.add() {
+            Ok(r) => return pod_ip(&r),
+            Err(e) if Instant::now() < deadline => {
+                let _ = p.del(true);
+                eprintln!("ADD {} failed ({e}); DEL and retry", p.name);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("ADD {}: {e}", p.name),
+        }
+    }
+}
+
+fn del(p: &Pod) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match p.del(false) {
+            Ok(()) => return,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("DEL {} failed ({e}); retry", p.name);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("DEL {}: {e}", p.name),
+        }
+    }
+}
+
+async fn introspection(
+    socket: &std::path::Path,
+) -> Option<pb::introspection_client::IntrospectionClient<tonic::transport::Channel>> {
+    let ch = vpc_cni_proto::uds::connect(socket, Some(Duration::from_secs(2))).await.ok()?;
+    Some(pb::introspection_client::IntrospectionClient::new(ch))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + netns"]
+async fn ipamd_killed_at_random_during_pod_churn_loses_nothing() {
+    let sim = SimProc::start_with(
+        "ch",
+        1,
+        "m5.large",
+        &["WARM_IP_TARGET=2", "MINIMUM_IP_TARGET=3", "IP_COOLDOWN_PERIOD=1"],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicUsize::new(0));
+    let killer = {
+        let (stop, kills, lock) = (stop.clone(), kills.clone(), sim.state.path().join("node-0/ipamd.lock"));
+        std::thread::spawn(move || {
+            let mut rng = rand::rng();
+            let mut last = None;
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(rng.random_range(800..3000)));
+                let pid: Option<i32> = std::fs::read_to_string(&lock).ok().and_then(|s| s.trim().parse().ok());
+                // Only a restarted ipamd (a new pid) is killed again, at a random point of its life.
+                if let Some(pid) = pid.filter(|p| Some(*p) != last) {
+                    let target = nix::unistd::Pid::from_raw(pid);
+                    if nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL).is_ok() {
+                        kills.fetch_add(1, Ordering::SeqCst);
+                        last = Some(pid);
+                    }
+                }
+            }
+        })
+    };
+
+    let mut rng = rand::rng();
+    let mut live: BTreeMap<String, String> = BTreeMap::new();
+    let (mut cycles, mut n) = (0, 0);
+    let started = Instant::now();
+    while cycles < CYCLES || kills.load(Ordering::SeqCst) < KILLS {
+        assert!(started.elapsed() < Duration::from_secs(900), "churn did not finish: {cycles} cycles");
+        let grow = live.is_empty() || (live.len() < MAX_LIVE && rng.random_bool(0.55));
+        if grow {
+            let name = format!("c{n}");
+            n += 1;
+            let ip = add(&pod(&sim, &name));
+            live.insert(name, ip);
+        } else {
+            let name = live.keys().nth(rng.random_range(0..live.len())).cloned().expect("a live pod");
+            del(&pod(&sim, &name));
+            live.remove(&name);
+            cycles += 1;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    killer.join().unwrap();
+    let kills = kills.load(Ordering::SeqCst);
+    eprintln!("{cycles} ADD/DEL cycles, {kills} SIGKILLs, {} live pods, {:?}", live.len(), started.elapsed());
+
+    // No IP on two live pods.
+    let distinct: BTreeSet<&String> = live.values().collect();
+    assert_eq!(distinct.len(), live.len(), "an IP on two live pods: {live:?}");
+
+    // ipamd (restarted, SERVING) holds exactly the live pods' IPs, and its pool matches EC2 once settled.
+    let socket = sim.state.path().join("node-0/ipamd.sock");
+    let instance = sim.record().vpc.instance_ids[0].clone();
+    let ec2 = localstack::ec2_client();
+    let want: BTreeMap<String, String> =
+        live.iter().map(|(name, ip)| (pod(&sim, name).container_id(), ip.clone())).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut problems = Vec::new();
+        if let Some(mut c) = introspection(&socket).await
+            && let (Ok(allocs), Ok(enis)) =
+                (c.list_allocations(pb::ListAllocationsRequest {}).await, c.list_enis(pb::ListEnisRequest {}).await)
+        {
+            let held: BTreeMap<String, String> = allocs
+                .into_inner()
+                .allocations
+                .into_iter()
+                .map(|a| (a.key.map(|k| k.container_id).unwrap_or_default(), a.ipv4_addr))
+                .collect();
+            if held != want {
+                problems.push(format!("allocations {held:?} != live pods {want:?}"));
+            }
+            let pool: BTreeMap<String, BTreeSet<String>> = enis
+                .into_inner()
+                .enis
+                .into_iter()
+                .map(|e| (e.eni_id, e.ips.into_iter().map(|i| i.address).collect()))
+                .collect();
+            let in_ec2: BTreeMap<String, BTreeSet<String>> = node_enis(&ec2, &instance)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.id, e.secondary_ips.into_iter().collect()))
+                .collect();
+            if pool != in_ec2 {
+                problems.push(format!("pool {pool:?} != EC2 {in_ec2:?}"));
+            }
+            let vpc = localstack::vpc_enis(&ec2, &sim.record().vpc.vpc_id).await.unwrap();
+            let untracked: Vec<_> = vpc.iter().filter(|(id, _, _)| !pool.contains_key(id)).collect();
+            if !untracked.is_empty() {
+                problems.push(format!("ENIs ipamd does not track: {untracked:?}"));
+            }
+        } else {
+            problems.push("ipamd not answering".into());
+        }
+        if problems.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after the churn: {problems:#?}\n{}", sim.log());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    corrupt_checkpoint_is_rebuilt_from_host_state(&sim, &socket, &live).await;
+    sim.stop();
+}
+
+async fn allocations(socket: &std::path::Path) -> Option<Vec<pb::Allocation>> {
+    let mut c = introspection(socket).await?;
+    Some(c.list_allocations(pb::ListAllocationsRequest {}).await.ok()?.into_inner().allocations)
+}
+
+async fn corrupt_checkpoint_is_rebuilt_from_host_state(
+    sim: &SimProc,
+    socket: &std::path::Path,
+    live: &BTreeMap<String, String>,
+) {
+    let node_dir = sim.state.path().join("node-0");
+    let lock = node_dir.join("ipamd.lock");
+    let pid: i32 = std::fs::read_to_string(&lock).unwrap().trim().parse().unwrap();
+    std::fs::write(node_dir.join("ipam.json"), b"{\"version\": 1, \"allocations\": [ torn").unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let live_ips: BTreeSet<String> = live.values().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let recovered: BTreeSet<String> = loop {
+        let restarted = std::fs::read_to_string(&lock).ok().and_then(|s| s.trim().parse::<i32>().ok()) != Some(pid);
+        if restarted && let Some(a) = allocations(socket).await {
+            break a.into_iter().map(|a| a.ipv4_addr).collect();
+        }
+        assert!(Instant::now() < deadline, "ipamd did not come back after the corrupt checkpoint\n{}", sim.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(recovered, live_ips, "allocations rebuilt from the host's pod routes");
+    let aside = std::fs::read_dir(&node_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().starts_with("ipam.json.corrupt-"));
+    assert!(aside, "the corrupt file is kept aside");
+    let newcomer = add(&pod(sim, "after-corrupt"));
+    assert!(!live_ips.contains(&newcomer), "{newcomer} belongs to a live pod");
+    for name in live.keys() {
+        del(&pod(sim, name));
+    }
+    del(&pod(sim, "after-corrupt"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = allocations(socket).await.unwrap_or_default();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rebuilt allocations not released after their pods left: {left:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
