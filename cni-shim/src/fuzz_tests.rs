@@ -74,8 +74,7 @@ fn stdin() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-const VARS: &[&str] =
-    &["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH"];
+const VARS: &[&str] = &["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH"];
 
 fn env() -> impl Strategy<Value = BTreeMap<String, String>> {
     let value = prop_oneof![

@@ -196,7 +196,7 @@ fn via_eni(external_snat: bool, vpc: &[String], excluded: &[String]) -> Option<V
 }
 
 async fn del(conf: &NetConf, env: &Env, nl: &Netlink, host_veth: &str, log: &mut Log) -> Result<Value, CniError> {
-    // ipamd first; if it cannot be reached the pod still goes (ipamd reclaims the IP through GC later).
+    // ipamd first; if it cannot be reached the pod still goes (the release is deferred to ipamd, see below).
     // prevResult is trusted only while ipamd cannot answer (the IP is then still held, so it is still this
     // pod's). When ipamd answers that it holds nothing, this is a repeated or late DEL: the IP may already
     // belong to another pod, so nothing is touched.

@@ -116,7 +116,8 @@ impl Store {
     pub fn move_aside(&self) -> Result<PathBuf, CheckpointError> {
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let aside = self.path.with_extension(format!("json.corrupt-{secs}"));
-        std::fs::rename(&self.path, &aside).map_err(|source| CheckpointError::Io { path: self.path.clone(), source })?;
+        std::fs::rename(&self.path, &aside)
+            .map_err(|source| CheckpointError::Io { path: self.path.clone(), source })?;
         Ok(aside)
     }
 

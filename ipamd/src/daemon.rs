@@ -228,7 +228,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         // error or a newer version still stops the start (a downgrade must not drop allocations).
         Err(e @ crate::checkpoint::CheckpointError::Decode { .. }) => {
             let aside = store.move_aside()?;
-            tracing::error!("{e}; moved aside to {}; rebuilding allocations from the host's pod routes", aside.display());
+            tracing::error!(
+                "{e}; moved aside to {}; rebuilding allocations from the host's pod routes",
+                aside.display()
+            );
             let cp = rebuild_from_host(&cfg).await;
             store.save(&cp)?;
             (cp, true)
@@ -300,13 +303,15 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     if !drained.released.is_empty() || drained.dropped > 0 {
         tracing::info!(released = drained.released.len(), dropped = drained.dropped, "deferred DELs carried out");
     }
+    let (vpc_cidrs_tx, vpc_cidrs) =
+        tokio::sync::watch::channel(node.vpc_cidrs.iter().map(ToString::to_string).collect());
     let ipam = IpamService {
         deferred_dir: deferred_dir.clone(),
         telemetry: telemetry.clone(),
         released: released.clone(),
         pool: pool.clone(),
         facts: NetFacts {
-            vpc_cidrs: node.vpc_cidrs.iter().map(ToString::to_string).collect(),
+            vpc_cidrs,
             pod_mtu: cfg.effective_pod_mtu(),
             external_snat: cfg.aws_vpc_k8s_cni_externalsnat,
             exclude_snat_cidrs: cfg.aws_vpc_k8s_cni_exclude_snat_cidrs.0.iter().map(ToString::to_string).collect(),
@@ -379,6 +384,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             telemetry: telemetry.clone(),
             deferred_dir,
             veth_prefix: cfg.aws_vpc_k8s_cni_vethprefix.clone(),
+            vpc_cidrs: Arc::new(vpc_cidrs_tx),
             recovered,
             eni_mtu: cfg.aws_vpc_eni_mtu,
             snat,

@@ -91,7 +91,10 @@ pub async fn drain(dir: &Path, pool: &PoolHandle) -> Drained {
             Ok(Some((a, _))) => {
                 pool.emit(
                     "deferred-del",
-                    format!("{} from {}/{} ({}): DEL asked while ipamd was down", a.ip, a.pod_namespace, a.pod_name, key.container_id),
+                    format!(
+                        "{} from {}/{} ({}): DEL asked while ipamd was down",
+                        a.ip, a.pod_namespace, a.pod_name, key.container_id
+                    ),
                 );
                 out.released.push((key, a.ip));
                 let _ = std::fs::remove_file(&path);

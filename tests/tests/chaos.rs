@@ -71,12 +71,8 @@ async fn introspection(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root + netns"]
 async fn ipamd_killed_at_random_during_pod_churn_loses_nothing() {
-    let sim = SimProc::start_with(
-        "ch",
-        1,
-        "m5.large",
-        &["WARM_IP_TARGET=2", "MINIMUM_IP_TARGET=3", "IP_COOLDOWN_PERIOD=1"],
-    );
+    let sim =
+        SimProc::start_with("ch", 1, "m5.large", &["WARM_IP_TARGET=2", "MINIMUM_IP_TARGET=3", "IP_COOLDOWN_PERIOD=1"]);
     let stop = Arc::new(AtomicBool::new(false));
     let kills = Arc::new(AtomicUsize::new(0));
     let killer = {

@@ -305,3 +305,22 @@ async fn enis_ipamd_did_not_create_or_no_manage_ones_are_left_alone() {
     ipamd.terminate().await;
     node.cleanup().await;
 }
+
+/// A CIDR associated with the VPC after ipamd started reaches new pods (their rules keep VPC traffic off
+/// SNAT) without a restart: ipamd reads the VPC's CIDRs from IMDS every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vpc_cidr_associated_later_reaches_new_pods() {
+    let node = NodeFixture::new("vpc-cidr", "t3.medium").await;
+    let mut ipamd = node.spawn_ipamd(&[]);
+    ipamd.wait_serving(SERVING_TIMEOUT).await.unwrap();
+    assert_eq!(add(&ipamd, "before").await.unwrap().vpc_cidrs, vec!["10.0.0.0/16".to_string()]);
+    node.ec2.associate_vpc_cidr_block().vpc_id(&node.vpc.vpc_id).cidr_block("10.77.0.0/16").send().await.unwrap();
+    let cidrs = eventually(SETTLE, "the new CIDR in an Add reply", || async {
+        let r = add(&ipamd, "after").await.ok()?;
+        r.vpc_cidrs.contains(&"10.77.0.0/16".to_string()).then_some(r.vpc_cidrs)
+    })
+    .await;
+    assert!(cidrs.contains(&"10.0.0.0/16".to_string()), "{cidrs:?}");
+    ipamd.terminate().await;
+    node.cleanup().await;
+}

@@ -10,7 +10,8 @@ use crate::pool::{PoolError, PoolHandle};
 /// Per-node facts every AddNetwork reply carries.
 #[derive(Debug, Clone)]
 pub struct NetFacts {
-    pub vpc_cidrs: Vec<String>,
+    /// The VPC's CIDRs, kept current by the reconcile loop (a CIDR associated later reaches new pods).
+    pub vpc_cidrs: tokio::sync::watch::Receiver<Vec<String>>,
     pub exclude_snat_cidrs: Vec<String>,
     pub pod_mtu: u32,
     pub external_snat: bool,
@@ -103,7 +104,7 @@ impl IpamService {
             eni_id: out.eni_id,
             device_number: out.device_number,
             route_table: route_table(out.device_number),
-            vpc_cidrs: self.facts.vpc_cidrs.clone(),
+            vpc_cidrs: self.facts.vpc_cidrs.borrow().clone(),
             pod_mtu: self.facts.pod_mtu,
             external_snat: self.facts.external_snat,
             exclude_snat_cidrs: self.facts.exclude_snat_cidrs.clone(),
@@ -154,7 +155,7 @@ impl pb::ipam_server::Ipam for IpamService {
                 found: true,
                 ipv4_addr: a.ip.to_string(),
                 route_table: route_table(dev),
-                vpc_cidrs: self.facts.vpc_cidrs.clone(),
+                vpc_cidrs: self.facts.vpc_cidrs.borrow().clone(),
                 exclude_snat_cidrs: self.facts.exclude_snat_cidrs.clone(),
                 external_snat: self.facts.external_snat,
                 pod_mtu: self.facts.pod_mtu,

@@ -80,6 +80,8 @@ pub struct ReconcileSettings {
     pub veth_prefix: String,
     /// Allocations were rebuilt from host state (corrupt checkpoint): release each once its pod is gone.
     pub recovered: bool,
+    /// The VPC's CIDRs as new pods get them; refreshed from IMDS every round.
+    pub vpc_cidrs: Arc<tokio::sync::watch::Sender<Vec<String>>>,
     /// MTU for secondary ENI links (AWS_VPC_ENI_MTU).
     pub eni_mtu: u32,
     /// How long to wait for a newly attached ENI's link to appear.
@@ -316,15 +318,35 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         Ok((attached, host_errors, settled))
     }
 
+    /// The VPC's CIDRs from IMDS (a CIDR associated after start shows up here): handed to new pods (their
+    /// rules) and to the SNAT table. `None` when IMDS does not answer.
+    async fn refresh_vpc_cidrs(&mut self) -> Option<Vec<Ipv4Net>> {
+        let path = format!("network/interfaces/macs/{}/vpc-ipv4-cidr-blocks", self.node.primary_mac);
+        let text = self.imds.get(&path).await.ok()?;
+        let cidrs: Vec<Ipv4Net> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if cidrs.is_empty() {
+            return None;
+        }
+        let texts: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
+        let changed = self.settings.vpc_cidrs.send_if_modified(|cur| {
+            let differs = *cur != texts;
+            if differs {
+                cur.clone_from(&texts);
+            }
+            differs
+        });
+        if changed {
+            self.pool.emit("vpc-cidrs", format!("VPC CIDRs for new pods: {}", texts.join(", ")));
+        }
+        Some(cidrs)
+    }
+
     /// Keeps the SNAT table in step with the VPC's CIDRs (IMDS), rebuilding it atomically when they change.
     async fn sync_snat(&mut self) -> Result<(), String> {
+        let cidrs = self.refresh_vpc_cidrs().await;
         let Some(mut want) = self.settings.snat.clone() else { return Ok(()) };
-        let path = format!("network/interfaces/macs/{}/vpc-ipv4-cidr-blocks", self.node.primary_mac);
-        if let Ok(text) = self.imds.get(&path).await {
-            let cidrs: Vec<Ipv4Net> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-            if !cidrs.is_empty() {
-                want.vpc_cidrs = cidrs;
-            }
+        if let Some(cidrs) = cidrs {
+            want.vpc_cidrs = cidrs;
         }
         if self.snat_applied.as_ref() == Some(&want) {
             return Ok(());

@@ -25,10 +25,8 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                 continue;
             }
             if let Ok(Some(_)) = self.pool.del(key.clone()).await {
-                self.pool.emit(
-                    "recovered-released",
-                    format!("{} (rebuilt from host state): its pod's route is gone", a.ip),
-                );
+                self.pool
+                    .emit("recovered-released", format!("{} (rebuilt from host state): its pod's route is gone", a.ip));
             }
         }
     }

@@ -46,7 +46,8 @@ pub fn leaked<'a>(
         .filter(|e| e.tags.get(TAG_NO_MANAGE).is_none_or(|v| !v.eq_ignore_ascii_case("true")))
         .filter(|e| {
             let own = e.tags.get(TAG_INSTANCE_ID).is_some_and(|v| v == instance_id);
-            let since = e.tags.get(TAG_CREATED_AT).and_then(|t| t.parse::<i64>().ok()).or(first_seen.get(&e.id).copied());
+            let since =
+                e.tags.get(TAG_CREATED_AT).and_then(|t| t.parse::<i64>().ok()).or(first_seen.get(&e.id).copied());
             own || since.is_some_and(|t| now_unix - t >= min_age)
         })
         .take(MAX_DELETES)

@@ -224,8 +224,7 @@ impl Sim {
         sim.record.pids = sim.ipamds.iter().filter_map(Ipamd::pid).collect();
         sim.record.save(&cfg.state_dir);
         let launches = std::mem::take(&mut sim.launches);
-        sim.supervised =
-            sim.ipamds.drain(..).zip(launches).map(|(p, l)| supervisor::Supervised::new(p, l)).collect();
+        sim.supervised = sim.ipamds.drain(..).zip(launches).map(|(p, l)| supervisor::Supervised::new(p, l)).collect();
         Ok(sim)
     }
 
