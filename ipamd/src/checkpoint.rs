@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use ipnet::Ipv4Net;
-
-use crate::datastore::{AllocKey, Allocation};
+use crate::datastore::{AllocKey, Allocation, ObservedEni};
 use crate::imds::NodeInfo;
 use crate::planner::Limits;
 
@@ -51,17 +49,9 @@ struct File {
     enis: Vec<SavedEni>,
 }
 
-/// An ENI and its usable secondary IPs as last observed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedEni {
-    pub id: String,
-    pub mac: String,
-    pub device_number: u32,
-    pub subnet_id: String,
-    pub subnet_cidr: Ipv4Net,
-    pub primary_ip: Ipv4Addr,
-    pub secondary_ips: Vec<Ipv4Addr>,
-}
+/// An ENI and its usable secondary IPs as last observed (loaded as ready: its host networking was in place
+/// when it was saved; a node that rebooted has lost its pods too).
+pub type SavedEni = ObservedEni;
 
 /// What the checkpoint holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -68,8 +68,8 @@ pub struct Eni {
     pub ready: bool,
 }
 
-/// An ENI as EC2 reports it (input to [`Datastore::observe`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An ENI as EC2 reports it (input to [`Datastore::observe`]); also what the checkpoint keeps of each ENI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedEni {
     pub id: String,
     pub mac: String,
@@ -79,9 +79,15 @@ pub struct ObservedEni {
     pub primary_ip: Ipv4Addr,
     pub secondary_ips: Vec<Ipv4Addr>,
     /// Those of `secondary_ips` that IMDS does not show yet.
+    #[serde(default, skip_serializing)]
     pub unconfirmed: Vec<Ipv4Addr>,
     /// Host networking for the ENI is in place (always true for the primary ENI).
+    #[serde(default = "yes", skip_serializing)]
     pub ready: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Why an assignment could not be made.

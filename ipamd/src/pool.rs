@@ -158,8 +158,7 @@ pub fn spawn(settings: PoolSettings, store: Store, checkpoint: Checkpoint) -> Po
     ds.primary_reserved = settings.primary_reserved;
     // The last known ENIs: used only if EC2 and IMDS cannot be reached (see `Degraded`); the first real
     // observation replaces them.
-    let saved: Vec<ObservedEni> = checkpoint.enis.iter().map(saved_to_observed).collect();
-    ds.observe(saved, &settings.primary_eni_id, now_ms());
+    ds.observe(checkpoint.enis.clone(), &settings.primary_eni_id, now_ms());
     let limits = checkpoint.limits;
     let actor = Actor {
         ds,
@@ -223,6 +222,8 @@ impl Actor {
                     .filter(|(_, s)| !matches!(s, IpState::Pending | IpState::Releasing))
                     .map(|(ip, _)| *ip)
                     .collect(),
+                unconfirmed: Vec::new(),
+                ready: true,
             })
             .collect()
     }
@@ -467,22 +468,6 @@ impl PoolHandle {
 
     pub fn emit(&self, kind: &'static str, message: String) {
         send_event(&self.events, kind, message);
-    }
-}
-
-/// A checkpointed ENI as an observation: its host networking was in place when it was saved (a node that
-/// rebooted has lost its pods too).
-fn saved_to_observed(e: &SavedEni) -> ObservedEni {
-    ObservedEni {
-        id: e.id.clone(),
-        mac: e.mac.clone(),
-        device_number: e.device_number,
-        subnet_id: e.subnet_id.clone(),
-        subnet_cidr: e.subnet_cidr,
-        primary_ip: e.primary_ip,
-        secondary_ips: e.secondary_ips.clone(),
-        unconfirmed: Vec::new(),
-        ready: true,
     }
 }
 
