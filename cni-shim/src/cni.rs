@@ -240,7 +240,7 @@ impl AddResult {
     }
 }
 
-pub use ipamd::hostnet::podnet::host_veth_name;
+pub use datapath::podnet::host_veth_name;
 
 #[cfg(test)]
 #[path = "cni_tests.rs"]

@@ -3,22 +3,22 @@
 //! only the result or error JSON; logs go to `logFile`.
 
 mod cni;
-mod datapath;
 mod ipam;
 mod log;
+mod wiring;
 
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use ipamd::hostnet::MAIN_TABLE;
-use ipamd::hostnet::netlink::Netlink;
+use datapath::MAIN_TABLE;
+use datapath::netlink::Netlink;
 use serde_json::{Value, json};
 use vpc_cni_proto::v1 as pb;
 
 use cni::{CniError, Code, Command, Env, NetConf};
-use datapath::PodSpec;
 use ipam::Ipam;
 use log::Log;
+use wiring::PodSpec;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A network configuration is a few KiB; anything past this is refused before it is parsed.
@@ -178,7 +178,7 @@ async fn add(
         mtu: conf.mtu.unwrap_or(if reply.pod_mtu > 0 { reply.pod_mtu } else { 9001 }),
         via_eni: via_eni(reply.external_snat, &reply.vpc_cidrs, &reply.exclude_snat_cidrs),
     };
-    match datapath::add(nl, &spec).await {
+    match wiring::add(nl, &spec).await {
         Ok(r) => Ok(r.to_json(&conf.cni_version, conf.prev_result.as_ref())),
         Err(e) => {
             // Nothing of the pod is left on the node: give the address back too.
@@ -216,7 +216,7 @@ async fn del(conf: &NetConf, env: &Env, nl: &Netlink, host_veth: &str, log: &mut
         Err(why) => {
             // The release is left to ipamd for when it is back (see ipamd::deferred): no IP leaks.
             let k = key(conf, env);
-            let entry = ipamd::deferred::Entry {
+            let entry = datapath::deferred::Entry {
                 network_name: k.network_name,
                 container_id: k.container_id,
                 if_name: k.if_name,
@@ -224,14 +224,14 @@ async fn del(conf: &NetConf, env: &Env, nl: &Netlink, host_veth: &str, log: &mut
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as i64),
             };
-            match ipamd::deferred::record(&ipamd::deferred::dir_for(&conf.socket()), &entry) {
+            match datapath::deferred::record(&datapath::deferred::dir_for(&conf.socket()), &entry) {
                 Ok(p) => log.error(&format!("{why}; tearing down from prevResult, release left in {}", p.display())),
                 Err(e) => log.error(&format!("{why}; tearing down from prevResult; deferring the release: {e}")),
             }
             conf.prev_pod_ip()
         }
     };
-    for e in datapath::del(nl, ip, host_veth, false).await {
+    for e in wiring::del(nl, ip, host_veth, false).await {
         log.error(&format!("teardown: {e}"));
     }
     Ok(Value::Null)
@@ -259,7 +259,7 @@ async fn check(conf: &NetConf, env: &Env, nl: &Netlink, host_veth: &str) -> Resu
         mtu: conf.mtu.unwrap_or(if held.pod_mtu > 0 { held.pod_mtu } else { 9001 }),
         via_eni: via_eni(held.external_snat, &held.vpc_cidrs, &held.exclude_snat_cidrs),
     };
-    let wrong = datapath::check(nl, &spec)
+    let wrong = wiring::check(nl, &spec)
         .await
         .map_err(|e| CniError::new(Code::Datapath, "datapath: CHECK could not read state", e.to_string()))?;
     if wrong.is_empty() {

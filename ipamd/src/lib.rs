@@ -15,7 +15,8 @@ pub mod deferred;
 pub mod ec2;
 pub mod ec2sync;
 pub mod grpc;
-pub mod hostnet;
+/// The shared datapath crate under the name ipamd's modules have always used.
+pub use datapath as hostnet;
 pub mod imds;
 pub mod install;
 pub mod k8s;

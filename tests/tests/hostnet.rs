@@ -58,3 +58,19 @@ async fn setup_is_idempotent_and_removal_leaves_nothing() {
     assert!(!ip_in(&ns.0, &["rule"]).unwrap().contains("lookup 2"));
     assert!(ip_in(&ns.0, &["route", "show", "table", "2"]).unwrap().trim().is_empty());
 }
+
+/// A rule already there (left by an earlier sandbox that had the same IP) does not make adding it fail:
+/// the kernel cannot replace a rule, so the add is idempotent instead.
+#[tokio::test]
+#[ignore = "needs root + netns"]
+async fn adding_an_existing_rule_succeeds_and_keeps_one_copy() {
+    use ipamd::hostnet::{HostNet, Rule};
+    let ns = Ns(format!("vpcsimh-{:04x}", rand::random::<u16>()));
+    netns::create(&ns.0).unwrap();
+    let net = Netlink::in_netns(&netns::path(&ns.0)).unwrap();
+    let rule = Rule { priority: 1536, src: Some("10.0.5.20/32".parse().unwrap()), dst: None, fwmark: None, table: 2 };
+    net.add_rule(&rule).await.unwrap();
+    net.add_rule(&rule).await.expect("the same rule again");
+    let rules = ip_in(&ns.0, &["rule"]).unwrap();
+    assert_eq!(rules.matches("from 10.0.5.20 lookup 2").count(), 1, "{rules}");
+}

@@ -1,3 +1,7 @@
+//! The node datapath, shared by ipamd and the `vpc-cni` plugin (neither links the other): netlink types and
+//! the [`HostNet`] boundary, [`netlink::Netlink`] (sockets opened inside the target netns), pod host wiring
+//! helpers ([`podnet`]), conntrack clean-up, and the deferred-DEL format ([`deferred`]).
+//!
 //! ipamd's host network setup for secondary ENIs (SPEC "Datapath"): per non-primary ENI the link (found by
 //! MAC) gets MTU and up, its primary IP with the subnet mask, table `device + 1` with `gw/32 scope link` and
 //! `default via gw`, a rule `from <ENI primary IP> lookup <table>` (prio 32765), and the kernel's subnet route
@@ -5,6 +9,7 @@
 //! no change. [`HostNet`] is the netlink boundary; [`netlink::Netlink`] implements it.
 
 pub mod conntrack;
+pub mod deferred;
 pub mod netlink;
 pub mod podnet;
 

@@ -5,8 +5,8 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use ipamd::hostnet::netlink::Netlink;
-use ipamd::hostnet::{HostNet, HostNetError, MAIN_TABLE, Route, Rule, host};
+use datapath::netlink::Netlink;
+use datapath::{HostNet, HostNetError, MAIN_TABLE, Route, Rule, host};
 use ipnet::Ipv4Net;
 
 use crate::cni::{AddResult, CniError, Code};

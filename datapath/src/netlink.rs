@@ -26,6 +26,11 @@ fn nl(op: &'static str) -> impl Fn(rtnetlink::Error) -> HostNetError {
     move |e| HostNetError::Netlink { op, message: e.to_string() }
 }
 
+/// EEXIST (17 on Linux) without a libc dependency for one constant.
+const fn libc_eexist() -> i32 {
+    17
+}
+
 fn mac_string(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
@@ -212,7 +217,12 @@ impl HostNet for Netlink {
             req.message_mut().attributes.push(RuleAttribute::FwMark(mark));
             req.message_mut().attributes.push(RuleAttribute::FwMask(mask));
         }
-        req.execute().await.map_err(nl("RTM_NEWRULE"))
+        match req.execute().await {
+            // The same rule already there (left by an earlier sandbox that had this IP) is what is wanted:
+            // the kernel has no "replace" for rules, so EEXIST is success, not a failed ADD.
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc_eexist() => Ok(()),
+            other => other.map_err(nl("RTM_NEWRULE")),
+        }
     }
 
     async fn del_rule(&self, rule: &Rule) -> Result<(), HostNetError> {
