@@ -35,6 +35,14 @@ async fn ipamd_started_without_ec2_and_imds_serves_from_its_checkpoint_and_conve
     assert!(!s.degraded.is_empty(), "status says DEGRADED: {s:?}");
     let m = http_get(port, "/metrics").await.unwrap();
     assert_eq!(metric(&m, "ipamd_degraded"), Some(1.0), "{m}");
+    let health = std::process::Command::new(vpc_sim::ipamd_proc::sibling_binary("vpcctl"))
+        .arg("--socket")
+        .arg(&ipamd.socket)
+        .arg("health")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&health.stdout);
+    assert!(health.status.success() && text.starts_with("SERVING (DEGRADED: "), "vpcctl health: {text}");
     // The pods keep their IPs, a new pod gets a free one, a DEL releases.
     assert_eq!(add(&ipamd, "p0").await.expect("repeat Add").ipv4_addr, before[0]);
     let new = add(&ipamd, "p3").await.expect("Add while degraded").ipv4_addr;

@@ -48,6 +48,7 @@ async fn the_pool_converges_through_throttling_errors_and_latency_within_the_qps
         .sum();
     assert!(errors > 0.0, "the faults were seen (and retried):\n{m}");
     let worst = proxy.max_in_window(Duration::from_secs(10));
+    eprintln!("busiest 10 s window at the proxy: {worst} requests");
     assert!(worst <= 2 * 10 + 1, "{worst} requests in one 10 s window with EC2_API_QPS=2, EC2_API_BURST=1");
     proxy.chaos(Chaos::default());
     assert!(node.unattached_enis().await.is_empty(), "no ENI left unattached");

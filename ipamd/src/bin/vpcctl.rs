@@ -1,7 +1,8 @@
 //! `vpcctl`: introspection CLI for ipamd over its Unix socket.
 //!
 //! `vpcctl [--socket PATH] [-o table|wide|json] <status|enis|pods|config|events|health>`;
-//! `health` exits 0 only when ipamd reports SERVING (usable as a Kubernetes exec probe).
+//! `health` exits 0 only when ipamd reports SERVING (usable as a Kubernetes exec probe), and says DEGRADED
+//! with the reason while ipamd serves from its last known pool.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -71,15 +72,24 @@ async fn main() -> Result<()> {
     let wide = cli.output == Output::Wide;
     let as_json = cli.output == Output::Json;
     if let Cmd::Health = cli.cmd {
-        let r = HealthClient::new(channel)
+        let r = HealthClient::new(channel.clone())
             .check(HealthCheckRequest { service: String::new() })
             .await
             .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?;
         let serving = r.into_inner().status == ServingStatus::Serving as i32;
+        // The detail is best effort: the probe's answer is the health status alone.
+        let degraded = match IntrospectionClient::new(channel).get_status(pb::GetStatusRequest {}).await {
+            Ok(s) => s.into_inner().degraded,
+            Err(_) => String::new(),
+        };
         if as_json {
-            println!("{}", json!({"serving": serving}));
+            println!("{}", json!({"serving": serving, "degraded": degraded}));
         } else {
-            println!("{}", if serving { "SERVING" } else { "NOT_SERVING" });
+            let state = if serving { "SERVING" } else { "NOT_SERVING" };
+            match degraded.as_str() {
+                "" => println!("{state}"),
+                why => println!("{state} (DEGRADED: {why})"),
+            }
         }
         std::process::exit(if serving { 0 } else { 1 });
     }
