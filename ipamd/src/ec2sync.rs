@@ -53,7 +53,6 @@ pub struct Ec2Sync {
     settle_until: Option<Instant>,
     next_full: Instant,
     resync: Duration,
-    describes: u64,
 }
 
 /// An interval stretched by up to 20 % so that nodes started together do not resync together.
@@ -68,7 +67,7 @@ fn addresses(e: &Ec2Eni) -> BTreeSet<Ipv4Addr> {
 
 impl Ec2Sync {
     pub fn new(resync: Duration, now: Instant) -> Self {
-        Self { view: None, verified: None, settle_until: None, next_full: now, resync, describes: 0 }
+        Self { view: None, verified: None, settle_until: None, next_full: now, resync }
     }
 
     /// Whether EC2 must be asked this round, and why.
@@ -90,7 +89,6 @@ impl Ec2Sync {
         self.view = Some(enis);
         self.verified = Some(imds.clone());
         self.settle_until = None;
-        self.describes += 1;
         if why != Why::Mismatch {
             self.next_full = now + jittered(self.resync);
         }
@@ -176,11 +174,6 @@ impl Ec2Sync {
             view.retain(|e| e.id != eni_id);
         }
         self.acted(now);
-    }
-
-    /// DescribeNetworkInterfaces calls made for the view so far.
-    pub fn describes(&self) -> u64 {
-        self.describes
     }
 }
 

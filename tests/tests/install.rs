@@ -9,7 +9,6 @@ use std::time::Duration;
 use vpc_sim::ec2faults::Ec2FaultProxy;
 use vpc_sim::fixture::{NodeFixture, eventually};
 use vpc_sim::ipamd_proc::{Ipamd, sibling_binary};
-use vpc_sim::localstack;
 
 #[tokio::test]
 async fn the_plugin_and_conflist_appear_only_once_ipamd_serves() {
@@ -17,8 +16,7 @@ async fn the_plugin_and_conflist_appear_only_once_ipamd_serves() {
     let (bin, conf) = (fx.dir.path().join("opt-cni-bin"), fx.dir.path().join("etc-cni-net.d"));
     std::fs::create_dir_all(&conf).unwrap();
     std::fs::write(conf.join("10-aws.conflist"), br#"{"name":"aws-cni","plugins":[{"type":"aws-cni"}]}"#).unwrap();
-    let upstream = localstack::endpoint();
-    let proxy = Ec2FaultProxy::start(upstream.trim_start_matches("http://").trim_end_matches('/')).await.unwrap();
+    let proxy = Ec2FaultProxy::to_localstack().await.unwrap();
     proxy.fail("DescribeNetworkInterfaces", 503, "Unavailable", "EC2 is having a bad day");
     let env: Vec<(&str, String)> = vec![
         ("AWS_ENDPOINT_URL_EC2", proxy.endpoint.clone()),

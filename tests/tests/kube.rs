@@ -11,10 +11,10 @@ use kube::Client;
 use serde_json::json;
 use vpc_cni_proto::v1 as pb;
 use vpc_sim::ec2faults::{CuttableRelay, Ec2FaultProxy};
-use vpc_sim::fixture::{NodeFixture, add_pod, add_retrying, eventually};
+use vpc_sim::fixture::{NodeFixture, add_pod, add_retrying, eventually, try_status};
 use vpc_sim::ipamd_proc::Ipamd;
 use vpc_sim::kubeapi::{self, KubeEnv, SA_USER};
-use vpc_sim::localstack::{self, REGION};
+use vpc_sim::localstack::REGION;
 
 const WAIT: Duration = Duration::from_secs(60);
 /// Where ipamd records Events about its Node (see ipamd::k8s::events).
@@ -50,12 +50,6 @@ fn kube_env<'a>(
 
 fn spawn(fx: &NodeFixture, env: &[(&str, String)]) -> Ipamd {
     Ipamd::spawn(fx.dir.path(), &fx.imds.endpoint(), env).expect("spawn ipamd")
-}
-
-async fn try_status(ipamd: &Ipamd) -> Option<pb::GetStatusReply> {
-    let ch = ipamd.channel().await.ok()?;
-    let mut client = pb::introspection_client::IntrospectionClient::new(ch);
-    Some(client.get_status(pb::GetStatusRequest {}).await.ok()?.into_inner())
 }
 
 async fn status(ipamd: &Ipamd) -> pb::GetStatusReply {
@@ -390,8 +384,7 @@ async fn unauthorized_operation_becomes_a_missing_iam_permissions_event() {
     let fx = NodeFixture::new(tag, "t3.medium").await;
     let node = node_name(tag, &fx);
     kubeapi::put_node(&c.admin, &node, &BTreeMap::new(), None).await.unwrap();
-    let upstream = localstack::endpoint();
-    let proxy = Ec2FaultProxy::start(upstream.trim_start_matches("http://").trim_end_matches('/')).await.unwrap();
+    let proxy = Ec2FaultProxy::to_localstack().await.unwrap();
     proxy.fail(
         "CreateNetworkInterface",
         403,
