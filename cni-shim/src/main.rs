@@ -17,7 +17,7 @@ use vpc_cni_proto::v1 as pb;
 
 use cni::{CniError, Code, Command, Env, NetConf};
 use ipam::Ipam;
-use log::Log;
+use log::{Log, Phases};
 use wiring::PodSpec;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -128,13 +128,15 @@ async fn attachment(cmd: Command, conf: &NetConf, env: &Env) -> Result<Value, Cn
         conf.log_level.as_deref(),
         format!("{cmd:?} {pod_ns}/{pod_name} {}", env.container_id.chars().take(12).collect::<String>()),
     );
+    let mut phases = Phases::start();
     let host_veth = cni::host_veth_name(conf.veth_prefix(), &pod_ns, &pod_name);
     let nl = Netlink::current().map_err(|e| CniError::new(Code::Io, "netlink", e.to_string()))?;
     let r = match cmd {
-        Command::Add => add(conf, env, &nl, &host_veth, (&pod_ns, &pod_name), &mut log).await,
-        Command::Del => del(conf, env, &nl, &host_veth, &mut log).await,
+        Command::Add => add(conf, env, &nl, &host_veth, (&pod_ns, &pod_name), &mut log, &mut phases).await,
+        Command::Del => del(conf, env, &nl, &host_veth, &mut log, &mut phases).await,
         _ => check(conf, env, &nl, &host_veth).await,
     };
+    log.debug(&phases.to_string());
     match &r {
         Ok(_) => log.info("ok"),
         Err(e) => log.error(&format!("code {}: {e}", e.code as u32)),
@@ -149,6 +151,7 @@ async fn add(
     host_veth: &str,
     (pod_ns, pod_name): (&str, &str),
     log: &mut Log,
+    phases: &mut Phases,
 ) -> Result<Value, CniError> {
     let netns = env.netns.clone().expect("ADD requires CNI_NETNS");
     if !netns.exists() {
@@ -164,6 +167,7 @@ async fn add(
             k8s_pod_uid: env.args.get("K8S_POD_UID").cloned().unwrap_or_default(),
         })
         .await?;
+    phases.mark("ipamd");
     log.debug(&format!("ipamd: {} on {} table {}", reply.ipv4_addr, reply.eni_id, reply.route_table));
     let Ok(ip) = reply.ipv4_addr.parse() else {
         let _ = ipam.del(key(conf, env)).await;
@@ -178,7 +182,7 @@ async fn add(
         mtu: conf.mtu.unwrap_or(if reply.pod_mtu > 0 { reply.pod_mtu } else { 9001 }),
         via_eni: via_eni(reply.external_snat, &reply.vpc_cidrs, &reply.exclude_snat_cidrs),
     };
-    match wiring::add(nl, &spec).await {
+    match wiring::add(nl, &spec, phases).await {
         Ok(r) => Ok(r.to_json(&conf.cni_version, conf.prev_result.as_ref())),
         Err(e) => {
             // Nothing of the pod is left on the node: give the address back too.
@@ -195,7 +199,14 @@ fn via_eni(external_snat: bool, vpc: &[String], excluded: &[String]) -> Option<V
     (!external_snat).then(|| vpc.iter().chain(excluded).filter_map(|c| c.parse().ok()).collect())
 }
 
-async fn del(conf: &NetConf, env: &Env, nl: &Netlink, host_veth: &str, log: &mut Log) -> Result<Value, CniError> {
+async fn del(
+    conf: &NetConf,
+    env: &Env,
+    nl: &Netlink,
+    host_veth: &str,
+    log: &mut Log,
+    phases: &mut Phases,
+) -> Result<Value, CniError> {
     // ipamd first; if it cannot be reached the pod still goes (the release is deferred to ipamd, see below).
     // prevResult is trusted only while ipamd cannot answer (the IP is then still held, so it is still this
     // pod's). When ipamd answers that it holds nothing, this is a repeated or late DEL: the IP may already
@@ -231,9 +242,11 @@ async fn del(conf: &NetConf, env: &Env, nl: &Netlink, host_veth: &str, log: &mut
             conf.prev_pod_ip()
         }
     };
-    for e in wiring::del(nl, ip, host_veth, false).await {
+    phases.mark("ipamd");
+    for e in wiring::del(nl, ip, host_veth).await {
         log.error(&format!("teardown: {e}"));
     }
+    phases.mark("rules+route");
     Ok(Value::Null)
 }
 

@@ -1,15 +1,18 @@
 //! Pod wiring per SPEC "Datapath" over netlink: the veth pair created with its peer directly in the pod
 //! namespace (one RTM_NEWLINK), the pod side configured through a socket opened inside the pod namespace, the
-//! host side through the plugin's own. ADD undoes what it did on failure; DEL goes on past errors.
+//! host side through the plugin's own. ADD undoes what it did on failure; DEL goes on past errors and leaves
+//! the host veth to the pod namespace's deletion.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use datapath::netlink::Netlink;
 use datapath::{HostNet, HostNetError, MAIN_TABLE, Route, Rule, host};
+use futures::TryFutureExt;
 use ipnet::Ipv4Net;
 
 use crate::cni::{AddResult, CniError, Code};
+use crate::log::Phases;
 
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub const TO_POD_RULE_PRIORITY: u32 = 512;
@@ -75,19 +78,36 @@ fn pod_routes(index: u32) -> [Route; 2] {
 }
 
 /// Wires the pod; on any failure removes whatever it had made before returning the error.
-pub async fn add(nl: &Netlink, spec: &PodSpec) -> Result<AddResult, CniError> {
+pub async fn add(nl: &Netlink, spec: &PodSpec, phases: &mut Phases) -> Result<AddResult, CniError> {
     let ns_file = std::fs::File::open(&spec.netns).map_err(|e| {
         CniError::new(Code::UnknownContainer, "cannot open the pod netns", format!("{}: {e}", spec.netns.display()))
     })?;
-    // A veth left by an earlier, interrupted ADD of the same pod would block the name.
-    if let Some(stale) = nl.link_by_name(&spec.host_veth).await.map_err(dp("list links"))? {
-        nl.del_link(stale.index).await.map_err(dp("remove stale host veth"))?;
+    match nl.add_veth_into(&spec.host_veth, &spec.ifname, spec.mtu, &ns_file).await {
+        // The name is held by a veth of an earlier, interrupted ADD of this pod, or of the pod's previous sandbox
+        // whose namespace the runtime has not deleted yet (DEL leaves the veth to it): replace it. Tried only
+        // on a clash, so the usual ADD does not pay a lookup for it.
+        Err(HostNetError::Exists(_)) => {
+            if let Some(stale) = nl.link_by_name(&spec.host_veth).await.map_err(dp("find stale host veth"))? {
+                nl.del_link(stale.index).await.map_err(dp("remove stale host veth"))?;
+            }
+            nl.add_veth_into(&spec.host_veth, &spec.ifname, spec.mtu, &ns_file).await.map_err(dp("create veth pair"))?
+        }
+        r => r.map_err(dp("create veth pair"))?,
     }
-    nl.add_veth_into(&spec.host_veth, &spec.ifname, spec.mtu, &ns_file).await.map_err(dp("create veth pair"))?;
+    phases.mark("veth");
     match wire(nl, spec).await {
-        Ok(r) => Ok(r),
+        Ok(r) => {
+            phases.mark("routes+rules");
+            Ok(r)
+        }
         Err(e) => {
-            let leftovers = del(nl, Some(spec.ip), &spec.host_veth, true).await;
+            let mut leftovers = del(nl, Some(spec.ip), &spec.host_veth).await;
+            // This ADD made the veth: it goes too (the pod end with it).
+            match nl.link_by_name(&spec.host_veth).await {
+                Ok(Some(l)) => leftovers.extend(nl.del_link(l.index).await.err()),
+                Ok(None) => {}
+                Err(le) => leftovers.push(le),
+            }
             if !leftovers.is_empty() {
                 return Err(CniError::new(e.code, e.msg, format!("{}; clean-up: {leftovers:?}", e.details)));
             }
@@ -96,32 +116,40 @@ pub async fn add(nl: &Netlink, spec: &PodSpec) -> Result<AddResult, CniError> {
     }
 }
 
+/// Everything after the veth pair exists. One netlink socket per namespace; on each socket the requests are
+/// sent back to back and their answers awaited together (the kernel takes them in order, so the default route
+/// still follows the gateway route it needs), and the pod side and the host side go at the same time.
 async fn wire(nl: &Netlink, spec: &PodSpec) -> Result<AddResult, CniError> {
     let hl = nl
         .link_by_name(&spec.host_veth)
         .await
         .map_err(dp("find host veth"))?
         .ok_or_else(|| CniError::new(Code::Datapath, "datapath: host veth vanished", spec.host_veth.clone()))?;
-    nl.set_link(hl.index, spec.mtu, true).await.map_err(dp("host veth up"))?;
-
     let pod = Netlink::in_netns(&spec.netns).map_err(dp("netlink in pod netns"))?;
     let pl = pod
         .link_by_name(&spec.ifname)
         .await
         .map_err(dp("find pod interface"))?
         .ok_or_else(|| CniError::new(Code::Datapath, "datapath: pod interface missing", spec.ifname.clone()))?;
-    pod.set_link(pl.index, spec.mtu, true).await.map_err(dp("pod interface up"))?;
-    pod.add_address(pl.index, host(spec.ip)).await.map_err(dp("pod address"))?;
-    for r in pod_routes(pl.index) {
-        pod.add_route(&r).await.map_err(dp("pod routes"))?;
-    }
-    pod.add_permanent_neighbour(pl.index, GATEWAY, &hl.mac).await.map_err(dp("pod gateway neighbour"))?;
-
-    nl.add_route(&host_route(spec.ip, hl.index)).await.map_err(dp("host route to pod"))?;
-    nl.add_rule(&to_pod_rule(spec.ip)).await.map_err(dp("to-pod rule"))?;
-    for r in spec.egress_rules() {
-        nl.add_rule(&r).await.map_err(dp("from-pod rule"))?;
-    }
+    let [gw_route, default_route] = pod_routes(pl.index);
+    let pod_side = async {
+        futures::try_join!(
+            pod.set_link(pl.index, spec.mtu, true).map_err(dp("pod interface up")),
+            pod.add_address(pl.index, host(spec.ip)).map_err(dp("pod address")),
+            pod.add_route(&gw_route).map_err(dp("pod gateway route")),
+            pod.add_route(&default_route).map_err(dp("pod default route")),
+            pod.add_permanent_neighbour(pl.index, GATEWAY, &hl.mac).map_err(dp("pod gateway neighbour")),
+        )
+    };
+    let (egress, to_host, to_pod) = (spec.egress_rules(), host_route(spec.ip, hl.index), to_pod_rule(spec.ip));
+    let host_side = async {
+        futures::try_join!(
+            nl.add_route(&to_host).map_err(dp("host route to pod")),
+            nl.add_rule(&to_pod).map_err(dp("to-pod rule")),
+            futures::future::try_join_all(egress.iter().map(|r| nl.add_rule(r).map_err(dp("from-pod rule")))),
+        )
+    };
+    futures::try_join!(pod_side, host_side)?;
     Ok(AddResult {
         host_veth: spec.host_veth.clone(),
         host_mac: hl.mac,
@@ -132,60 +160,47 @@ async fn wire(nl: &Netlink, spec: &PodSpec) -> Result<AddResult, CniError> {
     })
 }
 
-/// Removes the pod's rules, host route and host veth (the pod end goes with it). Missing pieces are fine;
-/// errors do not stop the rest and are all returned.
+/// Removes the pod's rules and its host route, by exact match (no dump of the node's rules or routes, which
+/// grow with its pods). Missing pieces are fine; errors do not stop the rest and are all returned.
+///
+/// The host veth stays: the runtime deletes the pod's namespace right after DEL and the kernel removes the
+/// pair with it, in the background (deleting a veth synchronously costs ~20 ms of kernel time, most of a DEL).
+/// Without its route and rules it carries nothing meanwhile. The name is reused only by the same pod's next
+/// sandbox, whose ADD replaces a veth still there.
 ///
 /// The host veth's name depends only on the pod's namespace/name, so a late DEL of an old sandbox finds the
-/// veth of the pod's new sandbox under the same name: unless this call created it (`created_here`, an ADD
-/// undoing itself), the veth is deleted only when it carries this pod's IP (its `ip/32` route goes through
-/// it); otherwise it belongs to another sandbox and is left alone.
-pub async fn del(nl: &Netlink, ip: Option<Ipv4Addr>, host_veth: &str, created_here: bool) -> Vec<HostNetError> {
+/// veth of the pod's new sandbox under the same name: only the route `ip/32` through that veth is removed, and
+/// a newer sandbox's route carries another IP, so it is left alone.
+pub async fn del(nl: &Netlink, ip: Option<Ipv4Addr>, host_veth: &str) -> Vec<HostNetError> {
+    let Some(ip) = ip else { return Vec::new() };
     let mut errors = Vec::new();
-    let mut carries_ip = false;
-    let veth = match nl.link_by_name(host_veth).await {
-        Ok(l) => l,
-        Err(e) => {
-            errors.push(e);
-            None
+    let to_pod = Rule { table: 0, ..to_pod_rule(ip) };
+    // Table 0 matches any table: the egress rules of a secondary-ENI pod (one per VPC or excluded CIDR).
+    let from_pod = Rule { priority: FROM_POD_RULE_PRIORITY, src: Some(host(ip)), dst: None, fwmark: None, table: 0 };
+    let route = async {
+        match nl.link_by_name(host_veth).await? {
+            Some(l) => nl.del_route_if_present(&host_route(ip, l.index)).await,
+            None => Ok(false),
         }
     };
-    if let Some(ip) = ip {
-        match nl.rules().await {
-            Ok(rules) => {
-                let mine = |r: &&Rule| {
-                    (r.priority == TO_POD_RULE_PRIORITY && r.dst == Some(host(ip)))
-                        || (r.priority == FROM_POD_RULE_PRIORITY && r.src == Some(host(ip)))
-                };
-                for r in rules.iter().filter(mine) {
-                    if let Err(e) = nl.del_rule(r).await {
-                        errors.push(e);
-                    }
-                }
-            }
-            Err(e) => errors.push(e),
-        }
-        // Only the route through this pod's veth (the kernel drops it with the veth anyway).
-        if let Some(l) = &veth {
-            match nl.routes(MAIN_TABLE).await {
-                Ok(routes) => {
-                    for r in routes.iter().filter(|r| r.dst == host(ip) && r.oif == Some(l.index)) {
-                        carries_ip = true;
-                        if let Err(e) = nl.del_route(r).await {
-                            errors.push(e);
-                        }
-                    }
-                }
-                Err(e) => errors.push(e),
+    let from_pod_rules = async {
+        // Each delete removes one matching rule; a pod has one per egress CIDR (a handful).
+        for _ in 0..MAX_EGRESS_RULES {
+            if !nl.del_rule_if_present(&from_pod).await? {
+                break;
             }
         }
-    }
-    if let Some(l) = veth.filter(|_| created_here || carries_ip)
-        && let Err(e) = nl.del_link(l.index).await
-    {
-        errors.push(e);
-    }
+        Ok::<(), HostNetError>(())
+    };
+    let (r, t, f) = futures::join!(route, nl.del_rule_if_present(&to_pod), from_pod_rules);
+    errors.extend(r.err());
+    errors.extend(t.err());
+    errors.extend(f.err());
     errors
 }
+
+/// More egress rules than any pod gets (VPC CIDRs + SNAT-excluded CIDRs): bounds the delete loop.
+const MAX_EGRESS_RULES: usize = 256;
 
 /// Compares the pod's networking with what ADD makes; returns every difference found.
 pub async fn check(nl: &Netlink, spec: &PodSpec) -> Result<Vec<String>, HostNetError> {

@@ -31,6 +31,8 @@ pub enum HostNetError {
     LinkMissing { mac: String, waited: Duration },
     #[error("sysctl {path}: {source}")]
     Sysctl { path: PathBuf, source: std::io::Error },
+    #[error("{0} already exists")]
+    Exists(String),
     #[error("{0}")]
     Io(std::io::Error),
 }

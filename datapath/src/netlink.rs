@@ -26,9 +26,20 @@ fn nl(op: &'static str) -> impl Fn(rtnetlink::Error) -> HostNetError {
     move |e| HostNetError::Netlink { op, message: e.to_string() }
 }
 
-/// EEXIST (17 on Linux) without a libc dependency for one constant.
-const fn libc_eexist() -> i32 {
-    17
+/// Linux errno values the datapath tells apart (no libc dependency for a few constants).
+pub(crate) mod errno {
+    pub const ENOENT: i32 = 2;
+    pub const ESRCH: i32 = 3;
+    pub const EEXIST: i32 = 17;
+    pub const ENODEV: i32 = 19;
+}
+
+/// The errno a netlink request failed with, if the kernel answered with one.
+pub(crate) fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
 }
 
 fn mac_string(bytes: &[u8]) -> String {
@@ -96,6 +107,56 @@ impl Netlink {
         Some(Route { dst, gateway, oif, table, scope_link: m.header.scope == RouteScope::Link })
     }
 
+    /// The RTM_DELRULE message for `rule`; the kernel deletes the first rule matching every attribute given
+    /// (table 0: any table).
+    pub(crate) fn rule_del_message(rule: &Rule) -> RuleMessage {
+        let mut m = RuleMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.action = RuleAction::ToTable;
+        m.attributes.push(RuleAttribute::Priority(rule.priority));
+        if rule.table != 0 {
+            m.attributes.push(RuleAttribute::Table(rule.table));
+        }
+        if rule.table < 256 {
+            m.header.table = rule.table as u8;
+        }
+        if let Some(src) = rule.src {
+            m.header.src_len = src.prefix_len();
+            m.attributes.push(RuleAttribute::Source(IpAddr::V4(src.addr())));
+        }
+        if let Some(dst) = rule.dst {
+            m.header.dst_len = dst.prefix_len();
+            m.attributes.push(RuleAttribute::Destination(IpAddr::V4(dst.addr())));
+        }
+        if let Some((mark, mask)) = rule.fwmark {
+            m.attributes.push(RuleAttribute::FwMark(mark));
+            m.attributes.push(RuleAttribute::FwMask(mask));
+        }
+        m
+    }
+
+    pub(crate) fn route_del_message(route: &Route) -> RouteMessage {
+        // Scope "nowhere" and protocol "unspec" are the kernel's wildcards for a delete: the route may have been
+        // made by the kernel (proto kernel, scope link) rather than by us.
+        let mut m = Self::route_message(route);
+        m.header.scope = RouteScope::NoWhere;
+        m.header.protocol = RouteProtocol::Unspec;
+        m
+    }
+
+    pub(crate) fn parse_link(m: &netlink_packet_route::link::LinkMessage) -> Link {
+        let mut l = Link { index: m.header.index, up: m.header.flags.contains(LinkFlags::Up), ..Link::default() };
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n.clone(),
+                LinkAttribute::Address(mac) => l.mac = mac_string(mac),
+                LinkAttribute::Mtu(mtu) => l.mtu = *mtu,
+                _ => {}
+            }
+        }
+        l
+    }
+
     fn parse_rule(m: &RuleMessage) -> Option<Rule> {
         if m.header.family != AddressFamily::Inet {
             return None;
@@ -121,22 +182,7 @@ impl Netlink {
 impl HostNet for Netlink {
     async fn links(&self) -> Result<Vec<Link>, HostNetError> {
         let msgs: Vec<_> = self.handle.link().get().execute().try_collect().await.map_err(nl("RTM_GETLINK"))?;
-        Ok(msgs
-            .iter()
-            .map(|m| {
-                let mut l =
-                    Link { index: m.header.index, up: m.header.flags.contains(LinkFlags::Up), ..Link::default() };
-                for a in &m.attributes {
-                    match a {
-                        LinkAttribute::IfName(n) => l.name = n.clone(),
-                        LinkAttribute::Address(mac) => l.mac = mac_string(mac),
-                        LinkAttribute::Mtu(mtu) => l.mtu = *mtu,
-                        _ => {}
-                    }
-                }
-                l
-            })
-            .collect())
+        Ok(msgs.iter().map(Self::parse_link).collect())
     }
 
     async fn set_link(&self, index: u32, mtu: u32, up: bool) -> Result<(), HostNetError> {
@@ -189,12 +235,7 @@ impl HostNet for Netlink {
     }
 
     async fn del_route(&self, route: &Route) -> Result<(), HostNetError> {
-        // Scope "nowhere" and protocol "unspec" are the kernel's wildcards for a delete: the route may have been
-        // made by the kernel (proto kernel, scope link) rather than by us.
-        let mut m = Self::route_message(route);
-        m.header.scope = RouteScope::NoWhere;
-        m.header.protocol = RouteProtocol::Unspec;
-        self.handle.route().del(m).execute().await.map_err(nl("RTM_DELROUTE"))
+        self.handle.route().del(Self::route_del_message(route)).execute().await.map_err(nl("RTM_DELROUTE"))
     }
 
     async fn rules(&self) -> Result<Vec<Rule>, HostNetError> {
@@ -220,32 +261,12 @@ impl HostNet for Netlink {
         match req.execute().await {
             // The same rule already there (left by an earlier sandbox that had this IP) is what is wanted:
             // the kernel has no "replace" for rules, so EEXIST is success, not a failed ADD.
-            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc_eexist() => Ok(()),
+            Err(e) if errno_of(&e) == Some(errno::EEXIST) => Ok(()),
             other => other.map_err(nl("RTM_NEWRULE")),
         }
     }
 
     async fn del_rule(&self, rule: &Rule) -> Result<(), HostNetError> {
-        let mut m = RuleMessage::default();
-        m.header.family = AddressFamily::Inet;
-        m.header.action = RuleAction::ToTable;
-        m.attributes.push(RuleAttribute::Priority(rule.priority));
-        m.attributes.push(RuleAttribute::Table(rule.table));
-        if rule.table < 256 {
-            m.header.table = rule.table as u8;
-        }
-        if let Some(src) = rule.src {
-            m.header.src_len = src.prefix_len();
-            m.attributes.push(RuleAttribute::Source(IpAddr::V4(src.addr())));
-        }
-        if let Some(dst) = rule.dst {
-            m.header.dst_len = dst.prefix_len();
-            m.attributes.push(RuleAttribute::Destination(IpAddr::V4(dst.addr())));
-        }
-        if let Some((mark, mask)) = rule.fwmark {
-            m.attributes.push(RuleAttribute::FwMark(mark));
-            m.attributes.push(RuleAttribute::FwMask(mask));
-        }
-        self.handle.rule().del(m).execute().await.map_err(nl("RTM_DELRULE"))
+        self.handle.rule().del(Self::rule_del_message(rule)).execute().await.map_err(nl("RTM_DELRULE"))
     }
 }

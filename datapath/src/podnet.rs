@@ -10,8 +10,8 @@ use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec};
 
-use super::netlink::Netlink;
-use super::{HostNet, HostNetError, Link};
+use super::netlink::{Netlink, errno, errno_of};
+use super::{HostNetError, Link, Route, Rule};
 
 /// A neighbour entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +34,10 @@ pub fn parse_mac(mac: &str) -> Option<Vec<u8>> {
 }
 
 impl Netlink {
-    /// Creates `host` here and its peer `peer` inside the namespace open as `netns`, both with `mtu`, in a
-    /// single request (no later move between namespaces).
+    /// Creates `host` (up) here and its peer `peer` (down) inside the namespace open as `netns`, both with
+    /// `mtu`, in a single request (no later move between namespaces). The kernel cannot bring the peer up in
+    /// the same request (veth_open finds no peer yet: ENOTCONN). An existing `host` is an error (EEXIST): the
+    /// caller decides whether it is stale.
     pub async fn add_veth_into(
         &self,
         host: &str,
@@ -52,17 +54,40 @@ impl Netlink {
             .name(host.to_string())
             .mtu(mtu)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .up()
             .build();
-        self.handle()
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| HostNetError::Netlink { op: "RTM_NEWLINK veth", message: e.to_string() })
+        self.handle().link().add(msg).execute().await.map_err(|e| match errno_of(&e) {
+            Some(errno::EEXIST) => HostNetError::Exists(host.to_string()),
+            _ => HostNetError::Netlink { op: "RTM_NEWLINK veth", message: e.to_string() },
+        })
     }
 
+    /// One link by name (a single RTM_GETLINK, not a dump of every link: a node has a veth per pod).
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, HostNetError> {
-        Ok(self.links().await?.into_iter().find(|l| l.name == name))
+        let mut s = self.handle().link().get().match_name(name).execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m.as_ref().map(Netlink::parse_link)),
+            Err(e) if errno_of(&e) == Some(errno::ENODEV) => Ok(None),
+            Err(e) => Err(HostNetError::Netlink { op: "RTM_GETLINK", message: e.to_string() }),
+        }
+    }
+
+    /// Deletes the first rule matching `rule` (table 0: any table); `false` when there is none.
+    pub async fn del_rule_if_present(&self, rule: &Rule) -> Result<bool, HostNetError> {
+        match self.handle().rule().del(Netlink::rule_del_message(rule)).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno_of(&e) == Some(errno::ENOENT) => Ok(false),
+            Err(e) => Err(HostNetError::Netlink { op: "RTM_DELRULE", message: e.to_string() }),
+        }
+    }
+
+    /// Deletes `route` (matched on destination, table and output interface); `false` when there is none.
+    pub async fn del_route_if_present(&self, route: &Route) -> Result<bool, HostNetError> {
+        match self.handle().route().del(Netlink::route_del_message(route)).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(errno_of(&e), Some(errno::ESRCH | errno::ENOENT)) => Ok(false),
+            Err(e) => Err(HostNetError::Netlink { op: "RTM_DELROUTE", message: e.to_string() }),
+        }
     }
 
     pub async fn del_link(&self, index: u32) -> Result<(), HostNetError> {

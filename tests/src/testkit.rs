@@ -152,6 +152,17 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until no link of `ns` has `name` in its name: a host veth goes with its pod's namespace, which the
+/// kernel tears down in the background after the namespace is deleted.
+pub fn wait_link_gone(ns: &str, name: &str) {
+    let gone = || !ip_in(ns, &["link"]).unwrap_or_default().contains(name);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gone() {
+        assert!(Instant::now() < deadline, "{name} still on {ns} 10 s after its namespace was deleted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Connects from inside `client_ns` to `server_ip:port` served from inside `server_ns`; returns the peer address
 /// the server saw (proves whether anything on the way rewrote the source).
 pub fn tcp_peer_seen(server_ns: &str, server_ip: &str, client_ns: &str) -> Result<String, String> {

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 use vpc_sim::localstack::{self, node_enis};
-use vpc_sim::netns::{ip_in, run};
+use vpc_sim::netns::run;
 use vpc_sim::sim::pods::Pod;
 use vpc_sim::testkit::{SimProc, tcp_peer_seen_via};
 
@@ -85,6 +85,6 @@ async fn portmap_and_bandwidth_chain_after_vpc_cni() {
     web.del(false).unwrap();
     let nat = run("ip", &["netns", "exec", &sim.node(0), "iptables-save", "-t", "nat"]).unwrap();
     assert!(!nat.contains(&pod_ip), "portmap removed its DNAT:\n{nat}");
-    assert!(!ip_in(&sim.node(0), &["link"]).unwrap().contains(&veth));
+    vpc_sim::testkit::wait_link_gone(&sim.node(0), &veth);
     drop(sim.stop());
 }

@@ -33,10 +33,15 @@ fn ip_of(result: &Value) -> String {
     vpc_sim::sim::pods::pod_ip(result)
 }
 
-/// Nothing of the pod is left on the node: no host veth, no /32 route, no rule naming its IP.
+/// Nothing of the pod is left on the node: no /32 route, no rule naming its IP, and (once the kernel has
+/// finished deleting the pod's namespace, in the background) no host veth.
 fn assert_gone(node_ns: &str, ip: &str, host_veth: &str) {
-    let links = ip_in(node_ns, &["link"]).unwrap();
-    assert!(!links.contains(host_veth), "{host_veth} left:\n{links}");
+    assert_unrouted(node_ns, ip);
+    vpc_sim::testkit::wait_link_gone(node_ns, host_veth);
+}
+
+/// DEL's part: no /32 route and no rule naming the pod's IP.
+fn assert_unrouted(node_ns: &str, ip: &str) {
     let routes = ip_in(node_ns, &["route"]).unwrap();
     assert!(!routes.lines().any(|l| l.starts_with(&format!("{ip} "))), "route left:\n{routes}");
     let rules = ip_in(node_ns, &["rule"]).unwrap();
@@ -130,8 +135,13 @@ async fn pods_get_vpc_addresses_reach_each_other_and_leave_nothing_behind() {
     let a1_ip: std::net::Ipv4Addr = ips[&a1].parse().unwrap();
     let flows = || netns::in_netns(&sim.node(0), || Ok(ipamd::hostnet::conntrack::count(a1_ip).unwrap())).unwrap();
     assert!(flows() > 0, "the pings above left conntrack entries for {a1_ip}");
-    p.del(false).unwrap();
-    pod(&sim, a1.0, &format!("p{}", a1.1)).del(false).unwrap();
+    // DEL removes the pod's route and rules and leaves the veth to the namespace: until the runtime deletes the
+    // namespace the veth is there, carrying nothing; with the namespace it goes. Then DEL again.
+    p.del(true).unwrap();
+    assert_unrouted(&sim.node(0), &ips[&a1]);
+    assert!(ip_in(&sim.node(0), &["link"]).unwrap().contains(&host_veth(&results[&a1])), "veth left to the netns");
+    netns::delete(&p.netns().unwrap()).unwrap();
+    pod(&sim, a1.0, &format!("p{}", a1.1)).del(true).unwrap();
     assert_gone(&sim.node(0), &ips[&a1], &host_veth(&results[&a1]));
     assert_eq!(allocations(&socket0).await, before - 1);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
