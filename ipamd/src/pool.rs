@@ -1,6 +1,7 @@
 //! The pool actor: the one owner of the datastore, driven by [`Command`]s over a channel. gRPC handlers and
 //! the reconciler talk to it through [`PoolHandle`]; nothing else mutates pool state. Every change that a pod
-//! depends on is checkpointed before the reply goes out, so a crash loses nothing that was promised.
+//! depends on is checkpointed before the reply goes out (in groups: `pool_commit`), so a crash loses nothing
+//! that was promised.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -179,12 +180,6 @@ pub fn spawn(settings: PoolSettings, store: Store, checkpoint: Checkpoint) -> Po
 }
 
 impl Actor {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        while let Some(cmd) = rx.recv().await {
-            self.handle(cmd);
-        }
-    }
-
     fn emit(&self, kind: &'static str, message: String) {
         send_event(&self.events, kind, message);
     }
@@ -234,11 +229,12 @@ impl Actor {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
+            // `run` batches these (pool_commit); here one at a time.
             Command::Add { key, pod_namespace, pod_name, pod_uid, reply } => {
-                let _ = reply.send(self.add(&key, (&pod_namespace, &pod_name, pod_uid)));
+                let _ = reply.send(self.add(key, (&pod_namespace, &pod_name, pod_uid)));
             }
             Command::Del { key, reply } => {
-                let _ = reply.send(self.del(&key));
+                let _ = reply.send(self.del(key));
             }
             Command::Check { key, reply } => {
                 let found = self.ds.allocations.get(&key).map(|a| (a.clone(), self.ds.device_number(&a.eni_id)));
@@ -252,15 +248,20 @@ impl Actor {
                     .filter(|k| k.network_name == network_name && !valid.contains(k))
                     .cloned()
                     .collect();
-                let mut released = Vec::new();
+                // All or nothing, with one checkpoint write.
+                let mut batch = commit::Batch::default();
                 for k in stale {
-                    match self.del(&k) {
-                        Ok(Some((a, _))) => released.push((k, a.ip)),
-                        Ok(None) => {}
-                        Err(e) => {
+                    self.stage_del(&mut batch, k, None);
+                }
+                let mut released = Vec::new();
+                for s in self.commit(&mut batch) {
+                    match s {
+                        commit::Staged::Del { key, result: Ok(Some((a, _))), .. } => released.push((key, a.ip)),
+                        commit::Staged::Del { result: Err(e), .. } => {
                             let _ = reply.send(Err(e));
                             return;
                         }
+                        _ => {}
                     }
                 }
                 let _ = reply.send(Ok(released));
@@ -327,27 +328,20 @@ impl Actor {
         self.limits.map(|l| Limits { max_enis: l.max_enis.saturating_sub(reserved), ..l })
     }
 
-    fn add(&mut self, key: &AllocKey, (ns, name, uid): (&str, &str, String)) -> Result<AddOutcome, PoolError> {
+    /// Gives `key` an IP in memory (`true`: a new allocation, to be checkpointed before the reply).
+    fn assign(&mut self, key: &AllocKey, (ns, name, uid): (&str, &str, String)) -> Result<(AddOutcome, bool), PoolError> {
         if !self.serving && self.ds.enis.is_empty() {
             return Err(PoolError::NotReady);
         }
         let now = now_ms();
         match self.ds.assign(key, ns, name, now) {
             Ok(a) => {
-                if a.new {
-                    if let Some(al) = self.ds.allocations.get_mut(key) {
-                        al.pod_uid = uid;
-                    }
-                    if let Err(e) = self.checkpoint() {
-                        // Not durable means not promised: undo, so a restart cannot hand the IP out twice.
-                        self.ds.release(key, now, 0);
-                        return Err(e);
-                    }
-                    self.emit("ip-assigned", format!("{} to {ns}/{name} ({})", a.ip, key.container_id));
-                    // The pool just shrank: let the reconciler top it up now rather than at its next tick.
-                    self.kick.notify_one();
+                if a.new
+                    && let Some(al) = self.ds.allocations.get_mut(key)
+                {
+                    al.pod_uid = uid;
                 }
-                Ok(AddOutcome { ip: a.ip, eni_id: a.eni_id, device_number: a.device_number })
+                Ok((AddOutcome { ip: a.ip, eni_id: a.eni_id, device_number: a.device_number }, a.new))
             }
             Err(e) => {
                 self.kick.notify_one();
@@ -365,31 +359,6 @@ impl Actor {
                 }
             }
         }
-    }
-
-    fn del(&mut self, key: &AllocKey) -> Result<DelOutcome, PoolError> {
-        let now = now_ms();
-        let out = self.ds.release(key, now, self.cooldown_ms());
-        if let Some((a, _)) = &out {
-            if let Err(e) = self.checkpoint() {
-                // Memory follows the disk: the allocation stays until a DEL is durable (the runtime retries
-                // DEL), so the IP cannot go to a new pod while a restart would still give it to the old one.
-                self.ds.restore_allocation(key.clone(), a.clone());
-                return Err(e);
-            }
-            self.emit(
-                "ip-released",
-                format!(
-                    "{} from {}/{} ({}), cooling {}s",
-                    a.ip,
-                    a.pod_namespace,
-                    a.pod_name,
-                    key.container_id,
-                    self.settings.cooldown.as_secs()
-                ),
-            );
-        }
-        Ok(out)
     }
 
     fn plan(&mut self) -> (Vec<Action>, Duration) {
@@ -476,6 +445,9 @@ fn send_event(events: &broadcast::Sender<Event>, kind: &'static str, message: St
     // No subscriber is fine: events are for whoever is watching.
     let _ = events.send(Event { unix_millis: now_ms(), kind, message });
 }
+
+#[path = "pool_commit.rs"]
+mod commit;
 
 #[cfg(test)]
 #[path = "pool_tests.rs"]

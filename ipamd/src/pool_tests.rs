@@ -62,3 +62,46 @@ async fn a_del_whose_checkpoint_write_fails_is_undone_and_can_be_retried() {
     assert_eq!(pool.del(key("c1")).await.unwrap().map(|(al, _)| al.ip), Some(a.ip));
     assert!(!store.load().unwrap().allocations.contains_key(&key("c1")));
 }
+
+/// An ENI with `n` secondary IPs, 10.0.1.10 onwards.
+fn big_eni(n: u8) -> ObservedEni {
+    ObservedEni { secondary_ips: (0..n).map(|i| std::net::Ipv4Addr::new(10, 0, 1, 10 + i)).collect(), ..eni() }
+}
+
+#[tokio::test]
+async fn concurrent_adds_share_checkpoint_writes_and_every_reply_is_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let pool = spawn(settings(), store.clone(), Checkpoint::default());
+    pool.observe(vec![big_eni(60)], Limits { max_enis: 3, ips_per_eni: 61 }, 0).await.unwrap();
+    pool.reconciled(None).await.unwrap();
+    let adds = (0..50).map(|i| pool.add(key(&format!("c{i}")), "default".into(), format!("p{i}"), String::new()));
+    let ips: std::collections::BTreeSet<_> =
+        futures::future::join_all(adds).await.into_iter().map(|r| r.unwrap().ip).collect();
+    assert_eq!(ips.len(), 50, "50 distinct IPs");
+    let on_disk = store.load().unwrap().allocations;
+    assert_eq!(on_disk.len(), 50, "every answered allocation is in the checkpoint");
+    assert!(on_disk.values().all(|a| ips.contains(&a.ip)));
+    let dels = (0..50).map(|i| pool.del(key(&format!("c{i}"))));
+    assert!(futures::future::join_all(dels).await.into_iter().all(|r| r.unwrap().is_some()));
+    assert!(store.load().unwrap().allocations.is_empty());
+}
+
+#[tokio::test]
+async fn a_batch_whose_checkpoint_write_fails_is_undone_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let pool = spawn(settings(), Store::new(&state), Checkpoint::default());
+    pool.observe(vec![big_eni(20)], Limits { max_enis: 3, ips_per_eni: 21 }, 0).await.unwrap();
+    pool.reconciled(None).await.unwrap();
+    std::fs::remove_dir_all(&state).unwrap();
+    let adds = (0..10).map(|i| pool.add(key(&format!("c{i}")), "default".into(), format!("p{i}"), String::new()));
+    for r in futures::future::join_all(adds).await {
+        assert!(matches!(r, Err(PoolError::Checkpoint(_))), "{r:?}");
+    }
+    let s = pool.snapshot().await.unwrap();
+    assert_eq!((s.ds.allocations.len(), s.stats.assigned), (0, 0), "nothing kept that is not on disk");
+    std::fs::create_dir(&state).unwrap();
+    assert!(pool.add(key("c0"), "default".into(), "p0".into(), String::new()).await.is_ok());
+}

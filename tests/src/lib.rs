@@ -1,6 +1,8 @@
 //! vpc-sim: local VPC emulation for tests and the demo — LocalStack EC2 fixtures, an IMDSv2 emulator, and a
 //! harness that runs the real ipamd binary, a real Kubernetes API server (`kubeapi`) and an EC2 fault proxy. The integration suites live in `tests/tests/`.
 
+pub mod bench;
+pub mod cni_exec;
 pub mod ec2faults;
 pub mod fixture;
 pub mod imds;

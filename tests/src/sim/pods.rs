@@ -1,15 +1,14 @@
-//! `vpc-sim pod add|del|check|exec`: a minimal container runtime (libcni's behaviour) running pods on a sim
-//! node through the real `vpc-cni` binary and whatever else the node's conflist chains: each plugin gets its
-//! own entry plus `name`, `cniVersion` and the previous plugin's result as `prevResult`; ADD in order, DEL
-//! and CHECK with the cached result, DEL in reverse order. Plugins run in the node's namespace, as a runtime
-//! on the node would run them.
+//! `vpc-sim pod add|del|check|exec`: a minimal container runtime (libcni's behaviour, see `cni_exec`) running
+//! pods on a sim node through the real `vpc-cni` binary and whatever else the node's conflist chains: ADD in
+//! order, DEL and CHECK with the cached result, DEL in reverse order. Plugins run in the node's namespace
+//! (through `ip netns exec`), as a runtime on the node would run them.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use crate::cni_exec::{Attachment, invoke, plugin_conf, plugin_path};
 use crate::netns;
 use crate::sim::fabric::Names;
 use crate::sim::record::SimRecord;
@@ -89,61 +88,28 @@ impl Pod {
         uid: &str,
     ) -> Result<Value, PodError> {
         let kind = plugin["type"].as_str().unwrap_or_default().to_string();
-        let mut conf = plugin.clone();
-        conf["name"] = list["name"].clone();
-        conf["cniVersion"] = list["cniVersion"].clone();
-        if let Some(p) = prev {
-            conf["prevResult"] = p.clone();
-        }
-        if let (Some(caps), Some(rc)) = (plugin["capabilities"].as_object(), self.runtime_config.as_object()) {
-            let granted: serde_json::Map<String, Value> = rc
-                .iter()
-                .filter(|(k, _)| caps.get(*k).and_then(Value::as_bool) == Some(true))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            if !granted.is_empty() {
-                conf["runtimeConfig"] = Value::Object(granted);
-            }
-        }
+        let conf = plugin_conf(plugin, list, prev, &self.runtime_config);
         let installed = self.node_dir().join(crate::sim::node::CNI_BIN).join(&kind);
         let bin = if installed.exists() { Some(installed) } else { plugin_path(&kind) };
         let bin = bin.ok_or_else(|| PodError::Io(format!("plugin {kind} not found in CNI_PATH")))?;
         let node_ns = Names { prefix: self.record()?.prefix }.node(self.node);
-        let netns_path = netns::path(&self.netns()?);
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &node_ns])
-            .arg(&bin)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", self.container_id())
-            .env("CNI_NETNS", &netns_path)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", cni_path().join(":"))
-            .env(
-                "CNI_ARGS",
-                format!(
-                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}{}",
-                    self.namespace,
-                    self.name,
-                    self.container_id(),
-                    if uid.is_empty() { String::new() } else { format!(";K8S_POD_UID={uid}") }
-                ),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(io(bin.display()))?;
-        child.stdin.take().expect("piped").write_all(conf.to_string().as_bytes()).map_err(io("plugin stdin"))?;
-        let out = child.wait_with_output().map_err(io(bin.display()))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let json: Value =
-            if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(json!(text)) };
-        if out.status.success() {
-            Ok(json)
-        } else {
-            Err(PodError::Plugin { plugin: kind, command: command.into(), json })
+        let at = Attachment {
+            container_id: self.container_id(),
+            netns: netns::path(&self.netns()?),
+            ifname: "eth0".into(),
+            args: format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}{}",
+                self.namespace,
+                self.name,
+                self.container_id(),
+                if uid.is_empty() { String::new() } else { format!(";K8S_POD_UID={uid}") }
+            ),
+        };
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &node_ns]).arg(&bin);
+        match invoke(cmd, command, &at, &conf).map_err(io(bin.display()))? {
+            Ok(json) => Ok(json),
+            Err(json) => Err(PodError::Plugin { plugin: kind, command: command.into(), json }),
         }
     }
 
@@ -228,24 +194,6 @@ impl Pod {
 /// The pod's address from a CNI result (its first IP, without the prefix length).
 pub fn pod_ip(result: &Value) -> String {
     result["ips"][0]["address"].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_string()
-}
-
-/// Where plugins are looked up: next to the sim's binaries first, then the distribution's CNI directories.
-pub fn cni_path() -> Vec<String> {
-    let mut dirs = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        let mut d = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-        if d.ends_with("deps") {
-            d.pop();
-        }
-        dirs.push(d.display().to_string());
-    }
-    dirs.extend(["/usr/lib/cni".to_string(), "/opt/cni/bin".to_string()]);
-    dirs
-}
-
-fn plugin_path(kind: &str) -> Option<PathBuf> {
-    cni_path().into_iter().map(|d| Path::new(&d).join(kind)).find(|p| p.exists())
 }
 
 /// Runs `op` on every pod at once (one thread each), retrying "try again later" (code 11) as kubelet would

@@ -1,0 +1,179 @@
+//! Group commit for the pool actor: the Add and Del commands already waiting in the channel are applied
+//! together and made durable with one checkpoint write, and only then answered. A burst of pods (or a busy
+//! node's churn) costs one write per batch instead of one per pod, while each reply still promises only what is
+//! on disk. A failed write undoes the whole batch, newest change first, and every change in it is answered with
+//! the error (the runtime retries).
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Actor, AddOutcome, Command, DelOutcome, PoolError, now_ms};
+use crate::datastore::AllocKey;
+
+/// At most this many changes share one checkpoint write (the channel holds 256 commands).
+const MAX_BATCH: usize = 256;
+
+type AddReply = oneshot::Sender<Result<AddOutcome, PoolError>>;
+type DelReply = oneshot::Sender<Result<DelOutcome, PoolError>>;
+
+/// One Add or Del applied in memory, waiting for the batch's checkpoint write.
+pub(super) enum Staged {
+    Add { key: AllocKey, new: bool, result: Result<AddOutcome, PoolError>, reply: Option<AddReply> },
+    Del { key: AllocKey, result: Result<DelOutcome, PoolError>, reply: Option<DelReply> },
+}
+
+#[derive(Default)]
+pub(super) struct Batch {
+    staged: Vec<Staged>,
+    /// Something in memory changed: the checkpoint must be written before anyone is answered.
+    dirty: bool,
+}
+
+impl Actor {
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch = Batch::default();
+        while let Some(first) = rx.recv().await {
+            let mut next = Some(first);
+            while let Some(cmd) = next {
+                match cmd {
+                    Command::Add { key, pod_namespace, pod_name, pod_uid, reply } => {
+                        self.stage_add(&mut batch, key, (&pod_namespace, &pod_name, pod_uid), Some(reply));
+                    }
+                    Command::Del { key, reply } => self.stage_del(&mut batch, key, Some(reply)),
+                    // Anything else sees (and may write) only committed state.
+                    other => {
+                        self.commit(&mut batch);
+                        self.handle(other);
+                    }
+                }
+                if batch.staged.len() >= MAX_BATCH {
+                    self.commit(&mut batch);
+                }
+                next = rx.try_recv().ok();
+            }
+            self.commit(&mut batch);
+        }
+    }
+
+    pub(super) fn stage_add(
+        &mut self,
+        batch: &mut Batch,
+        key: AllocKey,
+        (ns, name, uid): (&str, &str, String),
+        reply: Option<AddReply>,
+    ) {
+        let result = self.assign(&key, (ns, name, uid));
+        let new = matches!(result, Ok((_, true)));
+        batch.dirty |= new;
+        batch.staged.push(Staged::Add { key, new, result: result.map(|(o, _)| o), reply });
+    }
+
+    pub(super) fn stage_del(&mut self, batch: &mut Batch, key: AllocKey, reply: Option<DelReply>) {
+        let now = now_ms();
+        let out = self.ds.release(&key, now, self.cooldown_ms());
+        batch.dirty |= out.is_some();
+        batch.staged.push(Staged::Del { key, result: Ok(out), reply });
+    }
+
+    /// Writes the checkpoint if the batch changed anything, then answers every staged command; returns the
+    /// final outcomes (for callers without a reply channel).
+    pub(super) fn commit(&mut self, batch: &mut Batch) -> Vec<Staged> {
+        let mut staged = std::mem::take(&mut batch.staged);
+        if std::mem::take(&mut batch.dirty) {
+            match self.checkpoint() {
+                Ok(()) => self.announce(&staged),
+                Err(e) => {
+                    let now = now_ms();
+                    for s in staged.iter().rev() {
+                        match s {
+                            // Not durable means not promised: a restart must not hand the IP out twice.
+                            Staged::Add { key, new: true, result: Ok(_), .. } => {
+                                self.ds.release(key, now, 0);
+                            }
+                            // Memory follows the disk: the allocation stays until a DEL is durable (the runtime
+                            // retries DEL), so the IP cannot go to a new pod while a restart would still give it
+                            // to the old one.
+                            Staged::Del { key, result: Ok(Some((a, _))), .. } => {
+                                self.ds.restore_allocation(key.clone(), a.clone());
+                            }
+                            _ => {}
+                        }
+                    }
+                    for s in &mut staged {
+                        match s {
+                            Staged::Add { result, .. } if result.is_ok() => *result = Err(e.clone()),
+                            Staged::Del { result, .. } if result.is_ok() => *result = Err(e.clone()),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        for s in &mut staged {
+            match s {
+                Staged::Add { result, reply, .. } => {
+                    if let Some(r) = reply.take() {
+                        let _ = r.send(result.clone());
+                    }
+                }
+                Staged::Del { result, reply, .. } => {
+                    if let Some(r) = reply.take() {
+                        let _ = r.send(result.clone());
+                    }
+                }
+            }
+        }
+        staged
+    }
+
+    /// Events for the committed changes; a new allocation shrank the pool, so the reconciler tops it up now
+    /// rather than at its next tick.
+    fn announce(&self, staged: &[Staged]) {
+        let mut assigned = false;
+        for s in staged {
+            match s {
+                Staged::Add { key, new: true, result: Ok(a), .. } => {
+                    assigned = true;
+                    if let Some(al) = self.ds.allocations.get(key) {
+                        let pod = format!("{}/{}", al.pod_namespace, al.pod_name);
+                        self.emit("ip-assigned", format!("{} to {pod} ({})", a.ip, key.container_id));
+                    }
+                }
+                Staged::Del { key, result: Ok(Some((a, _))), .. } => self.emit(
+                    "ip-released",
+                    format!(
+                        "{} from {}/{} ({}), cooling {}s",
+                        a.ip,
+                        a.pod_namespace,
+                        a.pod_name,
+                        key.container_id,
+                        self.settings.cooldown.as_secs()
+                    ),
+                ),
+                _ => {}
+            }
+        }
+        if assigned {
+            self.kick.notify_one();
+        }
+    }
+
+    /// One Add, committed on its own.
+    pub(super) fn add(&mut self, key: AllocKey, pod: (&str, &str, String)) -> Result<AddOutcome, PoolError> {
+        let mut batch = Batch::default();
+        self.stage_add(&mut batch, key, pod, None);
+        match self.commit(&mut batch).pop() {
+            Some(Staged::Add { result, .. }) => result,
+            _ => Err(PoolError::Stopped),
+        }
+    }
+
+    /// One Del, committed on its own.
+    pub(super) fn del(&mut self, key: AllocKey) -> Result<DelOutcome, PoolError> {
+        let mut batch = Batch::default();
+        self.stage_del(&mut batch, key, None);
+        match self.commit(&mut batch).pop() {
+            Some(Staged::Del { result, .. }) => result,
+            _ => Err(PoolError::Stopped),
+        }
+    }
+}
