@@ -10,6 +10,10 @@ demo:
 test:
 	bash scripts/test.sh
 
+# Pod start speed beside the reference plugins, ipamd throughput/memory/EC2 economy (docs/benchmarks.md).
+bench:
+	bash scripts/bench.sh $(ARGS)
+
 # The DaemonSet image (deploy/Dockerfile) with podman, buildah or docker, whichever is installed. Its base images
 # come from a registry, so this needs one reachable (the development machines here have none: CI validates the
 # Dockerfile with hadolint in scripts/check-manifests.sh instead).

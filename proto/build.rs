@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["."])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Server stubs only for ipamd: the plugin and vpcctl link the client side alone.
+    let server = std::env::var_os("CARGO_FEATURE_SERVER").is_some();
+    tonic_prost_build::configure().build_server(server).compile_fds(fds)?;
     Ok(())
 }

@@ -19,7 +19,7 @@ step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo build (binaries the integration tests run, and the tests, with one feature set)"
 cargo build --workspace --all-targets || { echo "== build failed"; exit 1; }
-step "plugin dependency tree (no AWS SDK, no daemon, ≤ 120 crates)" bash scripts/plugin-deps.sh
+step "plugin and vpcctl dependency trees (no AWS SDK, no daemon, no gRPC server; plugin ≤ 120 crates)" bash scripts/plugin-deps.sh
 step "deploy/ manifests (kubernetes-validate, CRD schema, checkov, hadolint)" bash scripts/check-manifests.sh
 step "cargo test" cargo test --workspace --all-targets --no-fail-fast -- --include-ignored
 if [ ${#failed[@]} -gt 0 ]; then

@@ -158,6 +158,7 @@ async fn add(
         return Err(CniError::new(Code::UnknownContainer, "pod netns does not exist", netns.display().to_string()));
     }
     let mut ipam = Ipam::connect(&conf.socket(), timeout(conf)).await?;
+    phases.mark("connect");
     let reply = ipam
         .add(pb::AddNetworkRequest {
             key: Some(key(conf, env)),
@@ -211,7 +212,9 @@ async fn del(
     // prevResult is trusted only while ipamd cannot answer (the IP is then still held, so it is still this
     // pod's). When ipamd answers that it holds nothing, this is a repeated or late DEL: the IP may already
     // belong to another pod, so nothing is touched.
-    let asked = match Ipam::connect(&conf.socket(), timeout(conf)).await {
+    let connected = Ipam::connect(&conf.socket(), timeout(conf)).await;
+    phases.mark("connect");
+    let asked = match connected {
         Ok(mut ipam) => match ipam.del(key(conf, env)).await {
             Ok(r) if r.released => Ok(r.ipv4_addr.parse().ok()),
             Ok(_) => {

@@ -49,6 +49,46 @@ struct File {
     enis: Vec<SavedEni>,
 }
 
+/// What [`encode`] writes: [`File`]'s layout, borrowed from the pool (no copy of its maps per write, no
+/// `flatten` buffering), compact.
+#[derive(Serialize)]
+struct FileRef<'a> {
+    version: u32,
+    allocations: Vec<EntryRef<'a>>,
+    cooling: &'a BTreeMap<Ipv4Addr, i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<&'a NodeInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<Limits>,
+    #[serde(skip_serializing_if = "<[SavedEni]>::is_empty")]
+    enis: &'a [SavedEni],
+}
+
+/// An [`Entry`] as written: the key's fields and the allocation's side by side.
+#[derive(Serialize)]
+struct EntryRef<'a> {
+    network_name: &'a str,
+    container_id: &'a str,
+    if_name: &'a str,
+    ip: Ipv4Addr,
+    eni_id: &'a str,
+    pod_namespace: &'a str,
+    pod_name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pod_uid: &'a str,
+    allocated_unix: i64,
+}
+
+/// The parts of a checkpoint, borrowed (what the pool actor writes after every change).
+#[derive(Debug, Clone, Copy)]
+pub struct Parts<'a> {
+    pub allocations: &'a BTreeMap<AllocKey, Allocation>,
+    pub cooling: &'a BTreeMap<Ipv4Addr, i64>,
+    pub node: Option<&'a NodeInfo>,
+    pub limits: Option<Limits>,
+    pub enis: &'a [SavedEni],
+}
+
 /// An ENI and its usable secondary IPs as last observed (loaded as ready: its host networking was in place
 /// when it was saved; a node that rebooted has lost its pods too).
 pub type SavedEni = ObservedEni;
@@ -112,18 +152,15 @@ impl Store {
     }
 
     pub fn save(&self, cp: &Checkpoint) -> Result<(), CheckpointError> {
-        let file = File {
-            version: VERSION,
-            allocations: cp.allocations.iter().map(|(k, a)| Entry { key: k.clone(), allocation: a.clone() }).collect(),
-            cooling: cp.cooling.clone(),
-            node: cp.node.clone(),
-            limits: cp.limits,
-            enis: cp.enis.clone(),
-        };
+        self.save_parts(cp.parts())
+    }
+
+    /// Writes the checkpoint atomically and durably (temp file, fsync, rename, fsync of the directory).
+    pub fn save_parts(&self, parts: Parts<'_>) -> Result<(), CheckpointError> {
         let io = |source| CheckpointError::Io { path: self.path.clone(), source };
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(&file).expect("checkpoint serializes");
+        let bytes = encode(parts);
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
         f.write_all(&bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
@@ -131,6 +168,45 @@ impl Store {
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         Ok(())
     }
+}
+
+impl Checkpoint {
+    pub fn parts(&self) -> Parts<'_> {
+        Parts {
+            allocations: &self.allocations,
+            cooling: &self.cooling,
+            node: self.node.as_ref(),
+            limits: self.limits,
+            enis: &self.enis,
+        }
+    }
+}
+
+/// The bytes of `ipam.json`.
+pub fn encode(p: Parts<'_>) -> Vec<u8> {
+    let file = FileRef {
+        version: VERSION,
+        allocations: p
+            .allocations
+            .iter()
+            .map(|(k, a)| EntryRef {
+                network_name: &k.network_name,
+                container_id: &k.container_id,
+                if_name: &k.if_name,
+                ip: a.ip,
+                eni_id: &a.eni_id,
+                pod_namespace: &a.pod_namespace,
+                pod_name: &a.pod_name,
+                pod_uid: &a.pod_uid,
+                allocated_unix: a.allocated_unix,
+            })
+            .collect(),
+        cooling: p.cooling,
+        node: p.node,
+        limits: p.limits,
+        enis: p.enis,
+    };
+    serde_json::to_vec(&file).expect("checkpoint serializes")
 }
 
 #[cfg(test)]

@@ -175,7 +175,13 @@ pub fn spawn(settings: PoolSettings, store: Store, checkpoint: Checkpoint) -> Po
         degraded: None,
         saved_enis: checkpoint.enis,
     };
-    tokio::spawn(actor.run(rx));
+    // Its own thread: the checkpoint's fsyncs block, and must not hold up a runtime worker serving gRPC.
+    // Without it ipamd cannot hand out a single IP: failing to start it is fatal, at once.
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("pool actor runtime");
+    std::thread::Builder::new()
+        .name("pool".into())
+        .spawn(move || rt.block_on(actor.run(rx)))
+        .expect("pool actor thread");
     PoolHandle { tx, events, kick }
 }
 
@@ -186,14 +192,14 @@ impl Actor {
 
     fn checkpoint(&mut self) -> Result<(), PoolError> {
         let enis = self.saved_enis();
-        let cp = Checkpoint {
-            allocations: self.ds.allocations.clone(),
-            cooling: self.ds.cooling.clone(),
-            node: self.settings.node.clone(),
+        let parts = crate::checkpoint::Parts {
+            allocations: &self.ds.allocations,
+            cooling: &self.ds.cooling,
+            node: self.settings.node.as_ref(),
             limits: self.limits,
-            enis: enis.clone(),
+            enis: &enis,
         };
-        self.store.save(&cp).map_err(|e| PoolError::Checkpoint(e.to_string()))?;
+        self.store.save_parts(parts).map_err(|e| PoolError::Checkpoint(e.to_string()))?;
         self.saved_enis = enis;
         Ok(())
     }
@@ -329,7 +335,11 @@ impl Actor {
     }
 
     /// Gives `key` an IP in memory (`true`: a new allocation, to be checkpointed before the reply).
-    fn assign(&mut self, key: &AllocKey, (ns, name, uid): (&str, &str, String)) -> Result<(AddOutcome, bool), PoolError> {
+    fn assign(
+        &mut self,
+        key: &AllocKey,
+        (ns, name, uid): (&str, &str, String),
+    ) -> Result<(AddOutcome, bool), PoolError> {
         if !self.serving && self.ds.enis.is_empty() {
             return Err(PoolError::NotReady);
         }
@@ -359,6 +369,15 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// Whether the planner would add ENIs or IPs now. A pod's ADD kicks the reconciler only then: a round reads
+    /// IMDS and the host, which a burst that the warm pool absorbs should not pay once per pod.
+    fn wants_growth(&self) -> bool {
+        let Some(limits) = self.pod_limits() else { return true };
+        planner::plan(&self.ds.view(now_ms()), self.settings.targets, limits)
+            .iter()
+            .any(|a| matches!(a, Action::CreateEni { .. } | Action::AssignIps { .. }))
     }
 
     fn plan(&mut self) -> (Vec<Action>, Duration) {

@@ -125,8 +125,8 @@ impl Actor {
         staged
     }
 
-    /// Events for the committed changes; a new allocation shrank the pool, so the reconciler tops it up now
-    /// rather than at its next tick.
+    /// Events for the committed changes; a new allocation shrank the pool: if that takes it below its targets,
+    /// the reconciler tops it up now rather than at its next tick.
     fn announce(&self, staged: &[Staged]) {
         let mut assigned = false;
         for s in staged {
@@ -152,7 +152,7 @@ impl Actor {
                 _ => {}
             }
         }
-        if assigned {
+        if assigned && self.wants_growth() {
             self.kick.notify_one();
         }
     }

@@ -105,3 +105,19 @@ async fn a_batch_whose_checkpoint_write_fails_is_undone_whole() {
     std::fs::create_dir(&state).unwrap();
     assert!(pool.add(key("c0"), "default".into(), "p0".into(), String::new()).await.is_ok());
 }
+
+#[tokio::test]
+async fn an_add_kicks_the_reconciler_only_when_the_pool_falls_below_its_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let warm_ip = PoolSettings { targets: Targets { warm_eni: 0, warm_ip: Some(1), minimum_ip: None }, ..settings() };
+    let pool = spawn(warm_ip, Store::new(dir.path()), Checkpoint::default());
+    pool.observe(vec![big_eni(3)], Limits { max_enis: 3, ips_per_eni: 9 }, 0).await.unwrap();
+    pool.reconciled(None).await.unwrap();
+    let kicked = || tokio::time::timeout(Duration::from_millis(100), pool.kick.notified());
+    for i in 0..2 {
+        pool.add(key(&format!("c{i}")), "default".into(), format!("p{i}"), String::new()).await.unwrap();
+        assert!(kicked().await.is_err(), "ADD {i}: one IP or more still free, no reconcile round for it");
+    }
+    pool.add(key("c2"), "default".into(), "p2".into(), String::new()).await.unwrap();
+    assert!(kicked().await.is_ok(), "the last free IP went: the reconciler is woken");
+}

@@ -2,7 +2,9 @@
 
 use ipamd::config::{Config, ConfigError};
 
-#[tokio::main]
+// Two workers whatever the node's size: ipamd's load is a few requests per pod, and every worker costs memory
+// (a 96-vCPU node would otherwise get 96).
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let cfg = match Config::from_args(std::env::args_os()) {
         Ok(c) => c,

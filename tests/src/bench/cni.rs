@@ -117,15 +117,8 @@ pub struct Burst {
 
 /// `n` concurrent ADDs (one thread each, all released together), then `n` concurrent DELs. `between` runs
 /// while all `n` pods are up (the bench reads ipamd's memory then).
-pub fn burst(
-    node_ns: &str,
-    prefix: &str,
-    s: &Subject,
-    n: usize,
-    between: impl FnOnce(),
-) -> Result<Burst, String> {
-    let sandboxes: Vec<Sandbox> =
-        (0..n).map(|i| Sandbox::create(prefix, s, 100_000 + i)).collect::<Result<_, _>>()?;
+pub fn burst(node_ns: &str, prefix: &str, s: &Subject, n: usize, between: impl FnOnce()) -> Result<Burst, String> {
+    let sandboxes: Vec<Sandbox> = (0..n).map(|i| Sandbox::create(prefix, s, 100_000 + i)).collect::<Result<_, _>>()?;
     let all_at_once = |op: &(dyn Fn(&Sandbox) -> Result<(), String> + Sync)| {
         let start = Barrier::new(n + 1);
         let (results, wall) = std::thread::scope(|scope| {

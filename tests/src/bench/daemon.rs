@@ -9,10 +9,12 @@ use vpc_cni_proto::v1 as pb;
 
 use crate::fixture::{self, NodeFixture};
 
-/// AddNetwork + DelNetwork pairs completed by `clients` concurrent clients (one connection each) in `secs`.
+/// AddNetwork + DelNetwork pairs completed by `clients` concurrent clients in `secs`, over `CONNECTIONS`
+/// HTTP/2 connections (clients share them as streams, as many plugin calls would if they were one process).
 #[derive(Debug, Clone, Default)]
 pub struct Pairs {
     pub clients: usize,
+    pub connections: usize,
     pub pairs: u64,
     pub secs: f64,
 }
@@ -24,8 +26,11 @@ impl Pairs {
 }
 
 /// `state_dir`: where ipamd keeps its checkpoint (the fixture's directory when `None`).
+/// HTTP/2 connections the gRPC clients share.
+pub const CONNECTIONS: usize = 8;
+
 pub async fn grpc_pairs(clients: usize, secs: f64, state_dir: Option<&std::path::Path>) -> Result<Pairs, String> {
-    let node = NodeFixture::new("bgrpc", "m5.large").await;
+    let node = NodeFixture::new("bgrpc", "c5.4xlarge").await;
     // Each client cycles one key: with no cooldown its IP is free again at once, so the pool never runs dry
     // and every pair is two checkpoint changes.
     let min = (clients + 2).to_string();
@@ -44,8 +49,12 @@ pub async fn grpc_pairs(clients: usize, secs: f64, state_dir: Option<&std::path:
         let deadline = Instant::now() + Duration::from_secs_f64(secs);
         let start = Instant::now();
         let mut tasks = Vec::new();
+        let mut conns = Vec::new();
+        for _ in 0..CONNECTIONS.min(clients) {
+            conns.push(ipamd.ipam().await);
+        }
         for c in 0..clients {
-            let mut ipam = ipamd.ipam().await;
+            let mut ipam = conns[c % conns.len()].clone();
             tasks.push(tokio::spawn(async move {
                 let key = fixture::key(&format!("bench-grpc-{c}"));
                 let mut n = 0u64;
@@ -69,7 +78,7 @@ pub async fn grpc_pairs(clients: usize, secs: f64, state_dir: Option<&std::path:
         for t in tasks {
             pairs += t.await.map_err(|e| e.to_string())??;
         }
-        Ok(Pairs { clients, pairs, secs: start.elapsed().as_secs_f64() })
+        Ok(Pairs { clients, connections: conns.len(), pairs, secs: start.elapsed().as_secs_f64() })
     }
     .await;
     ipamd.terminate().await;

@@ -31,15 +31,14 @@ pub fn plugin_footprint() -> PluginFootprint {
     let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(std::path::Path::to_path_buf);
     let crates = workspace.and_then(|ws| {
         let out = std::process::Command::new("cargo")
-            .args(["tree", "-p", "cni-shim", "-e", "normal", "--prefix", "none", "--offline"])
+            .args(["tree", "-p", "cni-shim", "-e", "normal", "--prefix", "none", "--no-dedupe", "--offline"])
             .current_dir(ws)
             .output()
             .ok()
             .filter(|o| o.status.success())?;
         let lines: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
-            .map(|l| l.trim_end_matches(" (*)").split(" (").next().unwrap_or(l).to_string())
-            .filter(|l| !l.is_empty())
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
             .collect();
         let aws = lines.iter().filter(|l| l.starts_with("aws-")).count();
         Some((lines.len(), aws))
@@ -51,7 +50,11 @@ pub fn plugin_footprint() -> PluginFootprint {
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
@@ -105,9 +108,18 @@ impl Report {
         let _ = writeln!(o, "machine: {}\n", self.machine);
         let f = &self.footprint;
         let crates = f.crates.map_or("cargo tree unavailable".into(), |(n, aws)| format!("{n} crates, {aws} aws-*"));
-        let _ = writeln!(o, "plugin: `{}` {:.2} MiB; `cargo tree -p cni-shim -e normal`: {crates}\n", f.binary, f.bytes as f64 / 1048576.0);
+        let _ = writeln!(
+            o,
+            "plugin: `{}` {:.2} MiB; `cargo tree -p cni-shim -e normal`: {crates}\n",
+            f.binary,
+            f.bytes as f64 / 1048576.0
+        );
         if let Some((_, t)) = self.cycles.first() {
-            let _ = writeln!(o, "ADD then DEL on a fresh sandbox, one at a time, {} cycles per chain, interleaved (ms):\n", t.add.len());
+            let _ = writeln!(
+                o,
+                "ADD then DEL on a fresh sandbox, one at a time, {} cycles per chain, interleaved (ms):\n",
+                t.add.len()
+            );
             let _ = writeln!(o, "| chain | ADD p50 | ADD p99 | DEL p50 | DEL p99 | ADD+DEL p50 | ADD+DEL p99 |");
             let _ = writeln!(o, "|---|---|---|---|---|---|---|");
             for (label, t) in &self.cycles {
@@ -128,12 +140,31 @@ impl Report {
             let (a, d) = (|t: &cni::Times| p50_p99(&t.add).0, |t: &cni::Times| p50_p99(&t.del).0);
             let ratio = p(ours) / p(ptp);
             let above = (p(ours) - p(base)) / (p(ptp) - p(base));
-            let _ = writeln!(o, "\nratios (ADD+DEL p50): vpc-cni / ptp = {ratio:.2}; (vpc-cni − loopback) / (ptp − loopback) = {above:.2}");
-            let _ = writeln!(o, "above the loopback baseline: vpc-cni ADD +{:.2} ms, DEL +{:.2} ms; ptp ADD +{:.2} ms, DEL +{:.2} ms",
-                a(ours) - a(base), d(ours) - d(base), a(ptp) - a(base), d(ptp) - d(base));
+            let _ = writeln!(
+                o,
+                "\nratios (ADD+DEL p50): vpc-cni / ptp = {ratio:.2}; (vpc-cni − loopback) / (ptp − loopback) = {above:.2}"
+            );
+            let _ = writeln!(
+                o,
+                "above the loopback baseline: vpc-cni ADD +{:.2} ms, DEL +{:.2} ms; ptp ADD +{:.2} ms, DEL +{:.2} ms",
+                a(ours) - a(base),
+                d(ours) - d(base),
+                a(ptp) - a(base),
+                d(ptp) - d(base)
+            );
             let _ = writeln!(o, "\ngoal ADD+DEL p50 ≤ 0.5 × ptp: {ratio:.2} × — {}", verdict(ratio <= 0.5));
-            let _ = writeln!(o, "goal ADD p50 ≤ loopback + 3 ms: +{:.2} ms — {}", a(ours) - a(base), verdict(a(ours) - a(base) <= 3.0));
-            let _ = writeln!(o, "goal DEL p50 ≤ loopback + 2 ms: +{:.2} ms — {}", d(ours) - d(base), verdict(d(ours) - d(base) <= 2.0));
+            let _ = writeln!(
+                o,
+                "goal ADD p50 ≤ loopback + 3 ms: +{:.2} ms — {}",
+                a(ours) - a(base),
+                verdict(a(ours) - a(base) <= 3.0)
+            );
+            let _ = writeln!(
+                o,
+                "goal DEL p50 ≤ loopback + 2 ms: +{:.2} ms — {}",
+                d(ours) - d(base),
+                verdict(d(ours) - d(base) <= 2.0)
+            );
         }
         if !self.bursts.is_empty() {
             let _ = writeln!(o, "\nconcurrent bursts on one node, warm pool (ms):\n");
@@ -142,27 +173,56 @@ impl Report {
             for (label, n, b) in &self.bursts {
                 let (a50, a99) = p50_p99(&b.add);
                 let (d50, d99) = p50_p99(&b.del);
-                let _ = writeln!(o, "| {label} | {n} | {a50:.1} | {a99:.1} | {:.1} | {d50:.1} | {d99:.1} | {:.1} |", ms(b.add_wall), ms(b.del_wall));
+                let _ = writeln!(
+                    o,
+                    "| {label} | {n} | {a50:.1} | {a99:.1} | {:.1} | {d50:.1} | {d99:.1} | {:.1} |",
+                    ms(b.add_wall),
+                    ms(b.del_wall)
+                );
             }
             let biggest = self.bursts.iter().map(|(_, n, _)| *n).max().unwrap_or(0);
-            let p99 = |label: &str| self.bursts.iter().find(|(l, n, _)| *l == label && *n == biggest).map(|(_, _, b)| p50_p99(&b.add).1);
+            let p99 = |label: &str| {
+                self.bursts.iter().find(|(l, n, _)| *l == label && *n == biggest).map(|(_, _, b)| p50_p99(&b.add).1)
+            };
             if let (Some(ours), Some(ptp)) = (p99("vpc-cni"), p99("ptp+host-local")) {
-                let _ = writeln!(o, "\ngoal {biggest} concurrent ADDs p99 ≤ 500 ms and below ptp's ({ptp:.1} ms): {ours:.1} ms — {}", verdict(ours <= 500.0 && ours < ptp));
+                let _ = writeln!(
+                    o,
+                    "\ngoal {biggest} concurrent ADDs p99 ≤ 500 ms and below ptp's ({ptp:.1} ms): {ours:.1} ms — {}",
+                    verdict(ours <= 500.0 && ours < ptp)
+                );
             }
         }
         if let Some((n, mib)) = self.rss_mib {
             let _ = writeln!(o, "\nipamd RSS with {n} pods: {mib:.1} MiB — goal ≤ 25 MiB {}", verdict(mib <= 25.0));
         }
         for (place, p) in &self.pairs {
-            let _ = writeln!(o, "ipamd AddNetwork+DelNetwork pairs over the socket, durable checkpoint on {place}: {:.0}/s ({} pairs, {} clients, {:.1} s) — goal ≥ 10k/s {}",
-                p.per_sec(), p.pairs, p.clients, p.secs, verdict(p.per_sec() >= 10_000.0));
+            let _ = writeln!(
+                o,
+                "ipamd AddNetwork+DelNetwork pairs over the socket, durable checkpoint on {place}: {:.0}/s ({} pairs, {} concurrent clients on {} connections, {:.1} s) — goal ≥ 10k/s {}",
+                p.per_sec(),
+                p.pairs,
+                p.clients,
+                p.connections,
+                p.secs,
+                verdict(p.per_sec() >= 10_000.0)
+            );
         }
         if let Some(e) = &self.economy {
-            let _ = writeln!(o, "ipamd start → SERVING: {:.2} s, {} EC2 requests; pool empty on a full ENI → an IP of a new ENI usable: {:.2} s, {} EC2 requests",
-                e.start.as_secs_f64(), e.start_calls, e.refill.as_secs_f64(), e.refill_calls);
+            let _ = writeln!(
+                o,
+                "ipamd start → SERVING: {:.2} s, {} EC2 requests; pool empty on a full ENI → an IP of a new ENI usable: {:.2} s, {} EC2 requests",
+                e.start.as_secs_f64(),
+                e.start_calls,
+                e.refill.as_secs_f64(),
+                e.refill_calls
+            );
         }
         if let Some((n, aws)) = f.crates {
-            let _ = writeln!(o, "goal plugin ≤ 120 crates and no aws-*: {n} crates, {aws} aws-* — {}", verdict(n <= 120 && aws == 0));
+            let _ = writeln!(
+                o,
+                "goal plugin ≤ 120 crates and no aws-*: {n} crates, {aws} aws-* — {}",
+                verdict(n <= 120 && aws == 0)
+            );
         }
         for e in &self.errors {
             let _ = writeln!(o, "\nERROR: {e}");

@@ -29,6 +29,9 @@ struct Args {
     /// A quick pass over every measurement (a few cycles, a burst of 3) so `make test` keeps the bench working.
     #[arg(long)]
     smoke: bool,
+    /// Which parts to run: cni (cycles, bursts, RSS), grpc (pairs per second), ec2 (start and refill).
+    #[arg(long, value_delimiter = ',', default_value = "cni,grpc,ec2")]
+    parts: Vec<String>,
     /// Also write the report to this file.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -53,7 +56,8 @@ async fn cni_part(args: &Args, report: &mut Report) -> Result<(), String> {
     let min = format!("MINIMUM_IP_TARGET={}", biggest + 10);
     let state = tmpfs_dir()?;
     let state_env = format!("IPAMD_STATE_DIR={}", state.path().display());
-    let sim = SimProc::start_with("vb", 1, "c5.4xlarge", &[&min, "WARM_IP_TARGET=5", "IP_COOLDOWN_PERIOD=1", &state_env]);
+    let sim =
+        SimProc::start_with("vb", 1, "c5.4xlarge", &[&min, "WARM_IP_TARGET=5", "IP_COOLDOWN_PERIOD=1", &state_env]);
     let socket = sim.state.path().join("node-0/ipamd.sock");
     let t0 = std::time::Instant::now();
     while status(&socket).await.is_none_or(|s| (s.free_ips as usize) < biggest + 5) {
@@ -70,7 +74,9 @@ async fn cni_part(args: &Args, report: &mut Report) -> Result<(), String> {
     let cycles = args.cycles;
     let subj = subjects.clone();
     let (n2, p2) = (node.clone(), prefix.clone());
-    let times = tokio::task::spawn_blocking(move || cni::cycles(&n2, &p2, &subj, cycles)).await.map_err(|e| e.to_string())??;
+    let times = tokio::task::spawn_blocking(move || cni::cycles(&n2, &p2, &subj, cycles))
+        .await
+        .map_err(|e| e.to_string())??;
     report.cycles = subjects.iter().map(|s| s.label).zip(times).collect();
     let log = subjects[0].chain.list["plugins"][0]["logFile"].as_str().map(std::fs::read_to_string);
     report.phases = cni::phases(&log.and_then(Result::ok).unwrap_or_default());
@@ -107,20 +113,26 @@ async fn main() {
     }
     let mut report = Report { machine: bench::machine(), footprint: bench::plugin_footprint(), ..Report::default() };
     eprintln!("vpc-bench: {}", report.machine);
-    if let Err(e) = cni_part(&args, &mut report).await {
-        report.errors.push(e);
+    let part = |p: &str| args.parts.iter().any(|x| x == p);
+    if part("cni") {
+        if let Err(e) = cni_part(&args, &mut report).await {
+            report.errors.push(e);
+        }
+        eprintln!("vpc-bench: CNI part done");
     }
-    eprintln!("vpc-bench: CNI part done");
     let shm = tmpfs_dir();
-    for (place, dir) in [("tmpfs", shm.as_ref().ok().map(|d| d.path())), ("this machine's disk", None)] {
+    let places = [("tmpfs", shm.as_ref().ok().map(|d| d.path())), ("this machine's disk", None)];
+    for (place, dir) in places.into_iter().filter(|_| part("grpc")) {
         match bench::daemon::grpc_pairs(args.grpc_clients, args.grpc_secs, dir).await {
             Ok(p) => report.pairs.push((place, p)),
             Err(e) => report.errors.push(format!("gRPC pairs on {place}: {e}")),
         }
     }
-    match bench::daemon::economy().await {
-        Ok(e) => report.economy = Some(e),
-        Err(e) => report.errors.push(format!("EC2 economy: {e}")),
+    if part("ec2") {
+        match bench::daemon::economy().await {
+            Ok(e) => report.economy = Some(e),
+            Err(e) => report.errors.push(format!("EC2 economy: {e}")),
+        }
     }
     let text = report.render();
     println!("{text}");
