@@ -235,7 +235,7 @@ mod tests {
         assert_eq!(store.load().unwrap(), cp);
         assert!(!dir.path().join("ipam.json.tmp").exists());
         let text = std::fs::read_to_string(store.path()).unwrap();
-        assert!(text.contains("\"version\": 1") && text.contains("\"container_id\": \"abc\""), "{text}");
+        assert!(text.contains("\"version\":1") && text.contains("\"container_id\":\"abc\""), "{text}");
     }
 
     #[test]

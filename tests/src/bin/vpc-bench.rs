@@ -24,7 +24,7 @@ struct Args {
     #[arg(long, default_value_t = 5.0)]
     grpc_secs: f64,
     /// Concurrent gRPC clients.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     grpc_clients: usize,
     /// A quick pass over every measurement (a few cycles, a burst of 3) so `make test` keeps the bench working.
     #[arg(long)]
