@@ -22,7 +22,7 @@ pub struct Netlink {
     handle: Handle,
 }
 
-fn nl(op: &'static str) -> impl Fn(rtnetlink::Error) -> HostNetError {
+pub(crate) fn nl(op: &'static str) -> impl Fn(rtnetlink::Error) -> HostNetError {
     move |e| HostNetError::Netlink { op, message: e.to_string() }
 }
 
@@ -42,7 +42,7 @@ pub(crate) fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
-fn mac_string(bytes: &[u8]) -> String {
+pub(crate) fn mac_string(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 

@@ -10,7 +10,7 @@ use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec};
 
-use super::netlink::{Netlink, errno, errno_of};
+use super::netlink::{Netlink, errno, errno_of, mac_string, nl};
 use super::{HostNetError, Link, Route, Rule};
 
 /// A neighbour entry.
@@ -58,7 +58,7 @@ impl Netlink {
             .build();
         self.handle().link().add(msg).execute().await.map_err(|e| match errno_of(&e) {
             Some(errno::EEXIST) => HostNetError::Exists(host.to_string()),
-            _ => HostNetError::Netlink { op: "RTM_NEWLINK veth", message: e.to_string() },
+            _ => nl("RTM_NEWLINK veth")(e),
         })
     }
 
@@ -68,7 +68,7 @@ impl Netlink {
         match s.try_next().await {
             Ok(m) => Ok(m.as_ref().map(Netlink::parse_link)),
             Err(e) if errno_of(&e) == Some(errno::ENODEV) => Ok(None),
-            Err(e) => Err(HostNetError::Netlink { op: "RTM_GETLINK", message: e.to_string() }),
+            Err(e) => Err(nl("RTM_GETLINK")(e)),
         }
     }
 
@@ -77,7 +77,7 @@ impl Netlink {
         match self.handle().rule().del(Netlink::rule_del_message(rule)).execute().await {
             Ok(()) => Ok(true),
             Err(e) if errno_of(&e) == Some(errno::ENOENT) => Ok(false),
-            Err(e) => Err(HostNetError::Netlink { op: "RTM_DELRULE", message: e.to_string() }),
+            Err(e) => Err(nl("RTM_DELRULE")(e)),
         }
     }
 
@@ -86,17 +86,12 @@ impl Netlink {
         match self.handle().route().del(Netlink::route_del_message(route)).execute().await {
             Ok(()) => Ok(true),
             Err(e) if matches!(errno_of(&e), Some(errno::ESRCH | errno::ENOENT)) => Ok(false),
-            Err(e) => Err(HostNetError::Netlink { op: "RTM_DELROUTE", message: e.to_string() }),
+            Err(e) => Err(nl("RTM_DELROUTE")(e)),
         }
     }
 
     pub async fn del_link(&self, index: u32) -> Result<(), HostNetError> {
-        self.handle()
-            .link()
-            .del(index)
-            .execute()
-            .await
-            .map_err(|e| HostNetError::Netlink { op: "RTM_DELLINK", message: e.to_string() })
+        self.handle().link().del(index).execute().await.map_err(nl("RTM_DELLINK"))
     }
 
     pub async fn add_permanent_neighbour(&self, index: u32, ip: Ipv4Addr, mac: &str) -> Result<(), HostNetError> {
@@ -110,18 +105,12 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(|e| HostNetError::Netlink { op: "RTM_NEWNEIGH", message: e.to_string() })
+            .map_err(nl("RTM_NEWNEIGH"))
     }
 
     pub async fn neighbours(&self, index: u32) -> Result<Vec<Neighbour>, HostNetError> {
-        let msgs: Vec<_> = self
-            .handle()
-            .neighbours()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| HostNetError::Netlink { op: "RTM_GETNEIGH", message: e.to_string() })?;
+        let msgs: Vec<_> =
+            self.handle().neighbours().get().execute().try_collect().await.map_err(nl("RTM_GETNEIGH"))?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.ifindex == index)
@@ -131,9 +120,7 @@ impl Netlink {
                 for a in &m.attributes {
                     match a {
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(*v),
-                        NeighbourAttribute::LinkLayerAddress(b) => {
-                            mac = b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
-                        }
+                        NeighbourAttribute::LinkLayerAddress(b) => mac = mac_string(b),
                         _ => {}
                     }
                 }

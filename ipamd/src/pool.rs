@@ -233,15 +233,17 @@ impl Actor {
         self.settings.cooldown.as_millis() as i64
     }
 
-    fn handle(&mut self, cmd: Command) {
+    /// Adds and Dels join `batch` (answered when it is committed, see pool_commit); anything else first commits
+    /// it, so it sees (and may write) only committed state.
+    fn handle(&mut self, cmd: Command, batch: &mut commit::Batch) {
+        if !matches!(cmd, Command::Add { .. } | Command::Del { .. }) {
+            self.commit(batch);
+        }
         match cmd {
-            // `run` batches these (pool_commit); here one at a time.
             Command::Add { key, pod_namespace, pod_name, pod_uid, reply } => {
-                let _ = reply.send(self.add(key, (&pod_namespace, &pod_name, pod_uid)));
+                self.stage_add(batch, key, (&pod_namespace, &pod_name, pod_uid), Some(reply));
             }
-            Command::Del { key, reply } => {
-                let _ = reply.send(self.del(key));
-            }
+            Command::Del { key, reply } => self.stage_del(batch, key, Some(reply)),
             Command::Check { key, reply } => {
                 let found = self.ds.allocations.get(&key).map(|a| (a.clone(), self.ds.device_number(&a.eni_id)));
                 let _ = reply.send(found);
@@ -255,12 +257,11 @@ impl Actor {
                     .cloned()
                     .collect();
                 // All or nothing, with one checkpoint write.
-                let mut batch = commit::Batch::default();
                 for k in stale {
-                    self.stage_del(&mut batch, k, None);
+                    self.stage_del(batch, k, None);
                 }
                 let mut released = Vec::new();
-                for s in self.commit(&mut batch) {
+                for s in self.commit(batch) {
                     match s {
                         commit::Staged::Del { key, result: Ok(Some((a, _))), .. } => released.push((key, a.ip)),
                         commit::Staged::Del { result: Err(e), .. } => {

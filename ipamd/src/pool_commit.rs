@@ -34,17 +34,7 @@ impl Actor {
         while let Some(first) = rx.recv().await {
             let mut next = Some(first);
             while let Some(cmd) = next {
-                match cmd {
-                    Command::Add { key, pod_namespace, pod_name, pod_uid, reply } => {
-                        self.stage_add(&mut batch, key, (&pod_namespace, &pod_name, pod_uid), Some(reply));
-                    }
-                    Command::Del { key, reply } => self.stage_del(&mut batch, key, Some(reply)),
-                    // Anything else sees (and may write) only committed state.
-                    other => {
-                        self.commit(&mut batch);
-                        self.handle(other);
-                    }
-                }
+                self.handle(cmd, &mut batch);
                 if batch.staged.len() >= MAX_BATCH {
                     self.commit(&mut batch);
                 }
@@ -154,26 +144,6 @@ impl Actor {
         }
         if assigned && self.wants_growth() {
             self.kick.notify_one();
-        }
-    }
-
-    /// One Add, committed on its own.
-    pub(super) fn add(&mut self, key: AllocKey, pod: (&str, &str, String)) -> Result<AddOutcome, PoolError> {
-        let mut batch = Batch::default();
-        self.stage_add(&mut batch, key, pod, None);
-        match self.commit(&mut batch).pop() {
-            Some(Staged::Add { result, .. }) => result,
-            _ => Err(PoolError::Stopped),
-        }
-    }
-
-    /// One Del, committed on its own.
-    pub(super) fn del(&mut self, key: AllocKey) -> Result<DelOutcome, PoolError> {
-        let mut batch = Batch::default();
-        self.stage_del(&mut batch, key, None);
-        match self.commit(&mut batch).pop() {
-            Some(Staged::Del { result, .. }) => result,
-            _ => Err(PoolError::Stopped),
         }
     }
 }
