@@ -3,6 +3,10 @@
 //! `vpcctl [--socket PATH] [-o table|wide|json] <status|enis|pods|config|events|health>`;
 //! `health` exits 0 only when ipamd reports SERVING (usable as a Kubernetes exec probe), and says DEGRADED
 //! with the reason while ipamd serves from its last known pool.
+//!
+//! `vpcctl max-pods …` runs `vpcctl-max-pods` (beside this binary, or on PATH), as git and kubectl run their
+//! plugins: it asks EC2 (DescribeInstanceTypes), and the AWS SDK stays out of this binary, which runs on every
+//! node and talks to nothing but ipamd's socket.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,6 +52,31 @@ enum Cmd {
     Events,
     /// Exit 0 when ipamd is SERVING.
     Health,
+    /// Max pods for an instance type, as EKS computes it (runs vpcctl-max-pods; `vpcctl max-pods --help`).
+    #[command(disable_help_flag = true)]
+    MaxPods {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// The helper binary of `vpcctl max-pods`.
+const MAX_PODS_BIN: &str = "vpcctl-max-pods";
+
+/// Replaces this process with `vpcctl-max-pods args…`; returns only if that cannot be run.
+fn exec_max_pods(args: &[String], output: Output) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join(MAX_PODS_BIN)));
+    let bin = beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from(MAX_PODS_BIN));
+    let mut cmd = std::process::Command::new(&bin);
+    if output == Output::Json {
+        cmd.args(["-o", "json"]);
+    }
+    let err = cmd.args(args).exec();
+    anyhow::anyhow!(
+        "vpcctl max-pods runs {MAX_PODS_BIN} (it holds the AWS SDK, which vpcctl does not link), found neither beside \
+         vpcctl nor on PATH: {err}; install it from the same release as vpcctl"
+    )
 }
 
 fn key_json(k: &Option<pb::AllocationKey>) -> Value {
@@ -66,6 +95,9 @@ fn short(id: &str, wide: bool) -> &str {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Cmd::MaxPods { args } = &cli.cmd {
+        return Err(exec_max_pods(args, cli.output));
+    }
     let channel = vpc_cni_proto::uds::connect(&cli.socket, Some(Duration::from_secs(5)))
         .await
         .with_context(|| format!("cannot reach ipamd at {}", cli.socket.display()))?;
@@ -269,7 +301,7 @@ async fn main() -> Result<()> {
                 }
             }
         }
-        Cmd::Health => unreachable!("handled above"),
+        Cmd::Health | Cmd::MaxPods { .. } => unreachable!("handled above"),
     }
     Ok(())
 }
