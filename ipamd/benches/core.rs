@@ -24,6 +24,8 @@ fn busy_node() -> (Datastore, Vec<ObservedEni>) {
             secondary_ips: (0..29).map(|i| Ipv4Addr::new(10, 0, d, 10 + i)).collect(),
             unconfirmed: Vec::new(),
             ready: true,
+            prefixes: Vec::new(),
+            fallback: false,
         })
         .collect();
     let mut ds = Datastore::restore(BTreeMap::new(), BTreeMap::new());
@@ -43,21 +45,25 @@ fn checkpoint_of(ds: &Datastore, enis: Vec<ObservedEni>) -> Checkpoint {
         allocations: ds.allocations.clone(),
         cooling: ds.cooling.clone(),
         node: None,
-        limits: Some(Limits { max_enis: 8, ips_per_eni: 29 }),
+        limits: Some(Limits { max_enis: 8, ips_per_eni: 29, vcpus: 2 }),
         enis,
     }
 }
 
 fn benches(c: &mut Criterion) {
     let (ds, enis) = busy_node();
-    let limits = Limits { max_enis: 8, ips_per_eni: 29 };
+    let limits = Limits { max_enis: 8, ips_per_eni: 29, vcpus: 2 };
     let view = ds.view(0);
     c.bench_function("planner: plan, 4 ENIs / 100 pods, WARM_ENI_TARGET=1", |b| {
-        b.iter(|| planner::plan(black_box(&view), Targets { warm_eni: 1, warm_ip: None, minimum_ip: None }, limits))
+        b.iter(|| planner::plan(black_box(&view), Targets { warm_eni: 1, ..Targets::default() }, limits))
     });
     c.bench_function("planner: plan, WARM_IP_TARGET=5 MINIMUM_IP_TARGET=110", |b| {
         b.iter(|| {
-            planner::plan(black_box(&view), Targets { warm_eni: 0, warm_ip: Some(5), minimum_ip: Some(110) }, limits)
+            planner::plan(
+                black_box(&view),
+                Targets { warm_eni: 0, warm_ip: Some(5), minimum_ip: Some(110), ..Targets::default() },
+                limits,
+            )
         })
     });
     c.bench_function("datastore: view of 4 ENIs / 100 pods", |b| b.iter(|| black_box(&ds).view(0)));

@@ -38,15 +38,19 @@ pub struct Config {
     /// Keep at least this many IPs in total.
     #[arg(long, env = "MINIMUM_IP_TARGET", value_parser = parse_count)]
     pub minimum_ip_target: Option<u32>,
-    /// Free /28 prefixes to keep (prefix mode).
-    #[arg(long, env = "WARM_PREFIX_TARGET", default_value_t = 0, value_parser = parse_count)]
-    pub warm_prefix_target: u32,
+    /// Whole free /28 prefixes to keep (prefix mode; default 1; WARM_IP_TARGET / MINIMUM_IP_TARGET override it).
+    #[arg(long, env = "WARM_PREFIX_TARGET", value_parser = parse_count)]
+    pub warm_prefix_target: Option<u32>,
     /// Allocate /28 prefixes instead of single secondary IPs.
     #[arg(long, env = "ENABLE_PREFIX_DELEGATION", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub enable_prefix_delegation: bool,
     /// Cap on ENIs (default: the instance type's limit).
     #[arg(long, env = "MAX_ENI", value_parser = parse_positive)]
     pub max_eni: Option<u32>,
+    /// Surge: when pods ask for IPs faster than the warm pool refills, ask EC2 for all of them in one step
+    /// (bounded by the ENIs' free slots and the instance limit), then decay back to the targets.
+    #[arg(long, env = "IPAMD_SURGE", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub ipamd_surge: bool,
     /// Seconds a released IP rests before it is handed out again.
     #[arg(long, env = "IP_COOLDOWN_PERIOD", default_value_t = 30, value_parser = parse_seconds)]
     pub ip_cooldown_period: u64,
@@ -68,6 +72,11 @@ pub struct Config {
     /// Take pods' ENIs from the node's ENIConfig.
     #[arg(long, env = "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub aws_vpc_k8s_cni_custom_network_cfg: bool,
+    /// New ENIs go to the subnet with the most free addresses among the node's own and those of its VPC and zone
+    /// tagged `kubernetes.io/role/cni=1`; a subnet tagged `kubernetes.io/role/cni=0` is never used. Custom
+    /// networking (an ENIConfig) takes precedence.
+    #[arg(long, env = "ENABLE_SUBNET_DISCOVERY", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub enable_subnet_discovery: bool,
     /// Node label naming the node's ENIConfig (operators often use topology.kubernetes.io/zone).
     #[arg(long, env = "ENI_CONFIG_LABEL_DEF", default_value = "k8s.amazonaws.com/eniConfig")]
     pub eni_config_label_def: String,
@@ -197,11 +206,24 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.enable_prefix_delegation {
-            return Err(ConfigError::Unsupported {
-                var: "ENABLE_PREFIX_DELEGATION",
-                message: "accepted value: false (this build assigns secondary IPs; prefix mode is not available yet)"
-                    .into(),
-            });
+            // As in aws-vpc-cni: a pool that keeps nothing warm would attach an ENI and wait for IMDS on pod start.
+            if self.ip_target_mode() {
+                if self.warm_ip_target.unwrap_or(0) == 0 && self.minimum_ip_target.unwrap_or(0) == 0 {
+                    return Err(ConfigError::Unsupported {
+                        var: "WARM_IP_TARGET",
+                        message: "WARM_IP_TARGET and MINIMUM_IP_TARGET both 0 are not supported with \
+                                  ENABLE_PREFIX_DELEGATION=true; accepted: either of them at least 1"
+                            .into(),
+                    });
+                }
+            } else if self.warm_prefix_target == Some(0) {
+                return Err(ConfigError::Unsupported {
+                    var: "WARM_PREFIX_TARGET",
+                    message: "0 is not supported with ENABLE_PREFIX_DELEGATION=true; accepted: 1 or more, or set \
+                              WARM_IP_TARGET / MINIMUM_IP_TARGET instead"
+                        .into(),
+                });
+            }
         }
         if self.aws_vpc_k8s_cni_custom_network_cfg && self.node_name().is_none() {
             return Err(ConfigError::Unsupported {
@@ -250,6 +272,11 @@ impl Config {
         self.pod_mtu.unwrap_or(self.aws_vpc_eni_mtu)
     }
 
+    /// Prefix mode's WARM_PREFIX_TARGET (default 1), or `None` in secondary-IP mode.
+    pub fn prefix_mode_target(&self) -> Option<u32> {
+        self.enable_prefix_delegation.then(|| self.warm_prefix_target.unwrap_or(1))
+    }
+
     /// Whether the warm pool counts single IPs (WARM_IP_TARGET / MINIMUM_IP_TARGET) rather than whole ENIs.
     pub fn ip_target_mode(&self) -> bool {
         self.warm_ip_target.is_some() || self.minimum_ip_target.is_some()
@@ -265,9 +292,10 @@ impl Config {
             ("WARM_ENI_TARGET", self.warm_eni_target.to_string()),
             ("WARM_IP_TARGET", opt(self.warm_ip_target)),
             ("MINIMUM_IP_TARGET", opt(self.minimum_ip_target)),
-            ("WARM_PREFIX_TARGET", self.warm_prefix_target.to_string()),
+            ("WARM_PREFIX_TARGET", opt(self.warm_prefix_target)),
             ("ENABLE_PREFIX_DELEGATION", self.enable_prefix_delegation.to_string()),
             ("MAX_ENI", opt(self.max_eni)),
+            ("IPAMD_SURGE", self.ipamd_surge.to_string()),
             ("IP_COOLDOWN_PERIOD", self.ip_cooldown_period.to_string()),
             ("AWS_VPC_ENI_MTU", self.aws_vpc_eni_mtu.to_string()),
             ("POD_MTU", self.effective_pod_mtu().to_string()),
@@ -275,6 +303,7 @@ impl Config {
             ("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", cidrs.collect::<Vec<_>>().join(",")),
             ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", format!("{:?}", self.aws_vpc_k8s_cni_randomizesnat).to_lowercase()),
             ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", self.aws_vpc_k8s_cni_custom_network_cfg.to_string()),
+            ("ENABLE_SUBNET_DISCOVERY", self.enable_subnet_discovery.to_string()),
             ("ENI_CONFIG_LABEL_DEF", self.eni_config_label_def.clone()),
             ("ENI_CONFIG_ANNOTATION_DEF", self.eni_config_annotation_def.clone()),
             ("MY_NODE_NAME", opt(self.my_node_name.as_ref())),
@@ -444,8 +473,14 @@ mod tests {
         assert!(err.contains("accepted"), "{err}");
         let err = parse(&["--aws-vpc-k8s-cni-externalsnat", "yes"]).unwrap_err().to_string();
         assert!(err.contains("AWS_VPC_K8S_CNI_EXTERNALSNAT") && err.contains("true or false"), "{err}");
-        let err = parse(&["--enable-prefix-delegation", "true"]).unwrap_err().to_string();
-        assert!(err.starts_with("ENABLE_PREFIX_DELEGATION"), "{err}");
+        let err = parse(&["--enable-prefix-delegation", "true", "--warm-prefix-target", "0"]).unwrap_err().to_string();
+        assert!(err.starts_with("WARM_PREFIX_TARGET") && err.contains("accepted"), "{err}");
+        let err = parse(&["--enable-prefix-delegation", "true", "--warm-ip-target", "0", "--minimum-ip-target", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("WARM_IP_TARGET") && err.contains("accepted"), "{err}");
+        assert_eq!(parse(&["--enable-prefix-delegation", "true"]).unwrap().prefix_mode_target(), Some(1));
+        assert_eq!(parse(&["--warm-prefix-target", "3"]).unwrap().prefix_mode_target(), None);
         let err = parse(&["--aws-vpc-k8s-cni-custom-network-cfg", "true"]).unwrap_err().to_string();
         assert!(err.starts_with("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG") && err.contains("MY_NODE_NAME"), "{err}");
         assert!(parse(&["--aws-vpc-k8s-cni-custom-network-cfg", "true", "--my-node-name", "n1"]).is_ok());

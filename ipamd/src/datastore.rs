@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::planner::{EniView, PoolView};
+use crate::planner::{EniView, PoolView, PrefixView};
 
 /// The network name of allocations rebuilt from host state after the checkpoint was lost: their CNI keys are
 /// unknown, so no runtime GC of a real network touches them; each is released once its pod's host route is
@@ -66,6 +66,28 @@ pub struct Eni {
     pub deleting: bool,
     /// The node's link for this ENI is configured (host routing in place); only then are its IPs handed out.
     pub ready: bool,
+    /// Prefix mode: the /28s delegated to it (their addresses are in `ips`).
+    pub prefixes: Vec<Ipv4Net>,
+    /// Prefix mode: EC2 had no free /28 for it, so it grows by single IPs.
+    pub fallback: bool,
+}
+
+impl Eni {
+    /// Secondary slots in use: one per prefix, one per address outside the prefixes.
+    pub fn slots(&self) -> usize {
+        self.prefixes.len() + self.ips.keys().filter(|ip| !in_prefixes(&self.prefixes, ip)).count()
+    }
+}
+
+/// Every address of `net` (all 16 of a /28 serve pods: EC2 reserves nothing inside a delegated prefix).
+pub fn prefix_addresses(net: &Ipv4Net) -> impl Iterator<Item = Ipv4Addr> + use<> {
+    let base = u32::from(net.network());
+    let size = 1u64 << (32 - u32::from(net.prefix_len()));
+    (0..size).map(move |k| Ipv4Addr::from(base.wrapping_add(k as u32)))
+}
+
+fn in_prefixes(prefixes: &[Ipv4Net], ip: &Ipv4Addr) -> bool {
+    prefixes.iter().any(|p| p.contains(ip))
 }
 
 /// An ENI as EC2 reports it (input to [`Datastore::observe`]); also what the checkpoint keeps of each ENI.
@@ -84,6 +106,19 @@ pub struct ObservedEni {
     /// Host networking for the ENI is in place (always true for the primary ENI).
     #[serde(default = "yes", skip_serializing)]
     pub ready: bool,
+    /// Delegated /28 prefixes (prefix mode); their addresses are handed out like secondary IPs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefixes: Vec<Ipv4Net>,
+    /// Prefix mode: EC2 had no free /28 for this ENI (InsufficientCidrBlocks); it grows by single IPs.
+    #[serde(default, skip_serializing)]
+    pub fallback: bool,
+}
+
+impl ObservedEni {
+    /// Secondary IPs and every address of the prefixes.
+    pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.secondary_ips.iter().copied().chain(self.prefixes.iter().flat_map(prefix_addresses))
+    }
 }
 
 fn yes() -> bool {
@@ -147,8 +182,7 @@ impl Datastore {
     /// kept either way (a pod whose IP vanished still needs its DEL to find what to tear down).
     pub fn observe(&mut self, observed: Vec<ObservedEni>, primary_eni_id: &str, now_ms: i64) {
         self.cooling.retain(|_, until| *until > now_ms);
-        let in_ec2: std::collections::BTreeSet<Ipv4Addr> =
-            observed.iter().flat_map(|o| o.secondary_ips.iter().copied()).collect();
+        let in_ec2: std::collections::BTreeSet<Ipv4Addr> = observed.iter().flat_map(ObservedEni::addresses).collect();
         self.releasing.retain(|ip, until| *until > now_ms && in_ec2.contains(ip));
         let mut assigned: BTreeMap<Ipv4Addr, ()> = BTreeMap::new();
         for a in self.allocations.values() {
@@ -157,7 +191,7 @@ impl Datastore {
         let mut enis = BTreeMap::new();
         for o in observed {
             let mut ips = BTreeMap::new();
-            for ip in o.secondary_ips {
+            for ip in o.addresses() {
                 let state = if assigned.contains_key(&ip) {
                     IpState::Assigned
                 } else if self.releasing.contains_key(&ip) {
@@ -184,6 +218,8 @@ impl Datastore {
                     ips,
                     deleting: false,
                     ready: o.ready,
+                    prefixes: o.prefixes,
+                    fallback: o.fallback,
                 },
             );
         }
@@ -297,10 +333,15 @@ impl Datastore {
                     id: e.id.clone(),
                     device_number: e.device_number,
                     primary: e.primary,
-                    free: Vec::new(),
-                    assigned: 0,
-                    cooling: 0,
+                    fallback: e.fallback,
+                    ..EniView::default()
                 };
+                for net in &e.prefixes {
+                    let free = prefix_addresses(net)
+                        .filter(|ip| e.ips.get(ip).is_some_and(|s| *s == IpState::Pending || usable(*s, now_ms)))
+                        .count() as u32;
+                    v.prefixes.push(PrefixView { net: *net, free });
+                }
                 for (ip, st) in &e.ips {
                     match *st {
                         IpState::Assigned => v.assigned += 1,
@@ -332,6 +373,26 @@ impl Datastore {
                 _ => false,
             })
             .collect()
+    }
+
+    /// Marks the addresses of prefixes the planner will unassign so that no pod gets one meanwhile. Returns the
+    /// prefixes whose addresses were all still free (only those go back).
+    pub fn reserve_prefixes_for_release(&mut self, eni_id: &str, prefixes: &[Ipv4Net], now_ms: i64) -> Vec<Ipv4Net> {
+        let Some(eni) = self.enis.get_mut(eni_id) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for net in prefixes {
+            let all_free = prefix_addresses(net).all(|ip| eni.ips.get(&ip).is_some_and(|s| usable(*s, now_ms)));
+            if all_free && eni.prefixes.contains(net) {
+                for ip in prefix_addresses(net) {
+                    eni.ips.insert(ip, IpState::Releasing);
+                    self.releasing.insert(ip, now_ms + RELEASE_GRACE_MS);
+                }
+                out.push(*net);
+            }
+        }
+        out
     }
 
     /// Marks an ENI for deletion when nothing is assigned or cooling on it; returns whether it was marked.
@@ -374,6 +435,8 @@ mod tests {
             secondary_ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
             unconfirmed: Vec::new(),
             ready: true,
+            prefixes: Vec::new(),
+            fallback: false,
         }
     }
 
@@ -471,5 +534,29 @@ mod tests {
         assert!(!ds.reserve_eni_for_delete("eni-a", 0), "the primary ENI is never deleted");
         assert_eq!(ds.assign(&key("c1"), "ns", "p", 0).unwrap().ip.to_string(), "10.0.1.11");
         assert!(ds.assign(&key("c2"), "ns", "p", 0).is_err());
+    }
+
+    #[test]
+    fn a_prefix_serves_its_16_addresses_and_goes_back_only_when_all_are_free() {
+        let net: Ipv4Net = "10.0.1.32/28".parse().unwrap();
+        let mut ds = Datastore::default();
+        ds.observe(vec![ObservedEni { prefixes: vec![net], ..eni("eni-a", 0, &[]) }], "eni-a", 0);
+        assert_eq!((ds.stats(0).free, ds.enis["eni-a"].slots()), (16, 1));
+        let view = ds.view(0);
+        assert_eq!(view.enis[0].prefixes, [PrefixView { net, free: 16 }]);
+        let got: Vec<Ipv4Addr> = (0..16).map(|i| ds.assign(&key(&format!("c{i}")), "ns", "p", 0).unwrap().ip).collect();
+        assert_eq!(got.first().unwrap().to_string(), "10.0.1.32", "the network address of a /28 serves a pod too");
+        assert_eq!(got.last().unwrap().to_string(), "10.0.1.47");
+        assert!(ds.assign(&key("c16"), "ns", "p", 0).is_err());
+        // One address still cooling keeps the prefix.
+        for i in 0..16 {
+            ds.release(&key(&format!("c{i}")), 0, if i == 5 { 10_000 } else { 0 });
+        }
+        assert!(ds.reserve_prefixes_for_release("eni-a", &[net], 1_000).is_empty());
+        assert_eq!(ds.reserve_prefixes_for_release("eni-a", &[net], 10_000), [net]);
+        assert!(ds.assign(&key("late"), "ns", "p", 10_000).is_err(), "a prefix on its way back serves nobody");
+        // EC2 took it back.
+        ds.observe(vec![eni("eni-a", 0, &[])], "eni-a", 11_000);
+        assert_eq!((ds.stats(11_000).total, ds.releasing.len()), (0, 0));
     }
 }

@@ -38,6 +38,8 @@ pub struct Ec2Eni {
     pub subnet_id: String,
     pub primary_ip: Ipv4Addr,
     pub secondary_ips: Vec<Ipv4Addr>,
+    /// Delegated /28 prefixes (prefix mode).
+    pub prefixes: Vec<Ipv4Net>,
     pub device_index: Option<u32>,
     pub attachment_id: Option<String>,
     /// The attachment's DeleteOnTermination (`None` when not attached).
@@ -55,12 +57,28 @@ pub struct Subnet {
     pub availability_zone: String,
 }
 
+/// A subnet as subnet discovery weighs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetInfo {
+    pub id: String,
+    pub cidr: Ipv4Net,
+    /// AvailableIpAddressCount.
+    pub free: u32,
+    /// The value of its `kubernetes.io/role/cni` tag, when it has one.
+    pub cni_role: Option<String>,
+}
+
+/// The tag that opts a subnet in (`1`) or out (`0`) of subnet discovery.
+pub const TAG_CNI_ROLE: &str = "kubernetes.io/role/cni";
+
 /// What a new ENI is created with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEni {
     pub subnet_id: String,
     pub security_groups: Vec<String>,
     pub ip_count: u32,
+    /// /28 prefixes to delegate at creation (prefix mode; `ip_count` is then 0).
+    pub prefix_count: u32,
     pub description: String,
     pub tags: BTreeMap<String, String>,
 }
@@ -71,6 +89,7 @@ pub struct InstanceLimits {
     pub max_enis: u32,
     /// IPv4 addresses per interface, the primary included.
     pub ipv4_per_eni: u32,
+    pub vcpus: u32,
 }
 
 pub trait Ec2Api: Send + Sync + 'static {
@@ -83,6 +102,12 @@ pub trait Ec2Api: Send + Sync + 'static {
         tag_value: &str,
     ) -> impl Future<Output = Result<Vec<Ec2Eni>, Ec2Error>> + Send;
     fn subnet(&self, subnet_id: &str) -> impl Future<Output = Result<Subnet, Ec2Error>> + Send;
+    /// Every subnet of `vpc_id` in `zone`, with its free address count and role tag.
+    fn subnets_in_zone(
+        &self,
+        vpc_id: &str,
+        zone: &str,
+    ) -> impl Future<Output = Result<Vec<SubnetInfo>, Ec2Error>> + Send;
     fn instance_limits(&self, instance_type: &str) -> impl Future<Output = Result<InstanceLimits, Ec2Error>> + Send;
     fn create_eni(&self, eni: &NewEni) -> impl Future<Output = Result<Ec2Eni, Ec2Error>> + Send;
     /// Attaches and returns the attachment id.
@@ -99,6 +124,13 @@ pub trait Ec2Api: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
     fn assign_ips(&self, eni_id: &str, count: u32) -> impl Future<Output = Result<Vec<Ipv4Addr>, Ec2Error>> + Send;
     fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    /// Delegates `count` /28 prefixes (EC2 answers InsufficientCidrBlocks when the subnet has no free aligned /28).
+    fn assign_prefixes(&self, eni_id: &str, count: u32) -> impl Future<Output = Result<Vec<Ipv4Net>, Ec2Error>> + Send;
+    fn unassign_prefixes(
+        &self,
+        eni_id: &str,
+        prefixes: &[Ipv4Net],
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
     fn detach_eni(&self, attachment_id: &str) -> impl Future<Output = Result<(), Ec2Error>> + Send;
     fn delete_eni(&self, eni_id: &str) -> impl Future<Output = Result<(), Ec2Error>> + Send;
 }
@@ -191,12 +223,20 @@ fn convert(op: &'static str, ni: &aws_sdk_ec2::types::NetworkInterface) -> Resul
         }
     }
     secondary_ips.sort();
+    let mut prefixes = Vec::new();
+    for p in ni.ipv4_prefixes() {
+        let text = p.ipv4_prefix().unwrap_or_default();
+        prefixes
+            .push(text.parse().map_err(|_| Ec2Error::new(op, "BadResponse", format!("not an IPv4 prefix: {text:?}")))?);
+    }
+    prefixes.sort();
     let att = ni.attachment();
     Ok(Ec2Eni {
         id: ni.network_interface_id().unwrap_or_default().to_string(),
         subnet_id: ni.subnet_id().unwrap_or_default().to_string(),
         primary_ip,
         secondary_ips,
+        prefixes,
         device_index: att.and_then(|a| a.device_index()).map(|d| d as u32),
         attachment_id: att.and_then(|a| a.attachment_id()).map(String::from),
         delete_on_termination: att.and_then(|a| a.delete_on_termination()),
@@ -257,6 +297,36 @@ impl Ec2Api for AwsEc2 {
         })
     }
 
+    async fn subnets_in_zone(&self, vpc_id: &str, zone: &str) -> Result<Vec<SubnetInfo>, Ec2Error> {
+        const OP: &str = "DescribeSubnets";
+        let client = &self.client;
+        let filters = &[
+            Filter::builder().name("vpc-id").values(vpc_id).build(),
+            Filter::builder().name("availability-zone").values(zone).build(),
+        ];
+        let out = self
+            .call(OP, || async move {
+                client.describe_subnets().set_filters(Some(filters.to_vec())).send().await.map_err(sdk_err(OP))
+            })
+            .await?;
+        let mut subnets = Vec::new();
+        for s in out.subnets() {
+            let Some(cidr) = s.cidr_block().and_then(|c| c.parse().ok()) else { continue };
+            subnets.push(SubnetInfo {
+                id: s.subnet_id().unwrap_or_default().to_string(),
+                cidr,
+                free: s.available_ip_address_count().unwrap_or(0).max(0) as u32,
+                cni_role: s
+                    .tags()
+                    .iter()
+                    .find(|t| t.key() == Some(TAG_CNI_ROLE))
+                    .and_then(|t| t.value())
+                    .map(String::from),
+            });
+        }
+        Ok(subnets)
+    }
+
     async fn instance_limits(&self, instance_type: &str) -> Result<InstanceLimits, Ec2Error> {
         const OP: &str = "DescribeInstanceTypes";
         let client = &self.client;
@@ -270,10 +340,12 @@ impl Ec2Api for AwsEc2 {
                     .map_err(sdk_err(OP))
             })
             .await?;
-        let net = out.instance_types().first().and_then(|t| t.network_info());
+        let t = out.instance_types().first();
+        let net = t.and_then(|t| t.network_info());
+        let vcpus = t.and_then(|t| t.v_cpu_info()).and_then(|v| v.default_v_cpus()).unwrap_or(0).max(0) as u32;
         match net.map(|n| (n.maximum_network_interfaces(), n.ipv4_addresses_per_interface())) {
             Some((Some(e), Some(i))) if e > 0 && i > 1 => {
-                Ok(InstanceLimits { max_enis: e as u32, ipv4_per_eni: i as u32 })
+                Ok(InstanceLimits { max_enis: e as u32, ipv4_per_eni: i as u32, vcpus })
             }
             _ => Err(Ec2Error::new(OP, "BadResponse", format!("no network limits for instance type {instance_type}"))),
         }
@@ -296,6 +368,9 @@ impl Ec2Api for AwsEc2 {
                     .tag_specifications(tags.clone());
                 if eni.ip_count > 0 {
                     req = req.secondary_private_ip_address_count(eni.ip_count as i32);
+                }
+                if eni.prefix_count > 0 {
+                    req = req.ipv4_prefix_count(eni.prefix_count as i32);
                 }
                 req.send().await.map_err(sdk_err(OP))
             })
@@ -368,6 +443,46 @@ impl Ec2Api for AwsEc2 {
                 .unassign_private_ip_addresses()
                 .network_interface_id(eni_id)
                 .set_private_ip_addresses(Some(ips.clone()))
+                .send()
+                .await
+                .map_err(sdk_err(OP))
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn assign_prefixes(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Net>, Ec2Error> {
+        const OP: &str = "AssignPrivateIpAddresses";
+        let client = &self.client;
+        let out = self
+            .call(OP, || async move {
+                client
+                    .assign_private_ip_addresses()
+                    .network_interface_id(eni_id)
+                    .ipv4_prefix_count(count as i32)
+                    .send()
+                    .await
+                    .map_err(sdk_err(OP))
+            })
+            .await?;
+        out.assigned_ipv4_prefixes()
+            .iter()
+            .map(|p| {
+                let text = p.ipv4_prefix().unwrap_or_default();
+                text.parse().map_err(|_| Ec2Error::new(OP, "BadResponse", format!("not an IPv4 prefix: {text:?}")))
+            })
+            .collect()
+    }
+
+    async fn unassign_prefixes(&self, eni_id: &str, prefixes: &[Ipv4Net]) -> Result<(), Ec2Error> {
+        const OP: &str = "UnassignPrivateIpAddresses";
+        let client = &self.client;
+        let prefixes = &prefixes.iter().map(Ipv4Net::to_string).collect::<Vec<_>>();
+        self.call(OP, || async move {
+            client
+                .unassign_private_ip_addresses()
+                .network_interface_id(eni_id)
+                .set_ipv4_prefixes(Some(prefixes.clone()))
                 .send()
                 .await
                 .map_err(sdk_err(OP))

@@ -15,6 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use ipnet::Ipv4Net;
+
 use crate::ec2::Ec2Eni;
 use crate::imds::MacInfo;
 
@@ -65,6 +67,11 @@ fn addresses(e: &Ec2Eni) -> BTreeSet<Ipv4Addr> {
     std::iter::once(e.primary_ip).chain(e.secondary_ips.iter().copied()).collect()
 }
 
+/// The prefixes EC2 reports for `e`, comparable with IMDS's `ipv4-prefix`.
+fn prefixes(e: &Ec2Eni) -> BTreeSet<Ipv4Net> {
+    e.prefixes.iter().copied().collect()
+}
+
 impl Ec2Sync {
     pub fn new(resync: Duration, now: Instant) -> Self {
         Self { view: None, verified: None, settle_until: None, next_full: now, resync }
@@ -107,18 +114,28 @@ impl Ec2Sync {
     /// IMDS shows exactly the view's ENIs with exactly their addresses.
     pub fn agrees(&self, imds: &ImdsEnis) -> bool {
         let Some(view) = &self.view else { return false };
-        view.len() == imds.len() && view.iter().all(|e| imds.get(&e.id).is_some_and(|m| m.ips == addresses(e)))
+        view.len() == imds.len()
+            && view.iter().all(|e| imds.get(&e.id).is_some_and(|m| m.ips == addresses(e) && m.prefixes == prefixes(e)))
     }
 
     /// IMDS shows every ENI of the view with all its addresses: nothing waits for IMDS to catch up.
     pub fn confirmed(&self, imds: &ImdsEnis) -> bool {
-        self.enis().iter().all(|e| imds.get(&e.id).is_some_and(|m| m.ips.is_superset(&addresses(e))))
+        self.enis().iter().all(|e| {
+            imds.get(&e.id).is_some_and(|m| m.ips.is_superset(&addresses(e)) && m.prefixes.is_superset(&prefixes(e)))
+        })
     }
 
-    /// Secondary IPs of `eni` that EC2 has but IMDS does not show yet: not to be handed out.
+    /// Secondary IPs of `eni` (and addresses of its prefixes) that EC2 has but IMDS does not show yet: not to be
+    /// handed out.
     pub fn unconfirmed(eni: &Ec2Eni, imds: &ImdsEnis) -> Vec<Ipv4Addr> {
-        let shown = imds.get(&eni.id).map(|m| &m.ips);
-        eni.secondary_ips.iter().copied().filter(|ip| shown.is_none_or(|s| !s.contains(ip))).collect()
+        let m = imds.get(&eni.id);
+        let shown = m.map(|m| &m.ips);
+        let mut out: Vec<Ipv4Addr> =
+            eni.secondary_ips.iter().copied().filter(|ip| shown.is_none_or(|s| !s.contains(ip))).collect();
+        for p in eni.prefixes.iter().filter(|p| m.is_none_or(|m| !m.prefixes.contains(p))) {
+            out.extend(crate::datastore::prefix_addresses(p));
+        }
+        out
     }
 
     fn acted(&mut self, now: Instant) {
@@ -155,6 +172,23 @@ impl Ec2Sync {
         e.secondary_ips.len() - before
     }
 
+    /// ipamd had `prefixes` delegated to `eni_id`.
+    pub fn assigned_prefixes(&mut self, eni_id: &str, prefixes: &[Ipv4Net], now: Instant) {
+        self.acted(now);
+        if let Some(e) = self.eni_mut(eni_id) {
+            e.prefixes.extend_from_slice(prefixes);
+            e.prefixes.sort();
+            e.prefixes.dedup();
+        }
+    }
+
+    pub fn unassigned_prefixes(&mut self, eni_id: &str, prefixes: &[Ipv4Net], now: Instant) {
+        if let Some(e) = self.eni_mut(eni_id) {
+            e.prefixes.retain(|p| !prefixes.contains(p));
+        }
+        self.acted(now);
+    }
+
     pub fn unassigned(&mut self, eni_id: &str, ips: &[Ipv4Addr], now: Instant) {
         if let Some(e) = self.eni_mut(eni_id) {
             e.secondary_ips.retain(|ip| !ips.contains(ip));
@@ -187,6 +221,7 @@ mod tests {
 
     fn eni(id: &str, primary: u8, secondary: &[u8]) -> Ec2Eni {
         Ec2Eni {
+            prefixes: Vec::new(),
             id: id.into(),
             subnet_id: "subnet-1".into(),
             primary_ip: ip(primary),
@@ -209,6 +244,7 @@ mod tests {
                     eni_id: e.id.clone(),
                     device_number: i as u32,
                     ips: addresses(e),
+                    prefixes: prefixes(e),
                 };
                 (e.id.clone(), m)
             })
@@ -216,6 +252,25 @@ mod tests {
     }
 
     const RESYNC: Duration = Duration::from_secs(1800);
+
+    #[test]
+    fn a_prefix_imds_does_not_show_yet_is_unconfirmed_and_not_news() {
+        let t0 = Instant::now();
+        let mut s = Ec2Sync::new(RESYNC, t0);
+        let enis = vec![eni("eni-a", 4, &[])];
+        let before = imds_of(&enis);
+        s.described(enis.clone(), &before, t0, Why::Unknown);
+        let net: Ipv4Net = "10.0.1.16/28".parse().unwrap();
+        s.assigned_prefixes("eni-a", &[net], t0);
+        assert!(!s.confirmed(&before), "IMDS lags the delegation");
+        assert_eq!(Ec2Sync::unconfirmed(&s.enis()[0], &before).len(), 16, "its 16 addresses wait for IMDS");
+        assert_eq!(s.due(&before, t0 + Duration::from_secs(1)), None, "catching up is not a mismatch");
+        let after = imds_of(s.enis());
+        assert!(s.confirmed(&after) && s.agrees(&after));
+        assert!(Ec2Sync::unconfirmed(&s.enis()[0], &after).is_empty());
+        s.unassigned_prefixes("eni-a", &[net], t0);
+        assert!(!s.agrees(&after), "IMDS still shows the prefix given back");
+    }
 
     #[test]
     fn asks_ec2_first_then_never_while_imds_agrees() {

@@ -69,6 +69,8 @@ pub struct MacInfo {
     pub device_number: u32,
     /// `local-ipv4s`: the ENI's primary and secondary private IPs as the instance sees them.
     pub ips: BTreeSet<Ipv4Addr>,
+    /// `ipv4-prefix`: the /28s delegated to the ENI (prefix mode).
+    pub prefixes: BTreeSet<Ipv4Net>,
 }
 
 /// What ipamd needs to know about its node.
@@ -85,6 +87,8 @@ pub struct NodeInfo {
     pub subnet_cidr: Ipv4Net,
     pub security_groups: Vec<String>,
     pub vpc_cidrs: Vec<Ipv4Net>,
+    /// Empty when IMDS does not say (subnet discovery then keeps to the node's subnet).
+    pub vpc_id: String,
 }
 
 fn parse<T: std::str::FromStr>(path: &str, value: &str) -> Result<T, ImdsError>
@@ -118,6 +122,7 @@ impl NodeInfo {
         let security_groups = lines(&md.get(&format!("{base}/security-group-ids")).await?).map(String::from).collect();
         let vpc_path = format!("{base}/vpc-ipv4-cidr-blocks");
         let vpc_cidrs = lines(&md.get(&vpc_path).await?).map(|l| parse(&vpc_path, l)).collect::<Result<_, _>>()?;
+        let vpc_id = md.get(&format!("{base}/vpc-id")).await.map(|v| v.trim().to_string()).unwrap_or_default();
         Ok(Self {
             instance_id,
             instance_type,
@@ -130,6 +135,7 @@ impl NodeInfo {
             subnet_cidr,
             security_groups,
             vpc_cidrs,
+            vpc_id,
         })
     }
 }
@@ -150,7 +156,13 @@ pub async fn interfaces(md: &impl Metadata) -> Result<BTreeMap<String, MacInfo>,
             Ok(text) => lines(&text).map(|l| parse(&ips_path, l)).collect::<Result<_, _>>()?,
             Err(_) => BTreeSet::new(),
         };
-        out.insert(eni_id.clone(), MacInfo { mac, eni_id, device_number, ips });
+        let prefix_path = format!("{base}/ipv4-prefix");
+        // Absent on an ENI without prefixes.
+        let prefixes = match md.get(&prefix_path).await {
+            Ok(text) => lines(&text).map(|l| parse(&prefix_path, l)).collect::<Result<_, _>>()?,
+            Err(_) => BTreeSet::new(),
+        };
+        out.insert(eni_id.clone(), MacInfo { mac, eni_id, device_number, ips, prefixes });
     }
     Ok(out)
 }

@@ -29,6 +29,8 @@ pub mod ratelimit;
 pub mod reconcile;
 pub mod retry;
 pub mod snat;
+pub mod subnets;
+pub mod surge;
 pub mod telemetry;
 
 /// Sets up tracing to stderr in the configured format.

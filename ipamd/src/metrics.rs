@@ -32,12 +32,7 @@ pub fn render(s: &Snapshot, telemetry: &Telemetry, kube: Option<(bool, &KubeStat
     gauge(&mut reg, "awscni_eni_max", "ENIs the node may attach", s.limits.map_or(0, |l| l.max_enis) as i64);
     gauge(&mut reg, "awscni_total_ip_addresses", "secondary IPs in the pool", s.stats.total as i64);
     gauge(&mut reg, "awscni_assigned_ip_addresses", "IPs held by pods", s.stats.assigned as i64);
-    gauge(
-        &mut reg,
-        "awscni_ip_max",
-        "pod IPs the node can hold",
-        s.limits.map_or(0, |l| l.max_enis * l.ips_per_eni) as i64,
-    );
+    gauge(&mut reg, "awscni_ip_max", "pod IPs the node can hold", s.max_pods.map_or(0, |m| m.saturating_sub(2)) as i64);
     gauge(&mut reg, "ipamd_cooling_ip_addresses", "released IPs resting before reuse", s.stats.cooling as i64);
     gauge(&mut reg, "ipamd_free_ip_addresses", "IPs ready for the next pod", s.stats.free as i64);
     gauge(&mut reg, "ipamd_serving", "1 once the first reconcile completed", i64::from(s.serving));
@@ -52,6 +47,14 @@ pub fn render(s: &Snapshot, telemetry: &Telemetry, kube: Option<(bool, &KubeStat
         "ipamd_pending_ip_addresses",
         "IPs assigned in EC2 that IMDS does not show yet",
         s.stats.pending as i64,
+    );
+    let prefixes: usize = s.ds.enis.values().map(|e| e.prefixes.len()).sum();
+    gauge(&mut reg, "ipamd_prefixes", "/28 prefixes delegated to the node's ENIs (prefix mode)", prefixes as i64);
+    gauge(
+        &mut reg,
+        "ipamd_prefix_fallback_enis",
+        "ENIs taking single IPs because EC2 had no free /28 in their subnet (prefix mode)",
+        s.ds.enis.values().filter(|e| e.fallback).count() as i64,
     );
     telemetry.register(&mut reg);
     if let Some((connected, k)) = kube {

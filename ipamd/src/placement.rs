@@ -3,19 +3,23 @@
 //! well-formed, its subnet is in the node's zone). Each reconcile round reports the ENIConfig in use, any
 //! problem (status + a Warning Event), and which attached ENIs came from an earlier ENIConfig: they keep
 //! serving until the node is recycled, which aws-vpc-cni users are regularly surprised by (its #514, #264).
+//! Without custom networking, subnet discovery ([`crate::subnets`]) may put new ENIs in a tagged subnet of the
+//! node's zone instead of the node's own.
 
 use crate::ec2::{Ec2Api, Ec2Eni};
 use crate::hostnet::HostNet;
 use crate::imds::Metadata;
 use crate::k8s::eniconfig::{self, EniConfigSpec, Selection};
 use crate::k8s::{ApiState, KubeSettings};
-use crate::reconcile::Reconciler;
+use crate::reconcile::{ReconcileError, Reconciler};
 
 /// Subnet and security groups for the next ENI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     pub subnet_id: String,
     pub security_groups: Vec<String>,
+    /// Subnet discovery picks the subnet when the ENI is created (`subnet_id` is then the node's own).
+    pub discover: bool,
 }
 
 /// Why no ENI can be placed; `reason` is the Event reason when an operator must act.
@@ -40,6 +44,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             return Ok(Placement {
                 subnet_id: self.node.subnet_id.clone(),
                 security_groups: self.node.security_groups.clone(),
+                discover: self.settings.subnet_discovery && !self.node.vpc_id.is_empty(),
             });
         };
         match self.eni_config(&ks).await {
@@ -76,7 +81,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                     s.eni_config_problem.clear();
                     s.enis_from_other_config = others;
                 });
-                Ok(Placement { subnet_id: spec.subnet, security_groups: sgs })
+                Ok(Placement { subnet_id: spec.subnet, security_groups: sgs, discover: false })
             }
             Err(p) => {
                 if let Some(reason) = p.reason {
@@ -84,6 +89,32 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                 }
                 self.kube.update_status(|s| s.eni_config_problem = p.message.clone());
                 Err(p.message)
+            }
+        }
+    }
+
+    /// Subnet discovery for an ENI that needs `need` addresses: asks EC2 for the zone's subnets (only when an
+    /// ENI is about to be created) and applies [`crate::subnets::choose`].
+    pub(crate) async fn discover_subnet(&mut self, need: u32) -> Result<String, ReconcileError> {
+        let subnets = self.ec2.subnets_in_zone(&self.node.vpc_id, &self.node.availability_zone).await?;
+        match crate::subnets::choose(&subnets, &self.node.subnet_id, need) {
+            Ok(c) => {
+                if !c.others.is_empty() || c.subnet_id != self.node.subnet_id {
+                    self.pool.emit(
+                        "subnet-chosen",
+                        format!(
+                            "new ENI in {} ({} free); other candidates: {}",
+                            c.subnet_id,
+                            c.free,
+                            if c.others.is_empty() { "none".to_string() } else { c.others.join(", ") }
+                        ),
+                    );
+                }
+                Ok(c.subnet_id)
+            }
+            Err(message) => {
+                self.kube.events.warning("NoSubnetForENI", "CreateENI", message.clone());
+                Err(ReconcileError::NoSubnet(message))
             }
         }
     }

@@ -14,8 +14,12 @@
 
 use std::net::Ipv4Addr;
 
+#[path = "planner_prefix.rs"]
+mod prefix;
+pub use prefix::{PREFIX_IPS, PrefixView};
+
 /// One ENI as the planner sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EniView {
     pub id: String,
     pub device_number: u32,
@@ -25,6 +29,10 @@ pub struct EniView {
     pub assigned: u32,
     /// Released IPs still in cooldown (or already chosen for release).
     pub cooling: u32,
+    /// Prefix mode: the /28s delegated to this ENI (their addresses are counted in the fields above too).
+    pub prefixes: Vec<PrefixView>,
+    /// Prefix mode: EC2 had no free /28 for this ENI's subnet, so it grows by single IPs.
+    pub fallback: bool,
 }
 
 impl EniView {
@@ -54,11 +62,16 @@ impl PoolView {
 }
 
 /// The warm-pool settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Targets {
     pub warm_eni: u32,
     pub warm_ip: Option<u32>,
     pub minimum_ip: Option<u32>,
+    /// Prefix mode (ENABLE_PREFIX_DELEGATION) with WARM_PREFIX_TARGET.
+    pub warm_prefix: Option<u32>,
+    /// Surge: free addresses wanted now for pods that asked faster than the pool refilled (0: none). The pool
+    /// grows to this in one step and shrinks no lower while it lasts; it decays to 0 with the demand.
+    pub surge: u32,
 }
 
 /// What the instance allows (after MAX_ENI).
@@ -67,35 +80,81 @@ pub struct Limits {
     pub max_enis: u32,
     /// Secondary IPs one ENI can hold (the instance type's IPv4 addresses per interface, minus the primary).
     pub ips_per_eni: u32,
+    /// The instance type's vCPUs (prefix mode's max-pods ceiling depends on them).
+    #[serde(default)]
+    pub vcpus: u32,
 }
 
 impl Limits {
-    /// aws-vpc-cni's max-pods formula: ENIs × (IPs per ENI − 1) + 2 (host-network pods).
-    pub fn max_pods(&self) -> u32 {
-        self.max_enis * self.ips_per_eni + 2
+    /// EKS' max-pods formula ([`max_pods`]): ENIs × (IPs per ENI − 1) + 2 (host-network pods); in prefix mode
+    /// each slot holds 16 and the result is capped at 110 or 250 by vCPU count.
+    pub fn max_pods(&self, prefix_delegation: bool) -> u32 {
+        let net = max_pods::InstanceNetwork {
+            max_enis: self.max_enis,
+            ipv4_per_eni: self.ips_per_eni + 1,
+            vcpus: self.vcpus,
+        };
+        max_pods::max_pods(net, max_pods::Mode { prefix_delegation, ..max_pods::Mode::default() }).max_pods
     }
 }
 
 /// One change to make in EC2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    CreateEni { ip_count: u32 },
-    AssignIps { eni_id: String, count: u32 },
-    UnassignIps { eni_id: String, ips: Vec<Ipv4Addr> },
-    DeleteEni { eni_id: String },
+    CreateEni {
+        ip_count: u32,
+    },
+    AssignIps {
+        eni_id: String,
+        count: u32,
+    },
+    UnassignIps {
+        eni_id: String,
+        ips: Vec<Ipv4Addr>,
+    },
+    DeleteEni {
+        eni_id: String,
+    },
+    /// Prefix mode: a new ENI holding `prefix_count` /28s.
+    CreateEniWithPrefixes {
+        prefix_count: u32,
+    },
+    AssignPrefixes {
+        eni_id: String,
+        count: u32,
+    },
+    UnassignPrefixes {
+        eni_id: String,
+        prefixes: Vec<ipnet::Ipv4Net>,
+    },
 }
 
-pub fn plan(view: &PoolView, targets: Targets, limits: Limits) -> Vec<Action> {
-    if targets.warm_ip.is_some() || targets.minimum_ip.is_some() {
-        plan_ip_mode(view, targets, limits)
-    } else {
-        plan_eni_mode(view, targets.warm_eni, limits)
+impl Action {
+    /// Whether the action adds addresses to the pool.
+    pub fn grows(&self) -> bool {
+        matches!(
+            self,
+            Action::CreateEni { .. }
+                | Action::AssignIps { .. }
+                | Action::CreateEniWithPrefixes { .. }
+                | Action::AssignPrefixes { .. }
+        )
     }
 }
 
-fn plan_eni_mode(view: &PoolView, warm_eni: u32, limits: Limits) -> Vec<Action> {
+pub fn plan(view: &PoolView, targets: Targets, limits: Limits) -> Vec<Action> {
+    if let Some(warm_prefix) = targets.warm_prefix {
+        prefix::plan_prefix_mode(view, targets, warm_prefix, limits)
+    } else if targets.warm_ip.is_some() || targets.minimum_ip.is_some() {
+        plan_ip_mode(view, targets, limits)
+    } else {
+        plan_eni_mode(view, targets.warm_eni, targets.surge, limits)
+    }
+}
+
+fn plan_eni_mode(view: &PoolView, warm_eni: u32, surge: u32, limits: Limits) -> Vec<Action> {
     let cap = limits.ips_per_eni;
-    let want_free = warm_eni.saturating_mul(cap);
+    let want_free = warm_eni.saturating_mul(cap).max(surge);
     let mut actions = Vec::new();
     let mut free = view.free();
     let mut enis = view.enis.len() as u32;
@@ -127,8 +186,8 @@ fn plan_ip_mode(view: &PoolView, targets: Targets, limits: Limits) -> Vec<Action
     let warm = targets.warm_ip.unwrap_or(0);
     let minimum = targets.minimum_ip.unwrap_or(0);
     let (free, total) = (view.free(), view.total());
-    let short = warm.saturating_sub(free).max(minimum.saturating_sub(total));
-    let over = free.saturating_sub(warm).min(total.saturating_sub(minimum));
+    let short = warm.saturating_sub(free).max(minimum.saturating_sub(total)).max(targets.surge.saturating_sub(free));
+    let over = free.saturating_sub(warm).min(total.saturating_sub(minimum)).min(free.saturating_sub(targets.surge));
     let mut actions = Vec::new();
     let cap = limits.ips_per_eni;
     if short > 0 {
@@ -181,7 +240,7 @@ fn plan_ip_mode(view: &PoolView, targets: Targets, limits: Limits) -> Vec<Action
 
 /// A non-primary ENI whose only IPs in use are cooling will soon be idle, and then the better one to give
 /// back: shrinking waits for it rather than deleting a lower ENI or thinning the primary meanwhile.
-pub fn draining(view: &PoolView) -> bool {
+pub(crate) fn draining(view: &PoolView) -> bool {
     view.enis.iter().any(|e| !e.primary && e.assigned == 0 && e.cooling > 0)
 }
 

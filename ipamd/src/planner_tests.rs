@@ -4,7 +4,7 @@
 use super::*;
 use proptest::prelude::*;
 
-const M5_LARGE: Limits = Limits { max_enis: 3, ips_per_eni: 9 };
+const M5_LARGE: Limits = Limits { max_enis: 3, ips_per_eni: 9, vcpus: 2 };
 
 fn ip(n: u32) -> Ipv4Addr {
     Ipv4Addr::from(0x0a00_0000 + n)
@@ -24,18 +24,26 @@ fn pool(enis: &[(u32, u32, u32)]) -> PoolView {
                         ip(next)
                     })
                     .collect();
-                EniView { id: format!("eni-{i}"), device_number: i as u32, primary: i == 0, free, assigned, cooling }
+                EniView {
+                    id: format!("eni-{i}"),
+                    device_number: i as u32,
+                    primary: i == 0,
+                    free,
+                    assigned,
+                    cooling,
+                    ..EniView::default()
+                }
             })
             .collect(),
     }
 }
 
 fn eni_mode(warm_eni: u32) -> Targets {
-    Targets { warm_eni, warm_ip: None, minimum_ip: None }
+    Targets { warm_eni, ..Targets::default() }
 }
 
 fn ip_mode(warm_ip: Option<u32>, minimum_ip: Option<u32>) -> Targets {
-    Targets { warm_eni: 1, warm_ip, minimum_ip }
+    Targets { warm_eni: 1, warm_ip, minimum_ip, ..Targets::default() }
 }
 
 /// Applies actions the way EC2 would, with fresh addresses for new IPs.
@@ -61,6 +69,7 @@ fn apply(view: &PoolView, actions: &[Action]) -> PoolView {
                     free: fresh(*ip_count),
                     assigned: 0,
                     cooling: 0,
+                    ..EniView::default()
                 });
             }
             Action::AssignIps { eni_id, count } => {
@@ -72,6 +81,9 @@ fn apply(view: &PoolView, actions: &[Action]) -> PoolView {
                 e.free.retain(|i| !ips.contains(i));
             }
             Action::DeleteEni { eni_id } => v.enis.retain(|e| &e.id != eni_id),
+            Action::CreateEniWithPrefixes { .. } | Action::AssignPrefixes { .. } | Action::UnassignPrefixes { .. } => {
+                unreachable!("no prefix actions in secondary-IP mode: {a:?}")
+            }
         }
     }
     v
@@ -157,8 +169,9 @@ fn minimum_alone_means_warm_ip_zero() {
 
 #[test]
 fn max_pods_follows_the_aws_formula() {
-    assert_eq!(M5_LARGE.max_pods(), 29);
-    assert_eq!(Limits { max_enis: 3, ips_per_eni: 5 }.max_pods(), 17); // t3.medium
+    assert_eq!(M5_LARGE.max_pods(false), 29);
+    assert_eq!(M5_LARGE.max_pods(true), 110);
+    assert_eq!(Limits { max_enis: 3, ips_per_eni: 5, vcpus: 2 }.max_pods(false), 17); // t3.medium
 }
 
 fn arb_pool() -> impl Strategy<Value = PoolView> {
@@ -177,7 +190,28 @@ fn arb_pool() -> impl Strategy<Value = PoolView> {
 
 fn arb_targets() -> impl Strategy<Value = Targets> {
     (0u32..4, prop::option::of(0u32..30), prop::option::of(0u32..30))
-        .prop_map(|(warm_eni, warm_ip, minimum_ip)| Targets { warm_eni, warm_ip, minimum_ip })
+        .prop_map(|(warm_eni, warm_ip, minimum_ip)| Targets { warm_eni, warm_ip, minimum_ip, ..Targets::default() })
+}
+
+#[test]
+fn surge_asks_for_the_waiting_pods_at_once_then_decays_to_the_target() {
+    // WARM_IP_TARGET=1 and 12 pods waiting: one step to 12 free (9 on the primary, 3 on a new ENI), not 1.
+    let t = Targets { surge: 12, ..ip_mode(Some(1), None) };
+    let empty = pool(&[(0, 0, 0)]);
+    assert_eq!(
+        plan(&empty, t, M5_LARGE),
+        [Action::AssignIps { eni_id: "eni-0".into(), count: 9 }, Action::CreateEni { ip_count: 3 }]
+    );
+    // While they wait nothing is given back; once they are served, the surplus goes.
+    let warmed = pool(&[(9, 0, 0), (3, 0, 0)]);
+    assert!(plan(&warmed, t, M5_LARGE).is_empty());
+    let back = plan(&warmed, ip_mode(Some(1), None), M5_LARGE);
+    assert_eq!(back[0], Action::DeleteEni { eni_id: "eni-1".into() });
+    assert!(matches!(&back[1..], [Action::UnassignIps { ips, .. }] if ips.len() == 8), "{back:?}");
+    // ENI mode: the ENIs needed for the waiting pods come in one round.
+    let full = pool(&[(0, 9, 0)]);
+    let acts = plan(&full, Targets { surge: 15, ..eni_mode(1) }, M5_LARGE);
+    assert_eq!(acts, [Action::CreateEni { ip_count: 9 }, Action::CreateEni { ip_count: 9 }]);
 }
 
 proptest! {
@@ -195,6 +229,7 @@ proptest! {
                     prop_assert!(!e.primary && e.assigned == 0 && e.cooling == 0);
                 }
                 Action::AssignIps { count, .. } | Action::CreateEni { ip_count: count } => prop_assert!(*count > 0),
+                other => prop_assert!(false, "no prefix actions in secondary-IP mode: {other:?}"),
             }
         }
         let after = apply(&view, &actions);

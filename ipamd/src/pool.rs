@@ -64,6 +64,8 @@ pub struct Snapshot {
     pub last_error: String,
     /// Set while serving from the last known pool because EC2 or IMDS cannot be reached.
     pub degraded: Option<String>,
+    /// ENABLE_PREFIX_DELEGATION.
+    pub prefix_delegation: bool,
 }
 
 pub enum Command {
@@ -120,6 +122,8 @@ pub struct PoolSettings {
     pub reconcile_interval: Duration,
     /// Custom networking: the primary ENI serves no pods.
     pub primary_reserved: bool,
+    /// IPAMD_SURGE: pods refused for want of an IP are asked for in one step (see [`crate::surge`]).
+    pub surge: bool,
     /// The node, saved in the checkpoint for a start without IMDS.
     pub node: Option<crate::imds::NodeInfo>,
 }
@@ -140,6 +144,8 @@ struct Actor {
     degraded: Option<String>,
     /// The ENIs as last written to the checkpoint.
     saved_enis: Vec<SavedEni>,
+    /// Pods waiting for an IP.
+    surge: crate::surge::Surge,
 }
 
 /// Cheap, cloneable access to the actor.
@@ -174,6 +180,7 @@ pub fn spawn(settings: PoolSettings, store: Store, checkpoint: Checkpoint) -> Po
         foreign: 0,
         degraded: None,
         saved_enis: checkpoint.enis,
+        surge: crate::surge::Surge::default(),
     };
     // Its own thread: the checkpoint's fsyncs block, and must not hold up a runtime worker serving gRPC.
     // Without it ipamd cannot hand out a single IP: failing to start it is fatal, at once.
@@ -210,21 +217,32 @@ impl Actor {
         self.ds
             .enis
             .values()
-            .map(|e| SavedEni {
-                id: e.id.clone(),
-                mac: e.mac.clone(),
-                device_number: e.device_number,
-                subnet_id: e.subnet_id.clone(),
-                subnet_cidr: e.subnet_cidr,
-                primary_ip: e.primary_ip,
-                secondary_ips: e
-                    .ips
-                    .iter()
-                    .filter(|(_, s)| !matches!(s, IpState::Pending | IpState::Releasing))
-                    .map(|(ip, _)| *ip)
-                    .collect(),
-                unconfirmed: Vec::new(),
-                ready: true,
+            .map(|e| {
+                let servable =
+                    |ip: &Ipv4Addr| e.ips.get(ip).is_some_and(|s| !matches!(s, IpState::Pending | IpState::Releasing));
+                SavedEni {
+                    id: e.id.clone(),
+                    mac: e.mac.clone(),
+                    device_number: e.device_number,
+                    subnet_id: e.subnet_id.clone(),
+                    subnet_cidr: e.subnet_cidr,
+                    primary_ip: e.primary_ip,
+                    secondary_ips: e
+                        .ips
+                        .keys()
+                        .filter(|ip| servable(ip) && !e.prefixes.iter().any(|p| p.contains(*ip)))
+                        .copied()
+                        .collect(),
+                    unconfirmed: Vec::new(),
+                    ready: true,
+                    prefixes: e
+                        .prefixes
+                        .iter()
+                        .filter(|p| crate::datastore::prefix_addresses(p).all(|ip| servable(&ip)))
+                        .copied()
+                        .collect(),
+                    fallback: false,
+                }
             })
             .collect()
     }
@@ -318,11 +336,12 @@ impl Actor {
                     stats: self.ds.stats(now_ms()),
                     ds: self.ds.clone(),
                     limits: self.limits,
-                    max_pods: self.pod_limits().map(|l| l.max_pods()),
+                    max_pods: self.pod_limits().map(|l| l.max_pods(self.settings.targets.warm_prefix.is_some())),
                     serving: self.serving,
                     last_reconcile_unix: self.last_reconcile_unix,
                     last_error: self.last_error.clone(),
                     degraded: self.degraded.clone(),
+                    prefix_delegation: self.settings.targets.warm_prefix.is_some(),
                 });
             }
         }
@@ -347,6 +366,7 @@ impl Actor {
         let now = now_ms();
         match self.ds.assign(key, ns, name, now) {
             Ok(a) => {
+                self.surge.served(key);
                 if a.new
                     && let Some(al) = self.ds.allocations.get_mut(key)
                 {
@@ -355,12 +375,13 @@ impl Actor {
                 Ok((AddOutcome { ip: a.ip, eni_id: a.eni_id, device_number: a.device_number }, a.new))
             }
             Err(e) => {
+                self.surge.refused(key, now);
                 self.kick.notify_one();
                 let reserved = self.settings.primary_reserved;
                 let enis: Vec<_> = self.ds.enis.values().filter(|e| !(reserved && e.primary)).collect();
                 let at_limit = self.pod_limits().filter(|l| {
                     enis.len() as u32 >= l.max_enis
-                        && enis.iter().all(|e| e.ips.len() as u32 >= l.ips_per_eni)
+                        && enis.iter().all(|e| e.slots() as u32 >= l.ips_per_eni)
                         // IPs waiting for IMDS are about to be usable: not the end of the road.
                         && enis.iter().all(|e| e.ips.values().all(|s| *s != IpState::Pending))
                 });
@@ -374,11 +395,16 @@ impl Actor {
 
     /// Whether the planner would add ENIs or IPs now. A pod's ADD kicks the reconciler only then: a round reads
     /// IMDS and the host, which a burst that the warm pool absorbs should not pay once per pod.
-    fn wants_growth(&self) -> bool {
+    fn wants_growth(&mut self) -> bool {
         let Some(limits) = self.pod_limits() else { return true };
-        planner::plan(&self.ds.view(now_ms()), self.settings.targets, limits)
-            .iter()
-            .any(|a| matches!(a, Action::CreateEni { .. } | Action::AssignIps { .. }))
+        let targets = self.targets(now_ms());
+        planner::plan(&self.ds.view(now_ms()), targets, limits).iter().any(Action::grows)
+    }
+
+    /// The configured targets, with the pods waiting now when surge is on.
+    fn targets(&mut self, now: i64) -> Targets {
+        let surge = if self.settings.surge { self.surge.demand(now) } else { 0 };
+        Targets { surge, ..self.settings.targets }
     }
 
     fn plan(&mut self) -> (Vec<Action>, Duration) {
@@ -391,12 +417,23 @@ impl Actor {
         let Some(limits) = self.pod_limits() else {
             return (Vec::new(), requeue);
         };
-        let mut actions = planner::plan(&self.ds.view(now), self.settings.targets, limits);
+        let targets = self.targets(now);
+        let mut actions = planner::plan(&self.ds.view(now), targets, limits);
+        if targets.surge > 0 && actions.iter().any(Action::grows) {
+            self.emit(
+                "surge",
+                format!("{} pods are waiting for an IP: asking EC2 for them in one step ({actions:?})", targets.surge),
+            );
+        }
         // Reserve what will be removed, so no pod is handed an address that is on its way out.
         actions.retain_mut(|a| match a {
             Action::UnassignIps { eni_id, ips } => {
                 *ips = self.ds.reserve_for_release(eni_id, ips, now);
                 !ips.is_empty()
+            }
+            Action::UnassignPrefixes { eni_id, prefixes } => {
+                *prefixes = self.ds.reserve_prefixes_for_release(eni_id, prefixes, now);
+                !prefixes.is_empty()
             }
             Action::DeleteEni { eni_id } => self.ds.reserve_eni_for_delete(eni_id, now),
             _ => true,

@@ -117,7 +117,7 @@ impl Actor {
 
     /// Events for the committed changes; a new allocation shrank the pool: if that takes it below its targets,
     /// the reconciler tops it up now rather than at its next tick.
-    fn announce(&self, staged: &[Staged]) {
+    fn announce(&mut self, staged: &[Staged]) {
         let mut assigned = false;
         for s in staged {
             match s {

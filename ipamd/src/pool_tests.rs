@@ -9,10 +9,11 @@ use crate::planner::{Limits, Targets};
 fn settings() -> PoolSettings {
     PoolSettings {
         primary_eni_id: "eni-a".into(),
-        targets: Targets { warm_eni: 1, warm_ip: None, minimum_ip: None },
+        targets: Targets { warm_eni: 1, ..Targets::default() },
         cooldown: Duration::from_secs(30),
         reconcile_interval: Duration::from_secs(5),
         primary_reserved: false,
+        surge: true,
         node: None,
     }
 }
@@ -28,6 +29,8 @@ fn eni() -> ObservedEni {
         secondary_ips: vec!["10.0.1.10".parse().unwrap(), "10.0.1.11".parse().unwrap()],
         unconfirmed: Vec::new(),
         ready: true,
+        prefixes: Vec::new(),
+        fallback: false,
     }
 }
 
@@ -42,7 +45,7 @@ async fn a_del_whose_checkpoint_write_fails_is_undone_and_can_be_retried() {
     std::fs::create_dir(&state).unwrap();
     let store = Store::new(&state);
     let pool = spawn(settings(), store.clone(), Checkpoint::default());
-    pool.observe(vec![eni()], Limits { max_enis: 3, ips_per_eni: 9 }, 0).await.unwrap();
+    pool.observe(vec![eni()], Limits { max_enis: 3, ips_per_eni: 9, vcpus: 2 }, 0).await.unwrap();
     pool.reconciled(None).await.unwrap();
     let a = pool.add(key("c1"), "default".into(), "web".into(), String::new()).await.unwrap();
 
@@ -73,7 +76,7 @@ async fn concurrent_adds_share_checkpoint_writes_and_every_reply_is_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::new(dir.path());
     let pool = spawn(settings(), store.clone(), Checkpoint::default());
-    pool.observe(vec![big_eni(60)], Limits { max_enis: 3, ips_per_eni: 61 }, 0).await.unwrap();
+    pool.observe(vec![big_eni(60)], Limits { max_enis: 3, ips_per_eni: 61, vcpus: 2 }, 0).await.unwrap();
     pool.reconciled(None).await.unwrap();
     let adds = (0..50).map(|i| pool.add(key(&format!("c{i}")), "default".into(), format!("p{i}"), String::new()));
     let ips: std::collections::BTreeSet<_> =
@@ -93,7 +96,7 @@ async fn a_batch_whose_checkpoint_write_fails_is_undone_whole() {
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
     let pool = spawn(settings(), Store::new(&state), Checkpoint::default());
-    pool.observe(vec![big_eni(20)], Limits { max_enis: 3, ips_per_eni: 21 }, 0).await.unwrap();
+    pool.observe(vec![big_eni(20)], Limits { max_enis: 3, ips_per_eni: 21, vcpus: 2 }, 0).await.unwrap();
     pool.reconciled(None).await.unwrap();
     std::fs::remove_dir_all(&state).unwrap();
     let adds = (0..10).map(|i| pool.add(key(&format!("c{i}")), "default".into(), format!("p{i}"), String::new()));
@@ -109,9 +112,10 @@ async fn a_batch_whose_checkpoint_write_fails_is_undone_whole() {
 #[tokio::test]
 async fn an_add_kicks_the_reconciler_only_when_the_pool_falls_below_its_targets() {
     let dir = tempfile::tempdir().unwrap();
-    let warm_ip = PoolSettings { targets: Targets { warm_eni: 0, warm_ip: Some(1), minimum_ip: None }, ..settings() };
+    let warm_ip =
+        PoolSettings { targets: Targets { warm_eni: 0, warm_ip: Some(1), ..Targets::default() }, ..settings() };
     let pool = spawn(warm_ip, Store::new(dir.path()), Checkpoint::default());
-    pool.observe(vec![big_eni(3)], Limits { max_enis: 3, ips_per_eni: 9 }, 0).await.unwrap();
+    pool.observe(vec![big_eni(3)], Limits { max_enis: 3, ips_per_eni: 9, vcpus: 2 }, 0).await.unwrap();
     pool.reconciled(None).await.unwrap();
     let kicked = || tokio::time::timeout(Duration::from_millis(100), pool.kick.notified());
     for i in 0..2 {

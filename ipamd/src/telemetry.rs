@@ -37,6 +37,7 @@ struct Inner {
     reconciles: Family<Labels, Counter>,
     reconcile_duration: Family<Labels, Histogram, fn() -> Histogram>,
     eni_changes: Family<Labels, Counter>,
+    prefix_fallbacks: Counter,
     degraded: Gauge,
     degraded_reason: std::sync::Mutex<String>,
     degraded_since: AtomicI64,
@@ -64,6 +65,7 @@ impl Inner {
             reconciles: Family::default(),
             reconcile_duration: Family::new_with_constructor(seconds_histogram),
             eni_changes: Family::default(),
+            prefix_fallbacks: Counter::default(),
             degraded: Gauge::default(),
             degraded_reason: std::sync::Mutex::default(),
             degraded_since: AtomicI64::new(0),
@@ -110,6 +112,11 @@ impl Telemetry {
     /// `change`: attached / detached.
     pub fn eni(&self, change: &str) {
         self.0.eni_changes.get_or_create(&labels(&[("change", change)])).inc();
+    }
+
+    /// Prefix mode: an ENI fell back to single IPs (EC2 had no free /28 in its subnet).
+    pub fn prefix_fallback(&self) {
+        self.0.prefix_fallbacks.inc();
     }
 
     /// Sets or clears the degraded state (EC2 or IMDS unreachable while serving from the checkpoint).
@@ -170,6 +177,11 @@ impl Telemetry {
         );
         reg.register("ipamd_eni_changes", "ENIs attached or detached by ipamd", i.eni_changes.clone());
         reg.register(
+            "ipamd_prefix_fallbacks",
+            "ENIs switched to single IPs because EC2 had no free /28 prefix in their subnet",
+            i.prefix_fallbacks.clone(),
+        );
+        reg.register(
             "ipamd_degraded",
             "1 while EC2 or IMDS is unreachable and ipamd serves from its checkpoint",
             i.degraded.clone(),
@@ -188,6 +200,7 @@ mod tests {
         t.pod_request("add", "no_ip", Duration::from_millis(2));
         t.reconcile(true, Duration::from_millis(80));
         t.eni("attached");
+        t.prefix_fallback();
         t.set_degraded(Some("EC2 unreachable".into()));
         let mut reg = Registry::default();
         t.register(&mut reg);
@@ -201,6 +214,7 @@ mod tests {
             "awscni_no_available_ip_addresses_total 1",
             "ipamd_reconciles_total{result=\"ok\"} 1",
             "ipamd_eni_changes_total{change=\"attached\"} 1",
+            "ipamd_prefix_fallbacks_total 1",
             "ipamd_degraded 1",
         ] {
             assert!(text.contains(want), "{want} missing in\n{text}");

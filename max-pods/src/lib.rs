@@ -57,10 +57,18 @@ pub fn max_pods(net: InstanceNetwork, mode: Mode) -> MaxPods {
     let slots = net.ipv4_per_eni.saturating_sub(1);
     let per_eni = if mode.prefix_delegation { slots * IPS_PER_PREFIX } else { slots };
     let by_addresses = pod_enis * per_eni + 2;
-    let ceiling = mode
-        .prefix_delegation
-        .then_some(if net.vcpus < HIGH_CPU_THRESHOLD { LOW_CPU_CEILING } else { HIGH_CPU_CEILING });
-    MaxPods { pod_enis, per_eni, by_addresses, ceiling, max_pods: ceiling.map_or(by_addresses, |c| c.min(by_addresses)) }
+    let ceiling = mode.prefix_delegation.then_some(if net.vcpus < HIGH_CPU_THRESHOLD {
+        LOW_CPU_CEILING
+    } else {
+        HIGH_CPU_CEILING
+    });
+    MaxPods {
+        pod_enis,
+        per_eni,
+        by_addresses,
+        ceiling,
+        max_pods: ceiling.map_or(by_addresses, |c| c.min(by_addresses)),
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! returns (UnauthorizedOperation, InsufficientFreeAddressesInSubnet, …). [`Chaos`] adds random throttling
 //! (`RequestLimitExceeded`), 5xx answers, dropped connections and latency to every request. Faulted and
 //! dropped requests never reach LocalStack (as when EC2 throttles: nothing was done). Everything else is
-//! forwarded unchanged. Listens on loopback only.
+//! forwarded unchanged, through [`crate::ec2prefix`], which adds the prefix delegation LocalStack lacks (a prefix
+//! request can be faulted on its own as `<Action>:prefix`). Listens on loopback only.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,7 @@ struct State {
     chaos: Chaos,
     /// Arrival time, action and form body of every request.
     log: Vec<(std::time::Instant, String, String)>,
+    prefixes: Arc<crate::ec2prefix::PrefixBook>,
 }
 
 /// What the proxy does with one request.
@@ -72,7 +74,16 @@ fn error_body(f: &Fault) -> String {
     )
 }
 
-async fn forward(
+/// EC2's error answer for `f`.
+pub(crate) fn error_response(f: &Fault) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_REQUEST))
+        .header("content-type", "text/xml")
+        .body(Full::new(Bytes::from(error_body(f))))
+        .expect("response")
+}
+
+pub(crate) async fn forward(
     upstream: &str,
     parts: hyper::http::request::Parts,
     body: Bytes,
@@ -87,8 +98,9 @@ async fn forward(
     Ok(Response::from_parts(parts, Full::new(bytes)))
 }
 
-fn verdict(s: &State, act: &str) -> Verdict {
-    if let Some(f) = s.faults.get(act) {
+fn verdict(s: &State, act: &str, prefix: bool) -> Verdict {
+    let prefix_fault = || s.faults.get(&format!("{act}:prefix")).filter(|_| prefix);
+    if let Some(f) = s.faults.get(act).or_else(prefix_fault) {
         return Verdict::Fault(f.clone());
     }
     let c = s.chaos;
@@ -113,11 +125,12 @@ async fn handle(
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let act = action(&body);
-    let (verdict, latency) = {
+    let prefix = crate::ec2prefix::is_prefix_request(&crate::ec2prefix::form(&body));
+    let (verdict, latency, prefixes) = {
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
         *s.calls.entry(act.clone()).or_default() += 1;
         s.log.push((std::time::Instant::now(), act.clone(), String::from_utf8_lossy(&body).into_owned()));
-        (verdict(&s, &act), s.chaos.latency)
+        (verdict(&s, &act, prefix), s.chaos.latency, s.prefixes.clone())
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -129,14 +142,9 @@ async fn handle(
         Verdict::Forward => None,
     };
     if let Some(f) = fault {
-        let resp = Response::builder()
-            .status(StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_REQUEST))
-            .header("content-type", "text/xml")
-            .body(Full::new(Bytes::from(error_body(&f))))
-            .expect("response");
-        return Ok(resp);
+        return Ok(error_response(&f));
     }
-    Ok(forward(&upstream, parts, body).await.unwrap_or_else(|e| {
+    Ok(crate::ec2prefix::intercept(&prefixes, &upstream, parts, body, &act).await.unwrap_or_else(|e| {
         Response::builder().status(StatusCode::BAD_GATEWAY).body(Full::new(Bytes::from(e))).expect("response")
     }))
 }
@@ -168,7 +176,14 @@ impl Ec2FaultProxy {
         Self::start(upstream.trim_start_matches("http://").trim_end_matches('/')).await
     }
 
-    /// Makes every `action` request fail with `code` (HTTP `status`).
+    /// The prefixes this proxy has delegated to `eni_id`.
+    pub fn prefixes(&self, eni_id: &str) -> Vec<ipnet::Ipv4Net> {
+        let book = self.state.lock().unwrap_or_else(|p| p.into_inner()).prefixes.clone();
+        book.of(eni_id)
+    }
+
+    /// Makes every `action` request fail with `code` (HTTP `status`); `<action>:prefix` fails only its prefix
+    /// requests (InsufficientCidrBlocks for a fragmented subnet).
     pub fn fail(&self, action: &str, status: u16, code: &str, message: &str) {
         let f = Fault { status, code: code.to_string(), message: message.to_string() };
         self.state.lock().unwrap_or_else(|p| p.into_inner()).faults.insert(action.to_string(), f);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tonic::{Code, Status};
 use vpc_cni_proto::v1 as pb;
 
+use crate::ec2faults::Ec2FaultProxy;
 use crate::imds::ImdsEmulator;
 use crate::ipamd_proc::Ipamd;
 use crate::localstack::{self, NodeEni, TestVpc};
@@ -16,6 +17,8 @@ pub struct NodeFixture {
     pub vpc: TestVpc,
     pub imds: ImdsEmulator,
     pub dir: tempfile::TempDir,
+    /// With [`NodeFixture::behind_proxy`]: ipamd's and the IMDS emulator's EC2 (prefix delegation, faults).
+    pub proxy: Option<Ec2FaultProxy>,
 }
 
 impl NodeFixture {
@@ -25,14 +28,26 @@ impl NodeFixture {
 
     /// As [`NodeFixture::new`] with the node's subnet given.
     pub async fn in_subnet(tag: &str, instance_type: &str, subnet: &str) -> Self {
+        Self::build(tag, instance_type, subnet, None).await
+    }
+
+    /// As [`NodeFixture::new`], with ipamd and IMDS seeing EC2 through a fault proxy (which also delegates the
+    /// prefixes LocalStack ignores, see [`crate::ec2prefix`]).
+    pub async fn behind_proxy(tag: &str, instance_type: &str) -> Self {
+        let proxy = Ec2FaultProxy::to_localstack().await.expect("EC2 proxy");
+        Self::build(tag, instance_type, "10.0.0.0/20", Some(proxy)).await
+    }
+
+    async fn build(tag: &str, instance_type: &str, subnet: &str, proxy: Option<Ec2FaultProxy>) -> Self {
         let ec2 = localstack::ec2_client();
         let vpc = TestVpc::create(&ec2, tag, "10.0.0.0/16", &[subnet], instance_type, 1)
             .await
             .expect("LocalStack must be running (scripts/localstack.sh start)");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind IMDS emulator");
-        let imds = ImdsEmulator::serve(listener, ec2.clone(), &vpc.instance_ids[0], localstack::REGION).expect("IMDS");
+        let seen = proxy.as_ref().map_or_else(|| ec2.clone(), |p| localstack::ec2_client_at(&p.endpoint));
+        let imds = ImdsEmulator::serve(listener, seen, &vpc.instance_ids[0], localstack::REGION).expect("IMDS");
         let dir = tempfile::Builder::new().prefix("vpcsim-ipamd-").tempdir().expect("tempdir");
-        Self { ec2, vpc, imds, dir }
+        Self { ec2, vpc, imds, dir, proxy }
     }
 
     pub fn instance_id(&self) -> &str {
@@ -40,12 +55,17 @@ impl NodeFixture {
     }
 
     pub fn spawn_ipamd(&self, env: &[(&str, &str)]) -> Ipamd {
-        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        let mut env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        if let Some(p) = &self.proxy {
+            env.insert(0, ("AWS_ENDPOINT_URL_EC2", p.endpoint.clone()));
+        }
         Ipamd::spawn(self.dir.path(), &self.imds.endpoint(), &env).expect("spawn ipamd")
     }
 
+    /// The node's ENIs as EC2 reports them (through the proxy when there is one: prefixes included).
     pub async fn enis(&self) -> Vec<NodeEni> {
-        localstack::node_enis(&self.ec2, self.instance_id()).await.expect("DescribeNetworkInterfaces")
+        let ec2 = self.proxy.as_ref().map_or_else(|| self.ec2.clone(), |p| localstack::ec2_client_at(&p.endpoint));
+        localstack::node_enis(&ec2, self.instance_id()).await.expect("DescribeNetworkInterfaces")
     }
 
     /// Secondary IP count per attached ENI, by device index.

@@ -219,6 +219,10 @@ async fn metadata(ctx: &Ctx) -> Result<BTreeMap<String, String>, String> {
         m.insert(format!("{b}/subnet-ipv4-cidr-block"), subnet_cidr(subnet));
         m.insert(format!("{b}/security-group-ids"), groups.join("\n"));
         m.insert(format!("{b}/local-ipv4s"), ips.join("\n"));
+        let prefixes: Vec<&str> = ni.ipv4_prefixes().iter().filter_map(|p| p.ipv4_prefix()).collect();
+        if !prefixes.is_empty() {
+            m.insert(format!("{b}/ipv4-prefix"), prefixes.join("\n"));
+        }
         m.insert(format!("{b}/vpc-id"), vpc_id.to_string());
         m.insert(format!("{b}/vpc-ipv4-cidr-blocks"), vpc_cidrs.join("\n"));
         macs.push((dev, format!("{mac}/")));

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cni_exec;
 pub mod ec2faults;
+pub mod ec2prefix;
 pub mod fixture;
 pub mod imds;
 pub mod ipamd_proc;

@@ -26,12 +26,17 @@ pub fn endpoint() -> String {
 
 /// An EC2 client for LocalStack that never consults the environment's credential chain or IMDS.
 pub fn ec2_client() -> Client {
+    ec2_client_at(&endpoint())
+}
+
+/// As [`ec2_client`], through `endpoint` (a [`crate::ec2faults::Ec2FaultProxy`] in front of LocalStack).
+pub fn ec2_client_at(endpoint: &str) -> Client {
     let creds = aws_sdk_ec2::config::Credentials::new("test", "test", None, None, "vpc-sim");
     let conf = aws_sdk_ec2::Config::builder()
         .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
         .region(aws_sdk_ec2::config::Region::new(REGION))
         .credentials_provider(creds)
-        .endpoint_url(endpoint())
+        .endpoint_url(endpoint)
         .build();
     Client::from_conf(conf)
 }
@@ -228,6 +233,8 @@ pub struct NodeEni {
     pub tags: Vec<(String, String)>,
     pub subnet_id: String,
     pub security_groups: Vec<String>,
+    /// Delegated /28 prefixes.
+    pub prefixes: Vec<String>,
 }
 
 /// The ENIs attached to `instance_id`, by device index.
@@ -253,6 +260,7 @@ pub async fn node_enis(ec2: &Client, instance_id: &str) -> Result<Vec<NodeEni>, 
                 .collect(),
             subnet_id: ni.subnet_id().unwrap_or_default().to_string(),
             security_groups: ni.groups().iter().filter_map(|g| g.group_id().map(String::from)).collect(),
+            prefixes: ni.ipv4_prefixes().iter().filter_map(|p| p.ipv4_prefix().map(String::from)).collect(),
             tags: ni
                 .tag_set()
                 .iter()

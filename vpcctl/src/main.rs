@@ -145,6 +145,8 @@ async fn main() -> Result<()> {
                 "enis_from_other_eni_config": s.enis_from_other_eni_config,
                 "unknown_pod_ips": s.unknown_pod_ips,
                 "stale_allocations_released": s.stale_allocations_released, "pod_gc": s.pod_gc,
+                "prefix_delegation": s.prefix_delegation, "prefixes": s.prefixes,
+                "prefix_fallback_enis": s.prefix_fallback_enis,
             });
             if as_json {
                 println!("{v:#}");
@@ -187,6 +189,14 @@ async fn main() -> Result<()> {
                     "pool       {} ENIs, {} IPs: {} assigned, {} cooling, {} free",
                     s.enis, s.total_ips, s.assigned_ips, s.cooling_ips, s.free_ips
                 );
+                if s.prefix_delegation {
+                    println!("prefixes   {} /28 prefixes delegated", s.prefixes);
+                }
+                for e in &s.prefix_fallback_enis {
+                    println!(
+                        "fallback   {e} takes single IPs: EC2 had no free /28 in its subnet (InsufficientCidrBlocks)"
+                    );
+                }
                 if s.pending_ips > 0 {
                     println!("pending    {} IPs assigned in EC2, waiting for IMDS to show them", s.pending_ips);
                 }
@@ -216,7 +226,8 @@ async fn main() -> Result<()> {
                             .collect();
                         json!({"eni_id": e.eni_id, "mac": e.mac, "device_number": e.device_number,
                         "primary": e.primary, "subnet_id": e.subnet_id, "subnet_cidr": e.subnet_cidr,
-                        "primary_ip": e.primary_ip, "ips": ips})
+                        "primary_ip": e.primary_ip, "ips": ips, "prefixes": e.prefixes,
+                        "prefix_fallback": e.prefix_fallback})
                     })
                     .collect();
                 println!("{:#}", Value::Array(enis));

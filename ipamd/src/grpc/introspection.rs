@@ -65,6 +65,9 @@ impl pb::introspection_server::Introspection for IntrospectionService {
             last_error: s.last_error,
             degraded: s.degraded.unwrap_or_default(),
             pending_ips: s.stats.pending as u32,
+            prefix_delegation: s.prefix_delegation,
+            prefixes: s.ds.enis.values().map(|e| e.prefixes.len() as u32).sum(),
+            prefix_fallback_enis: s.ds.enis.values().filter(|e| e.fallback).map(|e| e.id.clone()).collect(),
         }))
     }
 
@@ -83,6 +86,8 @@ impl pb::introspection_server::Introspection for IntrospectionService {
                     subnet_id: e.subnet_id.clone(),
                     subnet_cidr: e.subnet_cidr.to_string(),
                     primary_ip: e.primary_ip.to_string(),
+                    prefixes: e.prefixes.iter().map(ToString::to_string).collect(),
+                    prefix_fallback: e.fallback,
                     ips: e
                         .ips
                         .iter()

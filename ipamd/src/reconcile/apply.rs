@@ -10,7 +10,10 @@ use crate::ec2::{Ec2Api, Ec2Eni, Ec2Error, NewEni};
 use crate::hostnet::HostNet;
 use crate::imds::Metadata;
 use crate::placement::Placement;
-use crate::planner::Action;
+use crate::planner::{Action, PREFIX_IPS};
+
+/// EC2's answer when a subnet has no free aligned /28 for a prefix.
+pub const INSUFFICIENT_CIDR: &str = "InsufficientCidrBlocks";
 
 impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
     fn tags(&self) -> std::collections::BTreeMap<String, String> {
@@ -47,37 +50,36 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
     ) -> Result<(), ReconcileError> {
         match action {
             Action::CreateEni { ip_count } => {
-                let place = placement.clone().map_err(ReconcileError::EniConfig)?;
-                let device_index = (1..).find(|d| !used.contains(d)).unwrap_or(1);
-                let new = NewEni {
-                    subnet_id: place.subnet_id,
-                    security_groups: place.security_groups,
-                    ip_count: *ip_count,
-                    description: format!("aws-K8S-{}", self.node.instance_id),
-                    tags: self.tags(),
-                };
-                let eni = self.ec2.create_eni(&new).await?;
-                let attachment = match self.ec2.attach_eni(&eni.id, &self.node.instance_id, device_index).await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Do not leak it: an unattached ENI still holds an address per IP in the subnet.
-                        self.delete_orphan(eni.id.clone()).await;
-                        return Err(e.into());
+                self.create_eni(*ip_count, 0, used, placement).await?;
+            }
+            Action::CreateEniWithPrefixes { prefix_count } => {
+                match self.create_eni(0, *prefix_count, used, placement).await {
+                    Err(ReconcileError::Ec2(e)) if e.code == INSUFFICIENT_CIDR => {
+                        // No free aligned /28 in the subnet: an ENI of single IPs still serves pods.
+                        let ip_count = (prefix_count * PREFIX_IPS).min(self.limits().await?.ips_per_eni);
+                        let id = self.create_eni(ip_count, 0, used, placement).await?;
+                        self.fall_back(&id, &e);
                     }
-                };
-                used.insert(device_index);
-                self.ec2.set_delete_on_termination(&eni.id, &attachment).await?;
-                self.pool.emit(
-                    "eni-attached",
-                    format!(
-                        "{} at device {device_index} with {} IPs in {}",
-                        eni.id,
-                        eni.secondary_ips.len(),
-                        eni.subnet_id
-                    ),
-                );
-                self.sync.attached(eni, device_index, attachment, Instant::now());
-                self.settings.telemetry.eni("attached");
+                    other => {
+                        other?;
+                    }
+                }
+            }
+            Action::AssignPrefixes { eni_id, count } => match self.ec2.assign_prefixes(eni_id, *count).await {
+                Ok(prefixes) => {
+                    self.sync.assigned_prefixes(eni_id, &prefixes, Instant::now());
+                    let list = prefixes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+                    self.pool.emit("prefixes-assigned", format!("{list} to {eni_id}"));
+                }
+                // The planner asks for single IPs on this ENI from the next round (at once: this round acted).
+                Err(e) if e.code == INSUFFICIENT_CIDR => self.fall_back(eni_id, &e),
+                Err(e) => return Err(e.into()),
+            },
+            Action::UnassignPrefixes { eni_id, prefixes } => {
+                self.ec2.unassign_prefixes(eni_id, prefixes).await?;
+                let list = prefixes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+                self.pool.emit("prefixes-unassigned", format!("{list} from {eni_id}"));
+                self.sync.unassigned_prefixes(eni_id, prefixes, Instant::now());
             }
             Action::AssignIps { eni_id, count } => {
                 let ips = self.ec2.assign_ips(eni_id, *count).await?;
@@ -102,6 +104,66 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             }
         }
         Ok(())
+    }
+
+    /// Creates an ENI with `ip_count` IPs or `prefix_count` prefixes, attaches it at the lowest free device
+    /// index and sets DeleteOnTermination. Returns its id.
+    async fn create_eni(
+        &mut self,
+        ip_count: u32,
+        prefix_count: u32,
+        used: &mut BTreeSet<u32>,
+        placement: &Result<Placement, String>,
+    ) -> Result<String, ReconcileError> {
+        let mut place = placement.clone().map_err(ReconcileError::EniConfig)?;
+        if place.discover {
+            // Its primary address, and its IPs (or prefixes: the subnet's free count is in addresses).
+            place.subnet_id = self.discover_subnet(ip_count + prefix_count * PREFIX_IPS + 1).await?;
+        }
+        let device_index = (1..).find(|d| !used.contains(d)).unwrap_or(1);
+        let new = NewEni {
+            subnet_id: place.subnet_id,
+            security_groups: place.security_groups,
+            ip_count,
+            prefix_count,
+            description: format!("aws-K8S-{}", self.node.instance_id),
+            tags: self.tags(),
+        };
+        let eni = self.ec2.create_eni(&new).await?;
+        let attachment = match self.ec2.attach_eni(&eni.id, &self.node.instance_id, device_index).await {
+            Ok(a) => a,
+            Err(e) => {
+                // Do not leak it: an unattached ENI still holds an address per IP in the subnet.
+                self.delete_orphan(eni.id.clone()).await;
+                return Err(e.into());
+            }
+        };
+        used.insert(device_index);
+        self.ec2.set_delete_on_termination(&eni.id, &attachment).await?;
+        let what = if prefix_count > 0 {
+            format!("{} prefixes", eni.prefixes.len())
+        } else {
+            format!("{} IPs", eni.secondary_ips.len())
+        };
+        self.pool.emit("eni-attached", format!("{} at device {device_index} with {what} in {}", eni.id, eni.subnet_id));
+        let id = eni.id.clone();
+        self.sync.attached(eni, device_index, attachment, Instant::now());
+        self.settings.telemetry.eni("attached");
+        Ok(id)
+    }
+
+    /// EC2 had no free /28 for `eni_id`'s subnet: the ENI grows by single IPs from now on, which status,
+    /// metrics and an Event say (aws-vpc-cni fails the pod instead).
+    fn fall_back(&mut self, eni_id: &str, e: &Ec2Error) {
+        if self.prefix_fallback.insert(eni_id.to_string()) {
+            let note = format!(
+                "{eni_id}: EC2 has no free /28 prefix in the subnet ({}): this ENI now takes single secondary IPs",
+                e.message
+            );
+            self.pool.emit("prefix-fallback", note.clone());
+            self.kube.events.warning("PrefixFallback", "AssignPrefixes", note);
+            self.settings.telemetry.prefix_fallback();
+        }
     }
 
     /// Deletes an ENI this ipamd created but could not attach; remembered and retried every round until done.

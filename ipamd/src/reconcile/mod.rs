@@ -48,6 +48,8 @@ pub enum ReconcileError {
     HostNet(Vec<HostNetError>),
     #[error("custom networking: {0}")]
     EniConfig(String),
+    #[error("subnet discovery: {0}")]
+    NoSubnet(String),
 }
 
 impl ReconcileError {
@@ -88,6 +90,8 @@ pub struct ReconcileSettings {
     pub link_wait: Duration,
     /// Node SNAT (only with host networking); its VPC CIDRs are refreshed from IMDS every round.
     pub snat: Option<SnatConfig>,
+    /// ENABLE_SUBNET_DISCOVERY.
+    pub subnet_discovery: bool,
 }
 
 pub struct Reconciler<E: Ec2Api, M: Metadata, N: HostNet> {
@@ -121,6 +125,8 @@ pub struct Reconciler<E: Ec2Api, M: Metadata, N: HostNet> {
     configured: BTreeSet<String>,
     /// The SNAT ruleset last applied (re-applied when it would differ).
     snat_applied: Option<SnatConfig>,
+    /// Prefix mode: ENIs EC2 had no /28 for (InsufficientCidrBlocks); they grow by single IPs.
+    pub(crate) prefix_fallback: BTreeSet<String>,
 }
 
 impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
@@ -142,6 +148,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             hostnet,
             configured: BTreeSet::new(),
             snat_applied: None,
+            prefix_fallback: BTreeSet::new(),
             node,
             pool,
             limits_cache: Cache::builder().time_to_live(Duration::from_secs(3600)).build(),
@@ -226,7 +233,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             .await
             .map_err(|e| ReconcileError::Ec2((*e).clone()))?;
         let max_enis = self.settings.max_eni.map_or(l.max_enis, |m| m.min(l.max_enis));
-        Ok(Limits { max_enis, ips_per_eni: l.ipv4_per_eni - 1 })
+        Ok(Limits { max_enis, ips_per_eni: l.ipv4_per_eni - 1, vcpus: l.vcpus })
     }
 
     /// One observe → plan → apply round. Returns when to look again.
@@ -309,6 +316,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             }
         }
         self.foreign.retain(|id| foreign.iter().any(|e| &e.id == id));
+        self.prefix_fallback.retain(|id| mine.iter().any(|e| &e.id == id));
         let mut observed = self.observed(&mine, &imds).await?;
         let host_errors = match self.hostnet.clone() {
             Some(net) => self.sync_host(net.as_ref(), &mut observed).await,
@@ -430,6 +438,8 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                 subnet_cidr,
                 primary_ip: e.primary_ip,
                 secondary_ips: e.secondary_ips.clone(),
+                prefixes: e.prefixes.clone(),
+                fallback: self.prefix_fallback.contains(&e.id),
                 unconfirmed: Ec2Sync::unconfirmed(e, imds),
                 // Without host networking to do, every ENI is usable as observed.
                 ready: self.hostnet.is_none() || e.id == self.node.primary_eni_id,

@@ -91,6 +91,7 @@ mod tests {
 
     fn eni(id: &str, tags: &[(&str, &str)]) -> Ec2Eni {
         Ec2Eni {
+            prefixes: Vec::new(),
             id: id.into(),
             subnet_id: "subnet-1".into(),
             primary_ip: "10.0.1.9".parse().unwrap(),

@@ -155,7 +155,18 @@ pub async fn desired(
             mac: mac_for_eni(id),
             subnet: *subnet,
             primary_ip,
-            ips: ni.private_ip_addresses().iter().filter_map(|p| p.private_ip_address()?.parse().ok()).collect(),
+            // A delegated /28's addresses are routed to its ENI like secondary IPs.
+            ips: ni
+                .private_ip_addresses()
+                .iter()
+                .filter_map(|p| p.private_ip_address()?.parse().ok())
+                .chain(
+                    ni.ipv4_prefixes()
+                        .iter()
+                        .filter_map(|p| p.ipv4_prefix()?.parse::<Ipv4Net>().ok())
+                        .flat_map(|p| ipamd::datastore::prefix_addresses(&p)),
+                )
+                .collect(),
         });
     }
     Ok(want)
@@ -189,12 +200,17 @@ pub struct Sim {
     launches: Vec<supervisor::Launch>,
     sync_task: Option<tokio::task::JoinHandle<()>>,
     pub fabric: Arc<Mutex<FabricState>>,
+    /// Every EC2 request of the sim and its nodes goes through it: it adds the prefix delegation LocalStack lacks.
+    ec2_proxy: crate::ec2faults::Ec2FaultProxy,
 }
 
 impl Sim {
     /// Builds everything and returns once every ipamd is SERVING.
     pub async fn up(cfg: SimConfig) -> Result<Self, SimError> {
-        let ec2 = localstack::ec2_client();
+        let ec2_proxy = crate::ec2faults::Ec2FaultProxy::to_localstack()
+            .await
+            .map_err(|e| SimError::Other(format!("EC2 proxy: {e}")))?;
+        let ec2 = localstack::ec2_client_at(&ec2_proxy.endpoint);
         clean_leftovers(&cfg, &ec2).await;
         std::fs::create_dir_all(&cfg.state_dir).map_err(|e| SimError::Other(format!("state dir: {e}")))?;
         let layout = cfg.subnet_layout();
@@ -216,6 +232,7 @@ impl Sim {
             launches: Vec::new(),
             sync_task: None,
             fabric: Arc::default(),
+            ec2_proxy,
         };
         if let Err(e) = sim.build(&names, &subnet_cidrs).await {
             sim.down().await;
@@ -263,9 +280,10 @@ impl Sim {
         if self.cfg.kube || self.cfg.custom_networking {
             self.build_kube().await?;
         }
-        let mut upstreams =
-            vec![localstack::endpoint().trim_start_matches("http://").trim_end_matches('/').to_string()];
-        upstreams.extend(self.record.kube.as_ref().map(|k| k.server_addr.clone()));
+        // Inside each node, LocalStack's address leads to the sim's EC2 proxy.
+        let host = |url: &str| url.trim_start_matches("http://").trim_end_matches('/').to_string();
+        let mut upstreams = vec![(host(&localstack::endpoint()), host(&self.ec2_proxy.endpoint))];
+        upstreams.extend(self.record.kube.as_ref().map(|k| (k.server_addr.clone(), k.server_addr.clone())));
         for (i, instance) in vpc.instance_ids.iter().enumerate() {
             self.nodes.push(node::NodeRuntime::start(names, i, instance, &self.ec2, &upstreams).await?);
         }

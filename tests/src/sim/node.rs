@@ -1,7 +1,8 @@
 //! One simulated node's namespace: loopback with the IMDS address, the IMDSv2 emulator listening inside it at
 //! 169.254.169.254:80, and loopback services of the root namespace (LocalStack at 127.0.0.1:4566, the
 //! Kubernetes API server with `--kube`) reachable at the same address inside it — all without touching the root
-//! namespace (the listening sockets are opened inside the node namespace; the proxy dials from the sim).
+//! namespace (the listening sockets are opened inside the node namespace; the proxy dials from the sim, to the
+//! service or to a stand-in: EC2 goes through the sim's prefix-delegating proxy).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -35,7 +36,7 @@ impl NodeRuntime {
         i: usize,
         instance_id: &str,
         ec2: &aws_sdk_ec2::Client,
-        upstreams: &[String],
+        upstreams: &[(String, String)],
     ) -> Result<Self, NetnsError> {
         let ns = names.node(i);
         netns::create(&ns)?;
@@ -49,14 +50,14 @@ impl NodeRuntime {
         let imds = ImdsEmulator::serve(imds_l, ec2.clone(), instance_id, localstack::REGION)
             .map_err(|e| NetnsError::Io { what: "IMDS emulator".into(), source: e })?;
         let mut proxies = Vec::new();
-        for upstream in upstreams {
-            let addr: SocketAddr = upstream.parse().map_err(|_| NetnsError::Io {
-                what: upstream.clone(),
+        for (listen, upstream) in upstreams {
+            let addr: SocketAddr = listen.parse().map_err(|_| NetnsError::Io {
+                what: listen.clone(),
                 source: std::io::ErrorKind::InvalidInput.into(),
             })?;
             let l = netns::listen_in(&ns, addr)?;
             let l = tokio::net::TcpListener::from_std(l)
-                .map_err(|e| NetnsError::Io { what: format!("listener {upstream}"), source: e })?;
+                .map_err(|e| NetnsError::Io { what: format!("listener {listen}"), source: e })?;
             proxies.push(tokio::spawn(proxy(l, upstream.clone())));
         }
         Ok(Self { _imds: imds, proxies })
