@@ -164,7 +164,6 @@ pub async fn intercept(
             let eni = field(&f, "NetworkInterfaceId").unwrap_or_default().to_string();
             let count: usize = field(&f, "Ipv4PrefixCount").and_then(|c| c.parse().ok()).unwrap_or(0);
             let _one = book.picking.lock().await;
-            let _one = book.picking.lock().await;
             let Some(got) = pick(upstream, book, &eni, count).await? else { return Ok(insufficient(&eni)) };
             book.held().entry(eni.clone()).or_default().extend(&got);
             let body = format!(
