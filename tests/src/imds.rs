@@ -2,7 +2,9 @@
 //! ipamd attaches show up at once. Tokens are required (PUT /latest/api/token first), as on real EC2.
 //! MACs are derived from ENI ids ([`crate::mac::mac_for_eni`]) because LocalStack's are malformed.
 //! The tree is cached for [`FRESH_FOR`]: like the real IMDS it may lag EC2 by a moment, and a node that reads
-//! it every few seconds does not turn into a stream of LocalStack requests.
+//! it every few seconds does not turn into a stream of LocalStack requests. With a lag set
+//! ([`ImdsEmulator::set_address_lag`]) a secondary IP or prefix shows only once EC2 has had it that long, as on EC2,
+//! where IMDS takes seconds to list what an assign added.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -32,6 +34,8 @@ struct Ctx {
     cache: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Tree)>>>,
     /// An outage: every request is answered 503.
     down: Arc<std::sync::atomic::AtomicBool>,
+    /// How long an address or prefix must have been in EC2 before it shows, and when each was first seen.
+    lag: Arc<Mutex<(std::time::Duration, BTreeMap<String, std::time::Instant>)>>,
 }
 
 /// A running emulator.
@@ -39,6 +43,7 @@ struct Ctx {
 pub struct ImdsEmulator {
     pub addr: SocketAddr,
     down: Arc<std::sync::atomic::AtomicBool>,
+    lag: Arc<Mutex<(std::time::Duration, BTreeMap<String, std::time::Instant>)>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -58,15 +63,21 @@ impl ImdsEmulator {
             tokens: Arc::default(),
             cache: Arc::default(),
             down: Arc::default(),
+            lag: Arc::default(),
         };
-        let down = ctx.down.clone();
+        let (down, lag) = (ctx.down.clone(), ctx.lag.clone());
         let app = Router::new().fallback(handle).with_state(ctx);
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::warn!("IMDS emulator stopped: {e}");
             }
         });
-        Ok(Self { addr, down, task })
+        Ok(Self { addr, down, lag, task })
+    }
+
+    /// Secondary IPs and prefixes show only after they have been in EC2 for `lag` (0: at once).
+    pub fn set_address_lag(&self, lag: std::time::Duration) {
+        self.lag.lock().unwrap_or_else(|p| p.into_inner()).0 = lag;
     }
 
     /// Starts (`true`) or ends an outage.
@@ -141,6 +152,14 @@ async fn cached(ctx: &Ctx) -> Result<Tree, String> {
     Ok(tree)
 }
 
+/// Whether an address (or prefix) `key` of an ENI has been in EC2 long enough to show (see the lag).
+fn shown(ctx: &Ctx, key: &str) -> bool {
+    let mut lag = ctx.lag.lock().unwrap_or_else(|p| p.into_inner());
+    let wait = lag.0;
+    let first = *lag.1.entry(key.to_string()).or_insert_with(std::time::Instant::now);
+    first.elapsed() >= wait
+}
+
 /// The whole metadata tree for the instance, as path → value.
 async fn metadata(ctx: &Ctx) -> Result<BTreeMap<String, String>, String> {
     let ec2 = &ctx.ec2;
@@ -210,7 +229,13 @@ async fn metadata(ctx: &Ctx) -> Result<BTreeMap<String, String>, String> {
         }
         let b = format!("network/interfaces/macs/{mac}");
         let subnet = ni.subnet_id().unwrap_or_default();
-        let ips: Vec<&str> = ni.private_ip_addresses().iter().filter_map(|p| p.private_ip_address()).collect();
+        let primary = ni.private_ip_address().unwrap_or_default();
+        let ips: Vec<&str> = ni
+            .private_ip_addresses()
+            .iter()
+            .filter_map(|p| p.private_ip_address())
+            .filter(|ip| *ip == primary || shown(ctx, &format!("{id}/{ip}")))
+            .collect();
         let groups: Vec<&str> = ni.groups().iter().filter_map(|g| g.group_id()).collect();
         m.insert(format!("{b}/mac"), mac.clone());
         m.insert(format!("{b}/interface-id"), id.to_string());
@@ -219,7 +244,12 @@ async fn metadata(ctx: &Ctx) -> Result<BTreeMap<String, String>, String> {
         m.insert(format!("{b}/subnet-ipv4-cidr-block"), subnet_cidr(subnet));
         m.insert(format!("{b}/security-group-ids"), groups.join("\n"));
         m.insert(format!("{b}/local-ipv4s"), ips.join("\n"));
-        let prefixes: Vec<&str> = ni.ipv4_prefixes().iter().filter_map(|p| p.ipv4_prefix()).collect();
+        let prefixes: Vec<&str> = ni
+            .ipv4_prefixes()
+            .iter()
+            .filter_map(|p| p.ipv4_prefix())
+            .filter(|p| shown(ctx, &format!("{id}/{p}")))
+            .collect();
         if !prefixes.is_empty() {
             m.insert(format!("{b}/ipv4-prefix"), prefixes.join("\n"));
         }

@@ -60,6 +60,10 @@ pub struct SimConfig {
     /// `node-<i>/cni/net.d`, as the DaemonSet does on a node) instead of the sim writing the conflist.
     #[arg(long)]
     pub install_cni: bool,
+    /// Milliseconds an IP or prefix must have been in EC2 before the node's IMDS lists it (EC2's IMDS takes
+    /// seconds after an assign; 0: at once).
+    #[arg(long, default_value_t = 0)]
+    pub imds_lag_ms: u64,
 }
 
 /// KEY=VALUE.
@@ -83,6 +87,7 @@ impl Default for SimConfig {
             kube: false,
             custom_networking: false,
             install_cni: false,
+            imds_lag_ms: 0,
         }
     }
 }
@@ -285,7 +290,9 @@ impl Sim {
         let mut upstreams = vec![(host(&localstack::endpoint()), host(&self.ec2_proxy.endpoint))];
         upstreams.extend(self.record.kube.as_ref().map(|k| (k.server_addr.clone(), k.server_addr.clone())));
         for (i, instance) in vpc.instance_ids.iter().enumerate() {
-            self.nodes.push(node::NodeRuntime::start(names, i, instance, &self.ec2, &upstreams).await?);
+            let node = node::NodeRuntime::start(names, i, instance, &self.ec2, &upstreams).await?;
+            node.imds.set_address_lag(Duration::from_millis(self.cfg.imds_lag_ms));
+            self.nodes.push(node);
         }
         // Plug the primary ENIs before ipamd looks for them, then keep following EC2.
         let want = desired(&self.ec2, &vpc, &subnets).await?;

@@ -18,7 +18,7 @@ pub const CNI_BIN: &str = "cni/bin";
 pub const CNI_CONF: &str = "cni/net.d";
 
 pub struct NodeRuntime {
-    _imds: ImdsEmulator,
+    pub imds: ImdsEmulator,
     proxies: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -60,7 +60,7 @@ impl NodeRuntime {
                 .map_err(|e| NetnsError::Io { what: format!("listener {listen}"), source: e })?;
             proxies.push(tokio::spawn(proxy(l, upstream.clone())));
         }
-        Ok(Self { _imds: imds, proxies })
+        Ok(Self { imds, proxies })
     }
 }
 
