@@ -189,6 +189,31 @@ impl AwsEc2 {
     }
 }
 
+impl AwsEc2 {
+    /// UnassignPrivateIpAddresses of secondary IPs or of prefixes.
+    async fn unassign(
+        &self,
+        eni_id: &str,
+        ips: Option<Vec<String>>,
+        prefixes: Option<Vec<String>>,
+    ) -> Result<(), Ec2Error> {
+        const OP: &str = "UnassignPrivateIpAddresses";
+        let (client, ips, prefixes) = (&self.client, &ips, &prefixes);
+        self.call(OP, || async move {
+            client
+                .unassign_private_ip_addresses()
+                .network_interface_id(eni_id)
+                .set_private_ip_addresses(ips.clone())
+                .set_ipv4_prefixes(prefixes.clone())
+                .send()
+                .await
+                .map_err(sdk_err(OP))
+        })
+        .await?;
+        Ok(())
+    }
+}
+
 fn sdk_err<E: ProvideErrorMetadata + std::error::Error + 'static>(
     op: &'static str,
 ) -> impl FnOnce(aws_sdk_ec2::error::SdkError<E>) -> Ec2Error {
@@ -212,6 +237,10 @@ fn sdk_err<E: ProvideErrorMetadata + std::error::Error + 'static>(
 
 fn parse_ip(op: &'static str, s: Option<&str>) -> Result<Ipv4Addr, Ec2Error> {
     s.unwrap_or_default().parse().map_err(|_| Ec2Error::new(op, "BadResponse", format!("not an IPv4 address: {s:?}")))
+}
+
+fn parse_prefix(op: &'static str, s: Option<&str>) -> Result<Ipv4Net, Ec2Error> {
+    s.unwrap_or_default().parse().map_err(|_| Ec2Error::new(op, "BadResponse", format!("not an IPv4 prefix: {s:?}")))
 }
 
 fn convert(op: &'static str, ni: &aws_sdk_ec2::types::NetworkInterface) -> Result<Ec2Eni, Ec2Error> {
@@ -435,20 +464,7 @@ impl Ec2Api for AwsEc2 {
     }
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), Ec2Error> {
-        const OP: &str = "UnassignPrivateIpAddresses";
-        let client = &self.client;
-        let ips = &ips.iter().map(Ipv4Addr::to_string).collect::<Vec<_>>();
-        self.call(OP, || async move {
-            client
-                .unassign_private_ip_addresses()
-                .network_interface_id(eni_id)
-                .set_private_ip_addresses(Some(ips.clone()))
-                .send()
-                .await
-                .map_err(sdk_err(OP))
-        })
-        .await?;
-        Ok(())
+        self.unassign(eni_id, Some(ips.iter().map(Ipv4Addr::to_string).collect()), None).await
     }
 
     async fn assign_prefixes(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Net>, Ec2Error> {
@@ -465,30 +481,11 @@ impl Ec2Api for AwsEc2 {
                     .map_err(sdk_err(OP))
             })
             .await?;
-        out.assigned_ipv4_prefixes()
-            .iter()
-            .map(|p| {
-                let text = p.ipv4_prefix().unwrap_or_default();
-                text.parse().map_err(|_| Ec2Error::new(OP, "BadResponse", format!("not an IPv4 prefix: {text:?}")))
-            })
-            .collect()
+        out.assigned_ipv4_prefixes().iter().map(|p| parse_prefix(OP, p.ipv4_prefix())).collect()
     }
 
     async fn unassign_prefixes(&self, eni_id: &str, prefixes: &[Ipv4Net]) -> Result<(), Ec2Error> {
-        const OP: &str = "UnassignPrivateIpAddresses";
-        let client = &self.client;
-        let prefixes = &prefixes.iter().map(Ipv4Net::to_string).collect::<Vec<_>>();
-        self.call(OP, || async move {
-            client
-                .unassign_private_ip_addresses()
-                .network_interface_id(eni_id)
-                .set_ipv4_prefixes(Some(prefixes.clone()))
-                .send()
-                .await
-                .map_err(sdk_err(OP))
-        })
-        .await?;
-        Ok(())
+        self.unassign(eni_id, None, Some(prefixes.iter().map(Ipv4Net::to_string).collect())).await
     }
 
     async fn detach_eni(&self, attachment_id: &str) -> Result<(), Ec2Error> {

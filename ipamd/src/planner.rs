@@ -69,8 +69,9 @@ pub struct Targets {
     pub minimum_ip: Option<u32>,
     /// Prefix mode (ENABLE_PREFIX_DELEGATION) with WARM_PREFIX_TARGET.
     pub warm_prefix: Option<u32>,
-    /// Surge: free addresses wanted now for pods that asked faster than the pool refilled (0: none). The pool
-    /// grows to this in one step and shrinks no lower while it lasts; it decays to 0 with the demand.
+    /// Surge: pods waiting for an address because they asked faster than the pool refilled (0: none). The pool
+    /// grows by them on top of its target in one step and shrinks no lower while they wait; it decays to 0 with
+    /// the demand.
     pub surge: u32,
 }
 
@@ -154,7 +155,7 @@ pub fn plan(view: &PoolView, targets: Targets, limits: Limits) -> Vec<Action> {
 
 fn plan_eni_mode(view: &PoolView, warm_eni: u32, surge: u32, limits: Limits) -> Vec<Action> {
     let cap = limits.ips_per_eni;
-    let want_free = warm_eni.saturating_mul(cap).max(surge);
+    let want_free = warm_eni.saturating_mul(cap) + surge;
     let mut actions = Vec::new();
     let mut free = view.free();
     let mut enis = view.enis.len() as u32;
@@ -186,8 +187,10 @@ fn plan_ip_mode(view: &PoolView, targets: Targets, limits: Limits) -> Vec<Action
     let warm = targets.warm_ip.unwrap_or(0);
     let minimum = targets.minimum_ip.unwrap_or(0);
     let (free, total) = (view.free(), view.total());
-    let short = warm.saturating_sub(free).max(minimum.saturating_sub(total)).max(targets.surge.saturating_sub(free));
-    let over = free.saturating_sub(warm).min(total.saturating_sub(minimum)).min(free.saturating_sub(targets.surge));
+    // Surge comes on top of WARM_IP_TARGET: the waiting pods take addresses, the target is still wanted after.
+    let warm = warm + targets.surge;
+    let short = warm.saturating_sub(free).max(minimum.saturating_sub(total));
+    let over = free.saturating_sub(warm).min(total.saturating_sub(minimum));
     let mut actions = Vec::new();
     let cap = limits.ips_per_eni;
     if short > 0 {

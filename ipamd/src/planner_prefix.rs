@@ -56,10 +56,12 @@ fn warm_ips(view: &PoolView) -> u32 {
 
 pub(super) fn plan_prefix_mode(view: &PoolView, targets: Targets, warm_prefix: u32, limits: Limits) -> Vec<Action> {
     let ip_targets = targets.warm_ip.is_some() || targets.minimum_ip.is_some();
+    let free = view.free();
+    // Surge comes on top of the target: the waiting pods take addresses, the target is still wanted after.
     let (short, over) = if ip_targets {
-        let warm = targets.warm_ip.unwrap_or(0);
+        let warm = targets.warm_ip.unwrap_or(0) + targets.surge;
         let minimum = targets.minimum_ip.unwrap_or(0);
-        let (free, total) = (view.free(), view.total());
+        let total = view.total();
         (
             warm.saturating_sub(free).max(minimum.saturating_sub(total)),
             free.saturating_sub(warm).min(total.saturating_sub(minimum)),
@@ -67,10 +69,11 @@ pub(super) fn plan_prefix_mode(view: &PoolView, targets: Targets, warm_prefix: u
     } else {
         let want = warm_prefix.saturating_mul(PREFIX_IPS);
         let have = warm_ips(view);
-        (want.saturating_sub(have), have.saturating_sub(want))
+        (
+            want.saturating_sub(have).max((want + targets.surge).saturating_sub(free)),
+            have.saturating_sub(want).min(free.saturating_sub(want + targets.surge)),
+        )
     };
-    let short = short.max(targets.surge.saturating_sub(view.free()));
-    let over = over.min(view.free().saturating_sub(targets.surge));
     if short > 0 {
         return grow(view, short, limits);
     }

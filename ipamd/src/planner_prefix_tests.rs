@@ -92,15 +92,16 @@ fn a_fallback_eni_grows_by_single_ips_within_its_slots() {
 fn surge_asks_for_the_whole_shortfall_at_once() {
     let view = PoolView { enis: vec![eni(0, &[16], 0, false)] };
     let t = Targets { surge: 50, ..prefix(1) };
-    // 50 addresses wanted now, none free: 4 prefixes in one call instead of one per round.
-    assert_eq!(plan(&view, t, M5_LARGE), [Action::AssignPrefixes { eni_id: "eni-0".into(), count: 4 }]);
-    // While the surge lasts, nothing of it is given back.
-    let warmed = PoolView { enis: vec![eni(0, &[16, 0, 0, 0, 0], 0, false)] };
-    assert!(plan(&warmed, Targets { surge: 50, ..prefix(1) }, M5_LARGE).is_empty());
-    // Once it has decayed, the pool goes back to the target.
+    // 50 pods waiting and one whole prefix still wanted after them: 66 addresses, 5 prefixes in one call
+    // instead of one per round.
+    assert_eq!(plan(&view, t, M5_LARGE), [Action::AssignPrefixes { eni_id: "eni-0".into(), count: 5 }]);
+    // While they wait, nothing is given back.
+    let warmed = PoolView { enis: vec![eni(0, &[16, 0, 0, 0, 0, 0], 0, false)] };
+    assert!(plan(&warmed, t, M5_LARGE).is_empty());
+    // Once the demand has decayed, the pool goes back to the target.
     assert_eq!(
         plan(&warmed, prefix(1), M5_LARGE),
-        [Action::UnassignPrefixes { eni_id: "eni-0".into(), prefixes: vec![net(4), net(3), net(2)] }]
+        [Action::UnassignPrefixes { eni_id: "eni-0".into(), prefixes: vec![net(5), net(4), net(3), net(2)] }]
     );
 }
 

@@ -195,15 +195,15 @@ fn arb_targets() -> impl Strategy<Value = Targets> {
 
 #[test]
 fn surge_asks_for_the_waiting_pods_at_once_then_decays_to_the_target() {
-    // WARM_IP_TARGET=1 and 12 pods waiting: one step to 12 free (9 on the primary, 3 on a new ENI), not 1.
+    // WARM_IP_TARGET=1 and 12 pods waiting: one step to 13 free (9 on the primary, 4 on a new ENI), not 1.
     let t = Targets { surge: 12, ..ip_mode(Some(1), None) };
     let empty = pool(&[(0, 0, 0)]);
     assert_eq!(
         plan(&empty, t, M5_LARGE),
-        [Action::AssignIps { eni_id: "eni-0".into(), count: 9 }, Action::CreateEni { ip_count: 3 }]
+        [Action::AssignIps { eni_id: "eni-0".into(), count: 9 }, Action::CreateEni { ip_count: 4 }]
     );
     // While they wait nothing is given back; once they are served, the surplus goes.
-    let warmed = pool(&[(9, 0, 0), (3, 0, 0)]);
+    let warmed = pool(&[(9, 0, 0), (4, 0, 0)]);
     assert!(plan(&warmed, t, M5_LARGE).is_empty());
     let back = plan(&warmed, ip_mode(Some(1), None), M5_LARGE);
     assert_eq!(back[0], Action::DeleteEni { eni_id: "eni-1".into() });

@@ -32,10 +32,14 @@ async fn wait_enis(node: &NodeFixture, count: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_enis_go_to_the_emptier_tagged_subnet_and_never_elsewhere() {
     // The node's own subnet is small (a /27), so it never has the most room.
-    let mut node = NodeFixture::in_subnet("subnet-disc", "m5.large", "10.0.0.0/27").await;
+    let node_subnet = format!("10.0.{}.{}/27", rand::random_range(40u32..64), 32 * rand::random_range(0u32..8));
+    let mut node = NodeFixture::in_subnet("subnet-disc", "m5.large", &node_subnet).await;
     let (ec2, zone, other_zone) = (node.ec2.clone(), format!("{REGION}a"), format!("{REGION}b"));
-    let roomy = node.vpc.add_subnet(&ec2, "10.0.4.0/24", &zone).await.unwrap();
-    let smaller = node.vpc.add_subnet(&ec2, "10.0.5.0/25", &zone).await.unwrap();
+    // LocalStack (scripts/localstack_main.py) never hands an address out twice in its lifetime: fresh blocks per
+    // run (the node's /27 above too) keep a long-lived LocalStack from running out.
+    let block = 64 + 2 * rand::random_range(0u32..95);
+    let roomy = node.vpc.add_subnet(&ec2, &format!("10.0.{block}.0/24"), &zone).await.unwrap();
+    let smaller = node.vpc.add_subnet(&ec2, &format!("10.0.{}.0/25", block + 1), &zone).await.unwrap();
     let untagged = node.vpc.add_subnet(&ec2, "10.0.8.0/22", &zone).await.unwrap();
     let opted_out = node.vpc.add_subnet(&ec2, "10.0.16.0/21", &zone).await.unwrap();
     let elsewhere = node.vpc.add_subnet(&ec2, "10.0.32.0/21", &other_zone).await.unwrap();
@@ -53,7 +57,7 @@ async fn new_enis_go_to_the_emptier_tagged_subnet_and_never_elsewhere() {
     // Something else takes most of the /24: it now has fewer free addresses than the /25.
     ec2.create_network_interface()
         .subnet_id(&roomy)
-        .secondary_private_ip_address_count(150)
+        .secondary_private_ip_address_count(130)
         .send()
         .await
         .expect("CreateNetworkInterface in the /24");
@@ -83,7 +87,8 @@ async fn an_opted_out_node_subnet_is_skipped_and_discovery_can_be_turned_off() {
     for (discovery, expect_node_subnet) in [("true", false), ("false", true)] {
         let mut node = NodeFixture::in_subnet(&format!("subnet-off-{discovery}"), "t3.medium", "10.0.0.0/22").await;
         let zone = format!("{REGION}a");
-        let tagged = node.vpc.add_subnet(&node.ec2.clone(), "10.0.8.0/26", &zone).await.unwrap();
+        let cidr = format!("10.0.{}.{}/26", rand::random_range(12u32..16), 64 * rand::random_range(0u32..4));
+        let tagged = node.vpc.add_subnet(&node.ec2.clone(), &cidr, &zone).await.unwrap();
         tag_role(&node, &node.vpc.subnet_ids[0].clone(), "0").await;
         tag_role(&node, &tagged, "1").await;
         let mut ipamd = node.spawn_ipamd(&[("ENABLE_SUBNET_DISCOVERY", discovery)]);

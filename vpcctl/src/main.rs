@@ -249,6 +249,10 @@ async fn main() -> Result<()> {
                         count("cooling"),
                         count("free")
                     );
+                    if !e.prefixes.is_empty() || e.prefix_fallback {
+                        let fallback = if e.prefix_fallback { " (fallback: single IPs, no free /28)" } else { "" };
+                        println!("    prefixes {}{fallback}", e.prefixes.join(" "));
+                    }
                     if wide {
                         for i in &e.ips {
                             let who = if i.k8s_pod_name.is_empty() {
