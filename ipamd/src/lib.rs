@@ -13,6 +13,8 @@ pub mod daemon;
 pub mod datastore;
 pub mod deferred;
 pub mod ec2;
+#[cfg(test)]
+pub(crate) mod ec2_fake;
 pub mod ec2sync;
 pub mod grpc;
 /// The shared datapath crate under the name ipamd's modules have always used.

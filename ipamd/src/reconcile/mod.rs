@@ -5,6 +5,8 @@
 //! burst of pods on an exhausted subnet cannot turn into a burst of EC2 calls.
 
 mod apply;
+#[cfg(test)]
+mod prefix_tests;
 mod recovered;
 pub mod sweep;
 
