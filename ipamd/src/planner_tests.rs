@@ -189,8 +189,9 @@ fn arb_pool() -> impl Strategy<Value = PoolView> {
 }
 
 fn arb_targets() -> impl Strategy<Value = Targets> {
-    (0u32..4, prop::option::of(0u32..30), prop::option::of(0u32..30))
-        .prop_map(|(warm_eni, warm_ip, minimum_ip)| Targets { warm_eni, warm_ip, minimum_ip, ..Targets::default() })
+    (0u32..4, prop::option::of(0u32..30), prop::option::of(0u32..30), prop_oneof![Just(0u32), 1u32..30]).prop_map(
+        |(warm_eni, warm_ip, minimum_ip, surge)| Targets { warm_eni, warm_ip, minimum_ip, surge, ..Targets::default() },
+    )
 }
 
 #[test]
@@ -250,14 +251,15 @@ proptest! {
             prop_assert!(rounds <= 3, "still acting after 3 rounds: {:?}", actions);
         }
         let full = v.enis.len() as u32 == M5_LARGE.max_enis && v.enis.iter().all(|e| e.total() == M5_LARGE.ips_per_eni);
+        // Surge (pods waiting) comes on top of the target.
         if targets.warm_ip.is_some() || targets.minimum_ip.is_some() {
-            let warm = targets.warm_ip.unwrap_or(0);
+            let warm = targets.warm_ip.unwrap_or(0) + targets.surge;
             let min = targets.minimum_ip.unwrap_or(0);
             prop_assert!(full || (v.free() >= warm && v.total() >= min));
             // No surplus left that could be given back (unless an ENI is draining its cooldowns).
             prop_assert!(v.free() <= warm || v.total() <= min || draining(&v));
         } else {
-            prop_assert!(full || v.free() >= targets.warm_eni * M5_LARGE.ips_per_eni);
+            prop_assert!(full || v.free() >= targets.warm_eni * M5_LARGE.ips_per_eni + targets.surge);
             prop_assert!(v.enis.iter().all(|e| e.total() == M5_LARGE.ips_per_eni));
         }
     }

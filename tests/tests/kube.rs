@@ -417,6 +417,36 @@ async fn unauthorized_operation_becomes_a_missing_iam_permissions_event() {
     fx.cleanup().await;
 }
 
+/// Prefix mode on a fragmented subnet (the fault proxy answers InsufficientCidrBlocks to prefix requests, as EC2
+/// does; LocalStack ignores prefixes): the ENI falls back to single IPs and a PrefixFallback Warning says so.
+#[tokio::test]
+async fn a_prefix_fallback_becomes_a_warning_event() {
+    let c = cluster().await;
+    let tag = "kube-pfx";
+    let fx = NodeFixture::behind_proxy(tag, "t3.medium").await;
+    let proxy = fx.proxy.as_ref().unwrap();
+    proxy.fail("AssignPrivateIpAddresses:prefix", 400, "InsufficientCidrBlocks", "no free /28 (test)");
+    let node = node_name(tag, &fx);
+    kubeapi::put_node(&c.admin, &node, &BTreeMap::new(), None).await.unwrap();
+    let mut env =
+        kube_env(&node, &c.env.service_account, &[("ENABLE_PREFIX_DELEGATION", "true"), ("IPAMD_POD_GC_GRACE", "0")]);
+    env.push(("AWS_ENDPOINT_URL_EC2", proxy.endpoint.clone()));
+    let mut ipamd = spawn(&fx, &env);
+    let ev = eventually(WAIT, "a PrefixFallback Warning", || async {
+        let ev = kubeapi::events_about(&c.admin, NODE_EVENTS, &node).await;
+        let hit: Vec<_> = ev.into_iter().filter(|e| e.reason == "PrefixFallback").collect();
+        (!hit.is_empty()).then_some(hit)
+    })
+    .await;
+    let primary = fx.enis().await[0].id.clone();
+    assert!(ev[0].type_ == "Warning" && ev[0].note.contains(&primary) && ev[0].note.contains("single"), "{ev:?}");
+    ipamd.wait_serving(WAIT).await.expect("SERVING on single IPs");
+    assert_eq!(status(&ipamd).await.prefix_fallback_enis, [primary]);
+    ipamd.terminate().await;
+    kubeapi::delete_node(&c.admin, &node).await;
+    fx.cleanup().await;
+}
+
 /// (apiGroup, resource, verb) triples the ClusterRole in deploy/rbac.yaml grants.
 fn granted() -> BTreeSet<(String, String, String)> {
     let docs = kubeapi::deploy_docs("rbac.yaml").unwrap();
