@@ -4,6 +4,9 @@ LocalStack's EC2 (moto) draws private IPs at random from the subnet without chec
 and may hand out the subnet's reserved addresses (network, VPC router, DNS, future use, broadcast). Real EC2
 never does either, and ipamd relies on it. This launcher wraps the generator so every IPv4 address it returns
 is unused within this LocalStack process and not reserved, then runs LocalStack as usual.
+
+In a subnet of /20 or larger it draws from the lower half only: the tests' EC2 proxy (tests/src/ec2prefix.rs)
+delegates /28 prefixes, which LocalStack knows nothing of, from the upper half, so the two never overlap.
 """
 import ipaddress
 import runpy
@@ -23,8 +26,9 @@ def unique_private_ip(cidr=None, ipv6=False):
         return _draw(cidr, ipv6)
     net = ipaddress.IPv4Network(cidr)
     reserved = {net.network_address + i for i in range(4)} | {net.broadcast_address}
+    draw_from = str(next(net.subnets(prefixlen_diff=1))) if net.prefixlen <= 20 else cidr
     for _ in range(100000):
-        ip = _draw(cidr, ipv6)
+        ip = _draw(draw_from, ipv6)
         if ip not in _used and ipaddress.IPv4Address(ip) not in reserved:
             _used.add(ip)
             return ip

@@ -238,6 +238,29 @@ mod tests {
         assert!(text.contains("\"version\":1") && text.contains("\"container_id\":\"abc\""), "{text}");
     }
 
+    /// What the previous release wrote (no `vpc_id`, no `vcpus`, no prefixes) still loads: an upgrade keeps every
+    /// allocation. And a prefix-mode checkpoint round-trips its prefixes.
+    #[test]
+    fn an_older_checkpoint_loads_and_prefixes_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let old = r#"{"version":1,"allocations":[{"network_name":"aws-cni","container_id":"abc","if_name":"eth0",
+            "ip":"10.0.1.9","eni_id":"eni-1","pod_namespace":"default","pod_name":"web","allocated_unix":7}],
+            "cooling":{},"node":{"instance_id":"i-1","instance_type":"m5.large","region":"us-east-1",
+            "availability_zone":"us-east-1a","primary_mac":"02:00:00:00:00:01","primary_ip":"10.0.1.4",
+            "primary_eni_id":"eni-1","subnet_id":"subnet-1","subnet_cidr":"10.0.1.0/24","security_groups":["sg-1"],
+            "vpc_cidrs":["10.0.0.0/16"]},"limits":{"max_enis":3,"ips_per_eni":9},
+            "enis":[{"id":"eni-1","mac":"02:00:00:00:00:01","device_number":0,"subnet_id":"subnet-1",
+            "subnet_cidr":"10.0.1.0/24","primary_ip":"10.0.1.4","secondary_ips":["10.0.1.9"]}]}"#;
+        std::fs::write(store.path(), old).unwrap();
+        let mut cp = store.load().expect("the previous release's checkpoint loads");
+        assert_eq!((cp.allocations.len(), cp.node.as_ref().map(|n| n.vpc_id.as_str())), (1, Some("")));
+        assert_eq!(cp.limits.map(|l| l.vcpus), Some(0));
+        cp.enis[0].prefixes = vec!["10.0.1.32/28".parse().unwrap()];
+        store.save(&cp).unwrap();
+        assert_eq!(store.load().unwrap().enis[0].prefixes, cp.enis[0].prefixes);
+    }
+
     #[test]
     fn corrupt_or_future_files_are_refused_with_the_path() {
         let dir = tempfile::tempdir().unwrap();

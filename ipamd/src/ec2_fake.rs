@@ -26,6 +26,8 @@ struct State {
     /// Operation (or `Operation:prefix` for prefix requests) → error code.
     faults: BTreeMap<String, String>,
     calls: Vec<String>,
+    /// ENIs created so far (ids never repeat, as EC2's).
+    created: u32,
 }
 
 #[derive(Debug)]
@@ -62,6 +64,7 @@ impl FakeEc2 {
             next_prefix: 0,
             faults: BTreeMap::new(),
             calls: Vec::new(),
+            created: 0,
         };
         Self { state: Mutex::new(state) }
     }
@@ -153,7 +156,8 @@ impl Ec2Api for FakeEc2 {
     async fn create_eni(&self, new: &NewEni) -> Result<Ec2Eni, Ec2Error> {
         let key = if new.prefix_count > 0 { "CreateNetworkInterface:prefix" } else { "CreateNetworkInterface" };
         let mut s = self.call("CreateNetworkInterface", key, format!("{} {}", new.ip_count, new.prefix_count))?;
-        let id = format!("eni-{}", s.enis.len());
+        s.created += 1;
+        let id = format!("eni-{}", s.created);
         let primary_ip = s.ips(1)[0];
         let eni = Ec2Eni {
             id,
@@ -273,7 +277,7 @@ impl Metadata for FakeEc2Imds {
         if let Some(v) = fixed {
             return Ok(v);
         }
-        let not_found = || ImdsError::Request { path: path.into(), message: "404 Not Found".into() };
+        let not_found = || ImdsError::NotFound { path: path.into() };
         let rest = path.strip_prefix("network/interfaces/macs/").ok_or_else(not_found)?;
         let (m, key) = rest.split_once('/').ok_or_else(not_found)?;
         let e = enis.iter().find(|e| mac(e.device_index.unwrap_or(0)) == m).ok_or_else(not_found)?;

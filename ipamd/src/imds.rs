@@ -11,6 +11,9 @@ use ipnet::Ipv4Net;
 pub enum ImdsError {
     #[error("IMDS {path}: {message}")]
     Request { path: String, message: String },
+    /// IMDS answered 404: the path does not exist (e.g. `ipv4-prefix` of an ENI without prefixes).
+    #[error("IMDS {path}: not found")]
+    NotFound { path: String },
     #[error("IMDS {path}: cannot parse '{value}': {message}")]
     Parse { path: String, value: String, message: String },
 }
@@ -35,11 +38,12 @@ impl AwsImds {
 impl Metadata for AwsImds {
     async fn get(&self, path: &str) -> Result<String, ImdsError> {
         let full = format!("/latest/meta-data/{path}");
-        self.client
-            .get(full)
-            .await
-            .map(String::from)
-            .map_err(|e| ImdsError::Request { path: path.to_string(), message: error_chain(&e) })
+        self.client.get(full).await.map(String::from).map_err(|e| match &e {
+            aws_config::imds::client::error::ImdsError::ErrorResponse(r) if r.response().status().as_u16() == 404 => {
+                ImdsError::NotFound { path: path.to_string() }
+            }
+            _ => ImdsError::Request { path: path.to_string(), message: error_chain(&e) },
+        })
     }
 }
 
@@ -87,7 +91,9 @@ pub struct NodeInfo {
     pub subnet_cidr: Ipv4Net,
     pub security_groups: Vec<String>,
     pub vpc_cidrs: Vec<Ipv4Net>,
-    /// Empty when IMDS does not say (subnet discovery then keeps to the node's subnet).
+    /// Empty when IMDS does not say (subnet discovery then keeps to the node's subnet). Absent from checkpoints
+    /// written before it existed.
+    #[serde(default)]
     pub vpc_id: String,
 }
 
@@ -122,7 +128,16 @@ impl NodeInfo {
         let security_groups = lines(&md.get(&format!("{base}/security-group-ids")).await?).map(String::from).collect();
         let vpc_path = format!("{base}/vpc-ipv4-cidr-blocks");
         let vpc_cidrs = lines(&md.get(&vpc_path).await?).map(|l| parse(&vpc_path, l)).collect::<Result<_, _>>()?;
-        let vpc_id = md.get(&format!("{base}/vpc-id")).await.map(|v| v.trim().to_string()).unwrap_or_default();
+        let vpc_id = match md.get(&format!("{base}/vpc-id")).await {
+            Ok(v) => v.trim().to_string(),
+            Err(ImdsError::NotFound { .. }) => {
+                tracing::warn!(
+                    "IMDS has no vpc-id for the primary interface: subnet discovery keeps to the node's subnet"
+                );
+                String::new()
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Self {
             instance_id,
             instance_type,
@@ -157,10 +172,11 @@ pub async fn interfaces(md: &impl Metadata) -> Result<BTreeMap<String, MacInfo>,
             Err(_) => BTreeSet::new(),
         };
         let prefix_path = format!("{base}/ipv4-prefix");
-        // Absent on an ENI without prefixes.
+        // Absent (404) on an ENI without prefixes; any other failure fails the read rather than hiding prefixes.
         let prefixes = match md.get(&prefix_path).await {
             Ok(text) => lines(&text).map(|l| parse(&prefix_path, l)).collect::<Result<_, _>>()?,
-            Err(_) => BTreeSet::new(),
+            Err(ImdsError::NotFound { .. }) => BTreeSet::new(),
+            Err(e) => return Err(e),
         };
         out.insert(eni_id.clone(), MacInfo { mac, eni_id, device_number, ips, prefixes });
     }
@@ -178,10 +194,7 @@ pub(crate) mod fake {
 
     impl Metadata for FakeImds {
         async fn get(&self, path: &str) -> Result<String, ImdsError> {
-            self.0
-                .get(path)
-                .cloned()
-                .ok_or_else(|| ImdsError::Request { path: path.into(), message: "404 Not Found".into() })
+            self.0.get(path).cloned().ok_or_else(|| ImdsError::NotFound { path: path.into() })
         }
     }
 

@@ -235,10 +235,17 @@ impl Actor {
                         .collect(),
                     unconfirmed: Vec::new(),
                     ready: true,
+                    // A prefix on its way back is left out; one IMDS does not show yet is too, unless a pod already
+                    // holds an address of it (IMDS flapped): the pod's address must survive a restart.
                     prefixes: e
                         .prefixes
                         .iter()
-                        .filter(|p| crate::datastore::prefix_addresses(p).all(|ip| servable(&ip)))
+                        .filter(|p| {
+                            let states: Vec<IpState> = crate::datastore::prefix_addresses(p)
+                                .filter_map(|ip| e.ips.get(&ip).copied())
+                                .collect();
+                            !states.contains(&IpState::Releasing) && states.iter().any(|s| *s != IpState::Pending)
+                        })
                         .copied()
                         .collect(),
                     fallback: false,
@@ -366,7 +373,7 @@ impl Actor {
         let now = now_ms();
         match self.ds.assign(key, ns, name, now) {
             Ok(a) => {
-                self.surge.served(key);
+                self.surge.served(&crate::surge::waiter(key, ns, name));
                 if a.new
                     && let Some(al) = self.ds.allocations.get_mut(key)
                 {
@@ -375,7 +382,7 @@ impl Actor {
                 Ok((AddOutcome { ip: a.ip, eni_id: a.eni_id, device_number: a.device_number }, a.new))
             }
             Err(e) => {
-                self.surge.refused(key, now);
+                self.surge.refused(crate::surge::waiter(key, ns, name), now);
                 self.kick.notify_one();
                 let reserved = self.settings.primary_reserved;
                 let enis: Vec<_> = self.ds.enis.values().filter(|e| !(reserved && e.primary)).collect();

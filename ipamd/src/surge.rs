@@ -1,29 +1,35 @@
 //! Surge: how many pods are waiting for an IP right now. A Deployment scaling up sends AddNetwork requests faster
 //! than one warm step per round refills the pool; each refused pod (kubelet retries it) is counted here, and the
 //! planner asks EC2 for all of them in one call instead of one warm step per round. A pod stops counting when it
-//! gets an IP, or when it has not asked again for [`WINDOW`] (it went away), so the demand decays to nothing
-//! and the pool shrinks back to its targets.
+//! gets an IP, or when it has not asked again for [`WINDOW_MS`] (it went away), so the demand decays to nothing
+//! and the pool shrinks back to its targets. Pods are counted by namespace/name: kubelet retries a failed pod
+//! with a new sandbox (a new container id), which is still one pod waiting.
 
 use std::collections::BTreeMap;
 
 use crate::datastore::AllocKey;
+
+/// Who is waiting: the pod (namespace/name) when the runtime said, else the attachment.
+pub fn waiter(key: &AllocKey, namespace: &str, name: &str) -> String {
+    if name.is_empty() { format!("container {}", key.container_id) } else { format!("{namespace}/{name}") }
+}
 
 /// How long a refused pod counts without asking again (kubelet retries a failed sandbox within seconds).
 pub const WINDOW_MS: i64 = 30_000;
 
 #[derive(Debug, Default)]
 pub struct Surge {
-    /// Refused pods and when each last asked (unix millis).
-    waiting: BTreeMap<AllocKey, i64>,
+    /// Refused pods ([`waiter`]) and when each last asked (unix millis).
+    waiting: BTreeMap<String, i64>,
 }
 
 impl Surge {
-    pub fn refused(&mut self, key: &AllocKey, now_ms: i64) {
-        self.waiting.insert(key.clone(), now_ms);
+    pub fn refused(&mut self, waiter: String, now_ms: i64) {
+        self.waiting.insert(waiter, now_ms);
     }
 
-    pub fn served(&mut self, key: &AllocKey) {
-        self.waiting.remove(key);
+    pub fn served(&mut self, waiter: &str) {
+        self.waiting.remove(waiter);
     }
 
     /// Pods waiting now (forgetting those that stopped asking).
@@ -45,14 +51,17 @@ mod tests {
     fn waiting_pods_count_until_served_or_gone() {
         let mut s = Surge::default();
         for (i, c) in ["a", "b", "c"].iter().enumerate() {
-            s.refused(&key(c), i as i64);
+            s.refused(waiter(&key(&format!("sandbox-{c}")), "ns", c), i as i64);
         }
-        s.refused(&key("a"), 5);
+        // kubelet retries pod "a" in a new sandbox: still one pod waiting.
+        s.refused(waiter(&key("sandbox-a2"), "ns", "a"), 5);
         assert_eq!(s.demand(10), 3, "a retry is the same pod");
-        s.served(&key("b"));
+        s.served(&waiter(&key("sandbox-b"), "ns", "b"));
         assert_eq!(s.demand(10), 2);
         // Neither asked again: "c" (last at 2) goes first, then "a" (last at 5).
         assert_eq!(s.demand(2 + WINDOW_MS), 1);
         assert_eq!(s.demand(5 + WINDOW_MS), 0, "the demand decays to nothing");
+        // Without a pod name (not Kubernetes), the attachment is the waiter.
+        assert_eq!(waiter(&key("c1"), "", ""), "container c1");
     }
 }

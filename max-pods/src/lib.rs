@@ -1,19 +1,19 @@
-//! How many pods a node can run, as EKS computes it for kubelet's `--max-pods` (the figure its
-//! max-pods-calculator.sh prints and its AMIs bake in):
+//! How many pods a node can run, as EKS computes it for kubelet's `--max-pods`:
 //!
-//! - secondary-IP mode: `ENIs × (IPv4 addresses per ENI − 1) + 2`: each ENI's primary address serves no pod, and
-//!   the `+ 2` are host-network pods (kube-proxy, the CNI's own DaemonSet) that take no VPC address;
+//! - secondary-IP mode: `ENIs × (IPv4 addresses per ENI − 1) + 2`, the figure of EKS' published
+//!   eni-max-pods.txt (737 for m5.24xlarge): each ENI's primary address serves no pod, and the `+ 2` are
+//!   host-network pods (kube-proxy, the CNI's own DaemonSet) that take no VPC address;
 //! - prefix mode: each secondary slot holds a /28 (16 addresses) instead of one, so `ENIs × (per ENI − 1) × 16 + 2`,
-//!   then capped at 110 on instance types with fewer than 30 vCPUs and 250 on the others (kubelet's tested
-//!   density, not an address limit);
+//!   then capped as EKS' max-pods-calculator caps it: 110 up to 30 vCPUs, 250 above (kubelet's tested density, not
+//!   an address limit);
 //! - custom networking: the primary ENI serves no pods (its subnet is the node's, pods' are the ENIConfig's), so
 //!   one ENI fewer.
 //!
 //! MAX_ENI lowers the ENI count the same way it does in ipamd.
 
-/// The ceiling in prefix mode below [`HIGH_CPU_THRESHOLD`] vCPUs.
+/// The ceiling in prefix mode up to [`HIGH_CPU_THRESHOLD`] vCPUs.
 pub const LOW_CPU_CEILING: u32 = 110;
-/// The ceiling in prefix mode from [`HIGH_CPU_THRESHOLD`] vCPUs up.
+/// The ceiling in prefix mode above [`HIGH_CPU_THRESHOLD`] vCPUs.
 pub const HIGH_CPU_CEILING: u32 = 250;
 pub const HIGH_CPU_THRESHOLD: u32 = 30;
 /// Addresses in one delegated /28 prefix.
@@ -57,7 +57,7 @@ pub fn max_pods(net: InstanceNetwork, mode: Mode) -> MaxPods {
     let slots = net.ipv4_per_eni.saturating_sub(1);
     let per_eni = if mode.prefix_delegation { slots * IPS_PER_PREFIX } else { slots };
     let by_addresses = pod_enis * per_eni + 2;
-    let ceiling = mode.prefix_delegation.then_some(if net.vcpus < HIGH_CPU_THRESHOLD {
+    let ceiling = mode.prefix_delegation.then_some(if net.vcpus <= HIGH_CPU_THRESHOLD {
         LOW_CPU_CEILING
     } else {
         HIGH_CPU_CEILING
@@ -94,6 +94,14 @@ mod tests {
         assert_eq!(pods(M5_LARGE, true, false), 110);
         assert_eq!(pods(M5_24XLARGE, true, false), 250);
         assert_eq!(pods(C5_4XLARGE, true, false), 110);
+    }
+
+    #[test]
+    fn thirty_vcpus_is_still_the_low_ceiling() {
+        let at = |vcpus| {
+            max_pods(InstanceNetwork { vcpus, ..M5_24XLARGE }, Mode { prefix_delegation: true, ..Mode::default() })
+        };
+        assert_eq!((at(30).max_pods, at(31).max_pods), (110, 250));
     }
 
     #[test]

@@ -17,7 +17,7 @@ struct Cli {
     /// EC2 instance type, e.g. m5.large.
     #[arg(long)]
     instance_type: String,
-    /// ENABLE_PREFIX_DELEGATION=true on the node (/28 prefixes; capped at 110 or 250 by vCPU count).
+    /// ENABLE_PREFIX_DELEGATION=true on the node (/28 prefixes; capped at 110 up to 30 vCPUs, 250 above).
     #[arg(long)]
     prefix_delegation: bool,
     /// AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true on the node (the primary ENI serves no pods).

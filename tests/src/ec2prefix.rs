@@ -127,10 +127,18 @@ async fn pick(upstream: &str, book: &PrefixBook, eni_id: &str, count: usize) -> 
     let used: BTreeSet<Ipv4Addr> =
         values(&in_subnet, "privateIpAddress").iter().filter_map(|s| s.parse().ok()).collect();
     let taken: Vec<Ipv4Net> = book.held().values().flatten().copied().collect();
-    let blocks = cidr.subnets(28).map_err(|e| e.to_string())?.collect::<Vec<_>>();
+    // In a /20 or larger, LocalStack draws addresses from the lower half only (scripts/localstack_main.py): prefixes
+    // come from the upper half, so an address it hands out later never falls inside one.
+    let area = if cidr.prefix_len() <= 20 {
+        cidr.subnets(cidr.prefix_len() + 1).map_err(|e| e.to_string())?.nth(1)
+    } else {
+        None
+    };
+    let blocks = area.unwrap_or(cidr).subnets(28).map_err(|e| e.to_string())?.collect::<Vec<_>>();
     let mut out = Vec::new();
-    // Not the first /28 (EC2 reserves the network address and the next three) nor the last (the broadcast).
-    for b in blocks.iter().rev().skip(1).filter(|b| **b != blocks[0]) {
+    // Not the subnet's first /28 (EC2 reserves the network address and the next three) nor its last (the broadcast).
+    let reserved = |b: &Ipv4Net| b.contains(&cidr.network()) || b.contains(&cidr.broadcast());
+    for b in blocks.iter().rev().filter(|b| !reserved(b)) {
         if out.len() == count {
             break;
         }

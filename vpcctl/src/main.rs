@@ -73,10 +73,14 @@ fn exec_max_pods(args: &[String], output: Output) -> anyhow::Error {
         cmd.args(["-o", "json"]);
     }
     let err = cmd.args(args).exec();
-    anyhow::anyhow!(
-        "vpcctl max-pods runs {MAX_PODS_BIN} (it holds the AWS SDK, which vpcctl does not link), found neither beside \
-         vpcctl nor on PATH: {err}; install it from the same release as vpcctl"
-    )
+    if err.kind() == std::io::ErrorKind::NotFound {
+        anyhow::anyhow!(
+            "vpcctl max-pods runs {MAX_PODS_BIN} (it holds the AWS SDK, which vpcctl does not link), found neither \
+             beside vpcctl nor on PATH; install it from the same release as vpcctl"
+        )
+    } else {
+        anyhow::anyhow!("vpcctl max-pods: cannot run {}: {err}", bin.display())
+    }
 }
 
 fn key_json(k: &Option<pb::AllocationKey>) -> Value {
