@@ -86,7 +86,8 @@ pub fn prefix_addresses(net: &Ipv4Net) -> impl Iterator<Item = Ipv4Addr> + use<>
     (0..size).map(move |k| Ipv4Addr::from(base.wrapping_add(k as u32)))
 }
 
-fn in_prefixes(prefixes: &[Ipv4Net], ip: &Ipv4Addr) -> bool {
+/// Whether `ip` lies in one of `prefixes`.
+pub(crate) fn in_prefixes(prefixes: &[Ipv4Net], ip: &Ipv4Addr) -> bool {
     prefixes.iter().any(|p| p.contains(ip))
 }
 
@@ -296,6 +297,16 @@ impl Datastore {
             *state = IpState::Assigned;
         }
         self.allocations.insert(key, a);
+    }
+
+    /// Prefix mode: /28 prefixes delegated to the node's ENIs.
+    pub fn prefix_count(&self) -> usize {
+        self.enis.values().map(|e| e.prefixes.len()).sum()
+    }
+
+    /// Prefix mode: the ENIs that fell back to single IPs.
+    pub fn fallback_enis(&self) -> impl Iterator<Item = &str> {
+        self.enis.values().filter(|e| e.fallback).map(|e| e.id.as_str())
     }
 
     /// Device number of the ENI that holds `eni_id` (0 when unknown).

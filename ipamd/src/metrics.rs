@@ -48,13 +48,17 @@ pub fn render(s: &Snapshot, telemetry: &Telemetry, kube: Option<(bool, &KubeStat
         "IPs assigned in EC2 that IMDS does not show yet",
         s.stats.pending as i64,
     );
-    let prefixes: usize = s.ds.enis.values().map(|e| e.prefixes.len()).sum();
-    gauge(&mut reg, "ipamd_prefixes", "/28 prefixes delegated to the node's ENIs (prefix mode)", prefixes as i64);
+    gauge(
+        &mut reg,
+        "ipamd_prefixes",
+        "/28 prefixes delegated to the node's ENIs (prefix mode)",
+        s.ds.prefix_count() as i64,
+    );
     gauge(
         &mut reg,
         "ipamd_prefix_fallback_enis",
         "ENIs taking single IPs because EC2 had no free /28 in their subnet (prefix mode)",
-        s.ds.enis.values().filter(|e| e.fallback).count() as i64,
+        s.ds.fallback_enis().count() as i64,
     );
     telemetry.register(&mut reg);
     if let Some((connected, k)) = kube {

@@ -230,7 +230,7 @@ impl Actor {
                     secondary_ips: e
                         .ips
                         .keys()
-                        .filter(|ip| servable(ip) && !e.prefixes.iter().any(|p| p.contains(*ip)))
+                        .filter(|ip| servable(ip) && !crate::datastore::in_prefixes(&e.prefixes, ip))
                         .copied()
                         .collect(),
                     unconfirmed: Vec::new(),
@@ -404,8 +404,9 @@ impl Actor {
     /// IMDS and the host, which a burst that the warm pool absorbs should not pay once per pod.
     fn wants_growth(&mut self) -> bool {
         let Some(limits) = self.pod_limits() else { return true };
-        let targets = self.targets(now_ms());
-        planner::plan(&self.ds.view(now_ms()), targets, limits).iter().any(Action::grows)
+        let now = now_ms();
+        let targets = self.targets(now);
+        planner::plan(&self.ds.view(now), targets, limits).iter().any(Action::grows)
     }
 
     /// The configured targets, with the pods waiting now when surge is on.

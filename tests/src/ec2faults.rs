@@ -61,11 +61,6 @@ impl Drop for Ec2FaultProxy {
     }
 }
 
-/// The `Action` of an EC2 query request body.
-fn action(body: &[u8]) -> String {
-    String::from_utf8_lossy(body).split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or_default().to_string()
-}
-
 fn error_body(f: &Fault) -> String {
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code><Message>{}</Message>\
@@ -124,8 +119,10 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let act = action(&body);
-    let prefix = crate::ec2prefix::is_prefix_request(&crate::ec2prefix::form(&body));
+    // The query form, parsed once: the action and the prefix fields here, the rest in ec2prefix.
+    let form = crate::ec2prefix::form(&body);
+    let act = crate::ec2prefix::field(&form, "Action").unwrap_or_default().to_string();
+    let prefix = crate::ec2prefix::is_prefix_request(&form);
     let (verdict, latency, prefixes) = {
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
         *s.calls.entry(act.clone()).or_default() += 1;
@@ -144,7 +141,7 @@ async fn handle(
     if let Some(f) = fault {
         return Ok(error_response(&f));
     }
-    Ok(crate::ec2prefix::intercept(&prefixes, &upstream, parts, body, &act).await.unwrap_or_else(|e| {
+    Ok(crate::ec2prefix::intercept(&prefixes, &upstream, parts, body, &form, &act).await.unwrap_or_else(|e| {
         Response::builder().status(StatusCode::BAD_GATEWAY).body(Full::new(Bytes::from(e))).expect("response")
     }))
 }

@@ -47,7 +47,7 @@ pub fn form(body: &[u8]) -> Vec<(String, String)> {
     form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
-fn field<'a>(form: &'a [(String, String)], key: &str) -> Option<&'a str> {
+pub fn field<'a>(form: &'a [(String, String)], key: &str) -> Option<&'a str> {
     form.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
@@ -164,13 +164,13 @@ pub async fn intercept(
     upstream: &str,
     mut parts: hyper::http::request::Parts,
     body: Bytes,
+    f: &[(String, String)],
     act: &str,
 ) -> Result<Response<Full<Bytes>>, String> {
-    let f = form(&body);
     match act {
-        "AssignPrivateIpAddresses" if is_prefix_request(&f) => {
-            let eni = field(&f, "NetworkInterfaceId").unwrap_or_default().to_string();
-            let count: usize = field(&f, "Ipv4PrefixCount").and_then(|c| c.parse().ok()).unwrap_or(0);
+        "AssignPrivateIpAddresses" if is_prefix_request(f) => {
+            let eni = field(f, "NetworkInterfaceId").unwrap_or_default().to_string();
+            let count: usize = field(f, "Ipv4PrefixCount").and_then(|c| c.parse().ok()).unwrap_or(0);
             let _one = book.picking.lock().await;
             let Some(got) = pick(upstream, book, &eni, count).await? else { return Ok(insufficient(&eni)) };
             book.held().entry(eni.clone()).or_default().extend(&got);
@@ -182,8 +182,8 @@ pub async fn intercept(
             );
             Ok(xml_response(StatusCode::OK, body))
         }
-        "UnassignPrivateIpAddresses" if is_prefix_request(&f) => {
-            let eni = field(&f, "NetworkInterfaceId").unwrap_or_default();
+        "UnassignPrivateIpAddresses" if is_prefix_request(f) => {
+            let eni = field(f, "NetworkInterfaceId").unwrap_or_default();
             let gone: Vec<Ipv4Net> =
                 f.iter().filter(|(k, _)| k.starts_with("Ipv4Prefix.")).filter_map(|(_, v)| v.parse().ok()).collect();
             let mut b = book.held();
@@ -200,8 +200,8 @@ pub async fn intercept(
                         <requestId>vpc-sim-prefix</requestId><return>true</return></UnassignPrivateIpAddressesResponse>";
             Ok(xml_response(StatusCode::OK, body.to_string()))
         }
-        "CreateNetworkInterface" if is_prefix_request(&f) => {
-            let count: usize = field(&f, "Ipv4PrefixCount").and_then(|c| c.parse().ok()).unwrap_or(0);
+        "CreateNetworkInterface" if is_prefix_request(f) => {
+            let count: usize = field(f, "Ipv4PrefixCount").and_then(|c| c.parse().ok()).unwrap_or(0);
             let rest: Vec<&(String, String)> = f.iter().filter(|(k, _)| k != "Ipv4PrefixCount").collect();
             let body: String = form_urlencoded::Serializer::new(String::new())
                 .extend_pairs(rest.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -238,7 +238,7 @@ pub async fn intercept(
         "DeleteNetworkInterface" => {
             let resp = forward(upstream, parts, body).await?;
             if resp.status().is_success()
-                && let Some(eni) = field(&f, "NetworkInterfaceId")
+                && let Some(eni) = field(f, "NetworkInterfaceId")
             {
                 book.held().remove(eni);
             }

@@ -178,6 +178,17 @@ pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// ipamd's EC2 requests (every attempt) by operation, from its metrics text (`ipamd_ec2_requests_total`).
+pub fn ec2_requests_by_op(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("ipamd_ec2_requests_total{op=\""))
+        .filter_map(|l| {
+            let (op, rest) = l.split_once('"')?;
+            Some((op.to_string(), rest.rsplit(' ').next()?.parse::<f64>().ok()?))
+        })
+        .collect()
+}
+
 /// `vpcctl status`'s data, `None` while ipamd's socket is not up.
 pub async fn try_status(ipamd: &Ipamd) -> Option<pb::GetStatusReply> {
     let mut client = pb::introspection_client::IntrospectionClient::new(ipamd.channel().await.ok()?);

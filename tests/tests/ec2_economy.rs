@@ -13,11 +13,7 @@ const SERVING_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Sum of `ipamd_ec2_requests_total` over all operations.
 fn ec2_requests(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("ipamd_ec2_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    vpc_sim::fixture::ec2_requests_by_op(metrics).values().sum()
 }
 
 /// m5.large with defaults: after SERVING and the start-up actions, two minutes pass with zero EC2 requests

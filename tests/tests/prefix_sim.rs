@@ -38,14 +38,7 @@ fn ec2_requests(sim: &SimProc, node: usize) -> BTreeMap<String, f64> {
         .args(["netns", "exec", &sim.node(node), "curl", "-fsS", "http://127.0.0.1:61678/metrics"])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter_map(|l| l.strip_prefix("ipamd_ec2_requests_total{op=\""))
-        .filter_map(|l| {
-            let (op, rest) = l.split_once('"')?;
-            Some((op.to_string(), rest.rsplit(' ').next()?.parse::<f64>().ok()?))
-        })
-        .collect()
+    vpc_sim::fixture::ec2_requests_by_op(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// The requests made between two readings.

@@ -66,8 +66,8 @@ impl pb::introspection_server::Introspection for IntrospectionService {
             degraded: s.degraded.unwrap_or_default(),
             pending_ips: s.stats.pending as u32,
             prefix_delegation: s.prefix_delegation,
-            prefixes: s.ds.enis.values().map(|e| e.prefixes.len() as u32).sum(),
-            prefix_fallback_enis: s.ds.enis.values().filter(|e| e.fallback).map(|e| e.id.clone()).collect(),
+            prefixes: s.ds.prefix_count() as u32,
+            prefix_fallback_enis: s.ds.fallback_enis().map(String::from).collect(),
         }))
     }
 

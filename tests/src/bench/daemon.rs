@@ -89,10 +89,7 @@ pub async fn grpc_pairs(clients: usize, secs: f64, state_dir: Option<&std::path:
 /// EC2 requests ipamd made so far (every attempt), from its metrics.
 async fn ec2_requests(port: u16) -> f64 {
     let text = fixture::http_get(port, "/metrics").await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("ipamd_ec2_requests_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    fixture::ec2_requests_by_op(&text).values().sum()
 }
 
 #[derive(Debug, Clone, Default)]
