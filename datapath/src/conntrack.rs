@@ -1,7 +1,7 @@
 //! Forgetting a released IP's flows over ctnetlink (NETLINK_NETFILTER), so a reused IP never inherits the
 //! previous pod's conntrack state (aws-vpc-cni's 30 s cooldown is shorter than SYN_SENT's timeout). Dumps the
-//! IPv4 conntrack table and deletes, by its original tuple, every entry whose original or reply tuple holds
-//! the IP. The socket belongs to the calling thread's network namespace.
+//! IPv4 conntrack table once and deletes, by its original tuple, every entry whose original or reply tuple holds
+//! one of the IPs. The socket belongs to the calling thread's network namespace.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -59,9 +59,11 @@ fn attrs(buf: &[u8]) -> Vec<(u16, &[u8], &[u8])> {
     out
 }
 
-fn tuple_has(tuple: &[u8], ip: Ipv4Addr) -> bool {
+fn tuple_has(tuple: &[u8], wanted: &[Ipv4Addr]) -> bool {
     attrs(tuple).into_iter().filter(|(k, _, _)| *k == CTA_TUPLE_IP).any(|(_, ips, _)| {
-        attrs(ips).into_iter().any(|(k, v, _)| (k == CTA_IP_V4_SRC || k == CTA_IP_V4_DST) && v == ip.octets())
+        attrs(ips)
+            .into_iter()
+            .any(|(k, v, _)| (k == CTA_IP_V4_SRC || k == CTA_IP_V4_DST) && wanted.iter().any(|ip| v == ip.octets()))
     })
 }
 
@@ -94,8 +96,8 @@ fn open() -> io::Result<Socket> {
     Ok(sock)
 }
 
-/// The original tuples (whole attributes) of every IPv4 entry involving `ip`.
-fn matching_tuples(sock: &Socket, ip: Ipv4Addr) -> io::Result<Vec<Vec<u8>>> {
+/// The original tuples (whole attributes) of every IPv4 entry involving one of `ips`.
+fn matching_tuples(sock: &Socket, ips: &[Ipv4Addr]) -> io::Result<Vec<Vec<u8>>> {
     sock.send(&message(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, 1, &[]), 0)?;
     let mut found = Vec::new();
     loop {
@@ -109,7 +111,7 @@ fn matching_tuples(sock: &Socket, ip: Ipv4Addr) -> io::Result<Vec<Vec<u8>>> {
                     let a = attrs(body);
                     let orig = a.iter().find(|(k, _, _)| *k == CTA_TUPLE_ORIG);
                     let reply = a.iter().find(|(k, _, _)| *k == CTA_TUPLE_REPLY);
-                    let hit = orig.is_some_and(|o| tuple_has(o.1, ip)) || reply.is_some_and(|r| tuple_has(r.1, ip));
+                    let hit = orig.is_some_and(|o| tuple_has(o.1, ips)) || reply.is_some_and(|r| tuple_has(r.1, ips));
                     if let (true, Some(o)) = (hit, orig) {
                         found.push(o.2.to_vec());
                     }
@@ -121,8 +123,17 @@ fn matching_tuples(sock: &Socket, ip: Ipv4Addr) -> io::Result<Vec<Vec<u8>>> {
 
 /// Deletes every conntrack entry of `ip` in the current network namespace; returns how many.
 pub fn forget(ip: Ipv4Addr) -> io::Result<usize> {
+    forget_many(&[ip])
+}
+
+/// Deletes every conntrack entry of any of `ips` in the current network namespace, with one dump of the
+/// table; returns how many.
+pub fn forget_many(ips: &[Ipv4Addr]) -> io::Result<usize> {
+    if ips.is_empty() {
+        return Ok(0);
+    }
     let sock = open()?;
-    let tuples = matching_tuples(&sock, ip)?;
+    let tuples = matching_tuples(&sock, ips)?;
     for (i, tuple) in tuples.iter().enumerate() {
         sock.send(&message(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, 2 + i as u32, tuple), 0)?;
         let (buf, _) = sock.recv_from_full()?;
@@ -137,5 +148,5 @@ pub fn forget(ip: Ipv4Addr) -> io::Result<usize> {
 
 /// How many conntrack entries involve `ip` (for tests and diagnostics).
 pub fn count(ip: Ipv4Addr) -> io::Result<usize> {
-    matching_tuples(&open()?, ip).map(|t| t.len())
+    matching_tuples(&open()?, &[ip]).map(|t| t.len())
 }

@@ -81,31 +81,6 @@ async fn host_setup(node: &NodeInfo, proc_sys: &std::path::Path) -> Result<(Netl
     Ok((net, primary.name))
 }
 
-/// Deletes the conntrack entries of every released IP, off the request path.
-/// Flushes once at release and once more as the cooldown ends, just before the IP can be reused (flows that
-/// appeared in between must not reach the next pod either).
-fn conntrack_janitor(cooldown: Duration) -> tokio::sync::mpsc::UnboundedSender<std::net::Ipv4Addr> {
-    async fn flush(ip: std::net::Ipv4Addr) {
-        match tokio::task::spawn_blocking(move || hostnet::conntrack::forget(ip)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(%ip, entries = n, "conntrack entries of a released IP deleted"),
-            Ok(Err(e)) => tracing::warn!(%ip, "conntrack clean-up: {e}"),
-            Err(e) => tracing::warn!(%ip, "conntrack clean-up task: {e}"),
-        }
-    }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(ip) = rx.recv().await {
-            flush(ip).await;
-            tokio::spawn(async move {
-                tokio::time::sleep(cooldown.saturating_sub(Duration::from_millis(100))).await;
-                flush(ip).await;
-            });
-        }
-    });
-    tx
-}
-
 /// Takes `<state dir>/ipamd.lock` (flock, held for the process's life; the kernel drops it on any exit, kill -9
 /// included) and writes this pid into it. A second ipamd on the same state dir stops here.
 fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
@@ -299,7 +274,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         health.set_service_status(name, ServingStatus::NotServing).await;
     }
     let policy = PeerPolicy { allowed_uids: cfg.ipamd_allowed_uids.0.clone() };
-    let released = cfg.ipamd_host_network.then(|| conntrack_janitor(Duration::from_secs(cfg.ip_cooldown_period)));
+    let released = cfg.ipamd_host_network.then(|| {
+        crate::ctjanitor::start(Duration::from_secs(cfg.ip_cooldown_period), crate::ctjanitor::kernel_flush())
+    });
     // DELs the plugin could not hand over while ipamd was down: carried out before the first request.
     let deferred_dir = crate::deferred::dir_for(&cfg.ipamd_socket);
     let drained = crate::deferred::drain(&deferred_dir, &pool).await;

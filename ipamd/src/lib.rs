@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod ctjanitor;
 pub mod daemon;
 pub mod datastore;
 pub mod deferred;

@@ -19,18 +19,23 @@ fn udp(from: &str, to: &str) {
     s.send_to(b"x", format!("{to}:9")).unwrap();
 }
 
-#[test]
-#[ignore = "needs root + netns"]
-fn forget_deletes_only_the_released_ips_flows() {
+/// A fresh namespace whose output is tracked (a stateful rule makes it track connections).
+fn tracked_ns() -> Ns {
     let ns = Ns(format!("vpcsimc-{:04x}", rand::random::<u16>()));
     netns::create(&ns.0).unwrap();
-    // A stateful rule makes the namespace track connections.
     run_stdin(
         "ip",
         &["netns", "exec", &ns.0, "nft", "-f", "-"],
         "table ip t {\n chain c { type filter hook output priority 0; ct state new accept; }\n}\n",
     )
     .unwrap();
+    ns
+}
+
+#[test]
+#[ignore = "needs root + netns"]
+fn forget_deletes_only_the_released_ips_flows() {
+    let ns = tracked_ns();
     let (gone, kept) = in_netns(&ns.0, || {
         udp("127.0.0.1", "127.0.0.2");
         udp("127.0.0.1", "127.0.0.3");
@@ -43,4 +48,24 @@ fn forget_deletes_only_the_released_ips_flows() {
     })
     .unwrap();
     assert_eq!((gone, kept), (0, 1));
+}
+
+/// ipamd's janitor flushes released IPs in batches: one dump deletes the flows of every IP in the batch, in
+/// either direction, and no other.
+#[test]
+#[ignore = "needs root + netns"]
+fn forget_many_deletes_each_released_ips_flows_in_one_pass() {
+    let ns = tracked_ns();
+    let left = in_netns(&ns.0, || {
+        udp("127.0.0.1", "127.0.0.2");
+        udp("127.0.0.4", "127.0.0.1");
+        udp("127.0.0.1", "127.0.0.3");
+        let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
+        let n = conntrack::forget_many(&[ip("127.0.0.2"), ip("127.0.0.4")]).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(conntrack::forget_many(&[]).unwrap(), 0);
+        Ok(["127.0.0.2", "127.0.0.4", "127.0.0.3"].map(|s| conntrack::count(ip(s)).unwrap()))
+    })
+    .unwrap();
+    assert_eq!(left, [0, 0, 1]);
 }

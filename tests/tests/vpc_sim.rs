@@ -127,14 +127,24 @@ async fn two_sims_wire_the_vpc_enforce_source_checks_and_clean_up() {
     wait_until("ens7 to leave node 1 and its table 3 rule", Duration::from_secs(20), || {
         link_mac(&n1, "ens7").is_none() && !ip_in(&n1, &["rule"]).unwrap().contains("lookup 3")
     });
-    let log = a.log();
-    // The sim polls EC2, so one line may count several ENIs: add up what it reports.
-    let (mut added, mut removed) = (0, 0);
-    for l in log.lines().filter_map(|l| l.strip_prefix("vpc-sim: hot-plug: ")) {
-        let n: Vec<u32> = l.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
-        added += n.first().copied().unwrap_or(0);
-        removed += n.get(1).copied().unwrap_or(0);
+    // The sim polls EC2, so one line may count several ENIs: add up what it reports. It prints a line after it
+    // has moved the links, so the unplug line may trail the link's removal by a moment.
+    let hot_plugs = |log: &str| {
+        let (mut added, mut removed) = (0, 0);
+        for l in log.lines().filter_map(|l| l.strip_prefix("vpc-sim: hot-plug: ")) {
+            let n: Vec<u32> = l.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+            added += n.first().copied().unwrap_or(0);
+            removed += n.get(1).copied().unwrap_or(0);
+        }
+        (added, removed)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut log = a.log();
+    while hot_plugs(&log).1 == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        log = a.log();
     }
+    let (added, removed) = hot_plugs(&log);
     assert!(added >= 1 && removed >= 1, "hot-plug and unplug seen by the sim:\n{log}");
     assert!(ip_in(&n1, &["route", "show", "table", "3"]).unwrap_or_default().trim().is_empty());
 
