@@ -50,6 +50,8 @@ async fn flush_off_thread(flush: &Flush, ips: Arc<[Ipv4Addr]>) {
 async fn run(mut rx: UnboundedReceiver<Ipv4Addr>, cooldown: Duration, flush: Flush) {
     let window = window(cooldown);
     while let Some(first) = rx.recv().await {
+        // The first IP of the batch is the first whose cooldown ends.
+        let reuse = tokio::time::Instant::now() + cooldown;
         tokio::time::sleep(window).await;
         let mut batch = vec![first];
         while let Ok(ip) = rx.try_recv() {
@@ -61,8 +63,7 @@ async fn run(mut rx: UnboundedReceiver<Ipv4Addr>, cooldown: Duration, flush: Flu
         flush_off_thread(&flush, batch.clone()).await;
         let flush = flush.clone();
         tokio::spawn(async move {
-            // `window` has passed since the first release of the batch.
-            tokio::time::sleep(cooldown.saturating_sub(window + BEFORE_REUSE)).await;
+            tokio::time::sleep_until(reuse.checked_sub(BEFORE_REUSE).unwrap_or(reuse)).await;
             flush_off_thread(&flush, batch).await;
         });
     }
