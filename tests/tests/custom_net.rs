@@ -96,7 +96,16 @@ async fn pods_get_addresses_from_their_zones_eniconfig_and_reach_each_other() {
         assert!(api.get_opt(&p.name).await.unwrap().is_none(), "{} deleted with its sandbox", p.name);
     }
     for node in 0..2 {
-        let s = vpcctl_status(&sim, node);
+        // DEL frees the IP before the Pod object goes: until ipamd's watch sees the deletion, a GC pass may list
+        // the pod's IP as unknown, and the list holds until the next pass (15 s at most here).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+        let s = loop {
+            let s = vpcctl_status(&sim, node);
+            if s["unknown_pod_ips"].as_array().unwrap().is_empty() || std::time::Instant::now() > deadline {
+                break s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        };
         assert!(s["enis_from_other_eni_config"].as_array().unwrap().is_empty(), "{s:#}");
         assert!(s["unknown_pod_ips"].as_array().unwrap().is_empty(), "{s:#}");
     }

@@ -85,9 +85,14 @@ async fn backs_off(tag: &str, env: &[(&str, &str)], action: &str, status: u16, c
     assert!((1..=max_calls).contains(&calls), "{calls} {action} calls in 30 s with {code}");
     let s = try_status(&ipamd).await.expect("status");
     assert!(s.last_error.contains(code) && s.last_error.contains("next try in"), "status: {}", s.last_error);
-    let m = http_get(port, "/metrics").await.unwrap();
-    let errors = metric(&m, &format!("ipamd_ec2_errors_total{{op=\"{action}\",code=\"{code}\"}}"));
-    assert_eq!(errors, Some(calls as f64), "errors by op and code:\n{m}");
+    // Each failed call is counted in the metric once its answer is back; a retry may be in flight, so both are
+    // read again until they agree.
+    let series = format!("ipamd_ec2_errors_total{{op=\"{action}\",code=\"{code}\"}}");
+    let m = eventually(Duration::from_secs(10), "ipamd_ec2_errors_total to count every failed call", || async {
+        let m = http_get(port, "/metrics").await.ok()?;
+        (metric(&m, &series) == Some((proxy.calls(action) - before) as f64)).then_some(m)
+    })
+    .await;
     assert!(metric(&m, "ipamd_reconciles_total{result=\"error\"}").unwrap_or(0.0) >= 1.0, "{m}");
     proxy.heal(action);
     add_retrying(&ipamd, &format!("{tag}-after-heal"), Duration::from_secs(180)).await.expect("Add once healed");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tonic::Code;
 use vpc_cni_proto::v1 as pb;
-use vpc_sim::fixture::{NodeFixture, add, add_retrying, del, eventually, free_port, http_get, metric};
+use vpc_sim::fixture::{NodeFixture, add, add_retrying, del, eventually, free_port, http_get, metric, try_status};
 
 const SERVING_TIMEOUT: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_secs(45);
@@ -151,6 +151,12 @@ async fn add_and_del_are_idempotent_and_cooldown_is_respected() {
     assert_eq!(add(&ipamd, "a").await.unwrap().ipv4_addr, a.ipv4_addr, "repeated Add: same IP");
     assert_eq!(a.device_number, 0);
     assert_eq!(a.route_table, 254, "primary ENI pods route via main");
+    // The second ENI (asked for as "a" took an IP) is ready before the cooldown starts, so that the adds
+    // below fit in it on a slow machine.
+    eventually(SETTLE, "the second ENI's IPs in the pool", || async {
+        try_status(&ipamd).await.filter(|s| s.total_ips >= 18)
+    })
+    .await;
     let d1 = del(&ipamd, "a").await.unwrap();
     let released_at = std::time::Instant::now();
     assert!(d1.released && d1.ipv4_addr == a.ipv4_addr);

@@ -307,8 +307,9 @@ async fn allocations_of_deleted_or_replaced_pods_are_released_after_the_grace_pe
     })
     .await;
     assert_eq!(left, BTreeSet::from(["c-keep".to_string()]));
-    let s = status(&ipamd).await;
-    assert_eq!(s.stale_allocations_released, 2);
+    // The counter goes up just after each allocation is gone (after its log line and event).
+    wait_status(&ipamd, "stale_allocations_released to reach 2", |s| s.stale_allocations_released >= 2).await;
+    assert_eq!(status(&ipamd).await.stale_allocations_released, 2);
     for pod in ["gone", "again"] {
         eventually(WAIT, &format!("StaleAllocationReleased about {pod}"), || async {
             let ev = kubeapi::events_about(&c.admin, &ns, pod).await;
@@ -333,9 +334,11 @@ async fn nothing_is_released_when_pods_cannot_be_listed() {
     let mut ipamd = spawn(&fx, &env);
     ipamd.wait_serving(WAIT).await.expect("SERVING");
     add_pod(&ipamd, "ghost", ("default", "no-such-pod", "")).await.expect("add");
-    let s = wait_status(&ipamd, "GC paused", |s| s.pod_gc.starts_with("paused")).await;
-    assert!(s.pod_gc.contains("forbidden"), "{}", s.pod_gc);
-    assert!(s.kube_api.contains("forbidden"), "{}", s.kube_api);
+    // GC pauses as soon as the pod list is not ready ("listing"), and says why once the 403 comes back.
+    wait_status(&ipamd, "GC paused on a forbidden list", |s| {
+        s.pod_gc.starts_with("paused") && s.pod_gc.contains("forbidden") && s.kube_api.contains("forbidden")
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(allocated(&ipamd).await, BTreeSet::from(["ghost".to_string()]), "nothing released");
     ipamd.terminate().await;

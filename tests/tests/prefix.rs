@@ -50,7 +50,11 @@ async fn pods_get_addresses_from_prefixes_and_empty_prefixes_go_back() {
         assert!(prefixes.iter().any(|p| p.contains(ip)), "{ip} is inside a delegated prefix {prefixes:?}");
     }
     assert!(prefixes.iter().all(|p| p.prefix_len() == 28 && p.network() == p.trunc().network()));
-    let status = try_status(&ipamd).await.unwrap();
+    // The pool learns of the third prefix at its next observe, a moment after EC2 shows it.
+    let status = eventually(SETTLE, "3 prefixes in ipamd's status", || async {
+        try_status(&ipamd).await.filter(|s| s.prefixes == 3)
+    })
+    .await;
     assert!(status.prefix_delegation);
     assert_eq!((status.prefixes, status.assigned_ips, status.max_pods), (3, 20, 110), "{status:?}");
 
