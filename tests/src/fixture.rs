@@ -141,17 +141,28 @@ pub async fn del(ipamd: &Ipamd, container: &str) -> Result<pb::DelNetworkReply, 
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
+    let v = poll_until(timeout, check, Option::is_some).await;
+    v.unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for: {what}"))
+}
+
+/// Reads with `read` every 200 ms until `done` holds for what it read, or `timeout` passes; returns the last
+/// reading either way, for the caller to assert on with its own diagnostics.
+pub async fn poll_until<T, F, Fut>(timeout: Duration, mut read: F, done: impl Fn(&T) -> bool) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(v) = check().await {
+        let v = read().await;
+        if done(&v) || Instant::now() >= deadline {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -7,9 +7,11 @@
 //! ipamd installed itself once SERVING (`--install-cni`). All namespaces belong to the sim.
 
 use std::process::Command;
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde_json::Value;
+use vpc_sim::fixture::poll_until;
 use vpc_sim::ipamd_proc::sibling_binary;
 use vpc_sim::kubeapi;
 use vpc_sim::localstack::node_enis;
@@ -72,7 +74,7 @@ async fn pods_get_addresses_from_their_zones_eniconfig_and_reach_each_other() {
         .collect();
     let mut ips = Vec::new();
     for p in &pods {
-        let r = p.add_retrying(std::time::Duration::from_secs(60)).unwrap_or_else(|e| panic!("ADD {}: {e}", p.name));
+        let r = p.add_retrying(Duration::from_secs(60)).unwrap_or_else(|e| panic!("ADD {}: {e}", p.name));
         let ip = pod_ip(&r);
         assert!(pod_cidrs[p.node].contains(&ip.parse::<std::net::Ipv4Addr>().unwrap()), "{}: {ip}", p.name);
         ips.push(ip);
@@ -98,14 +100,8 @@ async fn pods_get_addresses_from_their_zones_eniconfig_and_reach_each_other() {
     for node in 0..2 {
         // DEL frees the IP before the Pod object goes: until ipamd's watch sees the deletion, a GC pass may list
         // the pod's IP as unknown, and the list holds until the next pass (15 s at most here).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
-        let s = loop {
-            let s = vpcctl_status(&sim, node);
-            if s["unknown_pod_ips"].as_array().unwrap().is_empty() || std::time::Instant::now() > deadline {
-                break s;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        };
+        let unknown_gone = |s: &Value| s["unknown_pod_ips"].as_array().unwrap().is_empty();
+        let s = poll_until(Duration::from_secs(40), || async { vpcctl_status(&sim, node) }, unknown_gone).await;
         assert!(s["enis_from_other_eni_config"].as_array().unwrap().is_empty(), "{s:#}");
         assert!(s["unknown_pod_ips"].as_array().unwrap().is_empty(), "{s:#}");
     }

@@ -13,7 +13,7 @@ use vpc_cni_proto::v1 as pb;
 use vpc_sim::ec2faults::{CuttableRelay, Ec2FaultProxy};
 use vpc_sim::fixture::{NodeFixture, add_pod, add_retrying, eventually, try_status};
 use vpc_sim::ipamd_proc::Ipamd;
-use vpc_sim::kubeapi::{self, KubeEnv, SA_USER};
+use vpc_sim::kubeapi::{self, KubeEnv, SA_USER, SeenEvent};
 use vpc_sim::localstack::REGION;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -59,6 +59,21 @@ async fn status(ipamd: &Ipamd) -> pb::GetStatusReply {
 /// Polls `vpcctl status`'s data until `pred` holds (ipamd may not have opened its socket yet).
 async fn wait_status(ipamd: &Ipamd, what: &str, pred: impl Fn(&pb::GetStatusReply) -> bool) -> pb::GetStatusReply {
     eventually(WAIT, what, || async { try_status(ipamd).await.filter(|s| pred(s)) }).await
+}
+
+/// Waits for Events in `namespace` about `regarding` that `pred` accepts, and returns those.
+async fn wait_events(
+    admin: &Client,
+    namespace: &str,
+    regarding: &str,
+    what: &str,
+    pred: impl Fn(&SeenEvent) -> bool,
+) -> Vec<SeenEvent> {
+    eventually(WAIT, what, || async {
+        let hit: Vec<_> = kubeapi::events_about(admin, namespace, regarding).await.into_iter().filter(&pred).collect();
+        (!hit.is_empty()).then_some(hit)
+    })
+    .await
 }
 
 async fn allocated(ipamd: &Ipamd) -> BTreeSet<String> {
@@ -229,20 +244,16 @@ async fn a_missing_or_other_zone_eniconfig_is_reported_and_ipamd_recovers() {
     assert!(s.eni_config_problem.contains(&zone), "{}", s.eni_config_problem);
     assert!(!s.serving, "no pod can get an IP: the primary ENI serves none and no ENI can be made");
     assert_eq!((s.max_pods, s.max_pods_source.as_str()), (58, "node capacity"));
-    eventually(WAIT, "a MissingENIConfig Warning", || async {
-        let ev = kubeapi::events_about(&c.admin, NODE_EVENTS, &node).await;
-        ev.iter()
-            .any(|e| e.reason == "MissingENIConfig" && e.type_ == "Warning" && e.controller == "vpc-cni")
-            .then_some(())
+    wait_events(&c.admin, NODE_EVENTS, &node, "a MissingENIConfig Warning", |e| {
+        e.reason == "MissingENIConfig" && e.type_ == "Warning" && e.controller == "vpc-cni"
     })
     .await;
 
     kubeapi::put_eni_config(&c.admin, &zone, json!({"subnet": elsewhere, "securityGroups": [sg]})).await.unwrap();
     let s = wait_status(&ipamd, "the other-zone subnet", |s| s.eni_config_problem.contains("us-east-1b")).await;
     assert!(s.eni_config_problem.contains("this node is in us-east-1a"), "{}", s.eni_config_problem);
-    eventually(WAIT, "an InvalidENIConfig Warning", || async {
-        let ev = kubeapi::events_about(&c.admin, NODE_EVENTS, &node).await;
-        ev.iter().any(|e| e.reason == "InvalidENIConfig" && e.note.contains("us-east-1b")).then_some(())
+    wait_events(&c.admin, NODE_EVENTS, &node, "an InvalidENIConfig Warning", |e| {
+        e.reason == "InvalidENIConfig" && e.note.contains("us-east-1b")
     })
     .await;
 
@@ -308,14 +319,11 @@ async fn allocations_of_deleted_or_replaced_pods_are_released_after_the_grace_pe
     .await;
     assert_eq!(left, BTreeSet::from(["c-keep".to_string()]));
     // The counter goes up just after each allocation is gone (after its log line and event).
-    wait_status(&ipamd, "stale_allocations_released to reach 2", |s| s.stale_allocations_released >= 2).await;
-    assert_eq!(status(&ipamd).await.stale_allocations_released, 2);
+    let s = wait_status(&ipamd, "stale_allocations_released to reach 2", |s| s.stale_allocations_released >= 2).await;
+    assert_eq!(s.stale_allocations_released, 2);
     for pod in ["gone", "again"] {
-        eventually(WAIT, &format!("StaleAllocationReleased about {pod}"), || async {
-            let ev = kubeapi::events_about(&c.admin, &ns, pod).await;
-            ev.iter().any(|e| e.reason == "StaleAllocationReleased").then_some(())
-        })
-        .await;
+        let what = format!("StaleAllocationReleased about {pod}");
+        wait_events(&c.admin, &ns, pod, &what, |e| e.reason == "StaleAllocationReleased").await;
     }
     ipamd.terminate().await;
     kubeapi::delete_node(&c.admin, &node).await;
@@ -397,10 +405,8 @@ async fn unauthorized_operation_becomes_a_missing_iam_permissions_event() {
     let mut env = kube_env(&node, &c.env.service_account, &[("WARM_ENI_TARGET", "2"), ("IPAMD_POD_GC_GRACE", "0")]);
     env.push(("AWS_ENDPOINT_URL_EC2", proxy.endpoint.clone()));
     let mut ipamd = spawn(&fx, &env);
-    let ev = eventually(WAIT, "a MissingIAMPermissions Warning", || async {
-        let ev = kubeapi::events_about(&c.admin, NODE_EVENTS, &node).await;
-        let hit: Vec<_> = ev.into_iter().filter(|e| e.reason == "MissingIAMPermissions").collect();
-        (!hit.is_empty()).then_some(hit)
+    let ev = wait_events(&c.admin, NODE_EVENTS, &node, "a MissingIAMPermissions Warning", |e| {
+        e.reason == "MissingIAMPermissions"
     })
     .await;
     assert!(ev[0].note.contains("ec2:CreateNetworkInterface") && ev[0].type_ == "Warning", "{ev:?}");
@@ -435,12 +441,8 @@ async fn a_prefix_fallback_becomes_a_warning_event() {
         kube_env(&node, &c.env.service_account, &[("ENABLE_PREFIX_DELEGATION", "true"), ("IPAMD_POD_GC_GRACE", "0")]);
     env.push(("AWS_ENDPOINT_URL_EC2", proxy.endpoint.clone()));
     let mut ipamd = spawn(&fx, &env);
-    let ev = eventually(WAIT, "a PrefixFallback Warning", || async {
-        let ev = kubeapi::events_about(&c.admin, NODE_EVENTS, &node).await;
-        let hit: Vec<_> = ev.into_iter().filter(|e| e.reason == "PrefixFallback").collect();
-        (!hit.is_empty()).then_some(hit)
-    })
-    .await;
+    let ev =
+        wait_events(&c.admin, NODE_EVENTS, &node, "a PrefixFallback Warning", |e| e.reason == "PrefixFallback").await;
     let primary = fx.enis().await[0].id.clone();
     assert!(ev[0].type_ == "Warning" && ev[0].note.contains(&primary) && ev[0].note.contains("single"), "{ev:?}");
     ipamd.wait_serving(WAIT).await.expect("SERVING on single IPs");
@@ -494,11 +496,7 @@ async fn the_daemonset_cluster_role_is_exactly_what_ipamd_uses() {
     kubeapi::delete_pod(&c.admin, "default", &pod).await.unwrap();
     eventually(WAIT, "the stale allocation released", || async { allocated(&ipamd).await.is_empty().then_some(()) })
         .await;
-    eventually(WAIT, "its Event", || async {
-        let ev = kubeapi::events_about(&c.admin, "default", &pod).await;
-        ev.iter().any(|e| e.reason == "StaleAllocationReleased").then_some(())
-    })
-    .await;
+    wait_events(&c.admin, "default", &pod, "its Event", |e| e.reason == "StaleAllocationReleased").await;
     ipamd.terminate().await;
 
     let mine: Vec<_> = kubeapi::audit_entries(&c.env.audit_log).into_iter().filter(|a| a.user == SA_USER).collect();

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use vpc_sim::fixture::poll_until;
 use vpc_sim::ipamd_proc::sibling_binary;
 use vpc_sim::localstack::{self, NodeEni, node_enis};
 use vpc_sim::netns::{self, ip_in, run};
@@ -138,12 +139,7 @@ async fn two_sims_wire_the_vpc_enforce_source_checks_and_clean_up() {
         }
         (added, removed)
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut log = a.log();
-    while hot_plugs(&log).1 == 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        log = a.log();
-    }
+    let log = poll_until(Duration::from_secs(10), || async { a.log() }, |log| hot_plugs(log).1 > 0).await;
     let (added, removed) = hot_plugs(&log);
     assert!(added >= 1 && removed >= 1, "hot-plug and unplug seen by the sim:\n{log}");
     assert!(ip_in(&n1, &["route", "show", "table", "3"]).unwrap_or_default().trim().is_empty());
