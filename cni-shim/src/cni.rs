@@ -243,5 +243,4 @@ impl AddResult {
 pub use datapath::podnet::host_veth_name;
 
 #[cfg(test)]
-#[path = "cni_tests.rs"]
 mod tests;

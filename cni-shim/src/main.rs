@@ -10,7 +10,6 @@ mod wiring;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use datapath::MAIN_TABLE;
 use datapath::netlink::Netlink;
 use serde_json::{Value, json};
 use vpc_cni_proto::v1 as pb;
@@ -271,7 +270,7 @@ async fn check(conf: &NetConf, env: &Env, nl: &Netlink, host_veth: &str) -> Resu
         ifname: env.ifname.clone(),
         netns: env.netns.clone().expect("CHECK requires CNI_NETNS"),
         ip: prev_ip,
-        table: if held.route_table == 0 { MAIN_TABLE } else { held.route_table },
+        table: held.route_table,
         mtu: conf.mtu.unwrap_or(if held.pod_mtu > 0 { held.pod_mtu } else { 9001 }),
         via_eni: via_eni(held.external_snat, &held.vpc_cidrs, &held.exclude_snat_cidrs),
     };
@@ -332,5 +331,4 @@ async fn gc(conf: &NetConf) -> Result<(), CniError> {
 }
 
 #[cfg(test)]
-#[path = "fuzz_tests.rs"]
 mod fuzz_tests;

@@ -18,6 +18,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use backoff::{Backoff, Jitter};
 use ipnet::Ipv4Net;
 
 pub const ENI_RULE_PRIORITY: u32 = 32765;
@@ -115,9 +116,15 @@ pub struct EniNet {
     pub mtu: u32,
 }
 
+/// The policy-routing table of the ENI at `device_number`: main (254) for the primary ENI (device 0), device
+/// number + 1 for the others (aws-vpc-cni's numbering). ipamd wires ENIs and answers the plugin with it.
+pub fn eni_route_table(device_number: u32) -> u32 {
+    if device_number == 0 { MAIN_TABLE } else { device_number + 1 }
+}
+
 impl EniNet {
     pub fn table(&self) -> u32 {
-        self.device_number + 1
+        eni_route_table(self.device_number)
     }
     /// The VPC router's address in the subnet: base + 1.
     pub fn gateway(&self) -> Ipv4Addr {
@@ -174,7 +181,7 @@ pub fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> std::io::Result<T> + 
 /// Finds a link by MAC, waiting for it with backoff up to `wait` (a hot-plugged ENI takes a moment to appear).
 pub async fn wait_for_link(net: &impl HostNet, mac: &str, wait: Duration) -> Result<Link, HostNetError> {
     let start = tokio::time::Instant::now();
-    let mut delay = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1)).jitter(Jitter::None);
     loop {
         if let Some(l) = net.links().await?.into_iter().find(|l| l.mac.eq_ignore_ascii_case(mac)) {
             return Ok(l);
@@ -182,8 +189,7 @@ pub async fn wait_for_link(net: &impl HostNet, mac: &str, wait: Duration) -> Res
         if start.elapsed() >= wait {
             return Err(HostNetError::LinkMissing { mac: mac.to_string(), waited: start.elapsed() });
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(1));
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
@@ -328,5 +334,4 @@ pub fn node_sysctls(root: &Path, primary_link: &str) -> Result<usize, HostNetErr
 }
 
 #[cfg(test)]
-#[path = "fake_tests.rs"]
-mod tests;
+mod fake_tests;

@@ -7,9 +7,9 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ipamd::checkpoint::{self, Checkpoint, Store};
-use ipamd::datastore::{AllocKey, Datastore, ObservedEni};
 use ipamd::planner::{self, Limits, Targets};
+use ipamd::state::checkpoint::{self, Checkpoint, Store};
+use ipamd::state::datastore::{AllocKey, Datastore, ObservedEni};
 
 /// A c5.4xlarge-like node: 4 ENIs of 29 secondary IPs, 100 pods.
 fn busy_node() -> (Datastore, Vec<ObservedEni>) {

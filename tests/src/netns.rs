@@ -103,7 +103,7 @@ pub fn list(prefix: &str) -> Vec<String> {
 /// Runs `f` on a helper thread that has entered `ns`; the calling thread's namespace never changes.
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T, NetnsError> + Send) -> Result<T, NetnsError> {
     let mut inner = None;
-    let entered = ipamd::hostnet::in_netns(&path(ns), || {
+    let entered = datapath::in_netns(&path(ns), || {
         inner = Some(f());
         Ok(())
     });

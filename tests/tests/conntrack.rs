@@ -3,7 +3,7 @@
 
 use std::net::UdpSocket;
 
-use ipamd::hostnet::conntrack;
+use datapath::conntrack;
 use vpc_sim::netns::{self, in_netns, run_stdin};
 
 struct Ns(String);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ipamd::hostnet::{self, EniNet, netlink::Netlink};
+use datapath::{self, EniNet, netlink::Netlink};
 use vpc_sim::netns::{self, ip_in};
 
 struct Ns(String);
@@ -31,7 +31,7 @@ async fn setup_is_idempotent_and_removal_leaves_nothing() {
         subnet: "10.0.0.0/20".parse().unwrap(),
         mtu: 9001,
     };
-    let first = hostnet::setup_eni(&net, &eni, Duration::from_secs(1)).await.unwrap();
+    let first = datapath::setup_eni(&net, &eni, Duration::from_secs(1)).await.unwrap();
     assert!(first >= 5, "{first}");
     let snapshot = || {
         ["link", "addr", "rule", "route show table all"]
@@ -39,7 +39,7 @@ async fn setup_is_idempotent_and_removal_leaves_nothing() {
             .join("\n")
     };
     let before = snapshot();
-    assert_eq!(hostnet::setup_eni(&net, &eni, Duration::ZERO).await.unwrap(), 0, "second run changes nothing");
+    assert_eq!(datapath::setup_eni(&net, &eni, Duration::ZERO).await.unwrap(), 0, "second run changes nothing");
     assert_eq!(snapshot(), before);
 
     assert!(before.contains("32765:\tfrom 10.0.5.9 lookup 2"), "{before}");
@@ -54,7 +54,7 @@ async fn setup_is_idempotent_and_removal_leaves_nothing() {
 
     // The ENI is gone (detached): its rule and table go.
     ip_in(&ns.0, &["link", "del", "ens6"]).unwrap();
-    assert!(hostnet::remove_stale_tables(&net, &[]).await.unwrap() >= 1);
+    assert!(datapath::remove_stale_tables(&net, &[]).await.unwrap() >= 1);
     assert!(!ip_in(&ns.0, &["rule"]).unwrap().contains("lookup 2"));
     assert!(ip_in(&ns.0, &["route", "show", "table", "2"]).unwrap().trim().is_empty());
 }
@@ -64,7 +64,7 @@ async fn setup_is_idempotent_and_removal_leaves_nothing() {
 #[tokio::test]
 #[ignore = "needs root + netns"]
 async fn adding_an_existing_rule_succeeds_and_keeps_one_copy() {
-    use ipamd::hostnet::{HostNet, Rule};
+    use datapath::{HostNet, Rule};
     let ns = Ns(format!("vpcsimh-{:04x}", rand::random::<u16>()));
     netns::create(&ns.0).unwrap();
     let net = Netlink::in_netns(&netns::path(&ns.0)).unwrap();

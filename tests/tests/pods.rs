@@ -133,7 +133,7 @@ async fn pods_get_vpc_addresses_reach_each_other_and_leave_nothing_behind() {
     let socket0 = sim.state.path().join("node-0/ipamd.sock");
     let before = allocations(&socket0).await;
     let a1_ip: std::net::Ipv4Addr = ips[&a1].parse().unwrap();
-    let flows = || netns::in_netns(&sim.node(0), || Ok(ipamd::hostnet::conntrack::count(a1_ip).unwrap())).unwrap();
+    let flows = || netns::in_netns(&sim.node(0), || Ok(datapath::conntrack::count(a1_ip).unwrap())).unwrap();
     assert!(flows() > 0, "the pings above left conntrack entries for {a1_ip}");
     // DEL removes the pod's route and rules and leaves the veth to the namespace: until the runtime deletes the
     // namespace the veth is there, carrying nothing; with the namespace it goes. Then DEL again.
@@ -167,7 +167,7 @@ async fn pods_get_vpc_addresses_reach_each_other_and_leave_nothing_behind() {
         other => panic!("ADD should fail: {other:?}"),
     }
     assert_eq!(allocations(&socket0).await, before, "the IP was given back");
-    let veth = ipamd::hostnet::podnet::host_veth_name("eni", "default", "clash");
+    let veth = datapath::podnet::host_veth_name("eni", "default", "clash");
     assert!(!ip_in(&sim.node(0), &["link"]).unwrap().contains(&veth));
     netns::delete(&bad_ns).unwrap();
 

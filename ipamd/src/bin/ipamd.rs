@@ -1,11 +1,13 @@
-//! The node daemon. Configuration errors exit with status 2 and a message naming the variable.
+//! The node daemon. Configuration errors exit with status 2 and a message naming the variable; a start that
+//! fails, or a supervised task that dies, exits with status 1 (at once: the kubelet restarts ipamd, and its
+//! checkpoint is durable); SIGTERM exits 0 once every task has stopped.
 
 use ipamd::config::{Config, ConfigError};
 
 // Two workers whatever the node's size: ipamd's load is a few requests per pod, and every worker costs memory
 // (a 96-vCPU node would otherwise get 96).
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     let cfg = match Config::from_args(std::env::args_os()) {
         Ok(c) => c,
         Err(ConfigError::Parse(e)) => e.exit(),
@@ -14,7 +16,13 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    ipamd::init_logging(cfg.log_format, &cfg.log_level);
-    ipamd::daemon::run(cfg).await?;
-    Ok(())
+    ipamd::telemetry::logging::init(cfg.log_format, &cfg.log_level);
+    // `exit` rather than a return: dropping the runtime would wait for blocking work still running.
+    match ipamd::daemon::run(cfg).await {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            tracing::error!("{e}");
+            std::process::exit(1);
+        }
+    }
 }

@@ -6,10 +6,10 @@ use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
 use tonic::{Request, Response, Status};
 use vpc_cni_proto::v1 as pb;
 
-use crate::datastore::IpState;
-use crate::imds::NodeInfo;
+use crate::cloud::imds::NodeInfo;
 use crate::k8s::Kube;
 use crate::pool::{PoolHandle, now_ms};
+use crate::state::datastore::IpState;
 
 use super::ipam::{pb_key, status};
 

@@ -4,8 +4,8 @@
 use tonic::{Request, Response, Status};
 use vpc_cni_proto::v1 as pb;
 
-use crate::datastore::AllocKey;
 use crate::pool::{PoolError, PoolHandle};
+use crate::state::datastore::AllocKey;
 
 /// Per-node facts every AddNetwork reply carries.
 #[derive(Debug, Clone)]
@@ -59,11 +59,6 @@ pub(crate) fn pb_key(k: &AllocKey) -> pb::AllocationKey {
     }
 }
 
-/// Route table of an ENI: main for the primary ENI, device number + 1 otherwise.
-pub fn route_table(device_number: u32) -> u32 {
-    if device_number == 0 { 254 } else { device_number + 1 }
-}
-
 pub(crate) fn status(e: PoolError) -> Status {
     match e {
         PoolError::NotReady => Status::unavailable(e.to_string()),
@@ -86,7 +81,7 @@ impl IpamService {
         let r = req.into_inner();
         // A DEL deferred while ipamd was unreachable goes before any later ADD (the runtime may retry an ADD
         // with the same container id after that DEL).
-        for (_, ip) in crate::deferred::drain(&self.deferred_dir, &self.pool).await.released {
+        for (_, ip) in crate::pool::deferred::drain(&self.deferred_dir, &self.pool).await.released {
             self.forget(ip);
         }
         let key = key(r.key)?;
@@ -103,7 +98,7 @@ impl IpamService {
             ipv4_addr: out.ip.to_string(),
             eni_id: out.eni_id,
             device_number: out.device_number,
-            route_table: route_table(out.device_number),
+            route_table: datapath::eni_route_table(out.device_number),
             vpc_cidrs: self.facts.vpc_cidrs.borrow().clone(),
             pod_mtu: self.facts.pod_mtu,
             external_snat: self.facts.external_snat,
@@ -120,7 +115,7 @@ impl IpamService {
                     released: true,
                     ipv4_addr: a.ip.to_string(),
                     device_number: dev,
-                    route_table: route_table(dev),
+                    route_table: datapath::eni_route_table(dev),
                 }
             }
             None => pb::DelNetworkReply::default(),
@@ -133,6 +128,10 @@ impl IpamService {
 impl pb::ipam_server::Ipam for IpamService {
     async fn add_network(&self, req: Request<pb::AddNetworkRequest>) -> Result<Response<pb::AddNetworkReply>, Status> {
         let started = std::time::Instant::now();
+        // Debug builds only: the shutdown tests hold requests in flight here.
+        if let Some(d) = crate::tasks::fault::delay("add") {
+            tokio::time::sleep(d).await;
+        }
         let result = self.add(req).await;
         self.telemetry.pod_request("add", outcome(&result), started.elapsed());
         result
@@ -154,7 +153,7 @@ impl pb::ipam_server::Ipam for IpamService {
             Some((a, dev)) => pb::CheckNetworkReply {
                 found: true,
                 ipv4_addr: a.ip.to_string(),
-                route_table: route_table(dev),
+                route_table: datapath::eni_route_table(dev),
                 vpc_cidrs: self.facts.vpc_cidrs.borrow().clone(),
                 exclude_snat_cidrs: self.facts.exclude_snat_cidrs.clone(),
                 external_snat: self.facts.external_snat,

@@ -13,7 +13,8 @@ use kube::api::{Api, PostParams};
 use tokio::sync::{mpsc, watch as chan};
 
 use super::KubeView;
-use crate::ec2::Ec2Error;
+use crate::cloud::ec2::{Ec2Error, ErrorKind};
+use crate::tasks::Tasks;
 
 pub const REPORTING_CONTROLLER: &str = "vpc-cni";
 pub const NODE_EVENTS_NAMESPACE: &str = "kube-system";
@@ -77,15 +78,15 @@ impl Recorder {
 /// The Warning an EC2 error deserves, if any: missing IAM permissions (named as the policy action, as
 /// aws-vpc-cni does) and an exhausted subnet are things an operator must fix; throttling is not.
 pub fn for_ec2_error(e: &Ec2Error) -> Option<(&'static str, String)> {
-    match e.code.as_str() {
-        "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => Some((
+    match e.kind {
+        ErrorKind::Unauthorized => Some((
             "MissingIAMPermissions",
             format!(
                 "ec2:{} is not allowed for this node's IAM role ({}): add it to the role's policy (docs/iam-policy.json)",
                 e.op, e.code
             ),
         )),
-        "InsufficientFreeAddressesInSubnet" => {
+        ErrorKind::InsufficientAddresses => {
             Some(("SubnetExhausted", format!("ec2:{} failed: the subnet has no free addresses: {}", e.op, e.message)))
         }
         _ => None,
@@ -98,9 +99,10 @@ pub fn spawn(
     view: chan::Receiver<KubeView>,
     node_name: String,
     instance: String,
+    tasks: &Tasks,
 ) -> Recorder {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(send_loop(rx, client, view, node_name, instance));
+    tasks.spawn_loop("kube events", send_loop(rx, client, view, node_name, instance));
     Recorder { tx: Some(tx) }
 }
 
@@ -194,11 +196,11 @@ mod tests {
 
     #[test]
     fn iam_errors_name_the_action_and_throttling_is_quiet() {
-        let e = Ec2Error { op: "CreateNetworkInterface", code: "UnauthorizedOperation".into(), message: "no".into() };
+        let e = Ec2Error::new("CreateNetworkInterface", "UnauthorizedOperation", "no");
         let (reason, note) = for_ec2_error(&e).unwrap();
         assert_eq!(reason, "MissingIAMPermissions");
         assert!(note.contains("ec2:CreateNetworkInterface"), "{note}");
-        let t = Ec2Error { op: "AssignPrivateIpAddresses", code: "RequestLimitExceeded".into(), message: "".into() };
+        let t = Ec2Error::new("AssignPrivateIpAddresses", "RequestLimitExceeded", "");
         assert!(for_ec2_error(&t).is_none());
     }
 

@@ -4,6 +4,8 @@
 //! node's Node object, this node's pods and the ENIConfigs (reflectors, not polling) into one [`KubeView`]
 //! that says how fresh each part is; [`events`] records Events, [`podgc`] releases allocations of pods that
 //! are gone, [`eniconfig`] picks the node's ENIConfig for custom networking.
+//!
+//! May use: pool (pod GC releases through it), cloud (EC2 errors become Events), tasks.
 
 pub mod eniconfig;
 pub mod events;
@@ -18,6 +20,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
 use tokio::sync::watch as chan;
+
+use crate::tasks::Tasks;
 
 use eniconfig::{EniConfig, EniConfigSpec, Selection};
 pub use events::Recorder;
@@ -153,14 +157,14 @@ impl Kube {
         Self { settings: None, view, client, events: Recorder::disabled(), status: Arc::default() }
     }
 
-    /// Starts connecting in the background and returns at once.
-    pub fn start(settings: KubeSettings) -> Self {
+    /// Starts connecting in the background (under the supervisor) and returns at once.
+    pub fn start(settings: KubeSettings, tasks: &Tasks) -> Self {
         let (view_tx, view) =
             chan::channel(KubeView { api: ApiState::Connecting("starting".into()), ..KubeView::default() });
         let (client_tx, client) = chan::channel(None);
         let instance = settings.pod_name.clone().unwrap_or_else(|| settings.node_name.clone());
-        let events = events::spawn(client.clone(), view.clone(), settings.node_name.clone(), instance);
-        tokio::spawn(connect_and_watch(settings.clone(), view_tx, client_tx));
+        let events = events::spawn(client.clone(), view.clone(), settings.node_name.clone(), instance, tasks);
+        tasks.spawn_job("kube connect", connect_and_watch(settings.clone(), view_tx, client_tx, tasks.clone()));
         Self { settings: Some(settings), view, client, events, status: Arc::default() }
     }
 
@@ -190,16 +194,17 @@ async fn connect_and_watch(
     settings: KubeSettings,
     view: chan::Sender<KubeView>,
     client_tx: chan::Sender<Option<Client>>,
+    tasks: Tasks,
 ) {
-    let mut delay = Duration::from_millis(500);
+    let mut backoff = backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let client = loop {
         match connect().await {
             Ok(c) => break c,
             Err(e) => {
-                tracing::warn!("Kubernetes API: {e}; retrying in {delay:?} (ipamd serves from EC2 meanwhile)");
+                let delay = backoff.next_delay();
+                tracing::warn!("Kubernetes API: {e}; retrying in {delay:.1?} (ipamd serves from EC2 meanwhile)");
                 view.send_modify(|v| v.api = ApiState::Connecting(e));
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
     };
@@ -210,10 +215,16 @@ async fn connect_and_watch(
     let pod_sel = format!("spec.nodeName={}", settings.node_name);
     let nodes = kube::Api::<Node>::all(client.clone());
     let pods = kube::Api::<Pod>::all(client.clone());
-    tokio::spawn(watch::follow(nodes, node_sel, view.clone(), |v| &mut v.node, watch::node_facts));
-    tokio::spawn(watch::follow(pods, pod_sel, view.clone(), |v| &mut v.pods, watch::pod_facts));
+    tasks.spawn_loop(
+        "kube watch Node",
+        watch::follow(nodes, node_sel, view.clone(), |v| &mut v.node, watch::node_facts),
+    );
+    tasks.spawn_loop("kube watch Pods", watch::follow(pods, pod_sel, view.clone(), |v| &mut v.pods, watch::pod_facts));
     if settings.custom_networking {
         let configs = kube::Api::<EniConfig>::all(client);
-        tokio::spawn(watch::follow(configs, String::new(), view, |v| &mut v.eni_configs, eniconfig::facts));
+        tasks.spawn_loop(
+            "kube watch ENIConfigs",
+            watch::follow(configs, String::new(), view, |v| &mut v.eni_configs, eniconfig::facts),
+        );
     }
 }

@@ -15,9 +15,10 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::events::{Note, Regarding};
 use super::{Kube, PodFacts};
-use crate::datastore::{AllocKey, Allocation};
-use crate::hostnet::{self, HostNet};
 use crate::pool::{PoolHandle, now_ms};
+use crate::state::datastore::{AllocKey, Allocation};
+use crate::tasks::Heartbeat;
+use datapath::HostNet;
 
 /// Allocations whose pod has been missing (or replaced by another UID) for `grace_ms`, counting from when this
 /// loop first saw it missing, and that are at least `grace_ms` old. `missing_since` is the loop's memory.
@@ -85,6 +86,9 @@ async fn confirm(client: kube::Client, a: &Allocation, node_name: &str) -> Confi
     }
 }
 
+/// A pass that does not come round within this counts as a stalled loop (passes run at most 15 s apart).
+pub const STALL_LIMIT: Duration = Duration::from_secs(150);
+
 /// Everything the loop needs besides the Kubernetes handle.
 pub struct PodGc<N: HostNet> {
     pub pool: PoolHandle,
@@ -97,13 +101,15 @@ pub struct PodGc<N: HostNet> {
 
 impl<N: HostNet> PodGc<N> {
     /// Runs forever (started when the Kubernetes side is on).
-    pub async fn run(self, kube: Kube) {
+    /// Runs forever, one pass per tick, beating `heartbeat` each pass.
+    pub async fn run(self, kube: Kube, heartbeat: Heartbeat) {
         let node_name = kube.settings.as_ref().map(|s| s.node_name.clone()).unwrap_or_default();
         let grace_ms = self.grace.map_or(0, |g| g.as_millis() as i64);
         let tick =
             (self.grace.unwrap_or(Duration::from_secs(60)) / 4).clamp(Duration::from_secs(1), Duration::from_secs(15));
         let mut missing_since = BTreeMap::new();
         loop {
+            heartbeat.beat(STALL_LIMIT);
             tokio::time::sleep(tick).await;
             let (pods, synced, error) = {
                 let v = kube.view.borrow();
@@ -152,7 +158,7 @@ impl<N: HostNet> PodGc<N> {
             let _ = tx.send(a2.ip);
         }
         if let Some(net) = &self.hostnet
-            && let Err(errors) = hostnet::forget_pod_ip(net.as_ref(), a2.ip).await
+            && let Err(errors) = datapath::forget_pod_ip(net.as_ref(), a2.ip).await
         {
             tracing::warn!(ip = %a2.ip, "removing the pod's host rules: {errors:?}");
         }

@@ -1,19 +1,18 @@
-//! Carrying out the planner's actions in EC2, keeping the EC2 view ([`crate::ec2sync`]) in step with each
+//! Carrying out the planner's actions in EC2, keeping the EC2 view ([`super::ec2sync`]) in step with each
 //! result so that the next round needs no Describe, and repairing what an interrupted action left: an ENI
 //! created but never attached is deleted, an attachment without DeleteOnTermination gets it.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use super::{ReconcileError, Reconciler, TAG_CLUSTER, TAG_CREATED_AT, TAG_INSTANCE_ID};
-use crate::ec2::{Ec2Api, Ec2Eni, Ec2Error, NewEni};
-use crate::hostnet::HostNet;
-use crate::imds::Metadata;
-use crate::placement::Placement;
-use crate::planner::{Action, PREFIX_IPS};
+use backoff::Backoff;
 
-/// EC2's answer when a subnet has no free aligned /28 for a prefix.
-pub const INSUFFICIENT_CIDR: &str = "InsufficientCidrBlocks";
+use super::placement::Placement;
+use super::{ReconcileError, Reconciler, TAG_CLUSTER, TAG_CREATED_AT, TAG_INSTANCE_ID};
+use crate::cloud::ec2::{Ec2Api, Ec2Eni, Ec2Error, ErrorKind, NewEni};
+use crate::cloud::imds::Metadata;
+use crate::planner::{Action, PREFIX_IPS};
+use datapath::HostNet;
 
 impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
     fn tags(&self) -> std::collections::BTreeMap<String, String> {
@@ -54,7 +53,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             }
             Action::CreateEniWithPrefixes { prefix_count } => {
                 match self.create_eni(0, *prefix_count, used, placement).await {
-                    Err(ReconcileError::Ec2(e)) if e.code == INSUFFICIENT_CIDR => {
+                    Err(ReconcileError::Ec2(e)) if e.kind == ErrorKind::InsufficientCidrBlocks => {
                         // No free aligned /28 in the subnet: an ENI of single IPs still serves pods.
                         let ip_count = (prefix_count * PREFIX_IPS).min(self.limits().await?.ips_per_eni);
                         let id = self.create_eni(ip_count, 0, used, placement).await?;
@@ -72,7 +71,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                     self.pool.emit("prefixes-assigned", format!("{list} to {eni_id}"));
                 }
                 // The planner asks for single IPs on this ENI from the next round (at once: this round acted).
-                Err(e) if e.code == INSUFFICIENT_CIDR => self.fall_back(eni_id, &e),
+                Err(e) if e.kind == ErrorKind::InsufficientCidrBlocks => self.fall_back(eni_id, &e),
                 Err(e) => return Err(e.into()),
             },
             Action::UnassignPrefixes { eni_id, prefixes } => {
@@ -184,7 +183,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         for eni_id in std::mem::take(&mut self.orphans) {
             match self.ec2.delete_eni(&eni_id).await {
                 Ok(()) => self.pool.emit("eni-deleted", format!("{eni_id} (created, attach failed)")),
-                Err(e) if e.code.contains("NotFound") => {}
+                Err(e) if e.kind == ErrorKind::NotFound => {}
                 Err(e) => {
                     self.orphans.insert(eni_id);
                     return Err(e.into());
@@ -205,14 +204,11 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
 
     /// EC2 detaches asynchronously: deletion fails with InUse until the detach has finished.
     async fn delete_with_retry(&self, eni_id: &str) -> Result<(), Ec2Error> {
-        let mut delay = Duration::from_millis(200);
-        let mut attempts = 0;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             match self.ec2.delete_eni(eni_id).await {
-                Err(e) if e.code.contains("InUse") && attempts < 8 => {
-                    attempts += 1;
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                Err(e) if e.kind == ErrorKind::InUse && backoff.attempts() < 8 => {
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 other => return other,
             }

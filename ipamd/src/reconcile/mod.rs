@@ -5,27 +5,32 @@
 //! burst of pods on an exhausted subnet cannot turn into a burst of EC2 calls.
 
 mod apply;
+pub mod ec2sync;
+mod placement;
 #[cfg(test)]
 mod prefix_tests;
 mod recovered;
+pub mod subnets;
 pub mod sweep;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backoff::Backoff;
 use ipnet::Ipv4Net;
 use moka::future::Cache;
 
-use crate::datastore::ObservedEni;
-use crate::ec2::{Ec2Api, Ec2Eni, Ec2Error, InstanceLimits, Subnet};
-use crate::ec2sync::{Ec2Sync, ImdsEnis};
-use crate::hostnet::{self, EniNet, HostNet, HostNetError};
-use crate::imds::{self, Metadata, NodeInfo};
+use crate::cloud::ec2::{Ec2Api, Ec2Eni, Ec2Error, InstanceLimits, Subnet};
+use crate::cloud::imds::{self, Metadata, NodeInfo};
 use crate::k8s::{Kube, eniconfig::EniConfigSpec, events};
+use crate::node::snat::{self, SnatConfig};
 use crate::planner::Limits;
 use crate::pool::PoolHandle;
-use crate::snat::{self, SnatConfig};
+use crate::state::datastore::ObservedEni;
+use crate::tasks::Heartbeat;
+use datapath::{EniNet, HostNet, HostNetError};
+use ec2sync::{Ec2Sync, ImdsEnis};
 
 pub const TAG_INSTANCE_ID: &str = "node.k8s.amazonaws.com/instance_id";
 pub const TAG_CREATED_AT: &str = "node.k8s.amazonaws.com/createdAt";
@@ -35,6 +40,10 @@ pub const TAG_NO_MANAGE: &str = "node.k8s.amazonaws.com/no_manage";
 
 /// Longest wait between two tries of a failing round.
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(120);
+/// A round running longer than this counts as a stalled loop (one EC2 call with every retry takes under 2 min).
+pub const ROUND_LIMIT: Duration = Duration::from_secs(600);
+/// Between rounds the loop counts as stalled after this many times its wait without a new round.
+const STALL_FACTOR: u32 = 10;
 /// How soon to look at IMDS again while it has not caught up with ipamd's own EC2 actions.
 const IMDS_CATCH_UP: Duration = Duration::from_secs(1);
 
@@ -59,7 +68,7 @@ impl ReconcileError {
     /// degraded from what it knows.
     pub fn unreachable(&self) -> bool {
         match self {
-            ReconcileError::Ec2(e) => crate::retry::classify(e) != crate::retry::Failure::Final,
+            ReconcileError::Ec2(e) => e.kind.unreachable(),
             ReconcileError::Imds(imds::ImdsError::Request { .. }) => true,
             _ => false,
         }
@@ -78,7 +87,7 @@ pub struct ReconcileSettings {
     /// Full EC2 sync interval (IPAMD_EC2_RESYNC_INTERVAL); between syncs IMDS is compared with the EC2 view.
     pub ec2_resync: Duration,
     pub telemetry: crate::telemetry::Telemetry,
-    /// Deferred DELs (see [`crate::deferred`]), carried out every round.
+    /// Deferred DELs (see [`crate::pool::deferred`]), carried out every round.
     pub deferred_dir: std::path::PathBuf,
     /// Pod veth name prefix (AWS_VPC_K8S_CNI_VETHPREFIX), to read pods from host state.
     pub veth_prefix: String,
@@ -166,12 +175,16 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
     }
 
     /// Runs forever; `on_first_success` fires once (health → SERVING).
-    /// SERVING waits until the pool's IPs are usable (IMDS shows them), or at most [`crate::ec2sync::SETTLE`]
+    /// SERVING waits until the pool's IPs are usable (IMDS shows them), or at most [`ec2sync::SETTLE`]
     /// after the first good round if IMDS keeps disagreeing.
-    pub async fn run(mut self, on_first_success: impl FnOnce() + Send) {
+    /// Each round and each wait beats `heartbeat`, promising the next beat within [`ROUND_LIMIT`] during a
+    /// round and within [`STALL_FACTOR`] × the wait (at least a second) between rounds.
+    pub async fn run(mut self, on_first_success: impl FnOnce() + Send, heartbeat: Heartbeat) {
         let mut first = Some(on_first_success);
         let mut first_good: Option<Instant> = None;
+        let between = |wait: Duration| wait.max(Duration::from_secs(1)) * STALL_FACTOR;
         loop {
+            heartbeat.beat(ROUND_LIMIT);
             let started = Instant::now();
             let result = self.reconcile_once().await;
             self.settings.telemetry.reconcile(result.is_ok(), started.elapsed());
@@ -181,7 +194,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                     self.settings.telemetry.set_degraded(None);
                     let _ = self.pool.reconciled(None).await;
                     let since = *first_good.get_or_insert_with(Instant::now);
-                    if (self.settled || since.elapsed() >= crate::ec2sync::SETTLE)
+                    if (self.settled || since.elapsed() >= ec2sync::SETTLE)
                         && let Some(f) = first.take()
                     {
                         f();
@@ -212,10 +225,13 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                         let _ = self.pool.reconciled(Some(message)).await;
                     }
                     // Kicks (pods asking for IPs) do not cut a backoff short: that is how hot loops start.
+                    heartbeat.beat(between(wait));
                     tokio::time::sleep(wait).await;
                     continue;
                 }
             };
+            heartbeat.beat(between(requeue));
+            crate::tasks::fault::stall_point("reconcile").await;
             if !requeue.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(requeue) => {}
@@ -240,7 +256,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
 
     /// One observe → plan → apply round. Returns when to look again.
     pub async fn reconcile_once(&mut self) -> Result<Duration, ReconcileError> {
-        crate::deferred::drain(&self.settings.deferred_dir, &self.pool).await;
+        crate::pool::deferred::drain(&self.settings.deferred_dir, &self.pool).await;
         if self.settings.recovered {
             self.release_recovered().await;
         }
@@ -299,7 +315,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             tracing::debug!(why = why.as_str(), "asking EC2 for the node's ENIs");
             let enis = self.ec2.attached_enis(&self.node.instance_id).await?;
             self.sync.described(enis, &imds, now, why);
-            if why == crate::ec2sync::Why::FullSync {
+            if why == ec2sync::Why::FullSync {
                 self.sweep_due = true;
             }
         }
@@ -402,7 +418,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             };
             keep.push(eni.table());
             let wait = if self.configured.contains(&o.id) { Duration::ZERO } else { self.settings.link_wait };
-            match hostnet::setup_eni(net, &eni, wait).await {
+            match datapath::setup_eni(net, &eni, wait).await {
                 Ok(changes) => {
                     if changes > 0 {
                         self.pool.emit(
@@ -420,7 +436,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             }
         }
         self.configured.retain(|id| observed.iter().any(|o| &o.id == id));
-        if let Err(mut e) = hostnet::remove_stale_tables(net, &keep).await {
+        if let Err(mut e) = datapath::remove_stale_tables(net, &keep).await {
             errors.append(&mut e);
         }
         errors
@@ -464,8 +480,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
 /// The wait after the `failures`-th failed round in a row: `base` doubled per failure up to
 /// [`MAX_ERROR_BACKOFF`], spread by ±20 % so that nodes failing together do not retry together.
 fn error_backoff(base: Duration, failures: u32) -> Duration {
-    let doubled = base.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(MAX_ERROR_BACKOFF);
-    doubled.mul_f64(0.8 + rand::random::<f64>() * 0.4)
+    Backoff::new(base, MAX_ERROR_BACKOFF).delay(failures.saturating_sub(1))
 }
 
 #[cfg(test)]

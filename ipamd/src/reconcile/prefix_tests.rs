@@ -1,22 +1,21 @@
-//! The reconcile loop in prefix mode through the EC2 trait, with the recording fake ([`crate::ec2_fake`]):
+//! The reconcile loop in prefix mode through the EC2 trait, with the recording fake ([`crate::cloud::ec2::fake`]):
 //! LocalStack ignores prefix delegation, so this is where prefix mode meets the real reconciler, pool actor and
 //! checkpoint without a network. (The tests/ suites do the same over HTTP through a prefix-delegating proxy.)
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::apply::INSUFFICIENT_CIDR;
 use super::*;
-use crate::checkpoint::{Checkpoint, Store};
-use crate::datastore::AllocKey;
-use crate::ec2_fake::{FakeEc2, FakeEc2Imds, PRIMARY_ENI};
+use crate::cloud::ec2::fake::{FakeEc2, FakeEc2Imds, PRIMARY_ENI};
 use crate::planner::Targets;
-use crate::pool::{PoolSettings, spawn};
+use crate::pool::{PoolSettings, spawn_unsupervised};
+use crate::state::checkpoint::{Checkpoint, Store};
+use crate::state::datastore::AllocKey;
 
 struct Rig {
     ec2: Arc<FakeEc2>,
     pool: PoolHandle,
-    r: Reconciler<FakeEc2, FakeEc2Imds, crate::hostnet::netlink::Netlink>,
+    r: Reconciler<FakeEc2, FakeEc2Imds, datapath::netlink::Netlink>,
     _dir: tempfile::TempDir,
 }
 
@@ -34,7 +33,7 @@ async fn rig(targets: Targets) -> Rig {
         surge: true,
         node: None,
     };
-    let pool = spawn(settings, Store::new(dir.path()), Checkpoint::default());
+    let pool = spawn_unsupervised(settings, Store::new(dir.path()), Checkpoint::default());
     let (vpc_cidrs, _) = tokio::sync::watch::channel(Vec::new());
     let rs = ReconcileSettings {
         max_eni: None,
@@ -113,8 +112,8 @@ async fn prefixes_are_delegated_served_and_given_back() {
 #[tokio::test]
 async fn insufficient_cidr_blocks_turns_the_eni_to_single_ips() {
     let mut rig = rig(prefix_mode()).await;
-    rig.ec2.fail("AssignPrivateIpAddresses:prefix", INSUFFICIENT_CIDR);
-    rig.ec2.fail("CreateNetworkInterface:prefix", INSUFFICIENT_CIDR);
+    rig.ec2.fail("AssignPrivateIpAddresses:prefix", "InsufficientCidrBlocks");
+    rig.ec2.fail("CreateNetworkInterface:prefix", "InsufficientCidrBlocks");
     rig.settle().await;
     let enis = rig.ec2.enis();
     // The primary ENI took its 9 slots as /32s; the 16 warm addresses wanted brought a second ENI, created with

@@ -1,13 +1,13 @@
 //! Allocations rebuilt from host state after a corrupt checkpoint was moved aside (see
-//! [`crate::datastore::RECOVERED_NETWORK`]): each holds its IP until the host no longer routes it to a pod
+//! [`crate::state::datastore::RECOVERED_NETWORK`]): each holds its IP until the host no longer routes it to a pod
 //! veth — the runtime has deleted that pod's namespace — and is then released. Until then the IP can go to no
 //! other pod.
 
-use super::{Reconciler, hostnet};
-use crate::datastore::RECOVERED_NETWORK;
-use crate::ec2::Ec2Api;
-use crate::hostnet::HostNet;
-use crate::imds::Metadata;
+use super::Reconciler;
+use crate::cloud::ec2::Ec2Api;
+use crate::cloud::imds::Metadata;
+use crate::state::datastore::RECOVERED_NETWORK;
+use datapath::HostNet;
 
 impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
     pub(super) async fn release_recovered(&mut self) {
@@ -19,7 +19,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             self.settings.recovered = false;
             return;
         }
-        let Ok(live) = hostnet::pod_ips(net.as_ref(), &self.settings.veth_prefix).await else { return };
+        let Ok(live) = datapath::pod_ips(net.as_ref(), &self.settings.veth_prefix).await else { return };
         for (key, a) in recovered {
             if live.iter().any(|(ip, _)| *ip == a.ip) {
                 continue;

@@ -16,9 +16,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{ReconcileError, Reconciler, TAG_CLUSTER, TAG_CREATED_AT, TAG_INSTANCE_ID, TAG_NO_MANAGE};
-use crate::ec2::{Ec2Api, Ec2Eni};
-use crate::hostnet::HostNet;
-use crate::imds::Metadata;
+use crate::cloud::ec2::{Ec2Api, Ec2Eni};
+use crate::cloud::imds::Metadata;
+use datapath::HostNet;
 
 pub const MIN_AGE: Duration = Duration::from_secs(300);
 pub const MAX_DELETES: usize = 10;

@@ -169,7 +169,7 @@ pub async fn desired(
                     ni.ipv4_prefixes()
                         .iter()
                         .filter_map(|p| p.ipv4_prefix()?.parse::<Ipv4Net>().ok())
-                        .flat_map(|p| ipamd::datastore::prefix_addresses(&p)),
+                        .flat_map(|p| ipamd::state::datastore::prefix_addresses(&p)),
                 )
                 .collect(),
         });
@@ -334,7 +334,7 @@ impl Sim {
         if self.cfg.install_cni {
             // ipamd installs right after SERVING; "ready" means a pod can be added.
             for i in 0..self.ipamds.len() {
-                let conflist = self.cfg.node_dir(i).join(node::CNI_CONF).join(ipamd::install::CONFLIST);
+                let conflist = self.cfg.node_dir(i).join(node::CNI_CONF).join(ipamd::node::install::CONFLIST);
                 let deadline = std::time::Instant::now() + Duration::from_secs(30);
                 while !conflist.exists() {
                     if std::time::Instant::now() > deadline {

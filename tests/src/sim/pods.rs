@@ -73,7 +73,7 @@ impl Pod {
 
     /// The node's network configuration: the one ipamd installed (`--install-cni`), else the sim's.
     fn conflist(&self) -> Result<Value, PodError> {
-        let installed = self.node_dir().join(crate::sim::node::CNI_CONF).join(ipamd::install::CONFLIST);
+        let installed = self.node_dir().join(crate::sim::node::CNI_CONF).join(ipamd::node::install::CONFLIST);
         let p = if installed.exists() { installed } else { self.node_dir().join("10-vpc-cni.conflist") };
         let bytes = std::fs::read(&p).map_err(io(p.display()))?;
         serde_json::from_slice(&bytes).map_err(|e| PodError::Io(format!("{}: {e}", p.display())))

@@ -7,7 +7,7 @@
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Actor, AddOutcome, Command, DelOutcome, PoolError, now_ms};
-use crate::datastore::AllocKey;
+use crate::state::datastore::AllocKey;
 
 /// At most this many changes share one checkpoint write (the channel holds 256 commands).
 const MAX_BATCH: usize = 256;
@@ -33,7 +33,12 @@ impl Actor {
         let mut batch = Batch::default();
         while let Some(first) = rx.recv().await {
             let mut next = Some(first);
+            let mut stop = None;
             while let Some(cmd) = next {
+                if let Command::Stop { reply } = cmd {
+                    stop = Some(reply);
+                    break;
+                }
                 self.handle(cmd, &mut batch);
                 if batch.staged.len() >= MAX_BATCH {
                     self.commit(&mut batch);
@@ -41,6 +46,11 @@ impl Actor {
                 next = rx.try_recv().ok();
             }
             self.commit(&mut batch);
+            // Everything sent before the stop is durable and answered.
+            if let Some(reply) = stop {
+                let _ = reply.send(());
+                return;
+            }
         }
     }
 

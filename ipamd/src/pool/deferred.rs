@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 pub use datapath::deferred::{DIR, Entry, dir_for, record};
 
-use crate::datastore::AllocKey;
 use crate::pool::PoolHandle;
+use crate::state::datastore::AllocKey;
 
 /// What one drain did.
 #[derive(Debug, Default, PartialEq, Eq)]

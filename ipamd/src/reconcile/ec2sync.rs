@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
-use crate::ec2::Ec2Eni;
-use crate::imds::MacInfo;
+use crate::cloud::ec2::Ec2Eni;
+use crate::cloud::imds::MacInfo;
 
 /// How long IMDS may disagree after ipamd's own EC2 action before the disagreement counts as news.
 pub const SETTLE: Duration = Duration::from_secs(20);
@@ -133,7 +133,7 @@ impl Ec2Sync {
         let mut out: Vec<Ipv4Addr> =
             eni.secondary_ips.iter().copied().filter(|ip| shown.is_none_or(|s| !s.contains(ip))).collect();
         for p in eni.prefixes.iter().filter(|p| m.is_none_or(|m| !m.prefixes.contains(p))) {
-            out.extend(crate::datastore::prefix_addresses(p));
+            out.extend(crate::state::datastore::prefix_addresses(p));
         }
         out
     }

@@ -8,7 +8,7 @@
 //! subnet without room for the new ENI (its primary address and its IPs) is skipped; a subnet tagged `0`, or
 //! not tagged at all (other than the node's own), is never used.
 
-use crate::ec2::SubnetInfo;
+use crate::cloud::ec2::SubnetInfo;
 
 /// The decision and why, for the pool event.
 #[derive(Debug, Clone, PartialEq, Eq)]

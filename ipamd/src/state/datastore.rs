@@ -224,10 +224,12 @@ impl Datastore {
                 },
             );
         }
-        // An allocation whose IP moved to another ENI (or whose checkpoint predates an ENI id) follows EC2.
+        // An allocation whose IP moved to another ENI (or whose checkpoint predates an ENI id) follows EC2; one
+        // whose IP no ENI holds any more (taken back outside ipamd) names none, as the checkpoint's check expects.
         for a in self.allocations.values_mut() {
-            if let Some(eni) = enis.values().find(|e| e.ips.contains_key(&a.ip)) {
-                a.eni_id = eni.id.clone();
+            match enis.values().find(|e| e.ips.contains_key(&a.ip)) {
+                Some(eni) => a.eni_id.clone_from(&eni.id),
+                None => a.eni_id.clear(),
             }
         }
         self.enis = enis;

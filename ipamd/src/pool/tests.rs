@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use super::*;
-use crate::checkpoint::Store;
 use crate::planner::{Limits, Targets};
+use crate::state::checkpoint::Store;
 
 fn settings() -> PoolSettings {
     PoolSettings {
@@ -44,7 +44,7 @@ async fn a_del_whose_checkpoint_write_fails_is_undone_and_can_be_retried() {
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
     let store = Store::new(&state);
-    let pool = spawn(settings(), store.clone(), Checkpoint::default());
+    let pool = spawn_unsupervised(settings(), store.clone(), Checkpoint::default());
     pool.observe(vec![eni()], Limits { max_enis: 3, ips_per_eni: 9, vcpus: 2 }, 0).await.unwrap();
     pool.reconciled(None).await.unwrap();
     let a = pool.add(key("c1"), "default".into(), "web".into(), String::new()).await.unwrap();
@@ -75,7 +75,7 @@ fn big_eni(n: u8) -> ObservedEni {
 async fn concurrent_adds_share_checkpoint_writes_and_every_reply_is_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::new(dir.path());
-    let pool = spawn(settings(), store.clone(), Checkpoint::default());
+    let pool = spawn_unsupervised(settings(), store.clone(), Checkpoint::default());
     pool.observe(vec![big_eni(60)], Limits { max_enis: 3, ips_per_eni: 61, vcpus: 2 }, 0).await.unwrap();
     pool.reconciled(None).await.unwrap();
     let adds = (0..50).map(|i| pool.add(key(&format!("c{i}")), "default".into(), format!("p{i}"), String::new()));
@@ -95,7 +95,7 @@ async fn a_batch_whose_checkpoint_write_fails_is_undone_whole() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
-    let pool = spawn(settings(), Store::new(&state), Checkpoint::default());
+    let pool = spawn_unsupervised(settings(), Store::new(&state), Checkpoint::default());
     pool.observe(vec![big_eni(20)], Limits { max_enis: 3, ips_per_eni: 21, vcpus: 2 }, 0).await.unwrap();
     pool.reconciled(None).await.unwrap();
     std::fs::remove_dir_all(&state).unwrap();
@@ -114,7 +114,7 @@ async fn an_add_kicks_the_reconciler_only_when_the_pool_falls_below_its_targets(
     let dir = tempfile::tempdir().unwrap();
     let warm_ip =
         PoolSettings { targets: Targets { warm_eni: 0, warm_ip: Some(1), ..Targets::default() }, ..settings() };
-    let pool = spawn(warm_ip, Store::new(dir.path()), Checkpoint::default());
+    let pool = spawn_unsupervised(warm_ip, Store::new(dir.path()), Checkpoint::default());
     pool.observe(vec![big_eni(3)], Limits { max_enis: 3, ips_per_eni: 9, vcpus: 2 }, 0).await.unwrap();
     pool.reconciled(None).await.unwrap();
     let kicked = || tokio::time::timeout(Duration::from_millis(100), pool.kick.notified());

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::datastore::{AllocKey, Allocation};
+use crate::state::datastore::{AllocKey, Allocation};
 
 pub const AWS_NODE_VERSION: &str = "vpc-cni-ipam/1";
 const CRI_NETWORK: &str = "_migrated-from-cri";

@@ -66,7 +66,7 @@ pub fn ruleset(cfg: &SnatConfig) -> Value {
     ));
     let iif = |op: &str| json!({ "match": { "op": op, "left": { "meta": { "key": "iifname" } }, "right": cfg.primary_link } });
     let ct_mark = json!({ "ct": { "key": "mark" } });
-    let mark = crate::hostnet::NODEPORT_MARK;
+    let mark = datapath::NODEPORT_MARK;
     cmds.push(obj(
         "rule",
         json!({ "chain": "prerouting", "expr": [

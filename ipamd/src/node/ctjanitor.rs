@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+use crate::tasks::Tasks;
+
 /// How long released IPs gather before one flush; never more than a quarter of the cooldown, so the first
 /// flush still lands well inside it.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(500);
@@ -22,17 +24,17 @@ pub type Flush = Arc<dyn Fn(&[Ipv4Addr]) + Send + Sync>;
 
 /// The flush ipamd uses: ctnetlink in ipamd's own namespace (the node's), logging what went.
 pub fn kernel_flush() -> Flush {
-    Arc::new(|ips: &[Ipv4Addr]| match crate::hostnet::conntrack::forget_many(ips) {
+    Arc::new(|ips: &[Ipv4Addr]| match datapath::conntrack::forget_many(ips) {
         Ok(0) => {}
         Ok(n) => tracing::info!(ips = ?ips, entries = n, "conntrack entries of released IPs deleted"),
         Err(e) => tracing::warn!(ips = ?ips, "conntrack clean-up: {e}"),
     })
 }
 
-/// Starts the janitor; send each released IP on the returned channel.
-pub fn start(cooldown: Duration, flush: Flush) -> UnboundedSender<Ipv4Addr> {
+/// Starts the janitor under the supervisor; send each released IP on the returned channel.
+pub fn start(cooldown: Duration, flush: Flush, tasks: &Tasks) -> UnboundedSender<Ipv4Addr> {
     let (tx, rx) = unbounded_channel();
-    tokio::spawn(run(rx, cooldown, flush));
+    tasks.spawn_loop("conntrack janitor", run(rx, cooldown, flush));
     tx
 }
 
@@ -94,7 +96,7 @@ mod tests {
         let cooldown = Duration::from_secs(30);
         let t0 = Instant::now();
         let (flush, calls) = recorder(t0);
-        let tx = start(cooldown, flush);
+        let tx = start(cooldown, flush, &crate::tasks::Supervisor::new().tasks());
         for n in [1, 2, 2, 3] {
             tx.send(ip(n)).unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -119,7 +121,7 @@ mod tests {
     async fn a_short_cooldown_shrinks_the_window() {
         let t0 = Instant::now();
         let (flush, calls) = recorder(t0);
-        let tx = start(Duration::from_secs(1), flush);
+        let tx = start(Duration::from_secs(1), flush, &crate::tasks::Supervisor::new().tasks());
         tx.send(ip(9)).unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let at: Vec<_> = calls.lock().unwrap().iter().map(|(t, _)| t.as_millis()).collect();

@@ -1,10 +1,9 @@
-//! The EC2 boundary: the [`Ec2Api`] trait (one method per EC2 operation ipamd makes) and its aws-sdk-ec2
-//! implementation, rate-limited by a token bucket (every attempt), retried per [`crate::retry`], and counted
-//! per operation for metrics.
+//! [`Ec2Api`] on aws-sdk-ec2: each call passes the EC2_API_QPS bucket (every attempt), is retried per
+//! [`super::retry`], reported to the [`CallMeter`], and its error classified into an [`ErrorKind`] here, once.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
@@ -13,139 +12,22 @@ use aws_sdk_ec2::types::{
 };
 use ipnet::Ipv4Net;
 
-use crate::ratelimit::TokenBucket;
-use crate::retry;
-use crate::telemetry::Telemetry;
+use super::ratelimit::TokenBucket;
+use super::{
+    CallMeter, Ec2Api, Ec2Eni, Ec2Error, ErrorKind, InstanceLimits, NewEni, Subnet, SubnetInfo, TAG_CNI_ROLE, retry,
+};
 
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("EC2 {op}: {code}: {message}")]
-pub struct Ec2Error {
-    pub op: &'static str,
-    pub code: String,
-    pub message: String,
-}
-
-impl Ec2Error {
-    fn new(op: &'static str, code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { op, code: code.into(), message: message.into() }
-    }
-}
-
-/// An ENI attached to (or tagged for) this node, as EC2 reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ec2Eni {
-    pub id: String,
-    pub subnet_id: String,
-    pub primary_ip: Ipv4Addr,
-    pub secondary_ips: Vec<Ipv4Addr>,
-    /// Delegated /28 prefixes (prefix mode).
-    pub prefixes: Vec<Ipv4Net>,
-    pub device_index: Option<u32>,
-    pub attachment_id: Option<String>,
-    /// The attachment's DeleteOnTermination (`None` when not attached).
-    pub delete_on_termination: Option<bool>,
-    /// "in-use", "available", …
-    pub status: String,
-    pub security_groups: Vec<String>,
-    pub tags: BTreeMap<String, String>,
-}
-
-/// A subnet as ipamd needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subnet {
-    pub cidr: Ipv4Net,
-    pub availability_zone: String,
-}
-
-/// A subnet as subnet discovery weighs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubnetInfo {
-    pub id: String,
-    pub cidr: Ipv4Net,
-    /// AvailableIpAddressCount.
-    pub free: u32,
-    /// The value of its `kubernetes.io/role/cni` tag, when it has one.
-    pub cni_role: Option<String>,
-}
-
-/// The tag that opts a subnet in (`1`) or out (`0`) of subnet discovery.
-pub const TAG_CNI_ROLE: &str = "kubernetes.io/role/cni";
-
-/// What a new ENI is created with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewEni {
-    pub subnet_id: String,
-    pub security_groups: Vec<String>,
-    pub ip_count: u32,
-    /// /28 prefixes to delegate at creation (prefix mode; `ip_count` is then 0).
-    pub prefix_count: u32,
-    pub description: String,
-    pub tags: BTreeMap<String, String>,
-}
-
-/// Instance-type network limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InstanceLimits {
-    pub max_enis: u32,
-    /// IPv4 addresses per interface, the primary included.
-    pub ipv4_per_eni: u32,
-    pub vcpus: u32,
-}
-
-pub trait Ec2Api: Send + Sync + 'static {
-    /// ENIs attached to the instance.
-    fn attached_enis(&self, instance_id: &str) -> impl Future<Output = Result<Vec<Ec2Eni>, Ec2Error>> + Send;
-    /// ENIs carrying `tag_key = tag_value` that are not attached to anything.
-    fn unattached_tagged_enis(
-        &self,
-        tag_key: &str,
-        tag_value: &str,
-    ) -> impl Future<Output = Result<Vec<Ec2Eni>, Ec2Error>> + Send;
-    fn subnet(&self, subnet_id: &str) -> impl Future<Output = Result<Subnet, Ec2Error>> + Send;
-    /// Every subnet of `vpc_id` in `zone`, with its free address count and role tag.
-    fn subnets_in_zone(
-        &self,
-        vpc_id: &str,
-        zone: &str,
-    ) -> impl Future<Output = Result<Vec<SubnetInfo>, Ec2Error>> + Send;
-    fn instance_limits(&self, instance_type: &str) -> impl Future<Output = Result<InstanceLimits, Ec2Error>> + Send;
-    fn create_eni(&self, eni: &NewEni) -> impl Future<Output = Result<Ec2Eni, Ec2Error>> + Send;
-    /// Attaches and returns the attachment id.
-    fn attach_eni(
-        &self,
-        eni_id: &str,
-        instance_id: &str,
-        device_index: u32,
-    ) -> impl Future<Output = Result<String, Ec2Error>> + Send;
-    fn set_delete_on_termination(
-        &self,
-        eni_id: &str,
-        attachment_id: &str,
-    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
-    fn assign_ips(&self, eni_id: &str, count: u32) -> impl Future<Output = Result<Vec<Ipv4Addr>, Ec2Error>> + Send;
-    fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> impl Future<Output = Result<(), Ec2Error>> + Send;
-    /// Delegates `count` /28 prefixes (EC2 answers InsufficientCidrBlocks when the subnet has no free aligned /28).
-    fn assign_prefixes(&self, eni_id: &str, count: u32) -> impl Future<Output = Result<Vec<Ipv4Net>, Ec2Error>> + Send;
-    fn unassign_prefixes(
-        &self,
-        eni_id: &str,
-        prefixes: &[Ipv4Net],
-    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
-    fn detach_eni(&self, attachment_id: &str) -> impl Future<Output = Result<(), Ec2Error>> + Send;
-    fn delete_eni(&self, eni_id: &str) -> impl Future<Output = Result<(), Ec2Error>> + Send;
-}
-
-/// aws-sdk-ec2 client behind the token bucket, with ipamd's own retries (see [`crate::retry`]).
+/// aws-sdk-ec2 client behind the token bucket, with ipamd's own retries (see [`crate::cloud::ec2::retry`]).
 pub struct AwsEc2 {
     client: aws_sdk_ec2::Client,
     bucket: TokenBucket,
-    pub telemetry: Telemetry,
+    meter: Arc<dyn CallMeter>,
 }
 
 impl AwsEc2 {
     /// Loads the standard AWS configuration (AWS_ENDPOINT_URL_EC2, credentials chain) for `region`. The SDK's
     /// retries are off: they would bypass EC2_API_QPS.
-    pub async fn new(region: &str, qps: f64, burst: u32, telemetry: Telemetry) -> Self {
+    pub async fn new(region: &str, qps: f64, burst: u32, meter: Arc<dyn CallMeter>) -> Self {
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))
             .operation_attempt_timeout(Duration::from_secs(20))
@@ -156,7 +38,7 @@ impl AwsEc2 {
             .timeout_config(timeouts)
             .load()
             .await;
-        Self { client: aws_sdk_ec2::Client::new(&conf), bucket: TokenBucket::new(qps, burst), telemetry }
+        Self { client: aws_sdk_ec2::Client::new(&conf), bucket: TokenBucket::new(qps, burst), meter }
     }
 
     /// Sends one EC2 request through the bucket, retrying throttling, server errors and lost answers (where
@@ -170,12 +52,12 @@ impl AwsEc2 {
         loop {
             let waited = self.bucket.acquire().await;
             if !waited.is_zero() {
-                self.telemetry.ec2_throttle_wait(waited);
+                self.meter.ec2_throttle_wait(waited);
                 tracing::debug!(op, waited_ms = waited.as_millis() as u64, "EC2 call delayed by EC2_API_QPS");
             }
             let started = std::time::Instant::now();
             let result = send().await;
-            self.telemetry.ec2_call(op, started.elapsed(), result.as_ref().err().map(|e| e.code.as_str()));
+            self.meter.ec2_call(op, started.elapsed(), result.as_ref().err().map(|e| e.code.as_str()));
             match result {
                 Err(e) if retry::should_retry(op, &e, attempt) => {
                     let wait = retry::backoff(attempt);
@@ -221,26 +103,32 @@ fn sdk_err<E: ProvideErrorMetadata + std::error::Error + 'static>(
     move |e| {
         let message =
             e.message().map(String::from).unwrap_or_else(|| aws_sdk_ec2::error::DisplayErrorContext(&e).to_string());
-        let code = match (&e, e.code()) {
-            (_, Some(code)) => code.to_string(),
-            (SdkError::DispatchFailure(_), None) => "DispatchFailure".into(),
-            (SdkError::TimeoutError(_), None) => "Timeout".into(),
-            (SdkError::ResponseError(_), None) => "ResponseError".into(),
+        // The one place an SDK error is classified: by EC2's code when it sent one, else by what happened.
+        match (&e, e.code()) {
+            (_, Some(code)) => Ec2Error::new(op, code, message),
+            (SdkError::DispatchFailure(_), None) => {
+                Ec2Error::of_kind(op, ErrorKind::NoResponse, "DispatchFailure", message)
+            }
+            (SdkError::TimeoutError(_), None) => Ec2Error::of_kind(op, ErrorKind::NoResponse, "Timeout", message),
+            (SdkError::ResponseError(_), None) => {
+                Ec2Error::of_kind(op, ErrorKind::NoResponse, "ResponseError", message)
+            }
             (_, None) => match e.raw_response().map(|r| r.status().as_u16()) {
-                Some(status) if status >= 500 => format!("{} {status}", retry::HTTP_5XX),
-                _ => "Unknown".into(),
+                Some(status) if status >= 500 => {
+                    Ec2Error::of_kind(op, ErrorKind::Server, format!("HTTP5xx {status}"), message)
+                }
+                _ => Ec2Error::of_kind(op, ErrorKind::Client, "Unknown", message),
             },
-        };
-        Ec2Error::new(op, code, message)
+        }
     }
 }
 
 fn parse_ip(op: &'static str, s: Option<&str>) -> Result<Ipv4Addr, Ec2Error> {
-    s.unwrap_or_default().parse().map_err(|_| Ec2Error::new(op, "BadResponse", format!("not an IPv4 address: {s:?}")))
+    s.unwrap_or_default().parse().map_err(|_| Ec2Error::bad_response(op, format!("not an IPv4 address: {s:?}")))
 }
 
 fn parse_prefix(op: &'static str, s: Option<&str>) -> Result<Ipv4Net, Ec2Error> {
-    s.unwrap_or_default().parse().map_err(|_| Ec2Error::new(op, "BadResponse", format!("not an IPv4 prefix: {s:?}")))
+    s.unwrap_or_default().parse().map_err(|_| Ec2Error::bad_response(op, format!("not an IPv4 prefix: {s:?}")))
 }
 
 fn convert(op: &'static str, ni: &aws_sdk_ec2::types::NetworkInterface) -> Result<Ec2Eni, Ec2Error> {
@@ -255,8 +143,7 @@ fn convert(op: &'static str, ni: &aws_sdk_ec2::types::NetworkInterface) -> Resul
     let mut prefixes = Vec::new();
     for p in ni.ipv4_prefixes() {
         let text = p.ipv4_prefix().unwrap_or_default();
-        prefixes
-            .push(text.parse().map_err(|_| Ec2Error::new(op, "BadResponse", format!("not an IPv4 prefix: {text:?}")))?);
+        prefixes.push(text.parse().map_err(|_| Ec2Error::bad_response(op, format!("not an IPv4 prefix: {text:?}")))?);
     }
     prefixes.sort();
     let att = ni.attachment();
@@ -319,9 +206,7 @@ impl Ec2Api for AwsEc2 {
         let s = out.subnets().first();
         let cidr = s.and_then(|s| s.cidr_block()).unwrap_or_default();
         Ok(Subnet {
-            cidr: cidr
-                .parse()
-                .map_err(|_| Ec2Error::new(OP, "BadResponse", format!("subnet {subnet_id} CIDR {cidr:?}")))?,
+            cidr: cidr.parse().map_err(|_| Ec2Error::bad_response(OP, format!("subnet {subnet_id} CIDR {cidr:?}")))?,
             availability_zone: s.and_then(|s| s.availability_zone()).unwrap_or_default().to_string(),
         })
     }
@@ -376,7 +261,7 @@ impl Ec2Api for AwsEc2 {
             Some((Some(e), Some(i))) if e > 0 && i > 1 => {
                 Ok(InstanceLimits { max_enis: e as u32, ipv4_per_eni: i as u32, vcpus })
             }
-            _ => Err(Ec2Error::new(OP, "BadResponse", format!("no network limits for instance type {instance_type}"))),
+            _ => Err(Ec2Error::bad_response(OP, format!("no network limits for instance type {instance_type}"))),
         }
     }
 
@@ -404,7 +289,7 @@ impl Ec2Api for AwsEc2 {
                 req.send().await.map_err(sdk_err(OP))
             })
             .await?;
-        let ni = out.network_interface().ok_or_else(|| Ec2Error::new(OP, "BadResponse", "no NetworkInterface"))?;
+        let ni = out.network_interface().ok_or_else(|| Ec2Error::bad_response(OP, "no NetworkInterface"))?;
         convert(OP, ni)
     }
 
@@ -423,7 +308,7 @@ impl Ec2Api for AwsEc2 {
                     .map_err(sdk_err(OP))
             })
             .await?;
-        out.attachment_id().map(String::from).ok_or_else(|| Ec2Error::new(OP, "BadResponse", "no AttachmentId"))
+        out.attachment_id().map(String::from).ok_or_else(|| Ec2Error::bad_response(OP, "no AttachmentId"))
     }
 
     async fn set_delete_on_termination(&self, eni_id: &str, attachment_id: &str) -> Result<(), Ec2Error> {

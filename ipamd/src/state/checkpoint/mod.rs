@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::datastore::{AllocKey, Allocation, ObservedEni};
-use crate::imds::NodeInfo;
+use crate::cloud::imds::NodeInfo;
 use crate::planner::Limits;
+use crate::state::datastore::{AllocKey, Allocation, ObservedEni};
+
+mod validate;
 
 pub const VERSION: u32 = 1;
 pub const FILE_NAME: &str = "ipam.json";
@@ -24,6 +26,8 @@ pub enum CheckpointError {
     Decode { path: PathBuf, source: serde_json::Error },
     #[error("checkpoint {path}: version {found} is newer than this ipamd understands ({VERSION})")]
     Version { path: PathBuf, found: u32 },
+    #[error("checkpoint {path}: inconsistent: {}", problems.join("; "))]
+    Invalid { path: PathBuf, problems: Vec<String> },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,6 +135,10 @@ impl Store {
             .map_err(|source| CheckpointError::Decode { path: self.path.clone(), source })?;
         if file.version > VERSION {
             return Err(CheckpointError::Version { path: self.path.clone(), found: file.version });
+        }
+        let problems = validate::problems(&file.allocations, &file.enis);
+        if !problems.is_empty() {
+            return Err(CheckpointError::Invalid { path: self.path.clone(), problems });
         }
         Ok(Checkpoint {
             allocations: file.allocations.into_iter().map(|e| (e.key, e.allocation)).collect(),
@@ -273,5 +281,4 @@ mod tests {
 }
 
 #[cfg(test)]
-#[path = "checkpoint_fuzz.rs"]
 mod fuzz;

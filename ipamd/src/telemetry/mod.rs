@@ -1,8 +1,14 @@
 //! The counters and histograms operators graph (the ones aws-vpc-cni dashboards show, under ipamd's names):
 //! pod Add/Del requests and their latency by result, pods that found no IP, EC2 calls, errors and latency by
 //! operation, reconcile rounds and their duration, ENI attach/detach counts, and the degraded state.
-//! Long-lived and shared (cloning shares the same series); [`crate::metrics`] registers them on each scrape
-//! next to the gauges it reads from a pool snapshot.
+//! Long-lived and shared (cloning shares the same series); [`metrics`] serves them at `/metrics` next to the
+//! gauges it reads from a pool snapshot on each scrape; [`logging`] sets up tracing.
+//!
+//! May use: config (log format), cloud (it counts EC2 calls as their [`CallMeter`]), pool and k8s (what
+//! `/metrics` shows).
+
+pub mod logging;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -13,6 +19,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::cloud::ec2::CallMeter;
 
 type Labels = Vec<(String, String)>;
 
@@ -73,9 +81,9 @@ impl Inner {
     }
 }
 
-impl Telemetry {
+impl CallMeter for Telemetry {
     /// One EC2 request (each attempt counts: that is what the account's budget sees).
-    pub fn ec2_call(&self, op: &str, took: Duration, error_code: Option<&str>) {
+    fn ec2_call(&self, op: &str, took: Duration, error_code: Option<&str>) {
         let op_l = labels(&[("op", op)]);
         self.0.ec2_requests.get_or_create(&op_l).inc();
         self.0.ec2_latency.get_or_create(&op_l).observe(took.as_secs_f64());
@@ -84,10 +92,12 @@ impl Telemetry {
         }
     }
 
-    pub fn ec2_throttle_wait(&self, waited: Duration) {
+    fn ec2_throttle_wait(&self, waited: Duration) {
         self.0.ec2_throttle_wait_ms.inc_by(waited.as_millis() as u64);
     }
+}
 
+impl Telemetry {
     /// EC2 requests made for `op` so far.
     pub fn ec2_requests(&self, op: &str) -> u64 {
         self.0.ec2_requests.get_or_create(&labels(&[("op", op)])).get()

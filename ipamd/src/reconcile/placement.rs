@@ -3,15 +3,15 @@
 //! well-formed, its subnet is in the node's zone). Each reconcile round reports the ENIConfig in use, any
 //! problem (status + a Warning Event), and which attached ENIs came from an earlier ENIConfig: they keep
 //! serving until the node is recycled, which aws-vpc-cni users are regularly surprised by (its #514, #264).
-//! Without custom networking, subnet discovery ([`crate::subnets`]) may put new ENIs in a tagged subnet of the
+//! Without custom networking, subnet discovery ([`super::subnets`]) may put new ENIs in a tagged subnet of the
 //! node's zone instead of the node's own.
 
-use crate::ec2::{Ec2Api, Ec2Eni};
-use crate::hostnet::HostNet;
-use crate::imds::Metadata;
+use super::{ReconcileError, Reconciler};
+use crate::cloud::ec2::{Ec2Api, Ec2Eni};
+use crate::cloud::imds::Metadata;
 use crate::k8s::eniconfig::{self, EniConfigSpec, Selection};
 use crate::k8s::{ApiState, KubeSettings};
-use crate::reconcile::{ReconcileError, Reconciler};
+use datapath::HostNet;
 
 /// Subnet and security groups for the next ENI.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,10 +94,10 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
     }
 
     /// Subnet discovery for an ENI that needs `need` addresses: asks EC2 for the zone's subnets (only when an
-    /// ENI is about to be created) and applies [`crate::subnets::choose`].
+    /// ENI is about to be created) and applies [`super::subnets::choose`].
     pub(crate) async fn discover_subnet(&mut self, need: u32) -> Result<String, ReconcileError> {
         let subnets = self.ec2.subnets_in_zone(&self.node.vpc_id, &self.node.availability_zone).await?;
-        match crate::subnets::choose(&subnets, &self.node.subnet_id, need) {
+        match super::subnets::choose(&subnets, &self.node.subnet_id, need) {
             Ok(c) => {
                 if !c.others.is_empty() || c.subnet_id != self.node.subnet_id {
                     self.pool.emit(

@@ -1,7 +1,14 @@
 //! The pool actor: the one owner of the datastore, driven by [`Command`]s over a channel. gRPC handlers and
 //! the reconciler talk to it through [`PoolHandle`]; nothing else mutates pool state. Every change that a pod
-//! depends on is checkpointed before the reply goes out (in groups: `pool_commit`), so a crash loses nothing
-//! that was promised.
+//! depends on is checkpointed before the reply goes out (in groups: [`commit`]), so a crash loses nothing
+//! that was promised. [`surge`] counts the pods waiting for an IP; [`deferred`] carries out the DELs the plugin
+//! left on disk while ipamd was away.
+//!
+//! May use: state, planner, cloud (the node facts it saves).
+
+mod commit;
+pub mod deferred;
+pub mod surge;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -9,10 +16,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
-use crate::checkpoint::SavedEni;
-use crate::checkpoint::{Checkpoint, Store};
-use crate::datastore::{AllocKey, Allocation, AssignError, Datastore, IpState, ObservedEni, Stats};
 use crate::planner::{self, Action, Limits, Targets};
+use crate::state::checkpoint::SavedEni;
+use crate::state::checkpoint::{Checkpoint, Store};
+use crate::state::datastore::{AllocKey, Allocation, AssignError, Datastore, IpState, ObservedEni, Stats};
+use crate::tasks::Tasks;
+
+/// The actor's name under the supervisor.
+pub const TASK: &str = "pool actor";
 
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -111,6 +122,10 @@ pub enum Command {
     Snapshot {
         reply: oneshot::Sender<Snapshot>,
     },
+    /// Shutdown: commit and answer what came before, then end.
+    Stop {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Static settings of the actor.
@@ -122,10 +137,10 @@ pub struct PoolSettings {
     pub reconcile_interval: Duration,
     /// Custom networking: the primary ENI serves no pods.
     pub primary_reserved: bool,
-    /// IPAMD_SURGE: pods refused for want of an IP are asked for in one step (see [`crate::surge`]).
+    /// IPAMD_SURGE: pods refused for want of an IP are asked for in one step (see [`crate::pool::surge`]).
     pub surge: bool,
     /// The node, saved in the checkpoint for a start without IMDS.
-    pub node: Option<crate::imds::NodeInfo>,
+    pub node: Option<crate::cloud::imds::NodeInfo>,
 }
 
 struct Actor {
@@ -145,7 +160,7 @@ struct Actor {
     /// The ENIs as last written to the checkpoint.
     saved_enis: Vec<SavedEni>,
     /// Pods waiting for an IP.
-    surge: crate::surge::Surge,
+    surge: crate::pool::surge::Surge,
 }
 
 /// Cheap, cloneable access to the actor.
@@ -156,8 +171,13 @@ pub struct PoolHandle {
     pub kick: Arc<Notify>,
 }
 
-/// Starts the actor with the state restored from `checkpoint`.
-pub fn spawn(settings: PoolSettings, store: Store, checkpoint: Checkpoint) -> PoolHandle {
+/// Starts the actor, under the supervisor, with the state restored from `checkpoint`.
+pub fn spawn(
+    settings: PoolSettings,
+    store: Store,
+    checkpoint: Checkpoint,
+    tasks: &Tasks,
+) -> std::io::Result<PoolHandle> {
     let (tx, rx) = mpsc::channel(256);
     let (events, _) = broadcast::channel(1024);
     let kick = Arc::new(Notify::new());
@@ -180,16 +200,17 @@ pub fn spawn(settings: PoolSettings, store: Store, checkpoint: Checkpoint) -> Po
         foreign: 0,
         degraded: None,
         saved_enis: checkpoint.enis,
-        surge: crate::surge::Surge::default(),
+        surge: crate::pool::surge::Surge::default(),
     };
     // Its own thread: the checkpoint's fsyncs block, and must not hold up a runtime worker serving gRPC.
-    // Without it ipamd cannot hand out a single IP: failing to start it is fatal, at once.
-    let rt = tokio::runtime::Builder::new_current_thread().build().expect("pool actor runtime");
-    std::thread::Builder::new()
-        .name("pool".into())
-        .spawn(move || rt.block_on(actor.run(rx)))
-        .expect("pool actor thread");
-    PoolHandle { tx, events, kick }
+    tasks.spawn_thread(TASK, move || actor.run(rx))?;
+    Ok(PoolHandle { tx, events, kick })
+}
+
+/// The actor for a unit test, under a supervisor nobody watches.
+#[cfg(test)]
+pub(crate) fn spawn_unsupervised(settings: PoolSettings, store: Store, checkpoint: Checkpoint) -> PoolHandle {
+    spawn(settings, store, checkpoint, &crate::tasks::Supervisor::new().tasks()).unwrap()
 }
 
 impl Actor {
@@ -199,7 +220,7 @@ impl Actor {
 
     fn checkpoint(&mut self) -> Result<(), PoolError> {
         let enis = self.saved_enis();
-        let parts = crate::checkpoint::Parts {
+        let parts = crate::state::checkpoint::Parts {
             allocations: &self.ds.allocations,
             cooling: &self.ds.cooling,
             node: self.settings.node.as_ref(),
@@ -230,7 +251,7 @@ impl Actor {
                     secondary_ips: e
                         .ips
                         .keys()
-                        .filter(|ip| servable(ip) && !crate::datastore::in_prefixes(&e.prefixes, ip))
+                        .filter(|ip| servable(ip) && !crate::state::datastore::in_prefixes(&e.prefixes, ip))
                         .copied()
                         .collect(),
                     unconfirmed: Vec::new(),
@@ -241,7 +262,7 @@ impl Actor {
                         .prefixes
                         .iter()
                         .filter(|p| {
-                            let states: Vec<IpState> = crate::datastore::prefix_addresses(p)
+                            let states: Vec<IpState> = crate::state::datastore::prefix_addresses(p)
                                 .filter_map(|ip| e.ips.get(&ip).copied())
                                 .collect();
                             !states.contains(&IpState::Releasing) && states.iter().any(|s| *s != IpState::Pending)
@@ -338,6 +359,7 @@ impl Actor {
                     self.last_error = e;
                 }
             },
+            Command::Stop { .. } => unreachable!("the run loop ends the actor on Stop"),
             Command::Snapshot { reply } => {
                 let _ = reply.send(Snapshot {
                     stats: self.ds.stats(now_ms()),
@@ -373,7 +395,7 @@ impl Actor {
         let now = now_ms();
         match self.ds.assign(key, ns, name, now) {
             Ok(a) => {
-                self.surge.served(&crate::surge::waiter(key, ns, name));
+                self.surge.served(&crate::pool::surge::waiter(key, ns, name));
                 if a.new
                     && let Some(al) = self.ds.allocations.get_mut(key)
                 {
@@ -382,7 +404,7 @@ impl Actor {
                 Ok((AddOutcome { ip: a.ip, eni_id: a.eni_id, device_number: a.device_number }, a.new))
             }
             Err(e) => {
-                self.surge.refused(crate::surge::waiter(key, ns, name), now);
+                self.surge.refused(crate::pool::surge::waiter(key, ns, name), now);
                 self.kick.notify_one();
                 let reserved = self.settings.primary_reserved;
                 let enis: Vec<_> = self.ds.enis.values().filter(|e| !(reserved && e.primary)).collect();
@@ -496,6 +518,11 @@ impl PoolHandle {
         self.tx.send(Command::Reconciled { error }).await.map_err(|_| PoolError::Stopped)
     }
 
+    /// Ends the actor once everything sent before is durable and answered.
+    pub async fn stop(&self) -> Result<(), PoolError> {
+        self.call(|reply| Command::Stop { reply }).await
+    }
+
     pub async fn snapshot(&self) -> Result<Snapshot, PoolError> {
         self.call(|reply| Command::Snapshot { reply }).await
     }
@@ -511,9 +538,5 @@ fn send_event(events: &broadcast::Sender<Event>, kind: &'static str, message: St
     let _ = events.send(Event { unix_millis: now_ms(), kind, message });
 }
 
-#[path = "pool_commit.rs"]
-mod commit;
-
 #[cfg(test)]
-#[path = "pool_tests.rs"]
 mod tests;

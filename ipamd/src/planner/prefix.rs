@@ -149,5 +149,4 @@ fn shrink(view: &PoolView, mut over: u32) -> Vec<Action> {
 }
 
 #[cfg(test)]
-#[path = "planner_prefix_tests.rs"]
 mod tests;

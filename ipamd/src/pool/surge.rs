@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::datastore::AllocKey;
+use crate::state::datastore::AllocKey;
 
 /// Who is waiting: the pod (namespace/name) when the runtime said, else the attachment.
 pub fn waiter(key: &AllocKey, namespace: &str, name: &str) -> String {

@@ -14,7 +14,6 @@
 
 use std::net::Ipv4Addr;
 
-#[path = "planner_prefix.rs"]
 mod prefix;
 pub use prefix::{PREFIX_IPS, PrefixView};
 
@@ -254,5 +253,4 @@ fn by_device(view: &PoolView) -> Vec<&EniView> {
 }
 
 #[cfg(test)]
-#[path = "planner_tests.rs"]
 mod tests;

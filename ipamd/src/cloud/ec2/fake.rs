@@ -9,8 +9,8 @@ use std::sync::Mutex;
 
 use ipnet::Ipv4Net;
 
-use crate::ec2::{Ec2Api, Ec2Eni, Ec2Error, InstanceLimits, NewEni, Subnet, SubnetInfo};
-use crate::imds::{ImdsError, Metadata};
+use super::{Ec2Api, Ec2Eni, Ec2Error, InstanceLimits, NewEni, Subnet, SubnetInfo};
+use crate::cloud::imds::{ImdsError, Metadata};
 
 pub const INSTANCE: &str = "i-fake";
 pub const SUBNET: &str = "subnet-fake";
@@ -38,7 +38,7 @@ pub struct FakeEc2 {
 const SUBNET_CIDR: &str = "10.0.0.0/16";
 
 fn err(op: &'static str, code: &str) -> Ec2Error {
-    Ec2Error { op, code: code.into(), message: format!("{code} (fake)") }
+    Ec2Error::new(op, code, format!("{code} (fake)"))
 }
 
 impl FakeEc2 {
@@ -223,11 +223,7 @@ impl Ec2Api for FakeEc2 {
         let mut s = self.call(OP, "UnassignPrivateIpAddresses:prefix", format!("{eni_id} {}", prefixes.len()))?;
         let e = s.eni(OP, eni_id)?;
         if let Some(p) = prefixes.iter().find(|p| !e.prefixes.contains(p)) {
-            return Err(Ec2Error {
-                op: OP,
-                code: "InvalidParameterValue".into(),
-                message: format!("{p} not on {eni_id}"),
-            });
+            return Err(Ec2Error::new(OP, "InvalidParameterValue", format!("{p} not on {eni_id}")));
         }
         e.prefixes.retain(|p| !prefixes.contains(p));
         Ok(())
