@@ -1,6 +1,8 @@
 //! ipamd configuration: every setting is an environment variable (names shared with aws-vpc-cni where the
 //! concept is shared) and also a `--kebab-case` flag. Invalid values are rejected at start with an error that
 //! names the variable and the accepted values.
+//!
+//! May use: nothing else of ipamd.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

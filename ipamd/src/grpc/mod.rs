@@ -1,5 +1,8 @@
 //! The gRPC surface on a Unix socket: socket file 0600 in a 0700 directory, every request checked against the
 //! peer's uid (SO_PEERCRED), the Ipam, Introspection and grpc.health.v1 services. No TCP listener.
+//!
+//! May use: pool (every request is a command to it), state, cloud (node facts), k8s and telemetry (status),
+//! tasks.
 
 pub mod introspection;
 pub mod ipam;

@@ -11,6 +11,8 @@
 //! - Shrinking waits while a non-primary ENI holds only cooling IPs (it is about to become the one to give back).
 //! - Never: more ENIs than `max_enis`, more IPs on an ENI than it holds, an assigned or cooling IP given back,
 //!   the primary ENI deleted.
+//!
+//! May use: nothing else of ipamd.
 
 use std::net::Ipv4Addr;
 

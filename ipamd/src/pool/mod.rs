@@ -4,7 +4,7 @@
 //! that was promised. [`surge`] counts the pods waiting for an IP; [`deferred`] carries out the DELs the plugin
 //! left on disk while ipamd was away.
 //!
-//! May use: state, planner, cloud (the node facts it saves).
+//! May use: state, planner, cloud (the node facts it saves), tasks (its thread runs under the supervisor).
 
 mod commit;
 pub mod deferred;

@@ -3,6 +3,8 @@
 //! at once after a change, at the next cooldown expiry, when the actor kicks (a pod took an IP), or after the
 //! idle interval. A failing round backs off exponentially (with jitter) and ignores kicks meanwhile, so a
 //! burst of pods on an exhausted subnet cannot turn into a burst of EC2 calls.
+//!
+//! May use: cloud, state, planner, pool, k8s (ENIConfig placement, Events), node (SNAT), telemetry, tasks.
 
 mod apply;
 pub mod ec2sync;
@@ -106,22 +108,22 @@ pub struct ReconcileSettings {
 }
 
 pub struct Reconciler<E: Ec2Api, M: Metadata, N: HostNet> {
-    pub ec2: Arc<E>,
-    pub imds: Arc<M>,
+    ec2: Arc<E>,
+    imds: Arc<M>,
     /// `None` when ipamd must not touch the host network (IPAMD_HOST_NETWORK=false).
-    pub hostnet: Option<Arc<N>>,
-    pub node: Arc<NodeInfo>,
-    pub pool: PoolHandle,
-    pub settings: ReconcileSettings,
-    pub kube: Kube,
+    hostnet: Option<Arc<N>>,
+    node: Arc<NodeInfo>,
+    pool: PoolHandle,
+    settings: ReconcileSettings,
+    kube: Kube,
     limits_cache: Cache<String, InstanceLimits>,
     subnet_cache: Cache<String, Subnet>,
     /// The ENIConfig (name, spec) new ENIs were last created from, to notice a change.
-    pub(crate) last_eni_config: Option<(String, EniConfigSpec)>,
+    last_eni_config: Option<(String, EniConfigSpec)>,
     /// Attached ENIs ipamd leaves alone (reported once each).
     foreign: BTreeSet<String>,
     /// What EC2 last said, and when to ask again.
-    pub(crate) sync: Ec2Sync,
+    sync: Ec2Sync,
     /// ENIs created but not attached whose delete failed: retried each round.
     orphans: BTreeSet<String>,
     /// Leaked-ENI candidates without a createdAt tag: when each was first seen available (unix seconds).
@@ -137,7 +139,7 @@ pub struct Reconciler<E: Ec2Api, M: Metadata, N: HostNet> {
     /// The SNAT ruleset last applied (re-applied when it would differ).
     snat_applied: Option<SnatConfig>,
     /// Prefix mode: ENIs EC2 had no /28 for (InsufficientCidrBlocks); they grow by single IPs.
-    pub(crate) prefix_fallback: BTreeSet<String>,
+    prefix_fallback: BTreeSet<String>,
 }
 
 impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
@@ -298,7 +300,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
 
     /// Whether ipamd manages `eni`: the primary ENI, or one it created for this instance (its instance tag) that
     /// is not opted out with `no_manage=true`. Anything else (a trunk, an EFA, one a user attached) is left alone.
-    pub(crate) fn managed(&self, eni: &Ec2Eni) -> bool {
+    fn managed(&self, eni: &Ec2Eni) -> bool {
         eni.id == self.node.primary_eni_id
             || (eni.tags.get(TAG_INSTANCE_ID) == Some(&self.node.instance_id)
                 && eni.tags.get(TAG_NO_MANAGE).is_none_or(|v| !v.eq_ignore_ascii_case("true")))
@@ -467,7 +469,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
     }
 
     /// A subnet's CIDR and zone (the node's own from IMDS, others from EC2 once, cached).
-    pub(crate) async fn subnet(&self, subnet_id: &str) -> Result<Subnet, Ec2Error> {
+    async fn subnet(&self, subnet_id: &str) -> Result<Subnet, Ec2Error> {
         if subnet_id == self.node.subnet_id {
             return Ok(Subnet { cidr: self.node.subnet_cidr, availability_zone: self.node.availability_zone.clone() });
         }

@@ -39,7 +39,7 @@ impl Problem {
 
 impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
     /// This round's placement; also updates status and records Events.
-    pub(crate) async fn placement(&mut self, attached: &[Ec2Eni]) -> Result<Placement, String> {
+    pub(super) async fn placement(&mut self, attached: &[Ec2Eni]) -> Result<Placement, String> {
         let Some(ks) = self.kube.settings.clone().filter(|s| s.custom_networking) else {
             return Ok(Placement {
                 subnet_id: self.node.subnet_id.clone(),
@@ -95,7 +95,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
 
     /// Subnet discovery for an ENI that needs `need` addresses: asks EC2 for the zone's subnets (only when an
     /// ENI is about to be created) and applies [`super::subnets::choose`].
-    pub(crate) async fn discover_subnet(&mut self, need: u32) -> Result<String, ReconcileError> {
+    pub(super) async fn discover_subnet(&mut self, need: u32) -> Result<String, ReconcileError> {
         let subnets = self.ec2.subnets_in_zone(&self.node.vpc_id, &self.node.availability_zone).await?;
         match super::subnets::choose(&subnets, &self.node.subnet_id, need) {
             Ok(c) => {
