@@ -3,7 +3,7 @@
 #   - renders the kustomize base, and the base with each Component of deploy/examples/, like `kubectl apply -k`;
 #   - kubernetes-validate --strict on every rendered document, against two Kubernetes versions;
 #   - the ENIConfig CRD: structural and 1.20-compatible; the example ENIConfigs pass its schema; bad ones fail;
-#   - the ClusterRole is exactly the rules ipamd uses;
+#   - the ClusterRole is exactly the rules ipamd uses; the DaemonSet's ServiceAccount is rendered and bound to it;
 #   - checkov: no failed check; every skip is in-manifest with a written reason; fewer than aws-vpc-cni's 19;
 #   - hadolint on deploy/Dockerfile.
 # Tools live in a venv OUTSIDE the clone, installed once and reused:
@@ -122,17 +122,48 @@ else
   ok "kubernetes-validate --strict refuses an unknown field (negative control)"
 fi
 
-# ---- CRD schema, ENIConfig examples, bad ENIConfigs, ClusterRole ------------------------------------------------
-"$venv/bin/python" - "$work/rendered/base.yaml" "$repo"/deploy/examples/eniconfigs/*.yaml >"$work/py.out" <<'PY' || true
+# ---- CRD schema, ENIConfig examples, bad ENIConfigs, ClusterRole, ServiceAccount ---------------------------------
+# The block first prints how many checks it runs ("expect N", from its inputs alone), then one ok/FAIL line each.
+# A crash, or another number of lines, fails the run: a check that did not run must not read as passed.
+"$venv/bin/python" - "$work/rendered/base.yaml" "$repo"/deploy/examples/eniconfigs/*.yaml >"$work/py.out" 2>"$work/py.err" <<'PY' && py_rc=0 || py_rc=$?
 import copy, sys, yaml, jsonschema
 
 rendered, examples = sys.argv[1], sys.argv[2:]
 docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
 def report(ok, msg):
     print(("ok    " if ok else "FAIL  ") + msg)
+def find(kind):
+    return next((d for d in docs if d.get("kind") == kind), None)
+
+# The example files' documents (file, number, object or parse error), read before any check so that the count
+# does not depend on how far the checks get.
+example_docs = []
+for path in examples:
+    name = path.split("/deploy/")[-1]
+    try:
+        example_docs += [(name, i, d) for i, d in enumerate(yaml.safe_load_all(open(path)), 1) if d is not None]
+    except yaml.YAMLError as e:
+        example_docs.append((name, 0, e))
+
+def eni(spec):
+    return {"apiVersion": "crd.k8s.amazonaws.com/v1alpha1", "kind": "ENIConfig", "metadata": {"name": "bad"}, "spec": spec}
+bad = {
+    "missing subnet": eni({"securityGroups": ["sg-0123456789abcdef0"]}),
+    "malformed security-group id sg-xyz": eni({"subnet": "subnet-0123456789abcdef0", "securityGroups": ["sg-xyz"]}),
+    "6 security groups (max 5)": eni({"subnet": "subnet-0123456789abcdef0",
+                                      "securityGroups": [f"sg-0000000{i}" for i in range(1, 7)]}),
+    "malformed subnet id (upper-case hex)": eni({"subnet": "subnet-0123456789ABCDEF0"}),
+    "unknown field securityGroup": eni({"subnet": "subnet-0123456789abcdef0", "securityGroup": ["sg-0123456789abcdef0"]}),
+    "no spec": {k: v for k, v in eni({}).items() if k != "spec"},
+}
+# The CRD, each example document, each bad ENIConfig, the ClusterRole, the ServiceAccount, its binding.
+print(f"expect {1 + len(example_docs) + len(bad) + 3}")
 
 # The CRD: apiextensions.k8s.io/v1, structural, nothing a 1.20 API server would refuse.
-crd = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
+crd = find("CustomResourceDefinition")
+if crd is None:  # nothing below can be checked without its schema
+    report(False, "ENIConfig CRD: no CustomResourceDefinition in the rendered base")
+    sys.exit(1)
 problems = []
 if crd["apiVersion"] != "apiextensions.k8s.io/v1": problems.append("apiVersion " + crd["apiVersion"])
 if crd["spec"]["scope"] != "Cluster": problems.append("scope is not Cluster")
@@ -172,34 +203,28 @@ def errors(obj):
         return ["not a crd.k8s.amazonaws.com/v1alpha1 ENIConfig"]
     return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
             for e in jsonschema.Draft4Validator(check_schema).iter_errors(obj)]
-for path in examples:
-    for obj in (d for d in yaml.safe_load_all(open(path)) if d):
+for name, i, obj in example_docs:
+    if isinstance(obj, yaml.YAMLError):
+        report(False, f"example ENIConfig file {name} is not valid YAML: {' '.join(str(obj).split())}")
+    elif not isinstance(obj, dict):
+        report(False, f"example ENIConfig {name} document {i} is a {type(obj).__name__}, not a mapping (an ENIConfig object)")
+    else:
         errs = errors(obj)
-        report(not errs, f"example ENIConfig {obj.get('metadata', {}).get('name')} ({path.split('/deploy/')[-1]}) matches the CRD schema"
+        report(not errs, f"example ENIConfig {obj.get('metadata', {}).get('name')} ({name}) matches the CRD schema"
                + (": " + "; ".join(errs) if errs else ""))
 
-def eni(spec):
-    return {"apiVersion": "crd.k8s.amazonaws.com/v1alpha1", "kind": "ENIConfig", "metadata": {"name": "bad"}, "spec": spec}
-bad = {
-    "missing subnet": eni({"securityGroups": ["sg-0123456789abcdef0"]}),
-    "malformed security-group id sg-xyz": eni({"subnet": "subnet-0123456789abcdef0", "securityGroups": ["sg-xyz"]}),
-    "6 security groups (max 5)": eni({"subnet": "subnet-0123456789abcdef0",
-                                      "securityGroups": [f"sg-0000000{i}" for i in range(1, 7)]}),
-    "malformed subnet id (upper-case hex)": eni({"subnet": "subnet-0123456789ABCDEF0"}),
-    "unknown field securityGroup": eni({"subnet": "subnet-0123456789abcdef0", "securityGroup": ["sg-0123456789abcdef0"]}),
-    "no spec": {k: v for k, v in eni({}).items() if k != "spec"},
-}
 for what, obj in bad.items():
     errs = errors(obj)
     report(bool(errs), f"bad ENIConfig rejected: {what}" + (f" ({errs[0]})" if errs else ": it PASSED the schema"))
 
-# The ClusterRole: exactly the rules ipamd uses (issue 7's tests prove each one is used).
+# The ClusterRole: exactly the rules ipamd uses (the test the_daemonset_cluster_role_is_exactly_what_ipamd_uses in
+# tests/tests/kube.rs proves each one is used, from a real API server's audit log).
 want = {("", "nodes", ("list", "watch")), ("", "pods", ("get", "list", "watch")),
         ("crd.k8s.amazonaws.com", "eniconfigs", ("list", "watch")), ("events.k8s.io", "events", ("create",))}
-role = next(d for d in docs if d["kind"] == "ClusterRole")
+role = find("ClusterRole")
 got = set()
-extra = []
-for rule in role["rules"]:
+extra = [] if role else ["no ClusterRole in the rendered base"]
+for rule in (role or {}).get("rules", []):
     if set(rule) - {"apiGroups", "resources", "verbs"}: extra.append(f"unexpected keys {sorted(set(rule) - {'apiGroups', 'resources', 'verbs'})}")
     for g in rule.get("apiGroups", []):
         for r in rule.get("resources", []):
@@ -208,15 +233,37 @@ diff = sorted(got ^ want)
 report(not diff and not extra and len(role["rules"]) == len(want),
        "ClusterRole vpc-cni is exactly nodes list/watch, pods get/list/watch, eniconfigs list/watch, events create"
        + (f": differs by {diff} {extra}" if diff or extra else ""))
+
+# The DaemonSet's pods run as its serviceAccountName: without that ServiceAccount in its namespace the API server
+# refuses to create them, and without a binding to the ClusterRole every API call of ipamd's is forbidden.
+ds = find("DaemonSet") or {}
+ns = ds.get("metadata", {}).get("namespace")
+sa = ds.get("spec", {}).get("template", {}).get("spec", {}).get("serviceAccountName")
+accounts = [f"{d['metadata'].get('namespace')}/{d['metadata']['name']}" for d in docs if d.get("kind") == "ServiceAccount"]
+report(sa is not None and f"{ns}/{sa}" in accounts,
+       f"the DaemonSet's serviceAccountName {ns}/{sa} is a rendered ServiceAccount"
+       + ("" if f"{ns}/{sa}" in accounts else f": rendered ServiceAccounts: {accounts or 'none'}"))
+bindings = [d["metadata"]["name"] for d in docs if d.get("kind") == "ClusterRoleBinding" and role
+            and d.get("roleRef", {}).get("kind") == "ClusterRole" and d["roleRef"].get("name") == role["metadata"]["name"]
+            and any(s.get("kind") == "ServiceAccount" and (s.get("namespace"), s.get("name")) == (ns, sa) for s in d.get("subjects", []))]
+report(bool(bindings), f"a ClusterRoleBinding binds ServiceAccount {ns}/{sa} to the ClusterRole"
+       + (f": {', '.join(bindings)}" if bindings else ": none does"))
 PY
 while IFS= read -r line; do
   case "$line" in
     "ok    "*) ok "${line#ok    }" ;;
     "FAIL  "*) bad "${line#FAIL  }" ;;
+    "expect "*) ;;
     *) echo "$line" ;;
   esac
 done <"$work/py.out"
-grep -qE '^(ok|FAIL)  ' "$work/py.out" || bad "schema checks did not run: $(tr '\n' ' ' <"$work/py.out")"
+[ -s "$work/py.err" ] && sed 's/^/check-manifests: python: /' "$work/py.err"
+[ "$py_rc" = 0 ] || bad "schema checks exited with status $py_rc: $(tail -n 1 "$work/py.err")"
+expected=$(sed -n 's/^expect \([0-9][0-9]*\)$/\1/p' "$work/py.out")
+reported=$(grep -cE '^(ok|FAIL)  ' "$work/py.out" || true)
+if [ "$reported" != "${expected:-none}" ]; then
+  bad "schema checks: $reported reported, ${expected:-an unknown number} expected"
+fi
 
 # ---- checkov ---------------------------------------------------------------------------------------------------
 # Every rendered variant at once. A failed check fails the run; a skipped one must come from a checkov.io/skipN

@@ -9,6 +9,8 @@
 #
 # Everything comes from Debian bookworm: the `kubernetes` source package (the full upstream tree with vendor/)
 # built with Debian's Go in GOPATH mode, and etcd-server/etcd-client unpacked with dpkg-deb (not installed).
+# They are fetched from the mirror the machine's own apt configuration names for bookworm; install stops with
+# an error when it names none.
 # Two fixes make the tree build and run: zz_generated.openapi.go is generated with the vendored openapi-gen
 # (the tarball lacks it), and the vendored reflect2 1.0.1 / json-iterator, which crash under Go >= 1.18, are
 # replaced by Debian's golang-github-modern-go-reflect2-dev / golang-github-json-iterator-go-dev sources.
@@ -61,17 +63,18 @@ apt_install_missing() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 }
 
-# The mirror the system already uses for $suite (first match in sources.list / sources.list.d), with its keyring.
+# The mirror the system already uses for $suite (first match in sources.list, sources.list.d/*.list and the deb822
+# sources.list.d/*.sources files), with its keyring. APT_CONFIG_DIR (default /etc/apt) points it elsewhere, for tests.
 system_mirror() {
-  local f
+  local f etc="${APT_CONFIG_DIR:-/etc/apt}"
   {
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    for f in "$etc/sources.list" "$etc"/sources.list.d/*.list; do
       [ -f "$f" ] || continue
       # deb [opts] URI suite components...
       awk -v s="$suite" '$1=="deb" { o=""; i=2; if ($2 ~ /^\[/) { while ($i !~ /\]$/) { o=o" "$i; i++ } o=o" "$i; i++ }
         if ($(i+1)==s) { k=""; if (match(o, /signed-by=[^] ]+/)) k=substr(o, RSTART+10, RLENGTH-10); print $i, k } }' "$f"
     done
-    for f in /etc/apt/sources.list.d/*.sources; do
+    for f in "$etc"/sources.list.d/*.sources; do
       [ -f "$f" ] || continue
       # deb822 paragraphs: Types / URIs / Suites / Signed-By / Enabled
       awk -v s="$suite" 'function flush() { if (t ~ /(^| )deb( |$)/ && en != "no" && (" " su " ") ~ (" " s " ")) { n=split(u, a, " "); for (j=1;j<=n;j++) print a[j], k } t=u=su=k=en="" }
@@ -91,7 +94,10 @@ private_apt() {
   if [ ! -s "$aptdir/sources.list" ]; then
     line=$(system_mirror)
     uri=${line%% *}; key=${line#* }
-    [ -n "$uri" ] || uri="http://deb.debian.org/debian"
+    [ -n "$uri" ] || die "no apt source for Debian $suite found: looked for a \`deb\` line with suite $suite in" \
+      "${APT_CONFIG_DIR:-/etc/apt}/sources.list and sources.list.d/*.list, and a Types: deb paragraph with" \
+      "Suites: $suite in sources.list.d/*.sources; configure an apt source for Debian $suite (e.g. your" \
+      "Debian mirror's URI in /etc/apt/sources.list.d/debian.sources) and run install again"
     [ "$key" = "$line" ] && key=""
     [ -z "$key" ] && [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] && key=/usr/share/keyrings/debian-archive-keyring.gpg
     opt=""; [ -n "$key" ] && opt="[signed-by=$key] "

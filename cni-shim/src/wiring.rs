@@ -1,4 +1,4 @@
-//! Pod wiring per SPEC "Datapath" over netlink: the veth pair created with its peer directly in the pod
+//! Pod wiring over netlink: the veth pair created with its peer directly in the pod
 //! namespace (one RTM_NEWLINK), the pod side configured through a socket opened inside the pod namespace, the
 //! host side through the plugin's own. ADD undoes what it did on failure; DEL goes on past errors and leaves
 //! the host veth to the pod namespace's deletion.

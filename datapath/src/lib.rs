@@ -2,7 +2,7 @@
 //! the [`HostNet`] boundary, [`netlink::Netlink`] (sockets opened inside the target netns), pod host wiring
 //! helpers ([`podnet`]), conntrack clean-up, and the deferred-DEL format ([`deferred`]).
 //!
-//! ipamd's host network setup for secondary ENIs (SPEC "Datapath"): per non-primary ENI the link (found by
+//! ipamd's host network setup for secondary ENIs: per non-primary ENI the link (found by
 //! MAC) gets MTU and up, its primary IP with the subnet mask, table `device + 1` with `gw/32 scope link` and
 //! `default via gw`, a rule `from <ENI primary IP> lookup <table>` (prio 32765), and the kernel's subnet route
 //! for it is removed from main. Every step reads first and changes only what differs, so a second run makes

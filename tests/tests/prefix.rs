@@ -80,7 +80,7 @@ async fn pods_get_addresses_from_prefixes_and_empty_prefixes_go_back() {
 
 /// A fragmented subnet: EC2 answers InsufficientCidrBlocks to every prefix request. ipamd falls back to /32
 /// secondary IPs for that ENI (and for a new ENI it creates), pods keep getting addresses, and status, metrics
-/// and the event stream say so. (aws-vpc-cni fails the pods instead: its issue #2749.)
+/// and the event stream say so. (aws-vpc-cni fails the pods instead.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insufficient_cidr_blocks_falls_back_to_single_ips_and_says_so() {
     let node = NodeFixture::behind_proxy("prefix-frag", "m5.large").await;

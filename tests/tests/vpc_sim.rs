@@ -1,7 +1,7 @@
 //! `vpc-sim up` end to end (root + network namespaces): two sims side by side, ENI hot-plug and ipamd's host
-//! setup per SPEC "Datapath", VPC routing and the EC2 source/destination check, and a clean shutdown.
-//! Every namespace is created by the sims under a unique prefix and removed by them; the root namespace is
-//! never changed.
+//! setup (a route table and rule per secondary ENI), VPC routing and the EC2 source/destination check, and a
+//! clean shutdown. Every namespace is created by the sims under a unique prefix and removed by them; the root
+//! namespace is never changed.
 
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ async fn two_sims_wire_the_vpc_enforce_source_checks_and_clean_up() {
             wait_until(&format!("{link} in {ns}"), Duration::from_secs(5), || link_mac(&ns, &link).is_some());
             assert_eq!(link_mac(&ns, &link).as_deref(), Some(mac.as_str()), "{ns} {link}");
         }
-        // SPEC "Datapath": table device+1 with the gateway, the ENI-primary-IP rule, no subnet route in main.
+        // ipamd's host setup: table device+1 with the gateway, the ENI-primary-IP rule, no subnet route in main.
         let eni1 = &e[1];
         let rule = format!("32765:\tfrom {} lookup 2", eni1.primary_ip);
         wait_until(&format!("{rule} in {ns}"), Duration::from_secs(20), || {

@@ -4,31 +4,16 @@
 //!
 //! May use: nothing else of ipamd.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use ipnet::Ipv4Net;
 
-/// SNAT source-port selection, as aws-vpc-cni's `AWS_VPC_K8S_CNI_RANDOMIZESNAT`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RandomizeSnat {
-    None,
-    Hashrandom,
-    Prng,
-}
+mod values;
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Json,
-    Text,
-}
+use values::*;
+pub use values::{BindAddr, CidrList, LogFormat, RandomizeSnat, Tags, UidList};
 
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Parser, serde::Serialize)]
 #[command(name = "ipamd", version, about = "VPC-native pod IP address management daemon")]
 pub struct Config {
     /// Keep this many ENIs' worth of free IPs (ignored when WARM_IP_TARGET or MINIMUM_IP_TARGET is set).
@@ -169,22 +154,6 @@ pub struct Config {
     pub log_level: String,
 }
 
-/// Parsed `AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CidrList(pub Vec<Ipv4Net>);
-
-/// Parsed `ADDITIONAL_ENI_TAGS`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Tags(pub BTreeMap<String, String>);
-
-/// Parsed `IPAMD_ALLOWED_UIDS`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UidList(pub Vec<u32>);
-
-/// Parsed `METRICS_BIND_ADDR`: `None` is `off`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BindAddr(pub Option<SocketAddr>);
-
 /// Why the configuration is not usable; each message names the variable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -284,244 +253,33 @@ impl Config {
         self.warm_ip_target.is_some() || self.minimum_ip_target.is_some()
     }
 
-    /// The settings as (ENV_NAME, value) pairs, for `vpcctl config` and the start-up log.
-    pub fn entries(&self) -> Vec<(&'static str, String)> {
-        fn opt<T: ToString>(v: Option<T>) -> String {
-            v.map(|v| v.to_string()).unwrap_or_default()
-        }
-        let cidrs = self.aws_vpc_k8s_cni_exclude_snat_cidrs.0.iter().map(|c| c.to_string());
-        vec![
-            ("WARM_ENI_TARGET", self.warm_eni_target.to_string()),
-            ("WARM_IP_TARGET", opt(self.warm_ip_target)),
-            ("MINIMUM_IP_TARGET", opt(self.minimum_ip_target)),
-            ("WARM_PREFIX_TARGET", opt(self.warm_prefix_target)),
-            ("ENABLE_PREFIX_DELEGATION", self.enable_prefix_delegation.to_string()),
-            ("MAX_ENI", opt(self.max_eni)),
-            ("IPAMD_SURGE", self.ipamd_surge.to_string()),
-            ("IP_COOLDOWN_PERIOD", self.ip_cooldown_period.to_string()),
-            ("AWS_VPC_ENI_MTU", self.aws_vpc_eni_mtu.to_string()),
-            ("POD_MTU", self.effective_pod_mtu().to_string()),
-            ("AWS_VPC_K8S_CNI_EXTERNALSNAT", self.aws_vpc_k8s_cni_externalsnat.to_string()),
-            ("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", cidrs.collect::<Vec<_>>().join(",")),
-            ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", format!("{:?}", self.aws_vpc_k8s_cni_randomizesnat).to_lowercase()),
-            ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", self.aws_vpc_k8s_cni_custom_network_cfg.to_string()),
-            ("ENABLE_SUBNET_DISCOVERY", self.enable_subnet_discovery.to_string()),
-            ("ENI_CONFIG_LABEL_DEF", self.eni_config_label_def.clone()),
-            ("ENI_CONFIG_ANNOTATION_DEF", self.eni_config_annotation_def.clone()),
-            ("MY_NODE_NAME", opt(self.my_node_name.as_ref())),
-            ("MY_POD_NAME", opt(self.my_pod_name.as_ref())),
-            ("IPAMD_POD_GC_GRACE", self.ipamd_pod_gc_grace.to_string()),
-            ("AWS_VPC_K8S_CNI_VETHPREFIX", self.aws_vpc_k8s_cni_vethprefix.clone()),
-            ("AWS_VPC_K8S_PLUGIN_LOG_FILE", self.aws_vpc_k8s_plugin_log_file.display().to_string()),
-            ("AWS_VPC_K8S_PLUGIN_LOG_LEVEL", self.aws_vpc_k8s_plugin_log_level.clone()),
-            ("ENABLE_BANDWIDTH_PLUGIN", self.enable_bandwidth_plugin.to_string()),
-            ("CNI_INSTALL_BIN_DIR", opt(self.cni_install_bin_dir.as_ref().map(|p| p.display()))),
-            ("CNI_INSTALL_CONF_DIR", opt(self.cni_install_conf_dir.as_ref().map(|p| p.display()))),
-            ("CNI_PLUGINS_SOURCE_DIR", self.cni_plugins_source_dir.display().to_string()),
-            ("CLUSTER_NAME", self.cluster_name.clone()),
-            ("ADDITIONAL_ENI_TAGS", serde_json::to_string(&self.additional_eni_tags.0).unwrap_or_default()),
-            ("DISABLE_LEAKED_ENI_CLEANUP", self.disable_leaked_eni_cleanup.to_string()),
-            ("EC2_API_QPS", self.ec2_api_qps.to_string()),
-            ("EC2_API_BURST", self.ec2_api_burst.to_string()),
-            ("IPAMD_SOCKET", self.ipamd_socket.display().to_string()),
-            ("IPAMD_STATE_DIR", self.ipamd_state_dir.display().to_string()),
-            ("IPAMD_AWS_NODE_CHECKPOINT", self.ipamd_aws_node_checkpoint.clone()),
-            ("IPAMD_PROC_SYS", self.ipamd_proc_sys.display().to_string()),
-            ("IPAMD_ALLOWED_UIDS", self.ipamd_allowed_uids.0.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
-            ("IPAMD_RECONCILE_INTERVAL", self.ipamd_reconcile_interval.to_string()),
-            ("IPAMD_EC2_RESYNC_INTERVAL", self.ipamd_ec2_resync_interval.to_string()),
-            ("METRICS_BIND_ADDR", self.metrics_bind_addr.0.map(|a| a.to_string()).unwrap_or_else(|| "off".into())),
-            ("LOG_FORMAT", format!("{:?}", self.log_format).to_lowercase()),
-            ("LOG_LEVEL", self.log_level.clone()),
-        ]
-    }
-}
-
-/// Go's strconv.ParseBool spellings, which aws-vpc-cni users already write.
-fn parse_bool(s: &str) -> Result<bool, String> {
-    match s.trim() {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-        other => Err(format!("'{other}' is not a boolean; accepted: true or false")),
-    }
-}
-
-/// aws-vpc-cni's rule: at most 4 characters and none of the kernel's own interface prefixes; ours also keeps
-/// the name to letters and digits, as the plugin requires.
-fn parse_veth_prefix(s: &str) -> Result<String, String> {
-    let p = s.trim();
-    if p.is_empty()
-        || p.len() > 4
-        || !p.chars().all(|c| c.is_ascii_alphanumeric())
-        || ["eth", "lo", "vlan"].contains(&p)
-    {
-        return Err(format!("'{s}' is not accepted; accepted: 1 to 4 letters or digits, not eth, lo or vlan"));
-    }
-    Ok(p.to_string())
-}
-
-fn parse_plugin_log_level(s: &str) -> Result<String, String> {
-    let l = s.trim().to_ascii_lowercase();
-    match l.as_str() {
-        "debug" | "info" | "warn" | "error" => Ok(l),
-        _ => Err(format!("'{s}' is not accepted; accepted: debug, info, warn or error")),
-    }
-}
-
-fn parse_count(s: &str) -> Result<u32, String> {
-    s.trim().parse::<u32>().map_err(|_| format!("'{s}' is not a whole number; accepted: 0 or more"))
-}
-
-fn parse_positive(s: &str) -> Result<u32, String> {
-    match s.trim().parse::<u32>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("'{s}' is not accepted; accepted: a whole number of 1 or more")),
-    }
-}
-
-fn parse_seconds(s: &str) -> Result<u64, String> {
-    s.trim().parse::<u64>().map_err(|_| format!("'{s}' is not a number of seconds; accepted: 0 or more"))
-}
-
-fn parse_positive_seconds(s: &str) -> Result<u64, String> {
-    match s.trim().parse::<u64>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("'{s}' is not accepted; accepted: a whole number of seconds, 1 or more")),
-    }
-}
-
-fn parse_mtu(s: &str) -> Result<u32, String> {
-    match s.trim().parse::<u32>() {
-        Ok(n) if (576..=9001).contains(&n) => Ok(n),
-        _ => Err(format!("'{s}' is not accepted; accepted: an MTU from 576 to 9001")),
-    }
-}
-
-fn parse_qps(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
-        _ => Err(format!("'{s}' is not accepted; accepted: a number of requests per second above 0")),
-    }
-}
-
-fn parse_cidr_list(s: &str) -> Result<CidrList, String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.parse::<Ipv4Net>().map(|n| n.trunc()).map_err(|_| {
-                format!("'{p}' is not an IPv4 CIDR; accepted: a comma list like 10.1.0.0/16,192.168.0.0/24")
+    /// Every setting as (ENV_NAME, value), in the order the definition above lists them, for `vpcctl config`.
+    /// Generated from the definition itself (each flag's env name, each field's value as it serializes), so a
+    /// new setting shows up without anyone listing it; an unset optional setting shows as empty, except
+    /// POD_MTU, which shows the MTU pods get.
+    pub fn entries(&self) -> Vec<(String, String)> {
+        use clap::CommandFactory;
+        let serde_json::Value::Object(values) = serde_json::to_value(self).expect("the configuration serializes")
+        else {
+            unreachable!("a struct serializes to an object")
+        };
+        Self::command()
+            .get_arguments()
+            .filter_map(|arg| {
+                let env = arg.get_env()?.to_string_lossy().into_owned();
+                let value = match values.get(arg.get_id().as_str()) {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(serde_json::Value::Null) | None => String::new(),
+                    // 5.0 shows as 5, as an operator writes it.
+                    Some(serde_json::Value::Number(n)) => n.as_f64().map_or_else(|| n.to_string(), |f| f.to_string()),
+                    Some(other) => other.to_string(),
+                };
+                let value = if env == "POD_MTU" { self.effective_pod_mtu().to_string() } else { value };
+                Some((env, value))
             })
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(CidrList)
-}
-
-fn parse_tags(s: &str) -> Result<Tags, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Ok(Tags::default());
+            .collect()
     }
-    let map: BTreeMap<String, String> = serde_json::from_str(s)
-        .map_err(|e| format!("not a JSON object of string values ({e}); accepted: e.g. {{\"team\":\"net\"}}"))?;
-    if let Some(k) = map.keys().find(|k| k.starts_with("k8s.amazonaws.com") || k.starts_with("aws:")) {
-        return Err(format!("tag key '{k}' is reserved; accepted: keys not starting with aws: or k8s.amazonaws.com"));
-    }
-    Ok(Tags(map))
-}
-
-fn parse_uids(s: &str) -> Result<UidList, String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| p.parse::<u32>().map_err(|_| format!("'{p}' is not a uid; accepted: a comma list of numeric uids")))
-        .collect::<Result<Vec<_>, _>>()
-        .map(UidList)
-}
-
-fn parse_bind(s: &str) -> Result<BindAddr, String> {
-    let s = s.trim();
-    if s.eq_ignore_ascii_case("off") || s.is_empty() {
-        return Ok(BindAddr(None));
-    }
-    s.parse::<SocketAddr>()
-        .map(|a| BindAddr(Some(a)))
-        .map_err(|_| format!("'{s}' is not accepted; accepted: host:port such as 0.0.0.0:61678, or off"))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
-        Config::from_args(std::iter::once("ipamd").chain(args.iter().copied()))
-    }
-
-    #[test]
-    fn defaults_match_aws_vpc_cni() {
-        let c = parse(&[]).unwrap();
-        assert_eq!(c.warm_eni_target, 1);
-        assert_eq!(c.warm_ip_target, None);
-        assert_eq!(c.ip_cooldown_period, 30);
-        assert_eq!(c.effective_pod_mtu(), 9001);
-        assert_eq!(c.aws_vpc_k8s_cni_randomizesnat, RandomizeSnat::Prng);
-        assert!(!c.ip_target_mode());
-    }
-
-    #[test]
-    fn bad_value_names_the_variable_and_the_accepted_values() {
-        let err = parse(&["--warm-ip-target", "many"]).unwrap_err().to_string();
-        assert!(err.contains("WARM_IP_TARGET"), "{err}");
-        assert!(err.contains("accepted"), "{err}");
-        let err = parse(&["--aws-vpc-k8s-cni-externalsnat", "yes"]).unwrap_err().to_string();
-        assert!(err.contains("AWS_VPC_K8S_CNI_EXTERNALSNAT") && err.contains("true or false"), "{err}");
-        let err = parse(&["--enable-prefix-delegation", "true", "--warm-prefix-target", "0"]).unwrap_err().to_string();
-        assert!(err.starts_with("WARM_PREFIX_TARGET") && err.contains("accepted"), "{err}");
-        let err = parse(&["--enable-prefix-delegation", "true", "--warm-ip-target", "0", "--minimum-ip-target", "0"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("WARM_IP_TARGET") && err.contains("accepted"), "{err}");
-        assert_eq!(parse(&["--enable-prefix-delegation", "true"]).unwrap().prefix_mode_target(), Some(1));
-        assert_eq!(parse(&["--warm-prefix-target", "3"]).unwrap().prefix_mode_target(), None);
-        let err = parse(&["--aws-vpc-k8s-cni-custom-network-cfg", "true"]).unwrap_err().to_string();
-        assert!(err.starts_with("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG") && err.contains("MY_NODE_NAME"), "{err}");
-        assert!(parse(&["--aws-vpc-k8s-cni-custom-network-cfg", "true", "--my-node-name", "n1"]).is_ok());
-        let err = parse(&["--eni-config-label-def", " "]).unwrap_err().to_string();
-        assert!(err.starts_with("ENI_CONFIG_LABEL_DEF"), "{err}");
-        for bad in ["eth", "lo", "vlan", "toolong", "e-n"] {
-            let err = parse(&["--aws-vpc-k8s-cni-vethprefix", bad]).unwrap_err().to_string();
-            assert!(err.contains("AWS_VPC_K8S_CNI_VETHPREFIX") && err.contains("not eth, lo or vlan"), "{err}");
-        }
-        let err = parse(&["--cni-install-bin-dir", "/opt/cni/bin"]).unwrap_err().to_string();
-        assert!(err.starts_with("CNI_INSTALL_CONF_DIR"), "{err}");
-        let err = parse(&["--aws-vpc-k8s-plugin-log-level", "loud"]).unwrap_err().to_string();
-        assert!(err.contains("AWS_VPC_K8S_PLUGIN_LOG_LEVEL") && err.contains("debug, info"), "{err}");
-        let err = parse(&["--aws-vpc-eni-mtu", "100"]).unwrap_err().to_string();
-        assert!(err.contains("AWS_VPC_ENI_MTU") && err.contains("576"), "{err}");
-    }
-
-    #[test]
-    fn lists_and_maps_parse() {
-        let c = parse(&[
-            "--aws-vpc-k8s-cni-exclude-snat-cidrs",
-            "10.9.0.0/16, 192.168.1.7/24",
-            "--additional-eni-tags",
-            r#"{"team":"net"}"#,
-            "--ipamd-allowed-uids",
-            "1000,1001",
-            "--metrics-bind-addr",
-            "off",
-            "--warm-ip-target",
-            "5",
-        ])
-        .unwrap();
-        let cidrs: Vec<String> = c.aws_vpc_k8s_cni_exclude_snat_cidrs.0.iter().map(|n| n.to_string()).collect();
-        assert_eq!(cidrs, ["10.9.0.0/16", "192.168.1.0/24"]);
-        assert_eq!(c.additional_eni_tags.0.get("team").map(String::as_str), Some("net"));
-        assert_eq!(c.ipamd_allowed_uids.0, vec![1000, 1001]);
-        assert_eq!(c.metrics_bind_addr.0, None);
-        assert!(c.ip_target_mode());
-        let err = parse(&["--additional-eni-tags", r#"{"aws:x":"y"}"#]).unwrap_err().to_string();
-        assert!(err.contains("ADDITIONAL_ENI_TAGS") && err.contains("reserved"), "{err}");
-    }
-}
+mod tests;

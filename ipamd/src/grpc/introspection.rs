@@ -16,7 +16,7 @@ use super::ipam::{pb_key, status};
 pub struct IntrospectionService {
     pub pool: PoolHandle,
     pub node: std::sync::Arc<NodeInfo>,
-    pub config: Vec<(&'static str, String)>,
+    pub config: Vec<(String, String)>,
     pub kube: Kube,
 }
 
@@ -140,8 +140,7 @@ impl pb::introspection_server::Introspection for IntrospectionService {
     }
 
     async fn get_config(&self, _r: Request<pb::GetConfigRequest>) -> Result<Response<pb::GetConfigReply>, Status> {
-        let entries =
-            self.config.iter().map(|(n, v)| pb::ConfigEntry { name: (*n).to_string(), value: v.clone() }).collect();
+        let entries = self.config.iter().map(|(n, v)| pb::ConfigEntry { name: n.clone(), value: v.clone() }).collect();
         Ok(Response::new(pb::GetConfigReply { entries }))
     }
 

@@ -1,6 +1,6 @@
 //! The Kubernetes side of ipamd, optional by design: without MY_NODE_NAME it is off, and without a reachable
 //! API server ipamd still serves from EC2 and IMDS while a background task keeps trying (waiting for the API
-//! server at start deadlocked node bootstrap in aws-vpc-cni, its issue #575). Once connected it watches this
+//! server at start deadlocked node bootstrap in aws-vpc-cni). Once connected it watches this
 //! node's Node object, this node's pods and the ENIConfigs (reflectors, not polling) into one [`KubeView`]
 //! that says how fresh each part is; [`events`] records Events, [`podgc`] releases allocations of pods that
 //! are gone, [`eniconfig`] picks the node's ENIConfig for custom networking.

@@ -2,7 +2,8 @@
 //! (AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG) those of the node's ENIConfig, checked before use (it exists, is
 //! well-formed, its subnet is in the node's zone). Each reconcile round reports the ENIConfig in use, any
 //! problem (status + a Warning Event), and which attached ENIs came from an earlier ENIConfig: they keep
-//! serving until the node is recycled, which aws-vpc-cni users are regularly surprised by (its #514, #264).
+//! serving until the node is recycled, which aws-vpc-cni users are regularly surprised by (an ENIConfig change there
+//! silently applies only to ENIs created after it).
 //! Without custom networking, subnet discovery ([`super::subnets`]) may put new ENIs in a tagged subnet of the
 //! node's zone instead of the node's own.
 

@@ -29,7 +29,8 @@ impl TokenBucket {
             *st = (tokens - 1.0, now);
             return Duration::ZERO;
         }
-        let wait = Duration::from_secs_f64((1.0 - tokens) / self.rate);
+        // Config bounds the rate; an unrepresentable wait would still only mean "wait very long", never a panic.
+        let wait = Duration::try_from_secs_f64((1.0 - tokens) / self.rate).unwrap_or(Duration::MAX);
         // Holding the lock while sleeping keeps callers in order (FIFO through the mutex).
         tokio::time::sleep(wait).await;
         *st = (0.0, Instant::now());

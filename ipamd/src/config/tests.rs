@@ -1,0 +1,126 @@
+use super::*;
+
+fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+    Config::from_args(std::iter::once("ipamd").chain(args.iter().copied()))
+}
+
+#[test]
+fn defaults_match_aws_vpc_cni() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.warm_eni_target, 1);
+    assert_eq!(c.warm_ip_target, None);
+    assert_eq!(c.ip_cooldown_period, 30);
+    assert_eq!(c.effective_pod_mtu(), 9001);
+    assert_eq!(c.aws_vpc_k8s_cni_randomizesnat, RandomizeSnat::Prng);
+    assert!(!c.ip_target_mode());
+}
+
+#[test]
+fn bad_value_names_the_variable_and_the_accepted_values() {
+    let err = parse(&["--warm-ip-target", "many"]).unwrap_err().to_string();
+    assert!(err.contains("WARM_IP_TARGET"), "{err}");
+    assert!(err.contains("accepted"), "{err}");
+    let err = parse(&["--aws-vpc-k8s-cni-externalsnat", "yes"]).unwrap_err().to_string();
+    assert!(err.contains("AWS_VPC_K8S_CNI_EXTERNALSNAT") && err.contains("true or false"), "{err}");
+    let err = parse(&["--enable-prefix-delegation", "true", "--warm-prefix-target", "0"]).unwrap_err().to_string();
+    assert!(err.starts_with("WARM_PREFIX_TARGET") && err.contains("accepted"), "{err}");
+    let err = parse(&["--enable-prefix-delegation", "true", "--warm-ip-target", "0", "--minimum-ip-target", "0"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("WARM_IP_TARGET") && err.contains("accepted"), "{err}");
+    assert_eq!(parse(&["--enable-prefix-delegation", "true"]).unwrap().prefix_mode_target(), Some(1));
+    assert_eq!(parse(&["--warm-prefix-target", "3"]).unwrap().prefix_mode_target(), None);
+    let err = parse(&["--aws-vpc-k8s-cni-custom-network-cfg", "true"]).unwrap_err().to_string();
+    assert!(err.starts_with("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG") && err.contains("MY_NODE_NAME"), "{err}");
+    assert!(parse(&["--aws-vpc-k8s-cni-custom-network-cfg", "true", "--my-node-name", "n1"]).is_ok());
+    let err = parse(&["--eni-config-label-def", " "]).unwrap_err().to_string();
+    assert!(err.starts_with("ENI_CONFIG_LABEL_DEF"), "{err}");
+    for bad in ["eth", "lo", "vlan", "toolong", "e-n"] {
+        let err = parse(&["--aws-vpc-k8s-cni-vethprefix", bad]).unwrap_err().to_string();
+        assert!(err.contains("AWS_VPC_K8S_CNI_VETHPREFIX") && err.contains("not eth, lo or vlan"), "{err}");
+    }
+    let err = parse(&["--cni-install-bin-dir", "/opt/cni/bin"]).unwrap_err().to_string();
+    assert!(err.starts_with("CNI_INSTALL_CONF_DIR"), "{err}");
+    let err = parse(&["--aws-vpc-k8s-plugin-log-level", "loud"]).unwrap_err().to_string();
+    assert!(err.contains("AWS_VPC_K8S_PLUGIN_LOG_LEVEL") && err.contains("debug, info"), "{err}");
+    let err = parse(&["--aws-vpc-eni-mtu", "100"]).unwrap_err().to_string();
+    assert!(err.contains("AWS_VPC_ENI_MTU") && err.contains("576"), "{err}");
+}
+
+#[test]
+fn lists_and_maps_parse() {
+    let c = parse(&[
+        "--aws-vpc-k8s-cni-exclude-snat-cidrs",
+        "10.9.0.0/16, 192.168.1.7/24",
+        "--additional-eni-tags",
+        r#"{"team":"net"}"#,
+        "--ipamd-allowed-uids",
+        "1000,1001",
+        "--metrics-bind-addr",
+        "off",
+        "--warm-ip-target",
+        "5",
+    ])
+    .unwrap();
+    let cidrs: Vec<String> = c.aws_vpc_k8s_cni_exclude_snat_cidrs.0.iter().map(|n| n.to_string()).collect();
+    assert_eq!(cidrs, ["10.9.0.0/16", "192.168.1.0/24"]);
+    assert_eq!(c.additional_eni_tags.0.get("team").map(String::as_str), Some("net"));
+    assert_eq!(c.ipamd_allowed_uids.0, vec![1000, 1001]);
+    assert_eq!(c.metrics_bind_addr.0, None);
+    assert!(c.ip_target_mode());
+    let err = parse(&["--additional-eni-tags", r#"{"aws:x":"y"}"#]).unwrap_err().to_string();
+    assert!(err.contains("ADDITIONAL_ENI_TAGS") && err.contains("reserved"), "{err}");
+}
+
+#[test]
+fn vpcctl_config_lists_every_setting_from_the_definition() {
+    use clap::CommandFactory;
+    let cfg = parse(&[]).unwrap();
+    let entries = cfg.entries();
+    let fields = match serde_json::to_value(&cfg).unwrap() {
+        serde_json::Value::Object(m) => m.len(),
+        _ => unreachable!(),
+    };
+    let args: Vec<String> = Config::command()
+        .get_arguments()
+        .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
+        .map(|a| a.get_id().to_string())
+        .collect();
+    let without_env: Vec<&String> = args
+        .iter()
+        .filter(|id| Config::command().get_arguments().any(|a| a.get_id() == id.as_str() && a.get_env().is_none()))
+        .collect();
+    assert!(without_env.is_empty(), "settings without an environment variable: {without_env:?}");
+    assert_eq!(args.len(), fields, "every field is a setting");
+    assert_eq!(entries.len(), fields, "vpcctl config shows every setting: {entries:?}");
+    let names: std::collections::BTreeSet<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), entries.len(), "no setting twice");
+    let get = |n: &str| entries.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    assert_eq!(get("IPAMD_HOST_NETWORK"), Some("true"));
+    assert_eq!(get("EC2_API_QPS"), Some("5"));
+    assert_eq!(get("WARM_IP_TARGET"), Some(""));
+    assert_eq!(get("POD_MTU"), Some("9001"), "the MTU pods get");
+    assert_eq!(get("METRICS_BIND_ADDR"), Some("0.0.0.0:61678"));
+    assert_eq!(get("AWS_VPC_K8S_CNI_RANDOMIZESNAT"), Some("prng"));
+    let set = parse(&[
+        "--aws-vpc-k8s-cni-exclude-snat-cidrs",
+        "10.1.0.0/16,192.168.0.0/24",
+        "--ipamd-allowed-uids",
+        "0,1000",
+    ])
+    .unwrap();
+    let e = set.entries();
+    let get = |n: &str| e.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    assert_eq!(get("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS").as_deref(), Some("10.1.0.0/16,192.168.0.0/24"));
+    assert_eq!(get("IPAMD_ALLOWED_UIDS").as_deref(), Some("0,1000"));
+}
+
+#[test]
+fn ec2_api_qps_whose_wait_cannot_be_represented_is_refused_by_name() {
+    for bad in ["1e-300", "0", "-1", "NaN", "inf", "1e9"] {
+        let e = parse(&[&format!("--ec2-api-qps={bad}")]).unwrap_err().to_string();
+        assert!(e.contains("EC2_API_QPS") || e.contains("--ec2-api-qps"), "{bad}: {e}");
+        assert!(e.contains("accepted: requests per second from 0.001 to 100000"), "{bad}: {e}");
+    }
+    assert_eq!(parse(&["--ec2-api-qps", "0.001"]).unwrap().ec2_api_qps, 0.001);
+}
