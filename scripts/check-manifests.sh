@@ -161,9 +161,9 @@ print(f"expect {1 + len(example_docs) + len(bad) + 3}")
 
 # The CRD: apiextensions.k8s.io/v1, structural, nothing a 1.20 API server would refuse.
 crd = find("CustomResourceDefinition")
-if crd is None:  # nothing below can be checked without its schema
+if crd is None:
     report(False, "ENIConfig CRD: no CustomResourceDefinition in the rendered base")
-    sys.exit(1)
+    sys.exit("without the CRD's schema the checks after it cannot run")
 problems = []
 if crd["apiVersion"] != "apiextensions.k8s.io/v1": problems.append("apiVersion " + crd["apiVersion"])
 if crd["spec"]["scope"] != "Cluster": problems.append("scope is not Cluster")
@@ -223,16 +223,16 @@ want = {("", "nodes", ("list", "watch")), ("", "pods", ("get", "list", "watch"))
         ("crd.k8s.amazonaws.com", "eniconfigs", ("list", "watch")), ("events.k8s.io", "events", ("create",))}
 role = find("ClusterRole")
 got = set()
-extra = [] if role else ["no ClusterRole in the rendered base"]
+extra = []
 for rule in (role or {}).get("rules", []):
     if set(rule) - {"apiGroups", "resources", "verbs"}: extra.append(f"unexpected keys {sorted(set(rule) - {'apiGroups', 'resources', 'verbs'})}")
     for g in rule.get("apiGroups", []):
         for r in rule.get("resources", []):
             got.add((g, r, tuple(sorted(rule.get("verbs", [])))))
 diff = sorted(got ^ want)
-report(not diff and not extra and len(role["rules"]) == len(want),
+report(role and not diff and not extra and len(role["rules"]) == len(want),
        "ClusterRole vpc-cni is exactly nodes list/watch, pods get/list/watch, eniconfigs list/watch, events create"
-       + (f": differs by {diff} {extra}" if diff or extra else ""))
+       + (": there is no ClusterRole in the rendered base" if not role else f": differs by {diff} {extra}" if diff or extra else ""))
 
 # The DaemonSet's pods run as its serviceAccountName: without that ServiceAccount in its namespace the API server
 # refuses to create them, and without a binding to the ClusterRole every API call of ipamd's is forbidden.

@@ -50,13 +50,21 @@ fn netconf_errors_carry_the_right_codes() {
 
 #[test]
 fn host_veth_name_matches_aws_vpc_cni() {
-    // sha1("default.nginx") = 9c4e1e6dbd6e6fc4... → eni + 11 hex digits.
-    let n = host_veth_name("eni", "default", "nginx");
-    assert_eq!(n.len(), 14);
-    assert!(n.starts_with("eni"));
-    use sha1::{Digest, Sha1};
-    let full = format!("{:x}", Sha1::digest(b"default.nginx"));
-    assert_eq!(&n[3..], &full[..11]);
+    // aws-vpc-cni names the host veth prefix + the first 11 hex digits of sha1("<namespace>.<pod>"), e.g.
+    // sha1("default.nginx") = c440f455693b69cd… → enic440f455693. The names below were computed outside this
+    // code (Python's hashlib), so a wrong hash input or slice cannot agree with itself. A 4-character prefix
+    // gives 15 characters, the kernel's limit for an interface name.
+    for (prefix, namespace, pod, want) in [
+        ("eni", "default", "nginx", "enic440f455693"),
+        ("eni", "nginx", "default", "enidb51a53ea32"), // namespace first, not the pod's name
+        ("eni", "kube-system", "coredns-7db6d8ff4d-x2x9k", "eni3e2638a6d41"),
+        ("eni", "prod", "web-0", "eniaa960f0d82e"),
+        ("vlan", "payments", "api-6b9f7c-qz4lm", "vlan48da7869d81"),
+        // Calico's prefix: aws-vpc-cni chose this naming so that Calico's policy finds the pod's veth.
+        ("cali", "default", "client-b6989bf87-2bgtc", "calic95a4947e07"),
+    ] {
+        assert_eq!(host_veth_name(prefix, namespace, pod), want, "prefix {prefix}, pod {namespace}/{pod}");
+    }
 }
 
 #[test]

@@ -46,7 +46,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error("{0} (set IPAMD_AWS_NODE_CHECKPOINT=off to start without importing it)")]
-    Migrate(#[from] crate::state::migrate::MigrateError),
+    Migrate(crate::state::migrate::MigrateError),
     #[error("IPAMD_STATE_DIR {path}: {source}")]
     StateDir { path: String, source: std::io::Error },
     #[error("another ipamd ({holder}) holds {path}: refusing to start rather than take over its socket and state")]
@@ -80,7 +80,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         .map_err(|source| DaemonError::StateDir { path: cfg.ipamd_state_dir.display().to_string(), source })?;
     let _lock = startup::lock_state_dir(&cfg.ipamd_state_dir)?;
     let store = Store::new(&cfg.ipamd_state_dir);
-    let (checkpoint, recovered) = startup::restore(&cfg, &store).await?;
+    let (checkpoint, rebuilt) = startup::restore(&cfg, &store).await?;
+    let recovered = rebuilt.is_some();
 
     let imds = AwsImds::from_env();
     // With a saved node there is something to serve from: do not wait long for IMDS.
@@ -141,6 +142,11 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         &tasks,
     )
     .map_err(DaemonError::PoolThread)?;
+
+    if let Some(why) = rebuilt {
+        pool.emit("checkpoint-rebuilt", why.clone());
+        kube.events.warning("CheckpointRebuilt", "RestoreCheckpoint", why);
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in ["", IPAM_SERVICE] {

@@ -12,25 +12,24 @@ use crate::cloud::imds::{AwsImds, ImdsError, NodeInfo};
 use crate::config::Config;
 use crate::node::install::Install;
 use crate::pool::PoolHandle;
-use crate::state::checkpoint::{Checkpoint, CheckpointError, Store};
+use crate::state::checkpoint::{Checkpoint, Store};
 
-/// The checkpoint to start from, and whether it was rebuilt from the host (a damaged file). A checkpoint that
+/// The checkpoint to start from, and why it was rebuilt from the host, if it was (a damaged file). A checkpoint that
 /// cannot be trusted never causes a crash loop: it is kept aside for a post-mortem and the allocations are
 /// rebuilt from the host's pod routes. An I/O error or a newer version still stops the start (a downgrade must
 /// not drop allocations).
-pub(super) async fn restore(cfg: &Config, store: &Store) -> Result<(Checkpoint, bool), DaemonError> {
+pub(super) async fn restore(cfg: &Config, store: &Store) -> Result<(Checkpoint, Option<String>), DaemonError> {
     let first_start = !store.path().exists();
     let (mut checkpoint, recovered) = match store.load() {
-        Ok(cp) => (cp, false),
-        Err(e @ (CheckpointError::Decode { .. } | CheckpointError::Invalid { .. })) => {
+        Ok(cp) => (cp, None),
+        Err(e) if e.damaged() => {
             let aside = store.move_aside()?;
-            tracing::error!(
-                "{e}; moved aside to {}; rebuilding allocations from the host's pod routes",
-                aside.display()
-            );
+            let why =
+                format!("{e}; moved aside to {}; allocations rebuilt from the host's pod routes", aside.display());
+            tracing::error!("{why}");
             let cp = rebuild_from_host(cfg).await;
             store.save(&cp)?;
-            (cp, true)
+            (cp, Some(why))
         }
         Err(e) => return Err(e.into()),
     };
@@ -138,7 +137,11 @@ async fn rebuild_from_host(cfg: &Config) -> Checkpoint {
 /// Imports aws-node's checkpoint into ours (first start only) and persists the result at once, so the import
 /// happens exactly once; an unreadable one stops the start (handing its IPs out twice would be worse).
 fn import_aws_node(path: &std::path::Path, store: &Store, cp: &mut Checkpoint) -> Result<(), DaemonError> {
-    let Some(imported) = crate::state::migrate::import(path, crate::pool::now_ms() / 1000)? else { return Ok(()) };
+    let Some(imported) =
+        crate::state::migrate::import(path, crate::pool::now_ms() / 1000).map_err(DaemonError::Migrate)?
+    else {
+        return Ok(());
+    };
     for s in &imported.skipped {
         tracing::warn!(path = %path.display(), "aws-node checkpoint entry not imported: {s}");
     }

@@ -12,24 +12,20 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
 use crate::state::datastore::{AllocKey, Allocation};
+use crate::state::file::{FileError, FileProblem};
 
 pub const AWS_NODE_VERSION: &str = "vpc-cni-ipam/1";
 const CRI_NETWORK: &str = "_migrated-from-cri";
 
-#[derive(Debug, thiserror::Error)]
-pub enum MigrateError {
-    #[error("aws-node checkpoint {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("aws-node checkpoint {path}: not aws-vpc-cni's ipam.json: {source}")]
-    Decode { path: PathBuf, source: serde_json::Error },
-    #[error("aws-node checkpoint {path}: version '{found}' is not {AWS_NODE_VERSION}")]
-    Version { path: PathBuf, found: String },
-}
+/// Why aws-node's checkpoint could not be imported.
+pub type MigrateError = FileError;
+
+const WHAT: &str = "aws-node checkpoint";
 
 #[derive(Debug, Deserialize)]
 struct AwsFile {
@@ -74,10 +70,15 @@ pub struct Imported {
 
 /// Parses aws-node's checkpoint bytes; `now_unix` stands in for a missing allocation time.
 pub fn parse(path: &Path, bytes: &[u8], now_unix: i64) -> Result<Imported, MigrateError> {
-    let file: AwsFile =
-        serde_json::from_slice(bytes).map_err(|source| MigrateError::Decode { path: path.to_path_buf(), source })?;
+    let file: AwsFile = serde_json::from_slice(bytes).map_err(|source| {
+        FileError::new(WHAT, path, FileProblem::Decode { format: "aws-vpc-cni's ipam.json", source })
+    })?;
     if file.version != AWS_NODE_VERSION {
-        return Err(MigrateError::Version { path: path.to_path_buf(), found: file.version });
+        return Err(FileError::new(
+            WHAT,
+            path,
+            FileProblem::Version { found: file.version, supported: AWS_NODE_VERSION },
+        ));
     }
     let mut out = Imported::default();
     let mut seen: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
@@ -122,7 +123,7 @@ pub fn import(path: &Path, now_unix: i64) -> Result<Option<Imported>, MigrateErr
     match std::fs::read(path) {
         Ok(bytes) => parse(path, &bytes, now_unix).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(MigrateError::Io { path: path.to_path_buf(), source }),
+        Err(source) => Err(FileError::new(WHAT, path, FileProblem::Io(source))),
     }
 }
 
@@ -168,7 +169,7 @@ mod tests {
         assert_eq!(got.skipped.len(), 2, "{:?}", got.skipped);
         let err = parse(Path::new("x"), br#"{"version":"vpc-cni-ipam/9","allocations":[]}"#, 0).unwrap_err();
         assert!(err.to_string().contains("vpc-cni-ipam/9"), "{err}");
-        assert!(matches!(parse(Path::new("x"), b"{not json", 0), Err(MigrateError::Decode { .. })));
+        assert!(parse(Path::new("x"), b"{not json", 0).unwrap_err().damaged());
         let empty = parse(Path::new("x"), br#"{"version":"vpc-cni-ipam/1","allocations":null}"#, 0).unwrap();
         assert!(empty.allocations.is_empty());
         assert!(import(Path::new("/nonexistent/ipam.json"), 0).unwrap().is_none());

@@ -6,4 +6,5 @@
 
 pub mod checkpoint;
 pub mod datastore;
+pub mod file;
 pub mod migrate;

@@ -3,25 +3,9 @@
 
 use proptest::prelude::*;
 use serde_json::Value;
+use test_support::json_value;
 
 use super::*;
-
-fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<u32>().prop_map(Value::from),
-        "[0-9.]{0,16}".prop_map(Value::String),
-        ".{0,24}".prop_map(Value::String),
-    ];
-    leaf.prop_recursive(3, 16, 5, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-            prop::collection::btree_map(".{0,12}", inner, 0..5).prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
-}
 
 const PATHS: &[&str] = &[
     "version",

@@ -12,22 +12,20 @@ use serde::{Deserialize, Serialize};
 use crate::cloud::imds::NodeInfo;
 use crate::planner::Limits;
 use crate::state::datastore::{AllocKey, Allocation, ObservedEni};
+use crate::state::file::{FileError, FileProblem};
 
 mod validate;
 
 pub const VERSION: u32 = 1;
 pub const FILE_NAME: &str = "ipam.json";
 
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    #[error("checkpoint {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("checkpoint {path}: not valid ipam.json: {source}")]
-    Decode { path: PathBuf, source: serde_json::Error },
-    #[error("checkpoint {path}: version {found} is newer than this ipamd understands ({VERSION})")]
-    Version { path: PathBuf, found: u32 },
-    #[error("checkpoint {path}: inconsistent: {}", problems.join("; "))]
-    Invalid { path: PathBuf, problems: Vec<String> },
+/// Why the checkpoint could not be read, trusted or written.
+pub type CheckpointError = FileError;
+
+const WHAT: &str = "checkpoint";
+
+fn error(path: &Path, problem: FileProblem) -> CheckpointError {
+    FileError::new(WHAT, path, problem)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,17 +126,17 @@ impl Store {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Checkpoint::default()),
             Err(source) => {
-                return Err(CheckpointError::Io { path: self.path.clone(), source });
+                return Err(error(&self.path, FileProblem::Io(source)));
             }
         };
         let file: File = serde_json::from_slice(&bytes)
-            .map_err(|source| CheckpointError::Decode { path: self.path.clone(), source })?;
+            .map_err(|source| error(&self.path, FileProblem::Decode { format: "ipam.json", source }))?;
         if file.version > VERSION {
-            return Err(CheckpointError::Version { path: self.path.clone(), found: file.version });
+            return Err(error(&self.path, FileProblem::Version { found: file.version.to_string(), supported: "1" }));
         }
         let problems = validate::problems(&file.allocations, &file.enis);
         if !problems.is_empty() {
-            return Err(CheckpointError::Invalid { path: self.path.clone(), problems });
+            return Err(error(&self.path, FileProblem::Invalid(problems)));
         }
         Ok(Checkpoint {
             allocations: file.allocations.into_iter().map(|e| (e.key, e.allocation)).collect(),
@@ -154,8 +152,7 @@ impl Store {
     pub fn move_aside(&self) -> Result<PathBuf, CheckpointError> {
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let aside = self.path.with_extension(format!("json.corrupt-{secs}"));
-        std::fs::rename(&self.path, &aside)
-            .map_err(|source| CheckpointError::Io { path: self.path.clone(), source })?;
+        std::fs::rename(&self.path, &aside).map_err(|source| error(&self.path, FileProblem::Io(source)))?;
         Ok(aside)
     }
 
@@ -165,7 +162,7 @@ impl Store {
 
     /// Writes the checkpoint atomically and durably (temp file, fsync, rename, fsync of the directory).
     pub fn save_parts(&self, parts: Parts<'_>) -> Result<(), CheckpointError> {
-        let io = |source| CheckpointError::Io { path: self.path.clone(), source };
+        let io = |source| error(&self.path, FileProblem::Io(source));
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = self.path.with_extension("json.tmp");
         let bytes = encode(parts);
@@ -276,7 +273,7 @@ mod tests {
         std::fs::write(store.path(), b"{nope").unwrap();
         assert!(store.load().unwrap_err().to_string().contains("ipam.json"));
         std::fs::write(store.path(), br#"{"version": 9, "allocations": []}"#).unwrap();
-        assert!(matches!(store.load(), Err(CheckpointError::Version { found: 9, .. })));
+        assert!(matches!(store.load().unwrap_err().problem, FileProblem::Version { ref found, .. } if found == "9"));
     }
 }
 

@@ -70,3 +70,6 @@ pub(super) fn problems(allocations: &[Entry], enis: &[SavedEni]) -> Vec<String> 
 fn key_text(k: &AllocKey) -> String {
     format!("{}/{}/{}", k.network_name, k.container_id, k.if_name)
 }
+
+#[cfg(test)]
+mod tests;
