@@ -68,6 +68,8 @@ pub enum DaemonError {
 /// Task names under the supervisor.
 const GRPC_TASK: &str = "gRPC server";
 const RECONCILE_TASK: &str = "reconcile loop";
+/// How long a dying ipamd keeps answering NOT_SERVING before it exits (well inside the 1 s it has).
+const NOT_SERVING_LINGER: Duration = Duration::from_millis(100);
 /// How long shutdown waits for the requests in flight (well inside the DaemonSet's 30 s grace period).
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
@@ -287,6 +289,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         health.set_service_status(name, ServingStatus::NotServing).await;
     }
     if let Err(ended) = watched {
+        // A moment for health watchers (and a probe in flight) to see NOT_SERVING before the socket goes.
+        tokio::time::sleep(NOT_SERVING_LINGER).await;
         return Err(DaemonError::TaskDied(ended));
     }
     shutdown(supervisor, &pool).await;
