@@ -306,7 +306,18 @@ pub struct Audited {
 
 /// Every resource request in the audit log (non-resource URLs such as /version are left out).
 pub fn audit_entries(path: &Path) -> Vec<Audited> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    audit_entries_since(path, 0)
+}
+
+/// The audit log's length now: [`audit_entries_since`] it reads only what is logged after.
+pub fn audit_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// The resource requests logged after byte `offset` of the audit log (a scenario's own window).
+pub fn audit_entries_since(path: &Path, offset: u64) -> Vec<Audited> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(bytes.get(offset as usize..).unwrap_or_default());
     text.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["stage"] == "ResponseComplete" && v["objectRef"]["resource"].is_string())

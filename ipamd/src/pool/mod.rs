@@ -77,6 +77,8 @@ pub struct Snapshot {
     pub degraded: Option<String>,
     /// ENABLE_PREFIX_DELEGATION.
     pub prefix_delegation: bool,
+    /// Checkpoint writes since start (group commit makes this fewer than the changes it made durable).
+    pub checkpoint_writes: u64,
 }
 
 pub enum Command {
@@ -161,6 +163,8 @@ struct Actor {
     saved_enis: Vec<SavedEni>,
     /// Pods waiting for an IP.
     surge: crate::pool::surge::Surge,
+    /// Checkpoint writes made (for metrics and the group-commit test).
+    checkpoint_writes: u64,
 }
 
 /// Cheap, cloneable access to the actor.
@@ -201,6 +205,7 @@ pub fn spawn(
         degraded: None,
         saved_enis: checkpoint.enis,
         surge: crate::pool::surge::Surge::default(),
+        checkpoint_writes: 0,
     };
     // Its own thread: the checkpoint's fsyncs block, and must not hold up a runtime worker serving gRPC.
     tasks.spawn_thread(TASK, move || actor.run(rx))?;
@@ -228,6 +233,7 @@ impl Actor {
             enis: &enis,
         };
         self.store.save_parts(parts).map_err(|e| PoolError::Checkpoint(e.to_string()))?;
+        self.checkpoint_writes += 1;
         self.saved_enis = enis;
         Ok(())
     }
@@ -371,6 +377,7 @@ impl Actor {
                     last_error: self.last_error.clone(),
                     degraded: self.degraded.clone(),
                     prefix_delegation: self.settings.targets.warm_prefix.is_some(),
+                    checkpoint_writes: self.checkpoint_writes,
                 });
             }
         }

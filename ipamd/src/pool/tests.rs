@@ -56,9 +56,13 @@ async fn a_del_whose_checkpoint_write_fails_is_undone_and_can_be_retried() {
     let s = pool.snapshot().await.unwrap();
     assert_eq!(s.ds.allocations.get(&key("c1")).map(|al| al.ip), Some(a.ip), "still allocated in memory");
     assert_eq!(s.stats.assigned, 1);
-    // Nobody else gets that IP meanwhile.
+    // Meanwhile no other pod gets anything, that IP least of all: an Add cannot be made durable either, so it
+    // is refused and undone, and the IP stays c1's.
     let other = pool.add(key("c2"), "default".into(), "db".into(), String::new()).await;
-    assert!(other.map(|o| o.ip != a.ip).unwrap_or(true));
+    assert!(matches!(other, Err(PoolError::Checkpoint(_))), "{other:?}");
+    let s = pool.snapshot().await.unwrap();
+    assert_eq!(s.ds.allocations.get(&key("c1")).map(|al| al.ip), Some(a.ip));
+    assert!(!s.ds.allocations.contains_key(&key("c2")), "the refused Add holds nothing");
 
     // The runtime retries the DEL once the disk is back: now it is released, in memory and on disk.
     std::fs::create_dir(&state).unwrap();
@@ -78,10 +82,15 @@ async fn concurrent_adds_share_checkpoint_writes_and_every_reply_is_on_disk() {
     let pool = spawn_unsupervised(settings(), store.clone(), Checkpoint::default());
     pool.observe(vec![big_eni(60)], Limits { max_enis: 3, ips_per_eni: 61, vcpus: 2 }, 0).await.unwrap();
     pool.reconciled(None).await.unwrap();
+    let writes_before = pool.snapshot().await.unwrap().checkpoint_writes;
     let adds = (0..50).map(|i| pool.add(key(&format!("c{i}")), "default".into(), format!("p{i}"), String::new()));
     let ips: std::collections::BTreeSet<_> =
         futures::future::join_all(adds).await.into_iter().map(|r| r.unwrap().ip).collect();
     assert_eq!(ips.len(), 50, "50 distinct IPs");
+    // The 50 Adds were queued together: they share writes (one per Add would be 50; the actor takes the first
+    // alone, then the rest while its first write runs).
+    let writes = pool.snapshot().await.unwrap().checkpoint_writes - writes_before;
+    assert!((1..=25).contains(&writes), "{writes} checkpoint writes for 50 concurrent Adds");
     let on_disk = store.load().unwrap().allocations;
     assert_eq!(on_disk.len(), 50, "every answered allocation is in the checkpoint");
     assert!(on_disk.values().all(|a| ips.contains(&a.ip)));

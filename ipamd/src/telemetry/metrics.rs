@@ -60,6 +60,13 @@ pub fn render(s: &Snapshot, telemetry: &Telemetry, kube: Option<(bool, &KubeStat
         "ENIs taking single IPs because EC2 had no free /28 in their subnet (prefix mode)",
         s.ds.fallback_enis().count() as i64,
     );
+    let writes = Counter::<u64>::default();
+    writes.inc_by(s.checkpoint_writes);
+    reg.register(
+        "ipamd_checkpoint_writes",
+        "ipam.json writes (one per batch of changes made durable together)",
+        writes,
+    );
     telemetry.register(&mut reg);
     if let Some((connected, k)) = kube {
         gauge(&mut reg, "ipamd_kube_api_connected", "1 while every watch is listed and healthy", i64::from(connected));
