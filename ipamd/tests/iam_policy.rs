@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 fn code_actions() -> BTreeSet<String> {
-    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ec2.rs")).expect("src/ec2.rs");
+    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/cloud/ec2/aws.rs"))
+        .expect("src/cloud/ec2/aws.rs");
     src.lines()
         .filter_map(|l| l.trim().strip_prefix("const OP: &str = \""))
         .filter_map(|rest| rest.strip_suffix("\";"))
