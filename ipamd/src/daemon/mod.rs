@@ -151,9 +151,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    for name in ["", IPAM_SERVICE] {
-        health.set_service_status(name, ServingStatus::NotServing).await;
-    }
+    set_health(&health, ServingStatus::NotServing).await;
     let policy = PeerPolicy { allowed_uids: cfg.ipamd_allowed_uids.0.clone() };
     let released = cfg.ipamd_host_network.then(|| {
         crate::node::ctjanitor::start(
@@ -266,9 +264,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let on_serving = move || {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         serving_tasks.spawn_job("serving + CNI install", async move {
-            for name in ["", IPAM_SERVICE] {
-                serving_health.set_service_status(name, ServingStatus::Serving).await;
-            }
+            set_health(&serving_health, ServingStatus::Serving).await;
             tracing::info!(elapsed_ms, "SERVING: first reconcile complete");
             if let Some(install) = install {
                 startup::install_cni(install, serving_pool).await;
@@ -285,9 +281,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         }
     };
     let watched = supervisor.watch(stop).await;
-    for name in ["", IPAM_SERVICE] {
-        health.set_service_status(name, ServingStatus::NotServing).await;
-    }
+    set_health(&health, ServingStatus::NotServing).await;
     if let Err(ended) = watched {
         // A moment for health watchers (and a probe in flight) to see NOT_SERVING before the socket goes.
         tokio::time::sleep(NOT_SERVING_LINGER).await;
@@ -295,6 +289,13 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     shutdown(supervisor, &pool).await;
     Ok(())
+}
+
+/// The status the kubelet's probe (service "") and the plugin's service report.
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    for name in ["", IPAM_SERVICE] {
+        health.set_service_status(name, status).await;
+    }
 }
 
 /// Graceful stop: the gRPC server answers what is in flight and takes nothing new, the pool commits what came

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::sync::{mpsc, watch};
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// How often heartbeats are checked.
@@ -69,7 +69,7 @@ struct Beat {
 
 #[derive(Debug, Default)]
 struct Shared {
-    aborts: Vec<(String, AbortHandle)>,
+    handles: Vec<(String, JoinHandle<()>)>,
     beats: Vec<Arc<Mutex<Beat>>>,
 }
 
@@ -148,7 +148,7 @@ impl Tasks {
     {
         let watched = self.watched(name, life, fut);
         let handle = tokio::spawn(watched);
-        lock(&self.shared).aborts.push((name.to_string(), handle.abort_handle()));
+        lock(&self.shared).handles.push((name.to_string(), handle));
     }
 
     /// Runs `f` on its own OS thread (the pool actor: its fsyncs must not hold up a runtime worker) with a
@@ -294,17 +294,15 @@ impl Supervisor {
     /// each has ended. Returns the names of those that had to be stopped.
     pub async fn stop_all(mut self) -> Vec<String> {
         self.begin_shutdown();
-        let aborts = std::mem::take(&mut lock(&self.tasks.shared).aborts);
+        let handles = std::mem::take(&mut lock(&self.tasks.shared).handles);
         let mut stopped = Vec::new();
-        for (name, a) in &aborts {
-            if !a.is_finished() {
-                a.abort();
-                stopped.push(name.clone());
+        for (name, handle) in handles {
+            if !handle.is_finished() {
+                handle.abort();
+                stopped.push(name);
             }
-        }
-        // An aborted task never reaches its wrapper's report: wait on the handles instead.
-        while aborts.iter().any(|(_, a)| !a.is_finished()) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // An aborted task never reaches its wrapper's report: its handle says when it is gone.
+            let _ = handle.await;
         }
         while self.ended.try_recv().is_ok() {}
         stopped

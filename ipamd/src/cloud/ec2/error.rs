@@ -46,8 +46,8 @@ impl ErrorKind {
                 Self::LimitExceeded
             }
             "BadResponse" => Self::BadResponse,
-            c if c.ends_with(".NotFound") || c.ends_with("NotFound") => Self::NotFound,
-            c if c.ends_with(".InUse") || c.ends_with("InUse") => Self::InUse,
+            c if c.ends_with("NotFound") => Self::NotFound,
+            c if c.ends_with("InUse") => Self::InUse,
             _ => Self::Client,
         }
     }
