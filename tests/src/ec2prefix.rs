@@ -29,6 +29,9 @@ pub struct PrefixBook {
     held: Mutex<BTreeMap<String, Vec<Ipv4Net>>>,
     /// One pick at a time (nodes of one sim share a subnet): look-up and booking are one step.
     picking: tokio::sync::Mutex<()>,
+    /// Each ENI's subnet CIDR, asked of LocalStack once (it never changes): a pick late in a long test run,
+    /// with LocalStack holding thousands of ENIs, stays quick.
+    subnet_of: Mutex<BTreeMap<String, (String, Ipv4Net)>>,
 }
 
 impl PrefixBook {
@@ -99,8 +102,11 @@ async fn ask(upstream: &str, pairs: &[(&str, &str)]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// Picks `count` free aligned /28s of the ENI's subnet, or None when the subnet has fewer.
-async fn pick(upstream: &str, book: &PrefixBook, eni_id: &str, count: usize) -> Result<Option<Vec<Ipv4Net>>, String> {
+/// The ENI's subnet and its CIDR.
+async fn subnet_of(upstream: &str, book: &PrefixBook, eni_id: &str) -> Result<(String, Ipv4Net), String> {
+    if let Some(known) = book.subnet_of.lock().unwrap_or_else(|p| p.into_inner()).get(eni_id) {
+        return Ok(known.clone());
+    }
     let eni = ask(
         upstream,
         &[("Action", "DescribeNetworkInterfaces"), ("Version", "2016-11-15"), ("NetworkInterfaceId.1", eni_id)],
@@ -114,26 +120,36 @@ async fn pick(upstream: &str, book: &PrefixBook, eni_id: &str, count: usize) -> 
         .first()
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("no CIDR for {subnet_id}"))?;
-    let in_subnet = ask(
-        upstream,
-        &[
-            ("Action", "DescribeNetworkInterfaces"),
-            ("Version", "2016-11-15"),
-            ("Filter.1.Name", "subnet-id"),
-            ("Filter.1.Value.1", &subnet_id),
-        ],
-    )
-    .await?;
-    let used: BTreeSet<Ipv4Addr> =
-        values(&in_subnet, "privateIpAddress").iter().filter_map(|s| s.parse().ok()).collect();
-    let taken: Vec<Ipv4Net> = book.held().values().flatten().copied().collect();
+    book.subnet_of.lock().unwrap_or_else(|p| p.into_inner()).insert(eni_id.to_string(), (subnet_id.clone(), cidr));
+    Ok((subnet_id, cidr))
+}
+
+/// Picks `count` free aligned /28s of the ENI's subnet, or None when the subnet has fewer.
+async fn pick(upstream: &str, book: &PrefixBook, eni_id: &str, count: usize) -> Result<Option<Vec<Ipv4Net>>, String> {
+    let (subnet_id, cidr) = subnet_of(upstream, book, eni_id).await?;
     // In a /20 or larger, LocalStack draws addresses from the lower half only (scripts/localstack_main.py): prefixes
-    // come from the upper half, so an address it hands out later never falls inside one.
+    // come from the upper half, where no address of LocalStack's can be, so there is nothing to ask it.
     let area = if cidr.prefix_len() <= 20 {
         cidr.subnets(cidr.prefix_len() + 1).map_err(|e| e.to_string())?.nth(1)
     } else {
         None
     };
+    let used: BTreeSet<Ipv4Addr> = if area.is_some() {
+        BTreeSet::new()
+    } else {
+        let in_subnet = ask(
+            upstream,
+            &[
+                ("Action", "DescribeNetworkInterfaces"),
+                ("Version", "2016-11-15"),
+                ("Filter.1.Name", "subnet-id"),
+                ("Filter.1.Value.1", &subnet_id),
+            ],
+        )
+        .await?;
+        values(&in_subnet, "privateIpAddress").iter().filter_map(|s| s.parse().ok()).collect()
+    };
+    let taken: Vec<Ipv4Net> = book.held().values().flatten().copied().collect();
     let blocks = area.unwrap_or(cidr).subnets(28).map_err(|e| e.to_string())?.collect::<Vec<_>>();
     let mut out = Vec::new();
     // Not the subnet's first /28 (EC2 reserves the network address and the next three) nor its last (the broadcast).

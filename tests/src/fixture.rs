@@ -206,6 +206,25 @@ pub async fn try_status(ipamd: &Ipamd) -> Option<pb::GetStatusReply> {
     Some(client.get_status(pb::GetStatusRequest {}).await.ok()?.into_inner())
 }
 
+/// Waits for `n` whole reconcile rounds from now (a round under way is not counted) and returns the status
+/// then. A test showing that something does NOT happen watches this many of ipamd's own rounds, so the window
+/// follows IPAMD_RECONCILE_INTERVAL (and the kicks that start rounds early) instead of a guess in seconds.
+pub async fn rounds_pass(ipamd: &Ipamd, n: u64) -> pb::GetStatusReply {
+    let start = try_status(ipamd).await.expect("status").reconcile_rounds;
+    let want = start + n + 1;
+    let done = |s: &Option<pb::GetStatusReply>| s.as_ref().is_some_and(|s| s.reconcile_rounds >= want);
+    let s = poll_until(Duration::from_secs(120), || try_status(ipamd), done).await;
+    let rounds = s.as_ref().map(|s| s.reconcile_rounds);
+    assert!(done(&s), "{n} reconcile rounds did not pass within 120 s (rounds: {start} then {rounds:?})");
+    s.expect("status")
+}
+
+/// `steps` doubling waits of ipamd's error backoff, end to end: a loop failing all along tries at most
+/// `steps + 1` times in it (more only without a backoff; the ±20 % jitter cannot fit another try).
+pub fn backoff_window(steps: u32) -> Duration {
+    ipamd::reconcile::ERROR_BACKOFF * (2u32.pow(steps) - 1)
+}
+
 /// The ENIs and IPs ipamd's pool holds (`vpcctl enis`).
 pub async fn pool_enis(ipamd: &Ipamd) -> Vec<pb::Eni> {
     let mut client = ipamd.introspection().await;

@@ -92,15 +92,30 @@ impl Drop for SimProc {
             }
         }
         if std::thread::panicking() {
-            eprintln!("---- vpc-sim {} log ----\n{}", self.prefix, self.log());
+            // A digest first (CI shows only the start of a failure's output), then everything.
+            let mut logs = vec![("vpc-sim".to_string(), self.log())];
             for dir in std::fs::read_dir(self.state.path()).into_iter().flatten().flatten() {
                 let p: PathBuf = dir.path().join("ipamd.log");
                 if let Ok(l) = std::fs::read_to_string(&p) {
-                    eprintln!("---- {} ----\n{l}", p.display());
+                    logs.push((p.display().to_string(), l));
                 }
+            }
+            for (name, text) in &logs {
+                eprintln!("---- {name}: digest ----\n{}", digest(text, 12, 8));
+            }
+            for (name, text) in &logs {
+                eprintln!("---- {name} ----\n{text}");
             }
         }
     }
+}
+
+/// The last `warnings` WARN/ERROR lines of a log, then its last `tail` lines.
+pub fn digest(log: &str, warnings: usize, tail: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let bad: Vec<&str> = lines.iter().copied().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+    let pick = |v: &[&str], n: usize| v[v.len().saturating_sub(n)..].join("\n");
+    format!("{} warning(s), the last:\n{}\n-- last lines:\n{}", bad.len(), pick(&bad, warnings), pick(&lines, tail))
 }
 
 pub fn ping(ns: &str, dst: &str) -> bool {

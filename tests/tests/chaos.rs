@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use vpc_cni_proto::v1 as pb;
+use vpc_sim::fixture::poll_until;
 use vpc_sim::localstack::{self, node_enis};
 use vpc_sim::sim::pods::{Pod, pod_ip};
 use vpc_sim::testkit::SimProc;
@@ -129,8 +130,7 @@ async fn ipamd_killed_at_random_during_pod_churn_loses_nothing() {
     let ec2 = localstack::ec2_client();
     let want: BTreeMap<String, String> =
         live.iter().map(|(name, ip)| (pod(&sim, name).container_id(), ip.clone())).collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let after_churn = || async {
         let mut problems = Vec::new();
         if let Some(mut c) = introspection(&socket).await
             && let (Ok(allocs), Ok(enis)) =
@@ -168,12 +168,10 @@ async fn ipamd_killed_at_random_during_pod_churn_loses_nothing() {
         } else {
             problems.push("ipamd not answering".into());
         }
-        if problems.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "after the churn: {problems:#?}\n{}", sim.log());
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+        problems
+    };
+    let problems = poll_until(Duration::from_secs(120), after_churn, Vec::is_empty).await;
+    assert!(problems.is_empty(), "after the churn: {problems:#?}\n{}", sim.log());
     corrupt_checkpoint_is_rebuilt_from_host_state(&sim, &socket, &live).await;
     sim.stop();
 }
@@ -194,15 +192,16 @@ async fn corrupt_checkpoint_is_rebuilt_from_host_state(
     std::fs::write(node_dir.join("ipam.json"), b"{\"version\": 1, \"allocations\": [ torn").unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     let live_ips: BTreeSet<String> = live.values().cloned().collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let recovered: BTreeSet<String> = loop {
+    let back = || async {
         let restarted = std::fs::read_to_string(&lock).ok().and_then(|s| s.trim().parse::<i32>().ok()) != Some(pid);
-        if restarted && let Some(a) = allocations(socket).await {
-            break a.into_iter().map(|a| a.ipv4_addr).collect();
-        }
-        assert!(Instant::now() < deadline, "ipamd did not come back after the corrupt checkpoint\n{}", sim.log());
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        if restarted { allocations(socket).await } else { None }
     };
+    let recovered = poll_until(Duration::from_secs(60), back, Option::is_some).await;
+    let recovered: BTreeSet<String> = recovered
+        .unwrap_or_else(|| panic!("ipamd did not come back after the corrupt checkpoint\n{}", sim.log()))
+        .into_iter()
+        .map(|a| a.ipv4_addr)
+        .collect();
     assert_eq!(recovered, live_ips, "allocations rebuilt from the host's pod routes");
     let aside = std::fs::read_dir(&node_dir)
         .unwrap()
@@ -215,18 +214,12 @@ async fn corrupt_checkpoint_is_rebuilt_from_host_state(
         del(&pod(sim, name));
     }
     del(&pod(sim, "after-corrupt"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        // Only an answer counts: ipamd not answering is not "nothing left" (a DEL succeeds with ipamd down).
-        let left = allocations(socket).await;
-        if left.as_ref().is_some_and(Vec::is_empty) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rebuilt allocations not released after their pods left: {}",
-            left.map_or_else(|| "ipamd does not answer".to_string(), |l| format!("{l:?}"))
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    // Only an answer counts: ipamd not answering is not "nothing left" (a DEL succeeds with ipamd down).
+    let left =
+        poll_until(Duration::from_secs(60), || allocations(socket), |l| l.as_ref().is_some_and(Vec::is_empty)).await;
+    assert!(
+        left.as_ref().is_some_and(Vec::is_empty),
+        "rebuilt allocations not released after their pods left: {}",
+        left.map_or_else(|| "ipamd does not answer".to_string(), |l| format!("{l:?}"))
+    );
 }

@@ -24,7 +24,13 @@ async fn ipamd_started_without_ec2_and_imds_serves_from_its_checkpoint_and_conve
     for i in 0..3 {
         before.push(add_retrying(&ipamd, &format!("p{i}"), Duration::from_secs(60)).await.unwrap().ipv4_addr);
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The pool at rest before the kill: the warm ENI (WARM_ENI_TARGET=1) attached, in EC2 and in the pool.
+    eventually(Duration::from_secs(60), "the warm ENI in EC2 and in the pool", || async {
+        let pool: BTreeSet<String> = pool_enis(&ipamd).await.into_iter().map(|e| e.eni_id).collect();
+        let attached: BTreeSet<String> = node.enis().await.into_iter().map(|e| e.id).collect();
+        (pool.len() == 2 && pool == attached).then_some(())
+    })
+    .await;
     ipamd.kill9().await;
 
     proxy.chaos(Chaos { drop: 1.0, ..Chaos::default() });

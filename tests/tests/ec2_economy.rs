@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use vpc_sim::ec2faults::Ec2FaultProxy;
-use vpc_sim::fixture::{NodeFixture, add, del, free_port, http_get, metric};
+use vpc_sim::fixture::{NodeFixture, add, del, free_port, http_get, metric, rounds_pass};
 
 const SERVING_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -16,29 +16,50 @@ fn ec2_requests(metrics: &str) -> f64 {
     vpc_sim::fixture::ec2_requests_by_op(metrics).values().sum()
 }
 
-/// m5.large with defaults: after SERVING and the start-up actions, two minutes pass with zero EC2 requests
-/// (the loop still runs every 5 s, reading IMDS).
+/// Rounds watched while idle: with IPAMD_RECONCILE_INTERVAL=1 their 30 s also outlast the 20 s an IMDS/EC2
+/// mismatch waits before ipamd describes (`reconcile::ec2sync::SETTLE`), so a false mismatch would show.
+const IDLE_ROUNDS: u64 = 30;
+
+/// Until the start-up round's follow-ups are done: three rounds in a row with no EC2 request. Returns the
+/// metrics then.
+async fn settled(port: u16, ipamd: &vpc_sim::ipamd_proc::Ipamd) -> String {
+    let read = || async { http_get(port, "/metrics").await.map(|m| ec2_requests(&m)).unwrap_or(-1.0) };
+    let mut last = read().await;
+    for _ in 0..20 {
+        rounds_pass(ipamd, 3).await;
+        let now = read().await;
+        if now == last && now >= 0.0 {
+            return http_get(port, "/metrics").await.unwrap();
+        }
+        last = now;
+    }
+    panic!("EC2 requests still going after 60 rounds: {last}");
+}
+
+/// m5.large with defaults, the loop every second: after SERVING and the start-up actions, 30 rounds pass
+/// with zero EC2 requests; the loop keeps running from IMDS alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_node_makes_no_ec2_call_for_two_minutes() {
+async fn an_idle_node_makes_no_ec2_call_in_thirty_rounds() {
     let node = NodeFixture::new("idle", "m5.large").await;
     let proxy = Ec2FaultProxy::to_localstack().await.unwrap();
     let port = free_port();
     let metrics_addr = format!("127.0.0.1:{port}");
-    let mut ipamd =
-        node.spawn_ipamd(&[("METRICS_BIND_ADDR", &metrics_addr), ("AWS_ENDPOINT_URL_EC2", &proxy.endpoint)]);
+    let mut ipamd = node.spawn_ipamd(&[
+        ("METRICS_BIND_ADDR", &metrics_addr),
+        ("AWS_ENDPOINT_URL_EC2", &proxy.endpoint),
+        ("IPAMD_RECONCILE_INTERVAL", "1"),
+    ]);
     ipamd.wait_serving(SERVING_TIMEOUT).await.unwrap();
-    // Let the start-up round's follow-ups (none expected with an empty node) finish.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let before = http_get(port, "/metrics").await.unwrap();
+    let before = settled(port, &ipamd).await;
     let at_proxy = proxy.total_calls();
     eprintln!("start-up: {} EC2 requests ({at_proxy} at the proxy)", ec2_requests(&before));
-    tokio::time::sleep(Duration::from_secs(120)).await;
+    rounds_pass(&ipamd, IDLE_ROUNDS).await;
     let after = http_get(port, "/metrics").await.unwrap();
     assert_eq!(ec2_requests(&after), ec2_requests(&before), "EC2 requests while idle, by ipamd's metric:\n{after}");
     assert_eq!(proxy.total_calls(), at_proxy, "EC2 requests while idle, at the proxy");
     let rounds = metric(&after, "ipamd_reconciles_total{result=\"ok\"}").unwrap_or(0.0)
         - metric(&before, "ipamd_reconciles_total{result=\"ok\"}").unwrap_or(0.0);
-    assert!(rounds >= 20.0, "the loop kept running from IMDS: {rounds} rounds in 120 s");
+    assert!(rounds >= IDLE_ROUNDS as f64, "the loop kept running from IMDS: {rounds} good rounds");
     ipamd.terminate().await;
     node.cleanup().await;
 }
@@ -56,9 +77,10 @@ async fn a_burst_that_fits_the_warm_pool_makes_no_describe_call() {
         ("AWS_ENDPOINT_URL_EC2", &proxy.endpoint),
         ("MINIMUM_IP_TARGET", "40"),
         ("WARM_IP_TARGET", "0"),
+        ("IPAMD_RECONCILE_INTERVAL", "1"),
     ]);
     ipamd.wait_serving(SERVING_TIMEOUT).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    settled(port, &ipamd).await;
     let describes = proxy.calls("DescribeNetworkInterfaces");
     let total = proxy.total_calls();
     let ipamd = std::sync::Arc::new(ipamd);
@@ -72,11 +94,12 @@ async fn a_burst_that_fits_the_warm_pool_makes_no_describe_call() {
         ips.insert(r.unwrap().expect("Add from the warm pool").ipv4_addr);
     }
     assert_eq!(ips.len(), 30, "30 distinct IPs");
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Rounds the burst set off would have asked EC2 by now.
+    rounds_pass(&ipamd, 3).await;
     for i in 0..30 {
         del(&ipamd, &format!("burst-{i}")).await.expect("Del");
     }
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    rounds_pass(&ipamd, 3).await;
     assert_eq!(proxy.calls("DescribeNetworkInterfaces"), describes, "Describe calls during the burst");
     assert_eq!(proxy.total_calls(), total, "EC2 calls of any kind during the burst");
     let m = http_get(port, "/metrics").await.unwrap();

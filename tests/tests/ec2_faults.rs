@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use vpc_sim::ec2faults::{Chaos, Ec2FaultProxy};
-use vpc_sim::fixture::{NodeFixture, add_retrying, eventually, free_port, http_get, metric, pool_enis, try_status};
+use vpc_sim::fixture::{
+    NodeFixture, add_retrying, backoff_window, eventually, free_port, http_get, metric, pool_enis, try_status,
+};
 
 const SERVING_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -60,9 +62,11 @@ async fn the_pool_converges_through_throttling_errors_and_latency_within_the_qps
 }
 
 /// One EC2 error on one operation while pods want IPs: ipamd reports it in status and metrics, backs off
-/// (at most `max_calls` attempts of the operation in 30 s while a pod arrives every 200 ms), and recovers
-/// once healed.
-async fn backs_off(tag: &str, env: &[(&str, &str)], action: &str, status: u16, code: &str, max_calls: u64) {
+/// (over three doubling waits of its error backoff, at most four attempts of the operation, while a pod
+/// arrives every 200 ms and kicks the loop: some 70 attempts without a backoff), and recovers once healed.
+async fn backs_off(tag: &str, env: &[(&str, &str)], action: &str, status: u16, code: &str) {
+    const STEPS: u32 = 3;
+    let window = backoff_window(STEPS);
     let node = NodeFixture::new(tag, "m5.large").await;
     let proxy = Ec2FaultProxy::to_localstack().await.unwrap();
     let port = free_port();
@@ -76,13 +80,14 @@ async fn backs_off(tag: &str, env: &[(&str, &str)], action: &str, status: u16, c
     let started = std::time::Instant::now();
     // Pods keep arriving: the first takes an IP (the pool now wants an ENI), the rest keep kicking the loop.
     let mut n = 0;
-    while started.elapsed() < Duration::from_secs(30) {
+    while started.elapsed() < window {
         let _ = vpc_sim::fixture::add(&ipamd, &format!("{tag}-{n}")).await;
         n += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let calls = proxy.calls(action) - before;
-    assert!((1..=max_calls).contains(&calls), "{calls} {action} calls in 30 s with {code}");
+    let most = u64::from(STEPS) + 1;
+    assert!((1..=most).contains(&calls), "{calls} {action} calls in {window:?} with {code} (at most {most})");
     let s = try_status(&ipamd).await.expect("status");
     assert!(s.last_error.contains(code) && s.last_error.contains("next try in"), "status: {}", s.last_error);
     // Each failed call is counted in the metric once its answer is back; a retry may be in flight, so both are
@@ -106,25 +111,25 @@ async fn backs_off(tag: &str, env: &[(&str, &str)], action: &str, status: u16, c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subnet_exhaustion_backs_off() {
-    backs_off("exhausted", &[], "CreateNetworkInterface", 400, "InsufficientFreeAddressesInSubnet", 5).await;
+    backs_off("exhausted", &[], "CreateNetworkInterface", 400, "InsufficientFreeAddressesInSubnet").await;
 }
 
 /// The ENI was created, then the attach failed: it is deleted at once, so nothing leaks either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attachment_limit_backs_off_and_deletes_the_unattached_eni() {
-    backs_off("attach-limit", &[], "AttachNetworkInterface", 400, "AttachmentLimitExceeded", 5).await;
+    backs_off("attach-limit", &[], "AttachNetworkInterface", 400, "AttachmentLimitExceeded").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_iam_permission_backs_off() {
-    backs_off("iam", &[], "CreateNetworkInterface", 403, "UnauthorizedOperation", 5).await;
+    backs_off("iam", &[], "CreateNetworkInterface", 403, "UnauthorizedOperation").await;
 }
 
 /// PrivateIpAddressLimitExceeded on assign (in warm-IP mode the primary ENI is topped up by assigning).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_private_ip_limit_backs_off() {
     let env = [("WARM_IP_TARGET", "2"), ("MINIMUM_IP_TARGET", "2")];
-    backs_off("ip-limit", &env, "AssignPrivateIpAddresses", 400, "PrivateIpAddressLimitExceeded", 5).await;
+    backs_off("ip-limit", &env, "AssignPrivateIpAddresses", 400, "PrivateIpAddressLimitExceeded").await;
 }
 
 /// An ENI attached but DeleteOnTermination not set (the call failed): set on a later pass once EC2 takes it,
@@ -144,10 +149,14 @@ async fn delete_on_termination_is_set_on_a_later_pass() {
         (node.ip_counts().await.len() == 2).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(20)).await;
-    // 5 attempts per call (retried as a server error), and the rounds spaced by the backoff.
+    // A pass makes 5 attempts (a server error is retried), and passes come no faster than the error backoff:
+    // over three of its doubling waits, at most four passes after the one under way.
+    const STEPS: u32 = 3;
+    let window = backoff_window(STEPS);
+    tokio::time::sleep(window).await;
     let calls = proxy.calls(OP);
-    assert!((5..=30).contains(&calls), "{calls} {OP} calls in ~20 s");
+    let most = 5 * (u64::from(STEPS) + 2);
+    assert!((5..=most).contains(&calls), "{calls} {OP} calls by {window:?} after the attach (at most {most})");
     let eni = node.enis().await[1].id.clone();
     proxy.heal(OP);
     eventually(Duration::from_secs(150), "DeleteOnTermination set on a later pass", || async {

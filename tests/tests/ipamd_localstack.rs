@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tonic::Code;
 use vpc_cni_proto::v1 as pb;
-use vpc_sim::fixture::{NodeFixture, add, add_retrying, del, eventually, free_port, http_get, metric, try_status};
+use vpc_sim::fixture::{
+    NodeFixture, add, add_retrying, del, eventually, free_port, http_get, metric, rounds_pass, try_status,
+};
 
 const SERVING_TIMEOUT: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_secs(45);
@@ -18,7 +20,8 @@ const SETTLE: Duration = Duration::from_secs(45);
 async fn warm_eni_target_grows_to_the_instance_limit_and_no_further() {
     let node = NodeFixture::new("warm-eni", "m5.large").await;
     let port = free_port();
-    let mut ipamd = node.spawn_ipamd(&[("METRICS_BIND_ADDR", &format!("127.0.0.1:{port}"))]);
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let mut ipamd = node.spawn_ipamd(&[("METRICS_BIND_ADDR", &metrics_addr), ("IPAMD_RECONCILE_INTERVAL", "1")]);
     let took = ipamd.wait_serving(SERVING_TIMEOUT).await.unwrap();
     eprintln!("ipamd start → SERVING: {took:?}");
     assert_eq!(node.ip_counts().await, vec![9], "after start: the primary ENI holds 9 secondary IPs, nothing else");
@@ -60,7 +63,7 @@ async fn warm_eni_target_grows_to_the_instance_limit_and_no_further() {
     let err = add_retrying(&ipamd, "c27", SETTLE).await.expect_err("28th pod must not get an IP");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("limit of 3 ENIs"), "{}", err.message());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    rounds_pass(&ipamd, 3).await;
     assert_eq!(node.ip_counts().await, vec![9, 9, 9], "no 4th ENI");
     ipamd.terminate().await;
     node.cleanup().await;
@@ -115,7 +118,7 @@ async fn restart_after_sigkill_keeps_allocations() {
     let enis_before: Vec<String> = node.enis().await.into_iter().map(|e| e.id).collect();
     ipamd.kill9().await;
 
-    let mut ipamd = node.spawn_ipamd(&[]);
+    let mut ipamd = node.spawn_ipamd(&[("IPAMD_RECONCILE_INTERVAL", "1")]);
     ipamd.wait_serving(SERVING_TIMEOUT).await.unwrap();
     let list = ipamd.introspection().await.list_allocations(pb::ListAllocationsRequest {}).await.unwrap().into_inner();
     let mut restored: Vec<(String, String)> =
@@ -132,7 +135,7 @@ async fn restart_after_sigkill_keeps_allocations() {
         let ip = add_retrying(&ipamd, &format!("c{i}"), SETTLE).await.unwrap().ipv4_addr;
         assert!(!held.contains(&ip), "{ip} was already held by a pod before the restart");
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    rounds_pass(&ipamd, 3).await;
     let enis_after: Vec<String> = node.enis().await.into_iter().map(|e| e.id).collect();
     assert_eq!(enis_after, enis_before, "no ENI created or lost across the restart");
     ipamd.terminate().await;
@@ -294,7 +297,7 @@ async fn enis_ipamd_did_not_create_or_no_manage_ones_are_left_alone() {
     let err = add(&ipamd, "c5").await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err.message().contains("limit of 3 ENIs"), "{}", err.message());
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    rounds_pass(&ipamd, 3).await;
     let enis = node.enis().await;
     assert_eq!(enis.len(), 3, "nothing detached or attached: {enis:?}");
     for (id, ips) in [&user, &opted_out] {

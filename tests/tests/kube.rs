@@ -11,7 +11,7 @@ use kube::Client;
 use serde_json::json;
 use vpc_cni_proto::v1 as pb;
 use vpc_sim::ec2faults::{CuttableRelay, Ec2FaultProxy};
-use vpc_sim::fixture::{NodeFixture, add_pod, add_retrying, eventually, poll_until, try_status};
+use vpc_sim::fixture::{NodeFixture, add_pod, add_retrying, backoff_window, eventually, poll_until, try_status};
 use vpc_sim::ipamd_proc::Ipamd;
 use vpc_sim::kubeapi::{self, KubeEnv, SA_USER, SeenEvent};
 use vpc_sim::localstack::REGION;
@@ -19,6 +19,15 @@ use vpc_sim::localstack::REGION;
 const WAIT: Duration = Duration::from_secs(60);
 /// Where ipamd records Events about its Node (see ipamd::k8s::events).
 const NODE_EVENTS: &str = "kube-system";
+/// IPAMD_POD_GC_GRACE (seconds) of the scenarios where nothing may be released.
+const GC_GRACE: &str = "1";
+
+/// Long enough for the pod GC to have released a stale allocation if it were going to: the grace, then three
+/// of its passes.
+fn gc_window() -> Duration {
+    let grace = Duration::from_secs(GC_GRACE.parse().expect("seconds"));
+    grace + 3 * ipamd::k8s::podgc::tick(Some(grace))
+}
 
 struct Cluster {
     env: KubeEnv,
@@ -361,7 +370,7 @@ async fn nothing_is_released_when_pods_cannot_be_listed() {
     let node = node_name(tag, &fx);
     pods_setup(&c, &node, "default").await;
     // This user may not list pods: the cache stays empty because of an error, never "no pods".
-    let env = kube_env(&node, &c.env.no_rbac, &[("IPAMD_POD_GC_GRACE", "1")]);
+    let env = kube_env(&node, &c.env.no_rbac, &[("IPAMD_POD_GC_GRACE", GC_GRACE)]);
     let mut ipamd = spawn(&fx, &env);
     ipamd.wait_serving(WAIT).await.expect("SERVING");
     add_pod(&ipamd, "ghost", ("default", "no-such-pod", "")).await.expect("add");
@@ -370,7 +379,7 @@ async fn nothing_is_released_when_pods_cannot_be_listed() {
         s.pod_gc.starts_with("paused") && s.pod_gc.contains("forbidden") && s.kube_api.contains("forbidden")
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(gc_window()).await;
     assert_eq!(allocated(&ipamd).await, BTreeSet::from(["ghost".to_string()]), "nothing released");
     ipamd.terminate().await;
     kubeapi::delete_node(&c.admin, &node).await;
@@ -389,7 +398,7 @@ async fn nothing_is_released_while_the_api_server_is_unreachable() {
     let relay = CuttableRelay::start(c.env.server.trim_start_matches("https://")).await.unwrap();
     let kc = fx.dir.path().join("relay.kubeconfig");
     kubeapi::kubeconfig_with_server(&c.env.service_account, &format!("https://{}", relay.addr), &kc).unwrap();
-    let env = kube_env(&node, &kc, &[("IPAMD_POD_GC_GRACE", "1")]);
+    let env = kube_env(&node, &kc, &[("IPAMD_POD_GC_GRACE", GC_GRACE)]);
     let mut ipamd = spawn(&fx, &env);
     ipamd.wait_serving(WAIT).await.expect("SERVING");
     add_pod(&ipamd, "c1", ("default", &pod, &uid)).await.expect("add");
@@ -398,7 +407,7 @@ async fn nothing_is_released_while_the_api_server_is_unreachable() {
     relay.cut();
     wait_status(&ipamd, "GC paused by the outage", |s| s.pod_gc.starts_with("paused")).await;
     kubeapi::delete_pod(&c.admin, "default", &pod).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(gc_window()).await;
     assert_eq!(allocated(&ipamd).await, BTreeSet::from(["c1".to_string()]), "nothing released during the outage");
 
     relay.restore();
@@ -434,10 +443,12 @@ async fn unauthorized_operation_becomes_a_missing_iam_permissions_event() {
     .await;
     assert!(ev[0].note.contains("ec2:CreateNetworkInterface") && ev[0].type_ == "Warning", "{ev:?}");
     // The loop backs off rather than hammering EC2, and the Event is not repeated for every failure.
+    // Over three doubling waits of the error backoff: at most four tries, and at least one (not given up).
     let before = proxy.calls("CreateNetworkInterface");
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    let window = backoff_window(3);
+    tokio::time::sleep(window).await;
     let during = proxy.calls("CreateNetworkInterface") - before;
-    assert!((1..=6).contains(&during), "{during} CreateNetworkInterface calls in 10 s");
+    assert!((1..=4).contains(&during), "{during} CreateNetworkInterface calls in {window:?}");
     let ev = kubeapi::events_about(&c.admin, NODE_EVENTS, &node).await;
     assert_eq!(ev.iter().filter(|e| e.reason == "MissingIAMPermissions").count(), 1, "{ev:?}");
     let s = status(&ipamd).await;

@@ -12,7 +12,7 @@ use vpc_sim::ipamd_proc::sibling_binary;
 use vpc_sim::localstack::{self, node_enis};
 use vpc_sim::netns::{self, ip_in};
 use vpc_sim::sim::pods::{Pod, PodError};
-use vpc_sim::testkit::{SimProc, ping, tcp_peer_seen};
+use vpc_sim::testkit::{SimProc, ping, tcp_peer_seen, wait_until};
 
 fn pod(sim: &SimProc, node: usize, name: &str) -> Pod {
     Pod {
@@ -144,11 +144,9 @@ async fn pods_get_vpc_addresses_reach_each_other_and_leave_nothing_behind() {
     pod(&sim, a1.0, &format!("p{}", a1.1)).del(true).unwrap();
     assert_gone(&sim.node(0), &ips[&a1], &host_veth(&results[&a1]));
     assert_eq!(allocations(&socket0).await, before - 1);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while flows() > 0 {
-        assert!(std::time::Instant::now() < deadline, "conntrack entries of {a1_ip} still there after DEL");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_until(&format!("conntrack entries of {a1_ip} gone after DEL"), std::time::Duration::from_secs(5), || {
+        flows() == 0
+    });
 
     // DEL after the netns is gone.
     let q = pod(&sim, a0.0, &format!("p{}", a0.1));
@@ -237,7 +235,11 @@ async fn pods_get_vpc_addresses_reach_each_other_and_leave_nothing_behind() {
     let r = pod(&sim, b1.0, &format!("p{}", b1.1));
     let pid = rec.pids[1];
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Gone, or a zombie the sim has not reaped yet: either way it answers nothing.
+    wait_until("node 1's ipamd dead", std::time::Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |st| st.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+    });
     r.del(false).unwrap();
     assert_gone(&sim.node(1), &ips[&b1], &host_veth(&results[&b1]));
     drop(sim.stop());

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use serde_json::Value;
 use vpc_cni_proto::v1 as pb;
+use vpc_sim::fixture::poll_until;
 use vpc_sim::sim::pods::{Pod, concurrently, pod_ip};
 use vpc_sim::testkit::{SimProc, ping, tcp_peer_seen};
 
@@ -45,19 +46,28 @@ fn ec2_requests(sim: &SimProc, node: usize) -> BTreeMap<String, f64> {
     by_op
 }
 
-/// The EC2 request counts once they stop moving (no call for 2 s in a row): the pool has settled.
-fn settled_ec2_requests(sim: &SimProc, node: usize) -> BTreeMap<String, f64> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Reconcile rounds the node's ipamd has finished (`vpcctl status`).
+async fn reconcile_rounds(sim: &SimProc, node: usize) -> Option<u64> {
+    let socket = sim.state.path().join(format!("node-{node}/ipamd.sock"));
+    let ch = vpc_cni_proto::uds::connect(&socket, Some(Duration::from_secs(2))).await.ok()?;
+    let mut c = pb::introspection_client::IntrospectionClient::new(ch);
+    Some(c.get_status(pb::GetStatusRequest {}).await.ok()?.into_inner().reconcile_rounds)
+}
+
+/// The EC2 request counts once they stop moving (no call in three whole reconcile rounds): the pool has settled.
+async fn settled_ec2_requests(sim: &SimProc, node: usize) -> BTreeMap<String, f64> {
     let mut last = ec2_requests(sim, node);
-    loop {
-        std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..20 {
+        let start = reconcile_rounds(sim, node).await.expect("ipamd status");
+        let later = poll_until(Duration::from_secs(60), || reconcile_rounds(sim, node), |r| *r >= Some(start + 4));
+        assert!(later.await >= Some(start + 4), "three reconcile rounds did not pass in 60 s");
         let now = ec2_requests(sim, node);
         if now == last {
             return now;
         }
-        assert!(Instant::now() < deadline, "EC2 calls still going after 60 s: {now:?}");
         last = now;
     }
+    panic!("EC2 calls still going after 60 rounds: {last:?}");
 }
 
 /// The requests made between two readings.
@@ -106,18 +116,24 @@ async fn pods_get_prefix_addresses_and_reach_each_other_across_nodes() {
 
 /// 60 pods at once on a fresh t3.large in prefix mode (WARM_PREFIX_TARGET=1), with surge and without. IMDS
 /// lists a new prefix 1.5 s after EC2 delegated it, as EC2's IMDS lags: what the pool waits on between steps.
-fn burst(surge: bool) -> (BTreeMap<String, f64>, Duration) {
-    let env =
-        ["ENABLE_PREFIX_DELEGATION=true".to_string(), format!("IPAMD_SURGE={surge}"), "--imds-lag-ms=1500".into()];
+/// The loop runs every second (IPAMD_RECONCILE_INTERVAL=1) so that "settled" takes seconds.
+async fn burst(surge: bool) -> (BTreeMap<String, f64>, Duration) {
+    let env = [
+        "ENABLE_PREFIX_DELEGATION=true".to_string(),
+        format!("IPAMD_SURGE={surge}"),
+        "IPAMD_RECONCILE_INTERVAL=1".into(),
+        "--imds-lag-ms=1500".into(),
+    ];
     let env: Vec<&str> = env.iter().map(String::as_str).collect();
     let sim = SimProc::start_with(if surge { "su" } else { "ns" }, 1, "t3.large", &env);
     let pods: Vec<Pod> = (0..60).map(|i| pod(&sim, 0, &format!("b{i}"))).collect();
-    let before = ec2_requests(&sim, 0);
+    // The start-up's own calls (the first warm prefix) are not the burst's.
+    let before = settled_ec2_requests(&sim, 0).await;
     let started = Instant::now();
     let added = concurrently(&pods, Duration::from_secs(180), Pod::add);
     let wall = started.elapsed();
     // Until the pool has settled again (the warm prefix after the burst).
-    let calls = since(&before, &settled_ec2_requests(&sim, 0));
+    let calls = since(&before, &settled_ec2_requests(&sim, 0).await);
     let ips: std::collections::BTreeSet<String> = added
         .iter()
         .zip(&pods)
@@ -134,8 +150,8 @@ fn burst(surge: bool) -> (BTreeMap<String, f64>, Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root + netns"]
 async fn sixty_pods_at_once_take_fewer_ec2_calls_with_surge() {
-    let (with, with_wall) = burst(true);
-    let (without, without_wall) = burst(false);
+    let (with, with_wall) = burst(true).await;
+    let (without, without_wall) = burst(false).await;
     let (with_calls, without_calls): (f64, f64) = (with.values().sum(), without.values().sum());
     eprintln!(
         "60 pods on a fresh t3.large, prefix mode: with surge {with_calls} EC2 calls ({with:?}), all IPs in \

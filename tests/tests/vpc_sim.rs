@@ -29,14 +29,7 @@ async fn two_sims_wire_the_vpc_enforce_source_checks_and_clean_up() {
     let mut node_enis_by_idx = Vec::new();
     for (i, instance) in rec.vpc.instance_ids.iter().enumerate() {
         let ns = a.node(i);
-        let mut e = Vec::new();
-        for _ in 0..100 {
-            e = enis(instance).await;
-            if e.len() == 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let e = poll_until(Duration::from_secs(20), || enis(instance), |e| e.len() == 2).await;
         assert_eq!(e.iter().map(|x| x.device_index).collect::<Vec<_>>(), vec![0, 1], "WARM_ENI_TARGET=2 on t3.medium");
         let macs = imds_macs(&ns);
         assert_eq!(macs.len(), 2, "{macs:?}");
@@ -116,15 +109,9 @@ async fn two_sims_wire_the_vpc_enforce_source_checks_and_clean_up() {
         .send()
         .await
         .unwrap();
-    let mut gone = false;
-    for _ in 0..150 {
-        gone = !localstack::eni_exists(&ec2, &extra).await.unwrap();
-        if gone {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(gone, "ipamd gives back an idle surplus ENI");
+    let exists = || async { localstack::eni_exists(&ec2, &extra).await.unwrap() };
+    let exists = poll_until(Duration::from_secs(30), exists, |e| !e).await;
+    assert!(!exists, "ipamd gives back an idle surplus ENI");
     wait_until("ens7 to leave node 1 and its table 3 rule", Duration::from_secs(20), || {
         link_mac(&n1, "ens7").is_none() && !ip_in(&n1, &["rule"]).unwrap().contains("lookup 3")
     });

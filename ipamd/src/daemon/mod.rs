@@ -245,7 +245,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             cluster_name: cfg.cluster_name.clone(),
             additional_tags: cfg.additional_eni_tags.0.clone(),
             leaked_eni_cleanup: !cfg.disable_leaked_eni_cleanup,
-            error_backoff: Duration::from_secs(2),
+            error_backoff: crate::reconcile::ERROR_BACKOFF,
             ec2_resync: Duration::from_secs(cfg.ipamd_ec2_resync_interval),
             telemetry: telemetry.clone(),
             deferred_dir,

@@ -62,6 +62,7 @@ impl pb::introspection_server::Introspection for IntrospectionService {
             free_ips: s.stats.free as u32,
             serving: s.serving,
             last_reconcile_unix: s.last_reconcile_unix,
+            reconcile_rounds: s.reconcile_rounds,
             last_error: s.last_error,
             degraded: s.degraded.unwrap_or_default(),
             pending_ips: s.stats.pending as u32,

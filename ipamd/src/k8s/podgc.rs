@@ -99,14 +99,17 @@ pub struct PodGc<N: HostNet> {
     pub hostnet: Option<Arc<N>>,
 }
 
+/// Time between two GC passes: a quarter of the grace (a pod is released within 1.25× its grace), 1 to 15 s.
+pub fn tick(grace: Option<Duration>) -> Duration {
+    (grace.unwrap_or(Duration::from_secs(60)) / 4).clamp(Duration::from_secs(1), Duration::from_secs(15))
+}
+
 impl<N: HostNet> PodGc<N> {
-    /// Runs forever (started when the Kubernetes side is on).
-    /// Runs forever, one pass per tick, beating `heartbeat` each pass.
+    /// Runs forever (started when the Kubernetes side is on), one pass per [`tick`], beating `heartbeat` each pass.
     pub async fn run(self, kube: Kube, heartbeat: Heartbeat) {
         let node_name = kube.settings.as_ref().map(|s| s.node_name.clone()).unwrap_or_default();
         let grace_ms = self.grace.map_or(0, |g| g.as_millis() as i64);
-        let tick =
-            (self.grace.unwrap_or(Duration::from_secs(60)) / 4).clamp(Duration::from_secs(1), Duration::from_secs(15));
+        let tick = tick(self.grace);
         let mut missing_since = BTreeMap::new();
         loop {
             heartbeat.beat(STALL_LIMIT);

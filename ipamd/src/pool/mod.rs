@@ -72,6 +72,8 @@ pub struct Snapshot {
     pub max_pods: Option<u32>,
     pub serving: bool,
     pub last_reconcile_unix: i64,
+    /// Reconcile rounds finished since start, ok or failed.
+    pub reconcile_rounds: u64,
     pub last_error: String,
     /// Set while serving from the last known pool because EC2 or IMDS cannot be reached.
     pub degraded: Option<String>,
@@ -154,6 +156,7 @@ struct Actor {
     kick: Arc<Notify>,
     serving: bool,
     last_reconcile_unix: i64,
+    reconcile_rounds: u64,
     last_error: String,
     /// Attached ENIs ipamd does not manage (last observation).
     foreign: u32,
@@ -200,6 +203,7 @@ pub fn spawn(
         kick: kick.clone(),
         serving: false,
         last_reconcile_unix: 0,
+        reconcile_rounds: 0,
         last_error: String::new(),
         foreign: 0,
         degraded: None,
@@ -351,20 +355,23 @@ impl Actor {
                 self.degraded = Some(reason);
                 let _ = reply.send(can_serve);
             }
-            Command::Reconciled { error } => match error {
-                None => {
-                    if self.degraded.take().is_some() {
-                        self.emit("recovered", "EC2 and IMDS reachable again".into());
+            Command::Reconciled { error } => {
+                self.reconcile_rounds += 1;
+                match error {
+                    None => {
+                        if self.degraded.take().is_some() {
+                            self.emit("recovered", "EC2 and IMDS reachable again".into());
+                        }
+                        self.serving = true;
+                        self.last_reconcile_unix = now_ms() / 1000;
+                        self.last_error.clear();
                     }
-                    self.serving = true;
-                    self.last_reconcile_unix = now_ms() / 1000;
-                    self.last_error.clear();
+                    Some(e) => {
+                        self.emit("reconcile-error", e.clone());
+                        self.last_error = e;
+                    }
                 }
-                Some(e) => {
-                    self.emit("reconcile-error", e.clone());
-                    self.last_error = e;
-                }
-            },
+            }
             Command::Stop { .. } => unreachable!("the run loop ends the actor on Stop"),
             Command::Snapshot { reply } => {
                 let _ = reply.send(Snapshot {
@@ -374,6 +381,7 @@ impl Actor {
                     max_pods: self.pod_limits().map(|l| l.max_pods(self.settings.targets.warm_prefix.is_some())),
                     serving: self.serving,
                     last_reconcile_unix: self.last_reconcile_unix,
+                    reconcile_rounds: self.reconcile_rounds,
                     last_error: self.last_error.clone(),
                     degraded: self.degraded.clone(),
                     prefix_delegation: self.settings.targets.warm_prefix.is_some(),

@@ -40,6 +40,8 @@ pub const TAG_CLUSTER: &str = "cluster.k8s.amazonaws.com/name";
 /// aws-vpc-cni's opt-out tag: an ENI carrying it with value `true` is never touched.
 pub const TAG_NO_MANAGE: &str = "node.k8s.amazonaws.com/no_manage";
 
+/// The wait after the first failed round; it doubles with each failure in a row (see [`error_backoff`]).
+pub const ERROR_BACKOFF: Duration = Duration::from_secs(2);
 /// Longest wait between two tries of a failing round.
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(120);
 /// A round running longer than this counts as a stalled loop (one EC2 call with every retry takes under 2 min).
