@@ -47,6 +47,15 @@ healthy() {
   curl -fsS --max-time 2 "$health" 2>/dev/null | grep -Eq '"ec2": *"(available|running)"'
 }
 
+# An EC2 call that answers: "healthy" can come before the EC2 handlers are in place, and two first calls at
+# once then get 501 "no handler for operation" (seen with two test sims starting together).
+answers() {
+  curl -fsS --max-time 5 -o /dev/null "http://$listen/" \
+    -H 'Content-Type: application/x-www-form-urlencoded' \
+    -H 'Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0' \
+    --data 'Action=DescribeVpcs&Version=2016-11-15' 2>/dev/null
+}
+
 start() {
   install
   if healthy; then log "already running on $listen"; return 0; fi
@@ -61,7 +70,7 @@ start() {
     echo $! >"$pidfile"
   )
   for _ in $(seq 1 240); do
-    if healthy; then log "ready"; return 0; fi
+    if healthy && answers; then log "ready"; return 0; fi
     if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
       log "exited early; last log lines:"; tail -n 30 "$logfile" >&2; exit 1
     fi

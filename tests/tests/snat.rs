@@ -1,13 +1,39 @@
 //! Node SNAT in vpc-sim (root + netns): with the default, pods' traffic to the internet host arrives from the
 //! node's primary IP (pods on secondary ENIs included); with AWS_VPC_K8S_CNI_EXTERNALSNAT=true it arrives from
-//! the pod IP, secondary-ENI pods leaving through their own ENI. Inside the VPC sources are never rewritten.
+//! the pod IP, secondary-ENI pods leaving through their own ENI. Inside the VPC sources are never rewritten,
+//! and that includes a CIDR associated with the VPC while ipamd runs.
+
+use std::time::Duration;
 
 use serde_json::Value;
 use vpc_sim::localstack::{self, node_enis};
 use vpc_sim::netns::ip_in;
 use vpc_sim::sim::fabric::INTERNET_HOST;
 use vpc_sim::sim::pods::{Pod, pod_ip};
-use vpc_sim::testkit::{SimProc, tcp_peer_seen};
+use vpc_sim::testkit::{SimProc, tcp_peer_seen, wait_until};
+
+/// A peer in a CIDR the VPC does not have yet, behind the VPC router (in the sim's internet namespace).
+const LATER_CIDR: &str = "10.77.0.0/16";
+const LATER_PEER: &str = "10.77.0.10";
+
+/// A CIDR associated with the VPC while ipamd runs: traffic from a pod to it is SNATed before, and keeps the
+/// pod's IP once ipamd has read the CIDR from IMDS and rewritten the node's SNAT exclusions (no restart).
+async fn a_cidr_associated_later_is_not_snated(sim: &SimProc, pods: &[(Pod, String, i32)], node_ip: &str) {
+    let (fabric, internet) = (format!("{}-fabric", sim.prefix), format!("{}-internet", sim.prefix));
+    ip_in(&internet, &["addr", "add", &format!("{LATER_PEER}/32"), "dev", "eth0"]).unwrap();
+    ip_in(&fabric, &["route", "add", LATER_CIDR, "via", INTERNET_HOST]).unwrap();
+    // A pod on the primary ENI: its traffic leaves there whatever the destination.
+    let (pod, ip, _) = pods.iter().find(|p| p.2 == 0).expect("a pod on the primary ENI");
+    let ns = pod.netns().unwrap();
+    assert_eq!(tcp_peer_seen(&internet, LATER_PEER, &ns).unwrap(), node_ip, "{LATER_CIDR} is not the VPC's yet");
+    let ec2 = localstack::ec2_client();
+    ec2.associate_vpc_cidr_block().vpc_id(&sim.record().vpc.vpc_id).cidr_block(LATER_CIDR).send().await.unwrap();
+    let table = || vpc_sim::netns::run("ip", &["netns", "exec", &sim.node(0), "nft", "list", "table", "ip", "vpc-cni"]);
+    wait_until(&format!("{LATER_CIDR} in the node's SNAT exclusions"), Duration::from_secs(60), || {
+        table().is_ok_and(|t| t.contains(LATER_CIDR))
+    });
+    assert_eq!(&tcp_peer_seen(&internet, LATER_PEER, &ns).unwrap(), ip, "{LATER_CIDR} is the VPC's: not translated");
+}
 
 fn add_retrying(p: &Pod) -> Value {
     p.add_retrying(std::time::Duration::from_secs(30)).unwrap_or_else(|e| panic!("ADD {}: {e}", p.name))
@@ -64,6 +90,7 @@ async fn internet_traffic_is_snated_to_the_node_ip_unless_external_snat() {
     // Inside the VPC the pod's own IP stays the source.
     let (a, b) = (&pods[0], &pods[5]);
     assert_eq!(tcp_peer_seen(&b.0.netns().unwrap(), &b.1, &a.0.netns().unwrap()).unwrap(), a.1);
+    a_cidr_associated_later_is_not_snated(&snat, &pods, &node_ip).await;
 
     // External SNAT: the internet host sees pod IPs; secondary-ENI pods leave through their ENI and pass the
     // fabric's source check.
