@@ -179,6 +179,12 @@ impl Ec2FaultProxy {
         book.of(eni_id)
     }
 
+    /// From now on `eni_id` is described with no private IPv4 address (an EFA-only interface, an IPv6-only ENI).
+    pub fn without_ipv4(&self, eni_id: &str) {
+        let book = self.state.lock().unwrap_or_else(|p| p.into_inner()).prefixes.clone();
+        book.without_ipv4(eni_id);
+    }
+
     /// Makes every `action` request fail with `code` (HTTP `status`); `<action>:prefix` fails only its prefix
     /// requests (InsufficientCidrBlocks for a fragmented subnet).
     pub fn fail(&self, action: &str, status: u16, code: &str, message: &str) {

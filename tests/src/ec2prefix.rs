@@ -9,6 +9,10 @@
 //!   prefixes here;
 //! - `DescribeNetworkInterfaces` answers carry each ENI's `ipv4PrefixSet`; `DeleteNetworkInterface` forgets them.
 //!
+//! It also makes an ENI look like one without any private IPv4 address ([`PrefixBook::without_ipv4`]), as an
+//! EFA-only interface or an IPv6-only ENI is, which LocalStack cannot create: its addresses are cut from
+//! `DescribeNetworkInterfaces` answers.
+//!
 //! Tests that need a fragmented subnet make prefix requests fail with [`crate::ec2faults::Ec2FaultProxy::fail`]
 //! on `AssignPrivateIpAddresses:prefix` / `CreateNetworkInterface:prefix`.
 
@@ -32,11 +36,18 @@ pub struct PrefixBook {
     /// Each ENI's subnet CIDR, asked of LocalStack once (it never changes): a pick late in a long test run,
     /// with LocalStack holding thousands of ENIs, stays quick.
     subnet_of: Mutex<BTreeMap<String, (String, Ipv4Net)>>,
+    /// ENIs shown without private IPv4 addresses.
+    ipv4_less: Mutex<BTreeSet<String>>,
 }
 
 impl PrefixBook {
     fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<Ipv4Net>>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// From now on `eni_id` is described with no private IPv4 address.
+    pub fn without_ipv4(&self, eni_id: &str) {
+        self.ipv4_less.lock().unwrap_or_else(|p| p.into_inner()).insert(eni_id.to_string());
     }
 
     /// The prefixes delegated to `eni_id`.
@@ -249,7 +260,8 @@ pub async fn intercept(
             let (rparts, rbody) = resp.into_parts();
             let bytes = http_body_util::BodyExt::collect(rbody).await.map_err(|e| e.to_string())?.to_bytes();
             let text = inject(&String::from_utf8_lossy(&bytes), &book.held());
-            Ok(xml_response(rparts.status, text))
+            let ipv4_less = book.ipv4_less.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            Ok(xml_response(rparts.status, strip_ipv4(&text, &ipv4_less)))
         }
         "DeleteNetworkInterface" => {
             let resp = forward(upstream, parts, body).await?;
@@ -262,6 +274,29 @@ pub async fn intercept(
         }
         _ => forward(upstream, parts, body).await,
     }
+}
+
+/// Cuts the private IPv4 addresses (the primary and the `privateIpAddressesSet`) of each ENI of `enis` from a
+/// DescribeNetworkInterfaces answer. An ENI's part of the answer runs from its id to the next ENI's id; EC2's
+/// (and LocalStack's) element order puts the addresses after the id.
+fn strip_ipv4(xml: &str, enis: &BTreeSet<String>) -> String {
+    let cut = |s: &str, tag: &str| -> String {
+        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+        match (s.find(&open), s.find(&close)) {
+            (Some(a), Some(b)) if b > a => format!("{}{}", &s[..a], &s[b + close.len()..]),
+            _ => s.to_string(),
+        }
+    };
+    let mut out = xml.to_string();
+    for eni in enis {
+        let anchor = format!("<networkInterfaceId>{eni}</networkInterfaceId>");
+        let Some(at) = out.find(&anchor) else { continue };
+        let from = at + anchor.len();
+        let end = out[from..].find("<networkInterfaceId>").map_or(out.len(), |i| from + i);
+        let part = cut(&cut(&out[from..end], "privateIpAddressesSet"), "privateIpAddress");
+        out.replace_range(from..end, &part);
+    }
+    out
 }
 
 /// Adds `<ipv4PrefixSet>` after each `<networkInterfaceId>` of an ENI that holds prefixes.
@@ -292,5 +327,23 @@ mod tests {
         assert!(is_prefix_request(&form(b"Action=AssignPrivateIpAddresses&Ipv4PrefixCount=2")));
         assert!(is_prefix_request(&form(b"Action=UnassignPrivateIpAddresses&Ipv4Prefix.1=10.0.0.16%2F28")));
         assert!(!is_prefix_request(&form(b"Action=AssignPrivateIpAddresses&SecondaryPrivateIpAddressCount=2")));
+    }
+
+    #[test]
+    fn an_eni_shown_without_ipv4_loses_only_its_own_addresses() {
+        let eni = |id: &str, ip: &str| {
+            format!(
+                "<item><attachment><deviceIndex>1</deviceIndex></attachment><networkInterfaceId>{id}</networkInterfaceId>\
+                 <privateIpAddress>{ip}</privateIpAddress><privateIpAddressesSet><item><primary>true</primary>\
+                 <privateIpAddress>{ip}</privateIpAddress></item></privateIpAddressesSet></item>"
+            )
+        };
+        let xml = format!("{}{}{}", eni("eni-a", "10.0.0.5"), eni("eni-b", "10.0.0.6"), eni("eni-c", "10.0.0.7"));
+        let out = strip_ipv4(&xml, &BTreeSet::from(["eni-b".to_string()]));
+        assert!(out.contains("10.0.0.5") && out.contains("10.0.0.7"), "{out}");
+        assert!(
+            !out.contains("10.0.0.6") && out.contains("<networkInterfaceId>eni-b</networkInterfaceId></item>"),
+            "{out}"
+        );
     }
 }

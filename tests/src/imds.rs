@@ -243,7 +243,10 @@ async fn metadata(ctx: &Ctx) -> Result<BTreeMap<String, String>, String> {
         m.insert(format!("{b}/subnet-id"), subnet.to_string());
         m.insert(format!("{b}/subnet-ipv4-cidr-block"), subnet_cidr(subnet));
         m.insert(format!("{b}/security-group-ids"), groups.join("\n"));
-        m.insert(format!("{b}/local-ipv4s"), ips.join("\n"));
+        // Absent on an interface without IPv4 (EFA-only, IPv6-only), as in EC2's IMDS.
+        if !ips.is_empty() {
+            m.insert(format!("{b}/local-ipv4s"), ips.join("\n"));
+        }
         let prefixes: Vec<&str> = ni
             .ipv4_prefixes()
             .iter()

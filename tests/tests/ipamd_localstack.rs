@@ -8,7 +8,7 @@ use std::time::Duration;
 use tonic::Code;
 use vpc_cni_proto::v1 as pb;
 use vpc_sim::fixture::{
-    NodeFixture, add, add_retrying, del, eventually, free_port, http_get, metric, rounds_pass, try_status,
+    NodeFixture, add, add_retrying, del, eventually, free_port, http_get, metric, pool_enis, rounds_pass, try_status,
 };
 
 const SERVING_TIMEOUT: Duration = Duration::from_secs(60);
@@ -311,6 +311,33 @@ async fn enis_ipamd_did_not_create_or_no_manage_ones_are_left_alone() {
         "only the primary ENI is in the pool: {:?}",
         listed.enis.iter().map(|e| &e.eni_id).collect::<Vec<_>>()
     );
+    ipamd.terminate().await;
+    node.cleanup().await;
+}
+
+/// An attached ENI without any private IPv4 address: an EFA-only interface on p5/trn instances (or an IPv6-only ENI
+/// a user attached), made here by the proxy cutting a user ENI's addresses from EC2's answers (IMDS, reading
+/// through it, lists none either). ipamd reaches SERVING, serves pods from the rest, counts the ENI's slot
+/// and leaves it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eni_without_ipv4_never_stops_ipamd() {
+    let node = NodeFixture::behind_proxy("efa", "t3.medium").await;
+    let (efa, _) = attach_foreign(&node, 1, &[]).await;
+    node.proxy.as_ref().expect("proxy").without_ipv4(&efa);
+    let mut ipamd = node.spawn_ipamd(&[("IPAMD_RECONCILE_INTERVAL", "1")]);
+    ipamd.wait_serving(SERVING_TIMEOUT).await.expect("SERVING with an EFA-only interface attached");
+    // t3.medium: 3 ENIs of 5 secondary IPs; the EFA-only interface takes one slot, so two ENIs serve pods.
+    for i in 0..10 {
+        add_retrying(&ipamd, &format!("c{i}"), SETTLE).await.unwrap_or_else(|s| panic!("Add #{i}: {s:?}"));
+    }
+    let err = add_retrying(&ipamd, "c10", SETTLE).await.expect_err("the 11th pod finds the node full");
+    assert!(err.message().contains("limit of 3 ENIs"), "{}", err.message());
+    rounds_pass(&ipamd, 3).await;
+    let enis: Vec<String> = node.enis().await.into_iter().map(|e| e.id).collect();
+    assert_eq!(enis.len(), 3, "{enis:?}");
+    assert!(enis.contains(&efa), "the EFA-only interface stays attached: {enis:?}");
+    let pool: Vec<String> = pool_enis(&ipamd).await.into_iter().map(|e| e.eni_id).collect();
+    assert!(!pool.contains(&efa) && pool.len() == 2, "the pool leaves it out: {pool:?}");
     ipamd.terminate().await;
     node.cleanup().await;
 }

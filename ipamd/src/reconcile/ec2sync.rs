@@ -64,7 +64,7 @@ fn jittered(d: Duration) -> Duration {
 
 /// The addresses EC2 reports for `e` (primary included), comparable with IMDS's `local-ipv4s`.
 fn addresses(e: &Ec2Eni) -> BTreeSet<Ipv4Addr> {
-    std::iter::once(e.primary_ip).chain(e.secondary_ips.iter().copied()).collect()
+    e.primary_ip.into_iter().chain(e.secondary_ips.iter().copied()).collect()
 }
 
 /// The prefixes EC2 reports for `e`, comparable with IMDS's `ipv4-prefix`.
@@ -166,7 +166,7 @@ impl Ec2Sync {
         let Some(e) = self.eni_mut(eni_id) else { return ips.len() };
         let before = e.secondary_ips.len();
         let primary = e.primary_ip;
-        e.secondary_ips.extend(ips.iter().copied().filter(|ip| *ip != primary));
+        e.secondary_ips.extend(ips.iter().copied().filter(|ip| Some(*ip) != primary));
         e.secondary_ips.sort();
         e.secondary_ips.dedup();
         e.secondary_ips.len() - before
@@ -224,7 +224,7 @@ mod tests {
             prefixes: Vec::new(),
             id: id.into(),
             subnet_id: "subnet-1".into(),
-            primary_ip: ip(primary),
+            primary_ip: Some(ip(primary)),
             secondary_ips: secondary.iter().map(|l| ip(*l)).collect(),
             device_index: Some(0),
             attachment_id: Some(format!("attach-{id}")),

@@ -8,12 +8,16 @@
 
 mod apply;
 pub mod ec2sync;
+#[cfg(test)]
+mod foreign_tests;
 mod placement;
 #[cfg(test)]
 mod prefix_tests;
 mod recovered;
 pub mod subnets;
 pub mod sweep;
+#[cfg(test)]
+mod testrig;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -301,11 +305,13 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
     }
 
     /// Whether ipamd manages `eni`: the primary ENI, or one it created for this instance (its instance tag) that
-    /// is not opted out with `no_manage=true`. Anything else (a trunk, an EFA, one a user attached) is left alone.
+    /// is not opted out with `no_manage=true`, and either way one with a private IPv4 address. Anything else (a
+    /// trunk, an EFA or EFA-only interface, one a user attached, an IPv6-only ENI) is left alone.
     fn managed(&self, eni: &Ec2Eni) -> bool {
-        eni.id == self.node.primary_eni_id
-            || (eni.tags.get(TAG_INSTANCE_ID) == Some(&self.node.instance_id)
-                && eni.tags.get(TAG_NO_MANAGE).is_none_or(|v| !v.eq_ignore_ascii_case("true")))
+        eni.primary_ip.is_some()
+            && (eni.id == self.node.primary_eni_id
+                || (eni.tags.get(TAG_INSTANCE_ID) == Some(&self.node.instance_id)
+                    && eni.tags.get(TAG_NO_MANAGE).is_none_or(|v| !v.eq_ignore_ascii_case("true"))))
     }
 
     /// Reads the node's ENIs (IMDS every time, EC2 only when [`Ec2Sync::due`]), wires the host networking of
@@ -328,13 +334,13 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         let (mine, foreign): (Vec<Ec2Eni>, Vec<Ec2Eni>) = attached.iter().cloned().partition(|e| self.managed(e));
         for e in &foreign {
             if self.foreign.insert(e.id.clone()) {
-                self.pool.emit(
-                    "eni-ignored",
-                    format!(
-                        "{} at device {:?}: not created by this ipamd or tagged {TAG_NO_MANAGE}=true; left alone",
-                        e.id, e.device_index
-                    ),
-                );
+                let why = if e.primary_ip.is_none() {
+                    "no private IPv4 address (an EFA-only or IPv6-only interface)".to_string()
+                } else {
+                    format!("not created by this ipamd or tagged {TAG_NO_MANAGE}=true")
+                };
+                let what = format!("{} at device {:?}: {why}; left alone, its slot counted", e.id, e.device_index);
+                self.pool.emit("eni-ignored", what);
             }
         }
         self.foreign.retain(|id| foreign.iter().any(|e| &e.id == id));
@@ -449,6 +455,8 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
     async fn observed(&mut self, attached: &[Ec2Eni], imds: &ImdsEnis) -> Result<Vec<ObservedEni>, ReconcileError> {
         let mut out = Vec::with_capacity(attached.len());
         for e in attached {
+            // Never the case for a managed ENI (see `managed`).
+            let Some(primary_ip) = e.primary_ip else { continue };
             let subnet_cidr = self.subnet(&e.subnet_id).await?.cidr;
             // An ENI IMDS does not show yet has no MAC: its link cannot be found, so it is not ready.
             let mac = imds.get(&e.id);
@@ -458,7 +466,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                 device_number: e.device_index.or(mac.map(|m| m.device_number)).unwrap_or(0),
                 subnet_id: e.subnet_id.clone(),
                 subnet_cidr,
-                primary_ip: e.primary_ip,
+                primary_ip,
                 secondary_ips: e.secondary_ips.clone(),
                 prefixes: e.prefixes.clone(),
                 fallback: self.prefix_fallback.contains(&e.id),

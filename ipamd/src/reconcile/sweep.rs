@@ -94,7 +94,7 @@ mod tests {
             prefixes: Vec::new(),
             id: id.into(),
             subnet_id: "subnet-1".into(),
-            primary_ip: "10.0.1.9".parse().unwrap(),
+            primary_ip: Some("10.0.1.9".parse().unwrap()),
             secondary_ips: Vec::new(),
             device_index: None,
             attachment_id: None,

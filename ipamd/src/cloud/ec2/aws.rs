@@ -132,7 +132,11 @@ fn parse_prefix(op: &'static str, s: Option<&str>) -> Result<Ipv4Net, Ec2Error> 
 }
 
 fn convert(op: &'static str, ni: &aws_sdk_ec2::types::NetworkInterface) -> Result<Ec2Eni, Ec2Error> {
-    let primary_ip = parse_ip(op, ni.private_ip_address())?;
+    // No address at all is an interface without IPv4 (EFA-only, IPv6-only), not a bad answer.
+    let primary_ip = match ni.private_ip_address() {
+        None | Some("") => None,
+        some => Some(parse_ip(op, some)?),
+    };
     let mut secondary_ips = Vec::new();
     for p in ni.private_ip_addresses() {
         if p.primary() != Some(true) {

@@ -47,7 +47,7 @@ impl FakeEc2 {
         let primary = Ec2Eni {
             id: PRIMARY_ENI.into(),
             subnet_id: SUBNET.into(),
-            primary_ip: Ipv4Addr::new(10, 0, 0, 10),
+            primary_ip: Some(Ipv4Addr::new(10, 0, 0, 10)),
             secondary_ips: Vec::new(),
             prefixes: Vec::new(),
             device_index: Some(0),
@@ -71,6 +71,26 @@ impl FakeEc2 {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attaches an ENI ipamd did not create at `device`; with `ipv4 = false` one without any private IPv4 address
+    /// (an EFA-only interface, an IPv6-only ENI).
+    pub fn attach_foreign(&self, id: &str, device: u32, ipv4: bool) {
+        let mut s = self.lock();
+        let primary_ip = ipv4.then(|| s.ips(1)[0]);
+        s.enis.push(Ec2Eni {
+            id: id.into(),
+            subnet_id: SUBNET.into(),
+            primary_ip,
+            secondary_ips: Vec::new(),
+            prefixes: Vec::new(),
+            device_index: Some(device),
+            attachment_id: Some(format!("attach-{id}")),
+            delete_on_termination: Some(false),
+            status: "in-use".into(),
+            security_groups: Vec::new(),
+            tags: BTreeMap::new(),
+        });
     }
 
     /// Makes `op` (e.g. `AssignPrivateIpAddresses:prefix`) fail with `code` until healed.
@@ -162,7 +182,7 @@ impl Ec2Api for FakeEc2 {
         let eni = Ec2Eni {
             id,
             subnet_id: new.subnet_id.clone(),
-            primary_ip,
+            primary_ip: Some(primary_ip),
             secondary_ips: s.ips(new.ip_count),
             prefixes: s.prefixes(new.prefix_count),
             device_index: None,
@@ -281,8 +301,9 @@ impl Metadata for FakeEc2Imds {
         match key {
             "interface-id" => Ok(e.id.clone()),
             "device-number" => Ok(e.device_index.unwrap_or(0).to_string()),
-            "local-ipv4s" => Ok(lines(
-                std::iter::once(e.primary_ip).chain(e.secondary_ips.iter().copied()).map(|i| i.to_string()).collect(),
+            // Absent on an interface without IPv4, as in EC2's IMDS.
+            "local-ipv4s" if e.primary_ip.is_some() => Ok(lines(
+                e.primary_ip.into_iter().chain(e.secondary_ips.iter().copied()).map(|i| i.to_string()).collect(),
             )),
             "ipv4-prefix" if !e.prefixes.is_empty() => Ok(lines(e.prefixes.iter().map(ToString::to_string).collect())),
             "subnet-id" => Ok(SUBNET.into()),

@@ -31,7 +31,9 @@ pub trait CallMeter: Send + Sync + 'static {
 pub struct Ec2Eni {
     pub id: String,
     pub subnet_id: String,
-    pub primary_ip: Ipv4Addr,
+    /// `None` on an ENI with no private IPv4 address (an EFA-only interface, an IPv6-only ENI a user
+    /// attached): ipamd never manages one, it only counts its attachment slot.
+    pub primary_ip: Option<Ipv4Addr>,
     pub secondary_ips: Vec<Ipv4Addr>,
     /// Delegated /28 prefixes (prefix mode).
     pub prefixes: Vec<Ipv4Net>,
