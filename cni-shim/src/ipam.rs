@@ -15,6 +15,23 @@ pub struct Ipam {
     client: IpamClient<Channel>,
 }
 
+/// A DelNetwork that did not go through.
+#[derive(Debug)]
+pub enum DelFailure {
+    /// No answer (the connection failed, timed out or was cut): ipamd may be down.
+    Unreachable(CniError),
+    /// ipamd answered with an error: it is up and still holds what it held.
+    Answered(CniError),
+}
+
+impl std::fmt::Display for DelFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(e) | Self::Answered(e) => e.fmt(f),
+        }
+    }
+}
+
 fn status_error(what: &str, s: tonic::Status) -> CniError {
     let code = match s.code() {
         G::Unavailable | G::ResourceExhausted | G::DeadlineExceeded | G::Cancelled | G::Unknown => Code::TryAgainLater,
@@ -60,9 +77,14 @@ impl Ipam {
         self.client.add_network(req).await.map(tonic::Response::into_inner).map_err(|s| status_error("AddNetwork", s))
     }
 
-    pub async fn del(&mut self, key: pb::AllocationKey) -> Result<pb::DelNetworkReply, CniError> {
+    pub async fn del(&mut self, key: pb::AllocationKey) -> Result<pb::DelNetworkReply, DelFailure> {
         let req = pb::DelNetworkRequest { key: Some(key) };
-        self.client.del_network(req).await.map(tonic::Response::into_inner).map_err(|s| status_error("DelNetwork", s))
+        self.client.del_network(req).await.map(tonic::Response::into_inner).map_err(|s| {
+            // Unknown is what a connection cut mid-call (ipamd killed) comes back as; ipamd's own answers are typed.
+            let reached = !matches!(s.code(), G::Unavailable | G::DeadlineExceeded | G::Cancelled | G::Unknown);
+            let e = status_error("DelNetwork", s);
+            if reached { DelFailure::Answered(e) } else { DelFailure::Unreachable(e) }
+        })
     }
 
     pub async fn check(&mut self, key: pb::AllocationKey) -> Result<pb::CheckNetworkReply, CniError> {

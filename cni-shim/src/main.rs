@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use vpc_cni_proto::v1 as pb;
 
 use cni::{CniError, Code, Command, Env, NetConf};
-use ipam::Ipam;
+use ipam::{DelFailure, Ipam};
 use log::{Log, Phases};
 use wiring::PodSpec;
 
@@ -220,7 +220,13 @@ async fn del(
                 log.info("ipamd holds no allocation for this attachment: already deleted");
                 return Ok(Value::Null);
             }
-            Err(e) => Err(format!("ipamd DelNetwork: {e}")),
+            // ipamd answered: it still knows whose the IP is, so nothing is torn down from prevResult (the IP may
+            // be a newer pod's); the runtime retries the DEL.
+            Err(DelFailure::Answered(e)) => {
+                log.error(&format!("ipamd refused the DEL, nothing torn down: {e}"));
+                return Err(e);
+            }
+            Err(DelFailure::Unreachable(e)) => Err(format!("ipamd DelNetwork: {e}")),
         },
         Err(e) => Err(e.to_string()),
     };
@@ -245,7 +251,11 @@ async fn del(
         }
     };
     phases.mark("ipamd");
-    for e in wiring::del(nl, ip, host_veth).await {
+    let done = wiring::del(nl, ip, host_veth).await;
+    if let (Some(ip), Some(link)) = (ip, done.held_by) {
+        log.info(&format!("{ip} is routed to link {link}, a newer pod's: its rules are left alone"));
+    }
+    for e in done.errors {
         log.error(&format!("teardown: {e}"));
     }
     phases.mark("rules+route");

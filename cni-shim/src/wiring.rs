@@ -101,7 +101,7 @@ pub async fn add(nl: &Netlink, spec: &PodSpec, phases: &mut Phases) -> Result<Ad
             Ok(r)
         }
         Err(e) => {
-            let mut leftovers = del(nl, Some(spec.ip), &spec.host_veth).await;
+            let mut leftovers = del(nl, Some(spec.ip), &spec.host_veth).await.errors;
             // This ADD made the veth: it goes too (the pod end with it).
             match nl.link_by_name(&spec.host_veth).await {
                 Ok(Some(l)) => leftovers.extend(nl.del_link(l.index).await.err()),
@@ -171,15 +171,42 @@ async fn wire(nl: &Netlink, spec: &PodSpec) -> Result<AddResult, CniError> {
 /// The host veth's name depends only on the pod's namespace/name, so a late DEL of an old sandbox finds the
 /// veth of the pod's new sandbox under the same name: only the route `ip/32` through that veth is removed, and
 /// a newer sandbox's route carries another IP, so it is left alone.
-pub async fn del(nl: &Netlink, ip: Option<Ipv4Addr>, host_veth: &str) -> Vec<HostNetError> {
-    let Some(ip) = ip else { return Vec::new() };
+/// What a teardown did.
+#[derive(Debug, Default)]
+pub struct Teardown {
+    pub errors: Vec<HostNetError>,
+    /// The IP's host route goes to another link (this link index): the IP is a newer pod's now, and its
+    /// rules, which look the same as this sandbox's were, are left alone.
+    pub held_by: Option<u32>,
+}
+
+/// Removes the host side of `ip`'s wiring for the sandbox whose host veth is `host_veth`: its host route, and the
+/// `to`/`from` rules of the IP unless another link holds the IP's host route. Goes on past errors.
+pub async fn del(nl: &Netlink, ip: Option<Ipv4Addr>, host_veth: &str) -> Teardown {
+    let Some(ip) = ip else { return Teardown::default() };
+    let mine = match nl.link_by_name(host_veth).await {
+        Ok(l) => l.map(|l| l.index),
+        Err(e) => return Teardown { errors: vec![e], held_by: None },
+    };
+    // A late or repeated DEL may name an IP ipamd has handed to a newer pod since: its host route then goes to
+    // that pod's veth, and the rules by IP are that pod's.
+    match nl.routes(MAIN_TABLE).await {
+        Ok(routes) => {
+            if let Some(other) =
+                routes.iter().filter(|r| r.dst == host(ip)).find_map(|r| r.oif.filter(|o| Some(*o) != mine))
+            {
+                return Teardown { errors: Vec::new(), held_by: Some(other) };
+            }
+        }
+        Err(e) => return Teardown { errors: vec![e], held_by: None },
+    }
     let mut errors = Vec::new();
     let to_pod = Rule { table: 0, ..to_pod_rule(ip) };
     // Table 0 matches any table: the egress rules of a secondary-ENI pod (one per VPC or excluded CIDR).
     let from_pod = Rule { priority: FROM_POD_RULE_PRIORITY, src: Some(host(ip)), dst: None, fwmark: None, table: 0 };
     let route = async {
-        match nl.link_by_name(host_veth).await? {
-            Some(l) => nl.del_route_if_present(&host_route(ip, l.index)).await,
+        match mine {
+            Some(index) => nl.del_route_if_present(&host_route(ip, index)).await,
             None => Ok(false),
         }
     };
@@ -196,7 +223,7 @@ pub async fn del(nl: &Netlink, ip: Option<Ipv4Addr>, host_veth: &str) -> Vec<Hos
     errors.extend(r.err());
     errors.extend(t.err());
     errors.extend(f.err());
-    errors
+    Teardown { errors, held_by: None }
 }
 
 /// More egress rules than any pod gets (VPC CIDRs + SNAT-excluded CIDRs): bounds the delete loop.

@@ -139,6 +139,10 @@ impl pb::ipam_server::Ipam for IpamService {
 
     async fn del_network(&self, req: Request<pb::DelNetworkRequest>) -> Result<Response<pb::DelNetworkReply>, Status> {
         let started = std::time::Instant::now();
+        // Debug builds only: the plugin tests make ipamd answer a DEL with an error.
+        if let Some(message) = crate::tasks::fault::error("del") {
+            return Err(Status::internal(message));
+        }
         let result = self.del(req).await;
         self.telemetry.pod_request("del", outcome(&result), started.elapsed());
         result

@@ -1,7 +1,8 @@
 //! Failing a named task on demand, for the supervision tests — in debug builds only: a release build (what ships)
 //! compiles none of it. With IPAMD_TEST_FAULT_FILE set, each supervised task looks at that file every 20 ms; a
 //! line `<task>=panic` or `<task>=exit` makes that task panic or return; `<loop>=stall` stops a loop at its
-//! [`stall_point`] (its heartbeat then lapses); `<point>=delay:<ms>` slows a named point of a request.
+//! [`stall_point`] (its heartbeat then lapses); `<point>=delay:<ms>` slows a named point of a request and
+//! `<point>=error:<message>` makes it answer an error.
 
 use std::future::Future;
 use std::time::Duration;
@@ -63,6 +64,19 @@ pub async fn stall_point(name: &str) {
     }
     #[cfg(not(debug_assertions))]
     let _ = name;
+}
+
+/// The error the request point `point` answers with (`None`: none; always `None` in release builds).
+pub fn error(point: &str) -> Option<String> {
+    #[cfg(debug_assertions)]
+    {
+        line_for(point)?.strip_prefix("error:").map(str::to_string)
+    }
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = point;
+        None
+    }
 }
 
 /// How long to hold up the request point `point` (`None`: not at all; always `None` in release builds).

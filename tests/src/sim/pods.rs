@@ -184,6 +184,22 @@ impl Pod {
         Ok(())
     }
 
+    /// DEL again, as a runtime retries the DEL of a sandbox whose first DEL went through: `prev` is the
+    /// prevResult, the pod's namespace and cache stay as they are. With `socket`, the plugin is told that ipamd
+    /// listens there (a path nobody serves: ipamd unreachable).
+    pub fn repeat_del(&self, prev: &Value, socket: Option<&std::path::Path>) -> Result<(), PodError> {
+        let mut list = self.conflist()?;
+        if let (Some(socket), Some(plugins)) = (socket, list["plugins"].as_array_mut()) {
+            for p in plugins.iter_mut().filter(|p| p["type"] == "vpc-cni") {
+                p["ipamdSocket"] = Value::String(socket.display().to_string());
+            }
+        }
+        for plugin in list["plugins"].as_array().cloned().unwrap_or_default().iter().rev() {
+            self.exec_plugin("DEL", plugin, &list, Some(prev), "")?;
+        }
+        Ok(())
+    }
+
     /// Runs a command inside the pod.
     pub fn exec(&self, argv: &[String]) -> Result<std::process::ExitStatus, PodError> {
         let ns = self.netns()?;
