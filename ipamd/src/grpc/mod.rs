@@ -57,16 +57,25 @@ impl PeerPolicy {
     }
 }
 
-/// Binds the socket, file mode 0600. A missing parent directory is created 0700; an existing one is left as
-/// it is (IPAMD_SOCKET=/tmp/x.sock must not close /tmp). A socket left by an earlier run is replaced; anything
-/// else at the path (a file, a symlink) is refused, not deleted.
+/// Binds the socket, born 0600 (no moment in which another user could connect). Its directory is 0700
+/// whoever made it: created so when missing, made so when it is ipamd's own (kubelet's hostPath
+/// DirectoryOrCreate makes it 0755); only a directory shared with everyone (world-writable, like /tmp for
+/// IPAMD_SOCKET=/tmp/x.sock) is left as it is. A socket left by an earlier run is replaced; anything else at the
+/// path (a file, a symlink) is refused, not deleted.
 pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
     let err = |source| ServeError::Socket { path: path.to_path_buf(), source };
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+    if let Some(dir) = path.parent() {
+        match std::fs::symlink_metadata(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+            }
+            Err(e) => return Err(err(e)),
+            Ok(m) if m.is_dir() && m.permissions().mode() & 0o002 == 0 && m.permissions().mode() & 0o777 != 0o700 => {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+            }
+            Ok(_) => {}
+        }
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(err)?,
@@ -79,7 +88,12 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
     }
-    let listener = UnixListener::bind(path).map_err(err)?;
+    // The socket takes its mode from the umask at bind. The umask is the process's: a file another thread
+    // creates meanwhile is born private too, which is harmless.
+    let before = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(before);
+    let listener = bound.map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     Ok(listener)
 }
@@ -134,12 +148,19 @@ mod tests {
         // The socket of an earlier run is replaced.
         let _l = bind(&path).unwrap();
         assert_eq!(mode(&path), 0o600);
-        // An existing directory keeps its mode.
+        // A directory someone else made 0755 (kubelet's hostPath) is made private; one shared with everyone
+        // (world-writable and sticky, like /tmp) is left as it is.
+        let hostpath = dir.path().join("aws-node");
+        std::fs::create_dir(&hostpath).unwrap();
+        std::fs::set_permissions(&hostpath, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _h = bind(&hostpath.join("ipamd.sock")).unwrap();
+        assert_eq!(mode(&hostpath), 0o700);
         let shared = dir.path().join("shared");
         std::fs::create_dir(&shared).unwrap();
-        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
         let _s = bind(&shared.join("ipamd.sock")).unwrap();
-        assert_eq!(mode(&shared), 0o755);
+        assert_eq!(std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777, 0o1777);
+        assert_eq!(mode(&shared.join("ipamd.sock")), 0o600);
         // A regular file or a symlink at the path is refused and left in place.
         let file = shared.join("data");
         std::fs::write(&file, b"precious").unwrap();

@@ -166,7 +166,14 @@ impl Store {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = self.path.with_extension("json.tmp");
         let bytes = encode(parts);
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        // 0600: it names every pod of the node. A temp file an older version left (0644) is made private too.
+        let mut f = {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp);
+            let f = f.map_err(io)?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+            f
+        };
         f.write_all(&bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)?;
@@ -236,9 +243,15 @@ mod tests {
             },
         );
         cp.cooling.insert("10.0.1.10".parse().unwrap(), 99);
+        // A temp file a crashed older version left world-readable.
+        std::fs::write(dir.path().join("ipam.json.tmp"), b"{").unwrap();
+        let everyone = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+        std::fs::set_permissions(dir.path().join("ipam.json.tmp"), everyone).unwrap();
         store.save(&cp).unwrap();
         assert_eq!(store.load().unwrap(), cp);
         assert!(!dir.path().join("ipam.json.tmp").exists());
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(store.path()).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "ipam.json names every pod: private");
         let text = std::fs::read_to_string(store.path()).unwrap();
         assert!(text.contains("\"version\":1") && text.contains("\"container_id\":\"abc\""), "{text}");
     }
