@@ -119,8 +119,12 @@ pub struct EniNet {
 /// The policy-routing table of the ENI at `device_number`: main (254) for the primary ENI (device 0), device
 /// number + 1 for the others (aws-vpc-cni's numbering). ipamd wires ENIs and answers the plugin with it.
 pub fn eni_route_table(device_number: u32) -> u32 {
-    if device_number == 0 { MAIN_TABLE } else { device_number + 1 }
+    if device_number == 0 { MAIN_TABLE } else { device_number.saturating_add(1) }
 }
+
+/// The highest device number whose table ([`eni_route_table`]) stays clear of the kernel's own tables (253
+/// default, 254 main, 255 local). An ENI attached beyond it is not one ipamd can route.
+pub const MAX_DEVICE_NUMBER: u32 = 251;
 
 impl EniNet {
     pub fn table(&self) -> u32 {

@@ -77,7 +77,8 @@ fn raw_plugin(node_ns: &str, env: &[(&str, &str)], stdin: &str) -> (bool, Value)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root + netns"]
 async fn pods_get_vpc_addresses_reach_each_other_and_leave_nothing_behind() {
-    let sim = SimProc::start("vp", 2, &[]);
+    // A short cooldown: GC (below) releases only allocations older than it.
+    let sim = SimProc::start("vp", 2, &["IP_COOLDOWN_PERIOD=2"]);
     let rec = sim.record();
     let ec2 = localstack::ec2_client();
 
@@ -204,14 +205,23 @@ async fn pods_get_vpc_addresses_reach_each_other_and_leave_nothing_behind() {
     let left: Vec<Pod> =
         (0..6).map(|i| pod(&sim, 0, &format!("p{i}"))).filter(|p| p.netns().is_ok_and(|n| netns::exists(&n))).collect();
     assert_eq!(allocations(&socket0).await, left.len());
+    // A pod whose ADD lands just after the runtime listed its attachments: younger than the cooldown, it stays.
+    let young = pod(&sim, 0, "young");
+    add_retrying(&young);
     let mut gc = one.clone();
     gc["cni.dev/valid-attachments"] =
         left[1..].iter().map(|p| serde_json::json!({"containerID": p.container_id(), "ifname": "eth0"})).collect();
     let (ok, out) = raw_plugin(&node0, &[("CNI_COMMAND", "GC")], &gc.to_string());
     assert!(ok, "{out}");
-    assert_eq!(allocations(&socket0).await, left.len() - 1, "GC released the one attachment not listed");
+    assert_eq!(
+        allocations(&socket0).await,
+        left.len(),
+        "GC released the one old attachment not listed, not the young one"
+    );
     let (ok, out) = raw_plugin(&node0, &[("CNI_COMMAND", "GC")], &one.to_string());
     assert!(!ok && out["code"] == 7, "GC without cni.dev/valid-attachments must not release everything: {out}");
+    assert_eq!(allocations(&socket0).await, left.len());
+    young.del(false).unwrap();
     assert_eq!(allocations(&socket0).await, left.len() - 1);
 
     // A pod recreated under the same name (a StatefulSet pod) gets a new sandbox; the runtime's DEL for the old

@@ -174,7 +174,16 @@ pub async fn interfaces(md: &impl Metadata) -> Result<BTreeMap<String, MacInfo>,
         let prefix_path = format!("{base}/ipv4-prefix");
         // Absent (404) on an ENI without prefixes; any other failure fails the read rather than hiding prefixes.
         let prefixes = match md.get(&prefix_path).await {
-            Ok(text) => lines(&text).map(|l| parse(&prefix_path, l)).collect::<Result<_, _>>()?,
+            Ok(text) => {
+                let all: BTreeSet<Ipv4Net> = lines(&text).map(|l| parse(&prefix_path, l)).collect::<Result<_, _>>()?;
+                // /28s only, as EC2 delegates: anything else is named and left out.
+                let (ok, odd): (BTreeSet<Ipv4Net>, BTreeSet<Ipv4Net>) =
+                    all.into_iter().partition(|p| p.prefix_len() == crate::cloud::ec2::PREFIX_LEN);
+                if !odd.is_empty() {
+                    tracing::warn!(eni = %eni_id, prefixes = ?odd, "IMDS lists prefixes that are not /28s: ignored");
+                }
+                ok
+            }
             Err(ImdsError::NotFound { .. }) => BTreeSet::new(),
             Err(e) => return Err(e),
         };
@@ -235,6 +244,16 @@ mod tests {
         let ifs = interfaces(&md).await.unwrap();
         assert_eq!(ifs["eni-prim"].mac, "02:aa:bb:cc:dd:00");
         assert_eq!(ifs["eni-prim"].ips, BTreeSet::from([Ipv4Addr::new(10, 0, 1, 4)]));
+    }
+
+    /// Only /28s are delegated prefixes: a /16 listed there is left out, never expanded address by address.
+    #[tokio::test]
+    async fn only_28_prefixes_are_taken() {
+        let mut md = fake::node();
+        let at = "network/interfaces/macs/02:aa:bb:cc:dd:00/ipv4-prefix";
+        md.0.insert(at.into(), "10.0.0.0/16\n10.0.1.16/28\n10.0.1.0/27".into());
+        let ifs = interfaces(&md).await.unwrap();
+        assert_eq!(ifs["eni-prim"].prefixes, BTreeSet::from(["10.0.1.16/28".parse().unwrap()]));
     }
 
     #[tokio::test]

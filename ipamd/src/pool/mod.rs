@@ -305,12 +305,16 @@ impl Actor {
                 let _ = reply.send(found);
             }
             Command::Gc { network_name, valid, reply } => {
+                // Nothing younger than the cooldown: the runtime's list may predate an ADD still in flight.
+                let young_after = now_ms() - self.cooldown_ms();
                 let stale: Vec<AllocKey> = self
                     .ds
                     .allocations
-                    .keys()
-                    .filter(|k| k.network_name == network_name && !valid.contains(k))
-                    .cloned()
+                    .iter()
+                    .filter(|(k, a)| {
+                        k.network_name == network_name && !valid.contains(k) && a.allocated_unix * 1000 <= young_after
+                    })
+                    .map(|(k, _)| k.clone())
                     .collect();
                 // All or nothing, with one checkpoint write.
                 for k in stale {

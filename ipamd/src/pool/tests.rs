@@ -134,3 +134,37 @@ async fn an_add_kicks_the_reconciler_only_when_the_pool_falls_below_its_targets(
     pool.add(key("c2"), "default".into(), "p2".into(), String::new()).await.unwrap();
     assert!(kicked().await.is_ok(), "the last free IP went: the reconciler is woken");
 }
+
+/// The runtime's GC lists the attachments it knows; an ADD still in flight when it made the list is not on it.
+/// GC releases what is missing from the list only once it is older than the cooldown.
+#[tokio::test]
+async fn gc_releases_only_allocations_older_than_the_cooldown() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let mut cp = Checkpoint::default();
+    // c-old was allocated a minute ago (restored from the checkpoint); c-keep is listed; c-new is brand new.
+    let minute_ago = now_ms() / 1000 - 60;
+    for (c, ip) in [("c-old", "10.0.1.10"), ("c-keep", "10.0.1.11")] {
+        let a = Allocation {
+            ip: ip.parse().unwrap(),
+            eni_id: "eni-a".into(),
+            pod_namespace: "default".into(),
+            pod_name: c.into(),
+            pod_uid: String::new(),
+            allocated_unix: minute_ago,
+        };
+        cp.allocations.insert(key(c), a);
+    }
+    cp.enis = vec![ObservedEni {
+        secondary_ips: vec!["10.0.1.10".parse().unwrap(), "10.0.1.11".parse().unwrap(), "10.0.1.12".parse().unwrap()],
+        ..eni()
+    }];
+    let pool = spawn_unsupervised(settings(), store, cp);
+    pool.reconciled(None).await.unwrap();
+    pool.add(key("c-new"), "default".into(), "new".into(), String::new()).await.unwrap();
+    let released = pool.gc("aws-cni".into(), vec![key("c-keep")]).await.unwrap();
+    assert_eq!(released.iter().map(|(k, _)| k.container_id.as_str()).collect::<Vec<_>>(), ["c-old"]);
+    let left: Vec<String> =
+        pool.snapshot().await.unwrap().ds.allocations.keys().map(|k| k.container_id.clone()).collect();
+    assert_eq!(left, ["c-keep", "c-new"], "the listed one and the one younger than the cooldown stay");
+}

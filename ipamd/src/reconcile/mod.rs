@@ -309,6 +309,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
     /// trunk, an EFA or EFA-only interface, one a user attached, an IPv6-only ENI) is left alone.
     fn managed(&self, eni: &Ec2Eni) -> bool {
         eni.primary_ip.is_some()
+            && eni.device_index.is_none_or(|d| d <= datapath::MAX_DEVICE_NUMBER)
             && (eni.id == self.node.primary_eni_id
                 || (eni.tags.get(TAG_INSTANCE_ID) == Some(&self.node.instance_id)
                     && eni.tags.get(TAG_NO_MANAGE).is_none_or(|v| !v.eq_ignore_ascii_case("true"))))
@@ -336,6 +337,11 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             if self.foreign.insert(e.id.clone()) {
                 let why = if e.primary_ip.is_none() {
                     "no private IPv4 address (an EFA-only or IPv6-only interface)".to_string()
+                } else if e.device_index.is_some_and(|d| d > datapath::MAX_DEVICE_NUMBER) {
+                    format!(
+                        "device index beyond {} (its route table would be the kernel's)",
+                        datapath::MAX_DEVICE_NUMBER
+                    )
                 } else {
                     format!("not created by this ipamd or tagged {TAG_NO_MANAGE}=true")
                 };
@@ -463,7 +469,11 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             out.push(ObservedEni {
                 id: e.id.clone(),
                 mac: mac.map(|m| m.mac.clone()).unwrap_or_default(),
-                device_number: e.device_index.or(mac.map(|m| m.device_number)).unwrap_or(0),
+                // Bounded: a number from IMDS alone is used only within what ipamd can route (see `managed`).
+                device_number: e
+                    .device_index
+                    .or(mac.map(|m| m.device_number).filter(|d| *d <= datapath::MAX_DEVICE_NUMBER))
+                    .unwrap_or(0),
                 subnet_id: e.subnet_id.clone(),
                 subnet_cidr,
                 primary_ip,

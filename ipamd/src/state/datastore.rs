@@ -79,10 +79,13 @@ impl Eni {
     }
 }
 
-/// Every address of `net` (all 16 of a /28 serve pods: EC2 reserves nothing inside a delegated prefix).
+pub use crate::cloud::ec2::PREFIX_LEN;
+
+/// Every address of `net` (all 16 of a /28 serve pods: EC2 reserves nothing inside a delegated prefix). Only a
+/// /28 is expanded: anything else yields nothing (the boundaries refuse them; this is the last guard).
 pub fn prefix_addresses(net: &Ipv4Net) -> impl Iterator<Item = Ipv4Addr> + use<> {
     let base = u32::from(net.network());
-    let size = 1u64 << (32 - u32::from(net.prefix_len()));
+    let size = if net.prefix_len() == PREFIX_LEN { 1u64 << (32 - u32::from(PREFIX_LEN)) } else { 0 };
     (0..size).map(move |k| Ipv4Addr::from(base.wrapping_add(k as u32)))
 }
 
@@ -457,6 +460,12 @@ mod tests {
         let mut ds = Datastore::default();
         ds.observe(vec![eni("eni-a", 0, &["10.0.1.10", "10.0.1.11"]), eni("eni-b", 1, &["10.0.1.20"])], "eni-a", 0);
         ds
+    }
+
+    #[test]
+    fn only_a_28_is_expanded() {
+        assert_eq!(prefix_addresses(&"10.0.1.16/28".parse().unwrap()).count(), 16);
+        assert_eq!(prefix_addresses(&"10.0.0.0/8".parse().unwrap()).count(), 0, "not 16 million addresses");
     }
 
     #[test]

@@ -147,7 +147,14 @@ fn convert(op: &'static str, ni: &aws_sdk_ec2::types::NetworkInterface) -> Resul
     let mut prefixes = Vec::new();
     for p in ni.ipv4_prefixes() {
         let text = p.ipv4_prefix().unwrap_or_default();
-        prefixes.push(text.parse().map_err(|_| Ec2Error::bad_response(op, format!("not an IPv4 prefix: {text:?}")))?);
+        let net: Ipv4Net =
+            text.parse().map_err(|_| Ec2Error::bad_response(op, format!("not an IPv4 prefix: {text:?}")))?;
+        // EC2 delegates /28s only; anything else would be expanded address by address (a /8: 16 million).
+        if net.prefix_len() == super::PREFIX_LEN {
+            prefixes.push(net);
+        } else {
+            tracing::warn!(eni = ni.network_interface_id().unwrap_or_default(), prefix = %net, "not a /28: ignored");
+        }
     }
     prefixes.sort();
     let att = ni.attachment();

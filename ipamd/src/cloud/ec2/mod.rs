@@ -47,6 +47,9 @@ pub struct Ec2Eni {
     pub tags: BTreeMap<String, String>,
 }
 
+/// The length of a delegated IPv4 prefix: EC2 delegates /28s only, and nothing else is ever expanded.
+pub const PREFIX_LEN: u8 = 28;
+
 /// A subnet as ipamd needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subnet {
