@@ -8,3 +8,9 @@ pub mod v1 {
 }
 
 pub mod uds;
+
+/// The gRPC health service name that answers liveness: SERVING while the process and its loops are alive,
+/// whether or not the pool can serve pods yet (that is the readiness answer, service ""). A node whose
+/// first reconcile cannot complete (a missing IAM permission) is then unready and visible, not restarted in a
+/// loop.
+pub const LIVENESS_SERVICE: &str = "vpccni.v1.Liveness";

@@ -170,3 +170,49 @@ async fn delete_on_termination_is_set_on_a_later_pass() {
     ipamd.terminate().await;
     node.cleanup().await;
 }
+
+/// `vpcctl health [--live]` against ipamd's socket: (exit status, what it printed).
+fn vpcctl_health(ipamd: &vpc_sim::ipamd_proc::Ipamd, live: bool) -> (bool, String) {
+    let mut cmd = std::process::Command::new(vpc_sim::ipamd_proc::sibling_binary("vpcctl"));
+    cmd.arg("--socket").arg(&ipamd.socket).arg("health");
+    if live {
+        cmd.arg("--live");
+    }
+    let out = cmd.output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A node whose first reconcile cannot complete (DescribeNetworkInterfaces refused: a missing IAM permission)
+/// is alive and unready: the liveness probe passes, so the kubelet does not restart it in a loop, the readiness
+/// probe fails, and status says why. Once the permission is there it turns SERVING without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_iam_permission_leaves_ipamd_alive_and_unready() {
+    // What the DaemonSet's probes run: liveness is not readiness.
+    let ds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset.yaml");
+    let ds: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(ds).unwrap()).unwrap();
+    let probe = |kind: &str| -> Vec<String> {
+        let containers = ds["spec"]["template"]["spec"]["containers"].as_sequence().expect("containers");
+        let c = containers.iter().find(|c| !c[kind].is_null()).unwrap_or_else(|| panic!("no {kind}"));
+        serde_yaml::from_value(c[kind]["exec"]["command"].clone()).expect("exec command")
+    };
+    assert_eq!(probe("readinessProbe"), ["/usr/local/bin/vpcctl", "health"]);
+    assert_eq!(probe("livenessProbe"), ["/usr/local/bin/vpcctl", "health", "--live"]);
+
+    let node = NodeFixture::new("iam-live", "m5.large").await;
+    let proxy = Ec2FaultProxy::to_localstack().await.unwrap();
+    proxy.fail("DescribeNetworkInterfaces", 403, "UnauthorizedOperation", "not authorized (test)");
+    let mut ipamd = node.spawn_ipamd(&[("AWS_ENDPOINT_URL_EC2", &proxy.endpoint)]);
+    eventually(SERVING_TIMEOUT, "status naming the refused permission", || async {
+        try_status(&ipamd).await.filter(|s| s.last_error.contains("UnauthorizedOperation"))
+    })
+    .await;
+    assert_eq!(vpcctl_health(&ipamd, true), (true, "ALIVE".to_string()), "liveness");
+    assert_eq!(vpcctl_health(&ipamd, false), (false, "NOT_SERVING".to_string()), "readiness");
+    let pid = ipamd.pid();
+    proxy.heal("DescribeNetworkInterfaces");
+    ipamd.wait_serving(SERVING_TIMEOUT).await.expect("SERVING once the permission is there");
+    assert_eq!(ipamd.pid(), pid, "the same process: no restart");
+    assert_eq!(vpcctl_health(&ipamd, false), (true, "SERVING".to_string()), "readiness");
+    ipamd.terminate().await;
+    node.cleanup().await;
+}

@@ -1,8 +1,9 @@
 //! `vpcctl`: introspection CLI for ipamd over its Unix socket.
 //!
 //! `vpcctl [--socket PATH] [-o table|wide|json] <status|enis|pods|config|events|health>`;
-//! `health` exits 0 only when ipamd reports SERVING (usable as a Kubernetes exec probe), and says DEGRADED
-//! with the reason while ipamd serves from its last known pool.
+//! `health` exits 0 only when ipamd reports SERVING (the readiness probe), and says DEGRADED with the reason
+//! while ipamd serves from its last known pool; `health --live` exits 0 while ipamd's process and loops are
+//! alive, SERVING or not yet (the liveness probe: a node missing an IAM permission is unready, not restarted).
 //!
 //! `vpcctl max-pods …` runs `vpcctl-max-pods` (beside this binary, or on PATH), as git and kubectl run their
 //! plugins: it asks EC2 (DescribeInstanceTypes), and the AWS SDK stays out of this binary, which runs on every
@@ -50,8 +51,12 @@ enum Cmd {
     Config,
     /// Follow pool events.
     Events,
-    /// Exit 0 when ipamd is SERVING.
-    Health,
+    /// Exit 0 when ipamd is SERVING (readiness); with --live, when its process and loops are alive (liveness:
+    /// true before the first reconcile too, e.g. while an IAM permission is missing).
+    Health {
+        #[arg(long)]
+        live: bool,
+    },
     /// Max pods for an instance type, as EKS computes it (runs vpcctl-max-pods; `vpcctl max-pods --help`).
     #[command(disable_help_flag = true)]
     MaxPods {
@@ -107,9 +112,10 @@ async fn main() -> Result<()> {
         .with_context(|| format!("cannot reach ipamd at {}", cli.socket.display()))?;
     let wide = cli.output == Output::Wide;
     let as_json = cli.output == Output::Json;
-    if let Cmd::Health = cli.cmd {
+    if let Cmd::Health { live } = cli.cmd {
+        let service = if live { vpc_cni_proto::LIVENESS_SERVICE.to_string() } else { String::new() };
         let r = HealthClient::new(channel.clone())
-            .check(HealthCheckRequest { service: String::new() })
+            .check(HealthCheckRequest { service })
             .await
             .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?;
         let serving = r.into_inner().status == ServingStatus::Serving as i32;
@@ -121,7 +127,12 @@ async fn main() -> Result<()> {
         if as_json {
             println!("{}", json!({"serving": serving, "degraded": degraded}));
         } else {
-            let state = if serving { "SERVING" } else { "NOT_SERVING" };
+            let state = match (live, serving) {
+                (true, true) => "ALIVE",
+                (true, false) => "NOT_ALIVE",
+                (false, true) => "SERVING",
+                (false, false) => "NOT_SERVING",
+            };
             match degraded.as_str() {
                 "" => println!("{state}"),
                 why => println!("{state} (DEGRADED: {why})"),
@@ -321,7 +332,7 @@ async fn main() -> Result<()> {
                 }
             }
         }
-        Cmd::Health | Cmd::MaxPods { .. } => unreachable!("handled above"),
+        Cmd::Health { .. } | Cmd::MaxPods { .. } => unreachable!("handled above"),
     }
     Ok(())
 }

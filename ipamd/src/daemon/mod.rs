@@ -152,6 +152,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
+    // Alive from here until a task dies or the process stops (set_health NotServing below); the supervisor
+    // ends the process when a loop dies or stalls.
+    health.set_service_status(vpc_cni_proto::LIVENESS_SERVICE, ServingStatus::Serving).await;
     let policy = PeerPolicy { allowed_uids: cfg.ipamd_allowed_uids.0.clone() };
     let released = cfg.ipamd_host_network.then(|| {
         crate::node::ctjanitor::start(
@@ -291,10 +294,13 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// The status the kubelet's probe (service "") and the plugin's service report.
+/// The status the readiness probe (service "") and the plugin's service report; NotServing also ends liveness.
 async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
     for name in ["", IPAM_SERVICE] {
         health.set_service_status(name, status).await;
+    }
+    if status == ServingStatus::NotServing {
+        health.set_service_status(vpc_cni_proto::LIVENESS_SERVICE, status).await;
     }
 }
 
