@@ -59,11 +59,13 @@ pub(crate) fn pb_key(k: &AllocKey) -> pb::AllocationKey {
     }
 }
 
+/// The status a pool error answers with. Whatever passes is "try again later" for the plugin (CNI code 11):
+/// a checkpoint that could not be written (a full disk) is undone in memory and may well succeed on the next
+/// try, and a stopped pool is an ipamd on its way out, soon replaced.
 pub(crate) fn status(e: PoolError) -> Status {
     match e {
-        PoolError::NotReady => Status::unavailable(e.to_string()),
+        PoolError::NotReady | PoolError::Checkpoint(_) | PoolError::Stopped => Status::unavailable(e.to_string()),
         PoolError::Exhausted(_) | PoolError::AtLimit(..) => Status::resource_exhausted(e.to_string()),
-        PoolError::Checkpoint(_) | PoolError::Stopped => Status::internal(e.to_string()),
     }
 }
 
@@ -196,5 +198,22 @@ impl pb::ipam_server::Ipam for IpamService {
             s.stats.enis < l.max_enis as usize || s.ds.enis.values().any(|e| (e.ips.len() as u32) < l.ips_per_eni)
         });
         Ok(Response::new(pb::StatusReply { serving: s.serving, free_ips: s.stats.free as u32, can_grow }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk or an ipamd on its way out is "try again later" for the runtime (the plugin maps
+    /// UNAVAILABLE to CNI code 11), never a hard failure of the pod.
+    #[test]
+    fn passing_trouble_is_unavailable() {
+        let write = PoolError::Checkpoint("writing ipam.json: No space left on device".into());
+        let s = status(write);
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(s.message().contains("No space left"), "{}", s.message());
+        assert_eq!(status(PoolError::Stopped).code(), tonic::Code::Unavailable);
+        assert_eq!(status(PoolError::NotReady).code(), tonic::Code::Unavailable);
     }
 }
