@@ -85,8 +85,14 @@ impl SimProc {
 impl Drop for SimProc {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
+            // A sim killed outright cannot stop its nodes' ipamds: they would outlive the test.
+            let ipamds = SimRecord::load(self.state.path()).map(|r| r.pids).unwrap_or_default();
             let _ = self.child.kill();
             let _ = self.child.wait();
+            for pid in ipamds {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
             for ns in netns::list(&self.prefix) {
                 let _ = netns::delete(&ns);
             }
