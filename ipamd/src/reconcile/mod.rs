@@ -308,11 +308,22 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
     /// is not opted out with `no_manage=true`, and either way one with a private IPv4 address. Anything else (a
     /// trunk, an EFA or EFA-only interface, one a user attached, an IPv6-only ENI) is left alone.
     fn managed(&self, eni: &Ec2Eni) -> bool {
-        eni.primary_ip.is_some()
-            && eni.device_index.is_none_or(|d| d <= datapath::MAX_DEVICE_NUMBER)
-            && (eni.id == self.node.primary_eni_id
-                || (eni.tags.get(TAG_INSTANCE_ID) == Some(&self.node.instance_id)
-                    && eni.tags.get(TAG_NO_MANAGE).is_none_or(|v| !v.eq_ignore_ascii_case("true"))))
+        self.left_alone(eni).is_none()
+    }
+
+    /// Why ipamd leaves `eni` alone, or `None` when it manages it (see [`Self::managed`]).
+    fn left_alone(&self, eni: &Ec2Eni) -> Option<String> {
+        if eni.primary_ip.is_none() {
+            return Some("no private IPv4 address (an EFA-only or IPv6-only interface)".into());
+        }
+        if eni.device_index.is_some_and(|d| d > datapath::MAX_DEVICE_NUMBER) {
+            let max = datapath::MAX_DEVICE_NUMBER;
+            return Some(format!("device index beyond {max} (its route table would be the kernel's)"));
+        }
+        let ours = eni.id == self.node.primary_eni_id
+            || (eni.tags.get(TAG_INSTANCE_ID) == Some(&self.node.instance_id)
+                && eni.tags.get(TAG_NO_MANAGE).is_none_or(|v| !v.eq_ignore_ascii_case("true")));
+        (!ours).then(|| format!("not created by this ipamd or tagged {TAG_NO_MANAGE}=true"))
     }
 
     /// Reads the node's ENIs (IMDS every time, EC2 only when [`Ec2Sync::due`]), wires the host networking of
@@ -335,16 +346,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         let (mine, foreign): (Vec<Ec2Eni>, Vec<Ec2Eni>) = attached.iter().cloned().partition(|e| self.managed(e));
         for e in &foreign {
             if self.foreign.insert(e.id.clone()) {
-                let why = if e.primary_ip.is_none() {
-                    "no private IPv4 address (an EFA-only or IPv6-only interface)".to_string()
-                } else if e.device_index.is_some_and(|d| d > datapath::MAX_DEVICE_NUMBER) {
-                    format!(
-                        "device index beyond {} (its route table would be the kernel's)",
-                        datapath::MAX_DEVICE_NUMBER
-                    )
-                } else {
-                    format!("not created by this ipamd or tagged {TAG_NO_MANAGE}=true")
-                };
+                let why = self.left_alone(e).unwrap_or_default();
                 let what = format!("{} at device {:?}: {why}; left alone, its slot counted", e.id, e.device_index);
                 self.pool.emit("eni-ignored", what);
             }
