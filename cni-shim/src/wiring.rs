@@ -160,6 +160,15 @@ async fn wire(nl: &Netlink, spec: &PodSpec) -> Result<AddResult, CniError> {
     })
 }
 
+/// What a teardown did.
+#[derive(Debug, Default)]
+pub struct Teardown {
+    pub errors: Vec<HostNetError>,
+    /// The IP's host route goes to another link (this link index): the IP is a newer pod's now, and its
+    /// rules, which look the same as this sandbox's were, are left alone.
+    pub held_by: Option<u32>,
+}
+
 /// Removes the pod's rules and its host route, by exact match (no dump of the node's rules or routes, which
 /// grow with its pods). Missing pieces are fine; errors do not stop the rest and are all returned.
 ///
@@ -170,18 +179,8 @@ async fn wire(nl: &Netlink, spec: &PodSpec) -> Result<AddResult, CniError> {
 ///
 /// The host veth's name depends only on the pod's namespace/name, so a late DEL of an old sandbox finds the
 /// veth of the pod's new sandbox under the same name: only the route `ip/32` through that veth is removed, and
-/// a newer sandbox's route carries another IP, so it is left alone.
-/// What a teardown did.
-#[derive(Debug, Default)]
-pub struct Teardown {
-    pub errors: Vec<HostNetError>,
-    /// The IP's host route goes to another link (this link index): the IP is a newer pod's now, and its
-    /// rules, which look the same as this sandbox's were, are left alone.
-    pub held_by: Option<u32>,
-}
-
-/// Removes the host side of `ip`'s wiring for the sandbox whose host veth is `host_veth`: its host route, and the
-/// `to`/`from` rules of the IP unless another link holds the IP's host route. Goes on past errors.
+/// a newer sandbox's route carries another IP, so it is left alone. And when ipamd has handed the IP itself to a
+/// newer pod, the IP's host route goes to that pod's veth: its rules (the same as this sandbox's were) stay.
 pub async fn del(nl: &Netlink, ip: Option<Ipv4Addr>, host_veth: &str) -> Teardown {
     let Some(ip) = ip else { return Teardown::default() };
     let mine = match nl.link_by_name(host_veth).await {
@@ -190,11 +189,9 @@ pub async fn del(nl: &Netlink, ip: Option<Ipv4Addr>, host_veth: &str) -> Teardow
     };
     // A late or repeated DEL may name an IP ipamd has handed to a newer pod since: its host route then goes to
     // that pod's veth, and the rules by IP are that pod's.
-    match nl.routes(MAIN_TABLE).await {
-        Ok(routes) => {
-            if let Some(other) =
-                routes.iter().filter(|r| r.dst == host(ip)).find_map(|r| r.oif.filter(|o| Some(*o) != mine))
-            {
+    match nl.host_route_of(ip).await {
+        Ok(route) => {
+            if let Some(other) = route.and_then(|r| r.oif).filter(|o| Some(*o) != mine) {
                 return Teardown { errors: Vec::new(), held_by: Some(other) };
             }
         }

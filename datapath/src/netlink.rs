@@ -32,6 +32,8 @@ pub(crate) mod errno {
     pub const ESRCH: i32 = 3;
     pub const EEXIST: i32 = 17;
     pub const ENODEV: i32 = 19;
+    pub const ENETUNREACH: i32 = 101;
+    pub const EHOSTUNREACH: i32 = 113;
 }
 
 /// The errno a netlink request failed with, if the kernel answered with one.
@@ -88,7 +90,7 @@ impl Netlink {
         b.build()
     }
 
-    fn parse_route(m: &RouteMessage) -> Option<Route> {
+    pub(crate) fn parse_route(m: &RouteMessage) -> Option<Route> {
         if m.header.address_family != AddressFamily::Inet || m.header.kind != RouteType::Unicast {
             return None;
         }

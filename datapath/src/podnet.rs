@@ -1,6 +1,6 @@
 //! The netlink operations the CNI plugin needs beyond ipamd's own (one typed method each): a veth pair created
-//! with its peer directly in the pod namespace in one RTM_NEWLINK, links by name, link deletion, and
-//! permanent neighbour entries.
+//! with its peer directly in the pod namespace in one RTM_NEWLINK, links by name, link deletion, permanent
+//! neighbour entries, and the host route of one address by a single FIB lookup.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -8,10 +8,11 @@ use std::os::fd::AsRawFd;
 use futures::TryStreamExt;
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
-use rtnetlink::{LinkMessageBuilder, LinkUnspec};
+use netlink_packet_route::route::RouteFlags;
+use rtnetlink::{LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use super::netlink::{Netlink, errno, errno_of, mac_string, nl};
-use super::{HostNetError, Link, Route, Rule};
+use super::{HostNetError, Link, MAIN_TABLE, Route, Rule};
 
 /// A neighbour entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +88,21 @@ impl Netlink {
             Ok(()) => Ok(true),
             Err(e) if matches!(errno_of(&e), Some(errno::ESRCH | errno::ENOENT)) => Ok(false),
             Err(e) => Err(nl("RTM_DELROUTE")(e)),
+        }
+    }
+
+    /// The route main holds for exactly `ip/32`, by one FIB lookup (RTM_GETROUTE with RTM_F_FIB_MATCH answers the
+    /// matching entry itself), not a dump of main, which grows with the node's pods. `None` when the best match
+    /// is anything else (the default route, a subnet route) or nothing.
+    pub async fn host_route_of(&self, ip: Ipv4Addr) -> Result<Option<Route>, HostNetError> {
+        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(ip, 32).table_id(MAIN_TABLE).build();
+        msg.header.flags |= RouteFlags::FibMatch;
+        match self.handle().route().get(msg).execute().try_next().await {
+            Ok(m) => {
+                Ok(m.as_ref().and_then(Netlink::parse_route).filter(|r| r.dst.addr() == ip && r.dst.prefix_len() == 32))
+            }
+            Err(e) if matches!(errno_of(&e), Some(errno::ENETUNREACH | errno::EHOSTUNREACH)) => Ok(None),
+            Err(e) => Err(nl("RTM_GETROUTE")(e)),
         }
     }
 

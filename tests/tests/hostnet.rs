@@ -74,3 +74,32 @@ async fn adding_an_existing_rule_succeeds_and_keeps_one_copy() {
     let rules = ip_in(&ns.0, &["rule"]).unwrap();
     assert_eq!(rules.matches("from 10.0.5.20 lookup 2").count(), 1, "{rules}");
 }
+
+/// The plugin's lookup of one address's host route (a late DEL asks whose the IP is): one FIB lookup that
+/// answers the /32 itself, whatever the default and subnet routes around it, and nothing for an address that
+/// has no /32 of its own.
+#[tokio::test]
+#[ignore = "needs root + netns"]
+async fn the_host_route_of_an_address_is_found_without_a_dump() {
+    let ns = Ns(format!("vpcsimr-{:04x}", rand::random::<u16>()));
+    netns::create(&ns.0).unwrap();
+    for args in [
+        "link add veth-a type veth peer name veth-b",
+        "link set veth-a up",
+        "link set veth-b up",
+        "addr add 10.0.0.10/20 dev veth-b",
+        "route add default via 10.0.0.1 dev veth-b",
+        "route add 10.0.0.77/32 dev veth-a scope link",
+    ] {
+        ip_in(&ns.0, &args.split(' ').collect::<Vec<_>>()).unwrap();
+    }
+    let net = Netlink::in_netns(&netns::path(&ns.0)).unwrap();
+    let veth_a = net.link_by_name("veth-a").await.unwrap().expect("veth-a").index;
+    let held = net.host_route_of("10.0.0.77".parse().unwrap()).await.unwrap().expect("the /32");
+    assert_eq!((held.dst.to_string().as_str(), held.oif), ("10.0.0.77/32", Some(veth_a)));
+    // Inside the subnet, and outside it (the default route): no /32 of its own.
+    assert_eq!(net.host_route_of("10.0.0.78".parse().unwrap()).await.unwrap(), None);
+    assert_eq!(net.host_route_of("192.0.2.1".parse().unwrap()).await.unwrap(), None);
+    ip_in(&ns.0, &["route", "del", "default"]).unwrap();
+    assert_eq!(net.host_route_of("192.0.2.1".parse().unwrap()).await.unwrap(), None, "no route at all");
+}
