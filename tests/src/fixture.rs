@@ -210,10 +210,19 @@ pub async fn try_status(ipamd: &Ipamd) -> Option<pb::GetStatusReply> {
 /// then. A test showing that something does NOT happen watches this many of ipamd's own rounds, so the window
 /// follows IPAMD_RECONCILE_INTERVAL (and the kicks that start rounds early) instead of a guess in seconds.
 pub async fn rounds_pass(ipamd: &Ipamd, n: u64) -> pb::GetStatusReply {
-    let start = try_status(ipamd).await.expect("status").reconcile_rounds;
+    rounds_pass_by(|| try_status(ipamd), n).await
+}
+
+/// As [`rounds_pass`], reading the status through `status` (e.g. a sim node's socket).
+pub async fn rounds_pass_by<F, Fut>(mut status: F, n: u64) -> pb::GetStatusReply
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<pb::GetStatusReply>>,
+{
+    let start = status().await.expect("status").reconcile_rounds;
     let want = start + n + 1;
     let done = |s: &Option<pb::GetStatusReply>| s.as_ref().is_some_and(|s| s.reconcile_rounds >= want);
-    let s = poll_until(Duration::from_secs(120), || try_status(ipamd), done).await;
+    let s = poll_until(Duration::from_secs(120), status, done).await;
     let rounds = s.as_ref().map(|s| s.reconcile_rounds);
     assert!(done(&s), "{n} reconcile rounds did not pass within 120 s (rounds: {start} then {rounds:?})");
     s.expect("status")

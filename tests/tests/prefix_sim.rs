@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use serde_json::Value;
 use vpc_cni_proto::v1 as pb;
-use vpc_sim::fixture::poll_until;
+use vpc_sim::fixture::rounds_pass_by;
 use vpc_sim::sim::pods::{Pod, concurrently, pod_ip};
 use vpc_sim::testkit::{SimProc, ping, tcp_peer_seen};
 
@@ -46,21 +46,19 @@ fn ec2_requests(sim: &SimProc, node: usize) -> BTreeMap<String, f64> {
     by_op
 }
 
-/// Reconcile rounds the node's ipamd has finished (`vpcctl status`).
-async fn reconcile_rounds(sim: &SimProc, node: usize) -> Option<u64> {
+/// The node's ipamd status (`vpcctl status`).
+async fn status(sim: &SimProc, node: usize) -> Option<pb::GetStatusReply> {
     let socket = sim.state.path().join(format!("node-{node}/ipamd.sock"));
     let ch = vpc_cni_proto::uds::connect(&socket, Some(Duration::from_secs(2))).await.ok()?;
     let mut c = pb::introspection_client::IntrospectionClient::new(ch);
-    Some(c.get_status(pb::GetStatusRequest {}).await.ok()?.into_inner().reconcile_rounds)
+    Some(c.get_status(pb::GetStatusRequest {}).await.ok()?.into_inner())
 }
 
 /// The EC2 request counts once they stop moving (no call in three whole reconcile rounds): the pool has settled.
 async fn settled_ec2_requests(sim: &SimProc, node: usize) -> BTreeMap<String, f64> {
     let mut last = ec2_requests(sim, node);
     for _ in 0..20 {
-        let start = reconcile_rounds(sim, node).await.expect("ipamd status");
-        let later = poll_until(Duration::from_secs(60), || reconcile_rounds(sim, node), |r| *r >= Some(start + 4));
-        assert!(later.await >= Some(start + 4), "three reconcile rounds did not pass in 60 s");
+        rounds_pass_by(|| status(sim, node), 3).await;
         let now = ec2_requests(sim, node);
         if now == last {
             return now;

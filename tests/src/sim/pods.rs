@@ -169,11 +169,7 @@ impl Pod {
 
     /// Runs DEL through the chain in reverse, then removes the sandbox namespace (`keep_netns` leaves it).
     pub fn del(&self, keep_netns: bool) -> Result<(), PodError> {
-        let list = self.conflist()?;
-        let prev = self.cached();
-        for plugin in list["plugins"].as_array().cloned().unwrap_or_default().iter().rev() {
-            self.exec_plugin("DEL", plugin, &list, prev.as_ref(), "")?;
-        }
+        self.del_chain(&self.conflist()?, self.cached().as_ref())?;
         if let Some(k) = self.record()?.kube {
             k.delete_pod(&self.namespace, &self.name).map_err(|e| PodError::Io(e.to_string()))?;
         }
@@ -194,8 +190,13 @@ impl Pod {
                 p["ipamdSocket"] = Value::String(socket.display().to_string());
             }
         }
+        self.del_chain(&list, Some(prev))
+    }
+
+    /// DEL through every plugin of `list`, last first (as libcni does).
+    fn del_chain(&self, list: &Value, prev: Option<&Value>) -> Result<(), PodError> {
         for plugin in list["plugins"].as_array().cloned().unwrap_or_default().iter().rev() {
-            self.exec_plugin("DEL", plugin, &list, Some(prev), "")?;
+            self.exec_plugin("DEL", plugin, list, prev, "")?;
         }
         Ok(())
     }
