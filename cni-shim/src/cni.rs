@@ -29,6 +29,8 @@ pub enum Code {
     Datapath = 101,
     /// CHECK found the pod's networking not as ADD left it.
     CheckFailed = 102,
+    /// ADD: the host veth name is another pod's (the two names hash the same); it was left alone.
+    VethTaken = 103,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

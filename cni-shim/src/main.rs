@@ -120,6 +120,15 @@ fn pod_identity(env: &Env) -> (String, String) {
     }
 }
 
+/// What the plugin records on the host veth it makes for this attachment.
+fn owner(env: &Env, pod_ns: &str, pod_name: &str) -> datapath::podnet::VethOwner {
+    datapath::podnet::VethOwner {
+        pod: format!("{pod_ns}/{pod_name}"),
+        uid: env.args.get("K8S_POD_UID").cloned().unwrap_or_default(),
+        sandbox: env.container_id.clone(),
+    }
+}
+
 async fn attachment(cmd: Command, conf: &NetConf, env: &Env) -> Result<Value, CniError> {
     let (pod_ns, pod_name) = pod_identity(env);
     let mut log = Log::open(
@@ -133,7 +142,7 @@ async fn attachment(cmd: Command, conf: &NetConf, env: &Env) -> Result<Value, Cn
     let r = match cmd {
         Command::Add => add(conf, env, &nl, &host_veth, (&pod_ns, &pod_name), &mut log, &mut phases).await,
         Command::Del => del(conf, env, &nl, &host_veth, &mut log, &mut phases).await,
-        _ => check(conf, env, &nl, &host_veth).await,
+        _ => check(conf, env, &nl, &host_veth, (&pod_ns, &pod_name)).await,
     };
     log.debug(&phases.to_string());
     match &r {
@@ -181,6 +190,7 @@ async fn add(
         table: reply.route_table,
         mtu: conf.mtu.unwrap_or(if reply.pod_mtu > 0 { reply.pod_mtu } else { 9001 }),
         via_eni: via_eni(reply.external_snat, &reply.vpc_cidrs, &reply.exclude_snat_cidrs),
+        owner: owner(env, pod_ns, pod_name),
     };
     match wiring::add(nl, &spec, phases).await {
         Ok(r) => Ok(r.to_json(&conf.cni_version, conf.prev_result.as_ref())),
@@ -262,7 +272,13 @@ async fn del(
     Ok(Value::Null)
 }
 
-async fn check(conf: &NetConf, env: &Env, nl: &Netlink, host_veth: &str) -> Result<Value, CniError> {
+async fn check(
+    conf: &NetConf,
+    env: &Env,
+    nl: &Netlink,
+    host_veth: &str,
+    (pod_ns, pod_name): (&str, &str),
+) -> Result<Value, CniError> {
     let mut ipam = Ipam::connect(&conf.socket(), timeout(conf)).await?;
     let held = ipam.check(key(conf, env)).await?;
     let Some(prev_ip) = conf.prev_pod_ip() else {
@@ -283,6 +299,7 @@ async fn check(conf: &NetConf, env: &Env, nl: &Netlink, host_veth: &str) -> Resu
         table: held.route_table,
         mtu: conf.mtu.unwrap_or(if held.pod_mtu > 0 { held.pod_mtu } else { 9001 }),
         via_eni: via_eni(held.external_snat, &held.vpc_cidrs, &held.exclude_snat_cidrs),
+        owner: owner(env, pod_ns, pod_name),
     };
     let wrong = wiring::check(nl, &spec)
         .await

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use datapath::netlink::Netlink;
+use datapath::podnet::{Holder, VethOwner};
 use datapath::{HostNet, HostNetError, MAIN_TABLE, Route, Rule, host};
 use futures::TryFutureExt;
 use ipnet::Ipv4Net;
@@ -31,6 +32,8 @@ pub struct PodSpec {
     /// Destinations a secondary-ENI pod reaches through its own ENI: `None` for all of them (external SNAT),
     /// else the VPC and SNAT-excluded CIDRs (the rest leaves by the primary ENI, SNATed to the node IP).
     pub via_eni: Option<Vec<Ipv4Net>>,
+    /// Recorded on the host veth: whose it is.
+    pub owner: VethOwner,
 }
 
 impl PodSpec {
@@ -83,13 +86,8 @@ pub async fn add(nl: &Netlink, spec: &PodSpec, phases: &mut Phases) -> Result<Ad
         CniError::new(Code::UnknownContainer, "cannot open the pod netns", format!("{}: {e}", spec.netns.display()))
     })?;
     match nl.add_veth_into(&spec.host_veth, &spec.ifname, spec.mtu, &ns_file).await {
-        // The name is held by a veth of an earlier, interrupted ADD of this pod, or of the pod's previous sandbox
-        // whose namespace the runtime has not deleted yet (DEL leaves the veth to it): replace it. Tried only
-        // on a clash, so the usual ADD does not pay a lookup for it.
         Err(HostNetError::Exists(_)) => {
-            if let Some(stale) = nl.link_by_name(&spec.host_veth).await.map_err(dp("find stale host veth"))? {
-                nl.del_link(stale.index).await.map_err(dp("remove stale host veth"))?;
-            }
+            replace_stale_veth(nl, spec).await?;
             nl.add_veth_into(&spec.host_veth, &spec.ifname, spec.mtu, &ns_file).await.map_err(dp("create veth pair"))?
         }
         r => r.map_err(dp("create veth pair"))?,
@@ -113,6 +111,37 @@ pub async fn add(nl: &Netlink, spec: &PodSpec, phases: &mut Phases) -> Result<Ad
             }
             Err(e)
         }
+    }
+}
+
+/// The host veth name is taken. Replaced only when it is this pod's own: an earlier, interrupted ADD of it, or its
+/// previous sandbox whose namespace the runtime has not deleted yet (DEL leaves the veth to it). Another pod's
+/// (the names collide) is never touched: the ADD fails naming both. A link without an owner record is left too:
+/// if it is a dying sandbox's the kernel removes it with its namespace, and the runtime's retry goes through.
+/// Looked up only on a clash, so the usual ADD does not pay for it.
+async fn replace_stale_veth(nl: &Netlink, spec: &PodSpec) -> Result<(), CniError> {
+    let Some(stale) = nl.link_by_name(&spec.host_veth).await.map_err(dp("find stale host veth"))? else {
+        return Ok(());
+    };
+    match spec.owner.holder(stale.alias.as_deref()) {
+        Holder::SamePod => nl.del_link(stale.index).await.map_err(dp("remove stale host veth")),
+        Holder::OtherPod(other) => Err(CniError::new(
+            Code::VethTaken,
+            "host veth name taken by another pod",
+            format!(
+                "{} belongs to pod {} (uid {}, sandbox {}); pod {} hashes to the same name: not replacing it",
+                spec.host_veth, other.pod, other.uid, other.sandbox, spec.owner.pod
+            ),
+        )),
+        Holder::Unknown => Err(CniError::new(
+            Code::TryAgainLater,
+            "host veth name taken by a link with no owner recorded",
+            format!(
+                "{} (index {}, alias {:?}) was not made by this version of vpc-cni for pod {}: not deleting it; \
+                 a dying sandbox's goes with its namespace",
+                spec.host_veth, stale.index, stale.alias, spec.owner.pod
+            ),
+        )),
     }
 }
 
@@ -142,8 +171,10 @@ async fn wire(nl: &Netlink, spec: &PodSpec) -> Result<AddResult, CniError> {
         )
     };
     let (egress, to_host, to_pod) = (spec.egress_rules(), host_route(spec.ip, hl.index), to_pod_rule(spec.ip));
+    let alias = spec.owner.to_alias();
     let host_side = async {
         futures::try_join!(
+            nl.set_alias(hl.index, &alias).map_err(dp("host veth owner")),
             nl.add_route(&to_host).map_err(dp("host route to pod")),
             nl.add_rule(&to_pod).map_err(dp("to-pod rule")),
             futures::future::try_join_all(egress.iter().map(|r| nl.add_rule(r).map_err(dp("from-pod rule")))),
@@ -234,6 +265,9 @@ pub async fn check(nl: &Netlink, spec: &PodSpec) -> Result<Vec<String>, HostNetE
     };
     if !hl.up {
         wrong.push(format!("host veth {} is down", spec.host_veth));
+    }
+    if let Holder::OtherPod(other) = spec.owner.holder(hl.alias.as_deref()) {
+        wrong.push(format!("host veth {} belongs to pod {} (sandbox {})", spec.host_veth, other.pod, other.sandbox));
     }
     if !nl.routes(MAIN_TABLE).await?.contains(&host_route(spec.ip, hl.index)) {
         wrong.push(format!("host route {}/32 dev {} missing", spec.ip, spec.host_veth));

@@ -94,6 +94,7 @@ fn node() -> FakeNet {
         mac: "02:00:00:00:00:02".into(),
         mtu: 1500,
         up: false,
+        alias: None,
     });
     net
 }

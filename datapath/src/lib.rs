@@ -45,6 +45,8 @@ pub struct Link {
     pub mac: String,
     pub mtu: u32,
     pub up: bool,
+    /// IFLA_IFALIAS: a host veth's owner (see `podnet::VethOwner`).
+    pub alias: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -153,6 +153,7 @@ impl Netlink {
                 LinkAttribute::IfName(n) => l.name = n.clone(),
                 LinkAttribute::Address(mac) => l.mac = mac_string(mac),
                 LinkAttribute::Mtu(mtu) => l.mtu = *mtu,
+                LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
                 _ => {}
             }
         }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 use netlink_packet_route::route::RouteFlags;
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
@@ -27,6 +27,75 @@ pub fn host_veth_name(prefix: &str, pod_namespace: &str, pod_name: &str) -> Stri
     use sha1::{Digest, Sha1};
     let h = Sha1::digest(format!("{pod_namespace}.{pod_name}").as_bytes());
     format!("{prefix}{}", &format!("{h:x}")[..11])
+}
+
+/// Whose a host veth is, kept in the link's alias (IFLA_IFALIAS; `ip -d link` shows it): the veth name is only a
+/// 44-bit hash of the pod's namespace/name, so two pods can share one (a birthday search finds such a pair in
+/// seconds), and the plugin must not take a link that is another pod's.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VethOwner {
+    /// `<namespace>/<name>`.
+    pub pod: String,
+    pub uid: String,
+    pub sandbox: String,
+}
+
+/// The kernel keeps at most this many bytes of an alias (IFALIASZ - 1).
+const ALIAS_MAX: usize = 255;
+const ALIAS_TAG: &str = "vpc-cni";
+
+/// Who holds a host veth name that an ADD found taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// An earlier sandbox of the same pod, or an interrupted ADD of this one: the link may be replaced.
+    SamePod,
+    /// Another pod whose name hashes to the same veth name.
+    OtherPod(VethOwner),
+    /// No owner recorded (made by aws-node or a version that did not record owners, or an ADD between its
+    /// two requests): nobody can say it is stale.
+    Unknown,
+}
+
+impl VethOwner {
+    /// `vpc-cni pod=<ns>/<name> uid=<uid> sandbox=<id>`, cut to what the kernel keeps. The pod comes first, so a
+    /// cut falls on the same byte for every pod and two cut aliases still compare by pod.
+    pub fn to_alias(&self) -> String {
+        let mut a = format!("{ALIAS_TAG} pod={} uid={} sandbox={}", self.pod, self.uid, self.sandbox);
+        if a.len() > ALIAS_MAX {
+            let mut end = ALIAS_MAX;
+            while !a.is_char_boundary(end) {
+                end -= 1;
+            }
+            a.truncate(end);
+        }
+        a
+    }
+
+    /// The owner an alias written by [`VethOwner::to_alias`] names; `None` for any other alias.
+    pub fn from_alias(alias: &str) -> Option<VethOwner> {
+        let mut words = alias.split(' ');
+        if words.next() != Some(ALIAS_TAG) {
+            return None;
+        }
+        let mut owner = VethOwner::default();
+        for w in words {
+            match w.split_once('=') {
+                Some(("pod", v)) => owner.pod = v.to_string(),
+                Some(("uid", v)) => owner.uid = v.to_string(),
+                Some(("sandbox", v)) => owner.sandbox = v.to_string(),
+                _ => {}
+            }
+        }
+        (!owner.pod.is_empty()).then_some(owner)
+    }
+
+    /// Who holds a link whose alias is `alias`, seen from this owner's ADD.
+    pub fn holder(&self, alias: Option<&str>) -> Holder {
+        let Some(theirs) = alias.and_then(VethOwner::from_alias) else { return Holder::Unknown };
+        // Compared as stored: both sides cut the same way.
+        let mine = VethOwner::from_alias(&self.to_alias()).unwrap_or_default();
+        if theirs.pod == mine.pod { Holder::SamePod } else { Holder::OtherPod(theirs) }
+    }
 }
 
 pub fn parse_mac(mac: &str) -> Option<Vec<u8>> {
@@ -106,6 +175,13 @@ impl Netlink {
         }
     }
 
+    /// Records `alias` on the link (RTM_SETLINK with IFLA_IFALIAS; the kernel ignores an alias in RTM_NEWLINK).
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<(), HostNetError> {
+        let mut msg = LinkUnspec::new_with_index(index).build();
+        msg.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
+        self.handle().link().set(msg).execute().await.map_err(nl("RTM_SETLINK alias"))
+    }
+
     pub async fn del_link(&self, index: u32) -> Result<(), HostNetError> {
         self.handle().link().del(index).execute().await.map_err(nl("RTM_DELLINK"))
     }
@@ -143,5 +219,46 @@ impl Netlink {
                 Some(Neighbour { ip: ip?, mac, permanent: m.header.state == NeighbourState::Permanent })
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(pod: &str, sandbox: &str) -> VethOwner {
+        VethOwner { pod: pod.into(), uid: "0d7c3f5e-1111-2222-3333-444455556666".into(), sandbox: sandbox.into() }
+    }
+
+    #[test]
+    fn an_alias_names_the_owner_and_reads_back() {
+        let o = owner("default/web-0", &"c".repeat(64));
+        assert_eq!(o.to_alias(), format!("vpc-cni pod=default/web-0 uid={} sandbox={}", o.uid, o.sandbox));
+        assert_eq!(VethOwner::from_alias(&o.to_alias()), Some(o));
+        assert_eq!(VethOwner::from_alias("uplink to rack 3"), None, "an alias someone else wrote is no owner");
+    }
+
+    #[test]
+    fn only_the_same_pod_may_replace_a_veth() {
+        let me = owner("default/p8024346", "new");
+        assert_eq!(me.holder(Some(&owner("default/p8024346", "old").to_alias())), Holder::SamePod);
+        let other = owner("default/p1803518", "x");
+        assert_eq!(me.holder(Some(&other.to_alias())), Holder::OtherPod(other));
+        assert_eq!(me.holder(None), Holder::Unknown);
+        assert_eq!(me.holder(Some("")), Holder::Unknown);
+        // A pod named like a prefix of another is another pod.
+        assert!(matches!(me.holder(Some(&owner("default/p80243460", "x").to_alias())), Holder::OtherPod(_)));
+    }
+
+    #[test]
+    fn a_long_pod_name_is_cut_where_the_kernel_cuts_and_still_compares() {
+        // Namespace 63 + name 253 characters: more than the kernel keeps of an alias (255 bytes).
+        let long = format!("{}/{}", "n".repeat(63), "é".repeat(126));
+        let me = owner(&long, "s1");
+        let stored = me.to_alias();
+        assert!(stored.len() <= 255 && stored.is_char_boundary(stored.len()), "{}", stored.len());
+        assert_eq!(me.holder(Some(&stored)), Holder::SamePod);
+        let other = owner(&format!("{}/{}x", "n".repeat(63), "é".repeat(40)), "s2");
+        assert!(matches!(me.holder(Some(&other.to_alias())), Holder::OtherPod(_)));
     }
 }
