@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use datapath::netlink::Netlink;
 use datapath::podnet::{Holder, VethOwner};
-use datapath::{HostNet, HostNetError, MAIN_TABLE, Route, Rule, host};
+use datapath::{HostNet, HostNetError, MAIN_TABLE, RTPROT_ANY, RTPROT_VPC_CNI, Route, Rule, host};
 use futures::TryFutureExt;
 use ipnet::Ipv4Net;
 
@@ -16,8 +16,7 @@ use crate::cni::{AddResult, CniError, Code};
 use crate::log::Phases;
 
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-pub const TO_POD_RULE_PRIORITY: u32 = 512;
-pub const FROM_POD_RULE_PRIORITY: u32 = 1536;
+pub use datapath::podnet::{FROM_POD_RULE_PRIORITY, TO_POD_RULE_PRIORITY};
 
 /// What one pod attachment looks like.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +46,7 @@ impl PodSpec {
             dst,
             fwmark: None,
             table: self.table,
+            proto: RTPROT_VPC_CNI,
         };
         match &self.via_eni {
             None => vec![rule(None)],
@@ -60,22 +60,37 @@ fn dp(step: &str) -> impl FnOnce(HostNetError) -> CniError + '_ {
 }
 
 fn to_pod_rule(ip: Ipv4Addr) -> Rule {
-    Rule { priority: TO_POD_RULE_PRIORITY, src: None, dst: Some(host(ip)), fwmark: None, table: MAIN_TABLE }
+    Rule {
+        priority: TO_POD_RULE_PRIORITY,
+        src: None,
+        dst: Some(host(ip)),
+        fwmark: None,
+        table: MAIN_TABLE,
+        proto: RTPROT_VPC_CNI,
+    }
 }
 
 fn host_route(ip: Ipv4Addr, index: u32) -> Route {
-    Route { dst: host(ip), gateway: None, oif: Some(index), table: MAIN_TABLE, scope_link: true }
+    Route { dst: host(ip), gateway: None, oif: Some(index), table: MAIN_TABLE, scope_link: true, proto: RTPROT_VPC_CNI }
 }
 
 fn pod_routes(index: u32) -> [Route; 2] {
     [
-        Route { dst: host(GATEWAY), gateway: None, oif: Some(index), table: MAIN_TABLE, scope_link: true },
+        Route {
+            dst: host(GATEWAY),
+            gateway: None,
+            oif: Some(index),
+            table: MAIN_TABLE,
+            scope_link: true,
+            proto: RTPROT_VPC_CNI,
+        },
         Route {
             dst: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("0/0"),
             gateway: Some(GATEWAY),
             oif: Some(index),
             table: MAIN_TABLE,
             scope_link: false,
+            proto: RTPROT_VPC_CNI,
         },
     ]
 }
@@ -229,12 +244,20 @@ pub async fn del(nl: &Netlink, ip: Option<Ipv4Addr>, host_veth: &str) -> Teardow
         Err(e) => return Teardown { errors: vec![e], held_by: None },
     }
     let mut errors = Vec::new();
-    let to_pod = Rule { table: 0, ..to_pod_rule(ip) };
+    // Any maker (RTPROT_ANY): a pod wired by aws-node or an older version before the switch goes the same way.
+    let to_pod = Rule { table: 0, proto: RTPROT_ANY, ..to_pod_rule(ip) };
     // Table 0 matches any table: the egress rules of a secondary-ENI pod (one per VPC or excluded CIDR).
-    let from_pod = Rule { priority: FROM_POD_RULE_PRIORITY, src: Some(host(ip)), dst: None, fwmark: None, table: 0 };
+    let from_pod = Rule {
+        priority: FROM_POD_RULE_PRIORITY,
+        src: Some(host(ip)),
+        dst: None,
+        fwmark: None,
+        table: 0,
+        proto: RTPROT_ANY,
+    };
     let route = async {
         match mine {
-            Some(index) => nl.del_route_if_present(&host_route(ip, index)).await,
+            Some(index) => nl.del_route_if_present(&Route { proto: RTPROT_ANY, ..host_route(ip, index) }).await,
             None => Ok(false),
         }
     };

@@ -45,6 +45,7 @@ impl HostNet for FakeNet {
             oif: Some(index),
             table: MAIN_TABLE,
             scope_link: true,
+            proto: 2, // RTPROT_KERNEL
         });
         Ok(())
     }
@@ -58,7 +59,12 @@ impl HostNet for FakeNet {
     }
     async fn del_route(&self, route: &Route) -> Result<(), HostNetError> {
         self.record(format!("del_route {route:?}"));
-        self.routes.lock().unwrap().retain(|r| r != route);
+        // As the kernel: the first match; a protocol in the request must match too (unspec is any).
+        let mut routes = self.routes.lock().unwrap();
+        if let Some(i) = routes.iter().position(|r| r == route && (route.proto == RTPROT_ANY || r.proto == route.proto))
+        {
+            routes.remove(i);
+        }
         Ok(())
     }
     async fn rules(&self) -> Result<Vec<Rule>, HostNetError> {
@@ -71,7 +77,10 @@ impl HostNet for FakeNet {
     }
     async fn del_rule(&self, rule: &Rule) -> Result<(), HostNetError> {
         self.record(format!("del_rule {rule:?}"));
-        self.rules.lock().unwrap().retain(|r| r != rule);
+        let mut rules = self.rules.lock().unwrap();
+        if let Some(i) = rules.iter().position(|r| r == rule && (rule.proto == RTPROT_ANY || r.proto == rule.proto)) {
+            rules.remove(i);
+        }
         Ok(())
     }
 }
@@ -112,7 +121,14 @@ async fn secondary_eni_gets_its_table_rule_and_no_main_subnet_route() {
     assert!(net.routes(MAIN_TABLE).await.unwrap().is_empty(), "subnet route removed from main");
     assert_eq!(
         net.rules.lock().unwrap().clone(),
-        vec![Rule { priority: 32765, src: Some("10.0.5.9/32".parse().unwrap()), dst: None, fwmark: None, table: 2 }]
+        vec![Rule {
+            priority: 32765,
+            src: Some("10.0.5.9/32".parse().unwrap()),
+            dst: None,
+            fwmark: None,
+            table: 2,
+            proto: RTPROT_VPC_CNI
+        }]
     );
 }
 

@@ -49,16 +49,34 @@ pub struct Link {
     pub alias: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The rtm_protocol ipamd and the plugin put on every rule and route they add (`ip rule show proto 118`,
+/// `ip route show table all proto 118`). Clean-up that works from a listing removes only entries carrying it:
+/// another tool's rule at the same priority, or a route in a table it shares, is never ours to remove.
+pub const RTPROT_VPC_CNI: u8 = 118;
+/// In a delete request: any maker (the kernel's wildcard).
+pub const RTPROT_ANY: u8 = 0;
+
+/// Equality is what the kernel routes by; `proto` says who made the route and is left out of it (see
+/// [`RTPROT_VPC_CNI`]), so the same route made by aws-node or an older version still counts as in place.
+#[derive(Debug, Clone, Eq)]
 pub struct Route {
     pub dst: Ipv4Net,
     pub gateway: Option<Ipv4Addr>,
     pub oif: Option<u32>,
     pub table: u32,
     pub scope_link: bool,
+    pub proto: u8,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl PartialEq for Route {
+    fn eq(&self, o: &Self) -> bool {
+        (self.dst, self.gateway, self.oif, self.table, self.scope_link)
+            == (o.dst, o.gateway, o.oif, o.table, o.scope_link)
+    }
+}
+
+/// Equality leaves `proto` out, as for [`Route`].
+#[derive(Debug, Clone, Eq)]
 pub struct Rule {
     pub priority: u32,
     pub src: Option<Ipv4Net>,
@@ -66,6 +84,25 @@ pub struct Rule {
     /// (mark, mask) of `fwmark MARK/MASK`.
     pub fwmark: Option<(u32, u32)>,
     pub table: u32,
+    pub proto: u8,
+}
+
+impl PartialEq for Rule {
+    fn eq(&self, o: &Self) -> bool {
+        (self.priority, self.src, self.dst, self.fwmark, self.table) == (o.priority, o.src, o.dst, o.fwmark, o.table)
+    }
+}
+
+impl Rule {
+    pub fn ours(&self) -> bool {
+        self.proto == RTPROT_VPC_CNI
+    }
+}
+
+impl Route {
+    pub fn ours(&self) -> bool {
+        self.proto == RTPROT_VPC_CNI
+    }
 }
 
 /// Connmark bit for connections that entered through the primary ENI to a local address (NodePort, hostPort):
@@ -81,6 +118,7 @@ pub fn nodeport_rule() -> Rule {
         dst: None,
         fwmark: Some((NODEPORT_MARK, NODEPORT_MARK)),
         table: MAIN_TABLE,
+        proto: RTPROT_VPC_CNI,
     }
 }
 
@@ -143,18 +181,27 @@ impl EniNet {
             dst: None,
             fwmark: None,
             table: self.table(),
+            proto: RTPROT_VPC_CNI,
         }
     }
     fn routes(&self, oif: u32) -> [Route; 2] {
         let gw = self.gateway();
         [
-            Route { dst: host(gw), gateway: None, oif: Some(oif), table: self.table(), scope_link: true },
+            Route {
+                dst: host(gw),
+                gateway: None,
+                oif: Some(oif),
+                table: self.table(),
+                scope_link: true,
+                proto: RTPROT_VPC_CNI,
+            },
             Route {
                 dst: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("0/0"),
                 gateway: Some(gw),
                 oif: Some(oif),
                 table: self.table(),
                 scope_link: false,
+                proto: RTPROT_VPC_CNI,
             },
         ]
     }
@@ -219,38 +266,53 @@ pub async fn setup_eni(net: &impl HostNet, eni: &EniNet, wait: Duration) -> Resu
             changes += 1;
         }
     }
+    // Only our own routes in the table are stale when not wanted (a route another tool put there stays). A wanted
+    // route in place but made by someone else (aws-node, before the switch) is made again as ours (a replace), so
+    // that the clean-up after a detach removes it.
     let want = eni.routes(link.index);
     let have = net.routes(eni.table()).await?;
-    for r in have.iter().filter(|r| !want.contains(r)) {
+    for r in have.iter().filter(|r| r.ours() && !want.contains(r)) {
         net.del_route(r).await?;
         changes += 1;
     }
     // In order: the gateway's /32 must exist before the default route through it.
-    for r in want.iter().filter(|r| !have.contains(r)) {
+    for r in want.iter().filter(|r| !have.iter().any(|h| h == *r && h.ours())) {
         net.add_route(r).await?;
         changes += 1;
     }
     let rule = eni.rule();
     let rules = net.rules().await?;
-    for stale in rules.iter().filter(|r| r.priority == ENI_RULE_PRIORITY && r.table == eni.table() && **r != rule) {
-        net.del_rule(stale).await?;
+    let stale = |r: &&Rule| r.ours() && r.priority == ENI_RULE_PRIORITY && r.table == eni.table() && **r != rule;
+    for r in rules.iter().filter(stale) {
+        net.del_rule(r).await?;
         changes += 1;
     }
-    if !rules.contains(&rule) {
+    if !rules.iter().any(|r| *r == rule && r.ours()) {
+        // The same rule by another maker is taken over: the kernel keeps rules that differ only by protocol apart.
+        if let Some(theirs) = rules.iter().find(|r| **r == rule) {
+            net.del_rule(theirs).await?;
+        }
         net.add_rule(&rule).await?;
         changes += 1;
     }
     Ok(changes)
 }
 
-/// Removes the rules and routes of every ENI table not in `keep_tables` (ENIs detached, or left by an
-/// earlier run). Goes on past errors and returns them all.
+/// Removes our rules and routes of every ENI table not in `keep_tables` (ENIs detached, or left by an earlier
+/// run): only what carries [`RTPROT_VPC_CNI`], in a table an ENI can have ([`eni_route_table`]), so another
+/// tool's rule at the same priority, a boot rule without one, and main/default/local are never touched. Goes on
+/// past errors and returns them all.
 pub async fn remove_stale_tables(net: &impl HostNet, keep_tables: &[u32]) -> Result<usize, Vec<HostNetError>> {
     let rules = net.rules().await.map_err(|e| vec![e])?;
     let mut errors = Vec::new();
     let mut removed = 0;
-    let stale: Vec<&Rule> =
-        rules.iter().filter(|r| r.priority == ENI_RULE_PRIORITY && !keep_tables.contains(&r.table)).collect();
+    let eni_table = |t: u32| (eni_route_table(1)..=eni_route_table(MAX_DEVICE_NUMBER)).contains(&t);
+    let stale: Vec<&Rule> = rules
+        .iter()
+        .filter(|r| {
+            r.ours() && r.priority == ENI_RULE_PRIORITY && eni_table(r.table) && !keep_tables.contains(&r.table)
+        })
+        .collect();
     for rule in &stale {
         match net.del_rule(rule).await {
             Ok(()) => removed += 1,
@@ -258,7 +320,7 @@ pub async fn remove_stale_tables(net: &impl HostNet, keep_tables: &[u32]) -> Res
         }
         match net.routes(rule.table).await {
             Ok(routes) => {
-                for r in routes {
+                for r in routes.into_iter().filter(Route::ours) {
                     match net.del_route(&r).await {
                         Ok(()) => removed += 1,
                         Err(e) => errors.push(e),
@@ -279,7 +341,13 @@ pub async fn forget_pod_ip(net: &impl HostNet, ip: Ipv4Addr) -> Result<usize, Ve
     let mut removed = 0;
     match net.rules().await {
         Ok(rules) => {
-            for rule in rules.iter().filter(|r| r.fwmark.is_none() && (r.src == me || r.dst == me)) {
+            // The plugin's two rules (any maker: aws-node wired pods the same way), not another tool's for the IP.
+            let pod_rule = |r: &&Rule| match r.priority {
+                podnet::TO_POD_RULE_PRIORITY => r.dst == me && r.src.is_none(),
+                podnet::FROM_POD_RULE_PRIORITY => r.src == me,
+                _ => false,
+            };
+            for rule in rules.iter().filter(|r| r.fwmark.is_none()).filter(pod_rule) {
                 match net.del_rule(rule).await {
                     Ok(()) => removed += 1,
                     Err(e) => errors.push(e),

@@ -14,7 +14,7 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, Ro
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 
-use super::{HostNet, HostNetError, Link, Route, Rule};
+use super::{HostNet, HostNetError, Link, RTPROT_ANY, Route, Rule};
 
 /// A netlink route socket bound to one network namespace.
 #[derive(Clone)]
@@ -87,7 +87,7 @@ impl Netlink {
         if r.scope_link {
             b = b.scope(RouteScope::Link);
         }
-        b.build()
+        b.protocol(RouteProtocol::from(r.proto)).build()
     }
 
     pub(crate) fn parse_route(m: &RouteMessage) -> Option<Route> {
@@ -106,7 +106,8 @@ impl Netlink {
             }
         }
         let dst = Ipv4Net::new(dst, m.header.destination_prefix_length).ok()?;
-        Some(Route { dst, gateway, oif, table, scope_link: m.header.scope == RouteScope::Link })
+        let proto = u8::from(m.header.protocol);
+        Some(Route { dst, gateway, oif, table, scope_link: m.header.scope == RouteScope::Link, proto })
     }
 
     /// The RTM_DELRULE message for `rule`; the kernel deletes the first rule matching every attribute given
@@ -134,15 +135,18 @@ impl Netlink {
             m.attributes.push(RuleAttribute::FwMark(mark));
             m.attributes.push(RuleAttribute::FwMask(mask));
         }
+        // [`RTPROT_ANY`] matches a rule of any maker; our own protocol only ours.
+        if rule.proto != RTPROT_ANY {
+            m.attributes.push(RuleAttribute::Protocol(RouteProtocol::from(rule.proto)));
+        }
         m
     }
 
     pub(crate) fn route_del_message(route: &Route) -> RouteMessage {
-        // Scope "nowhere" and protocol "unspec" are the kernel's wildcards for a delete: the route may have been
-        // made by the kernel (proto kernel, scope link) rather than by us.
+        // Scope "nowhere" is the kernel's wildcard for a delete (the route may be the kernel's, scope link), and so
+        // is protocol "unspec" ([`RTPROT_ANY`]): a clean-up names its own protocol to remove only its own route.
         let mut m = Self::route_message(route);
         m.header.scope = RouteScope::NoWhere;
-        m.header.protocol = RouteProtocol::Unspec;
         m
     }
 
@@ -165,11 +169,12 @@ impl Netlink {
             return None;
         }
         let mut table = u32::from(m.header.table);
-        let (mut priority, mut src, mut dst, mut mark, mut mask) = (0, None, None, None, None);
+        let (mut priority, mut src, mut dst, mut mark, mut mask, mut proto) = (0, None, None, None, None, RTPROT_ANY);
         for a in &m.attributes {
             match a {
                 RuleAttribute::Table(t) => table = *t,
                 RuleAttribute::Priority(p) => priority = *p,
+                RuleAttribute::Protocol(p) => proto = u8::from(*p),
                 RuleAttribute::FwMark(v) => mark = Some(*v),
                 RuleAttribute::FwMask(v) => mask = Some(*v),
                 RuleAttribute::Source(IpAddr::V4(ip)) => src = Ipv4Net::new(*ip, m.header.src_len).ok(),
@@ -178,7 +183,7 @@ impl Netlink {
             }
         }
         let fwmark = mark.map(|m| (m, mask.unwrap_or(u32::MAX)));
-        Some(Rule { priority, src, dst, fwmark, table })
+        Some(Rule { priority, src, dst, fwmark, table, proto })
     }
 }
 
@@ -261,6 +266,7 @@ impl HostNet for Netlink {
             req.message_mut().attributes.push(RuleAttribute::FwMark(mark));
             req.message_mut().attributes.push(RuleAttribute::FwMask(mask));
         }
+        req.message_mut().attributes.push(RuleAttribute::Protocol(RouteProtocol::from(rule.proto)));
         match req.execute().await {
             // The same rule already there (left by an earlier sandbox that had this IP) is what is wanted:
             // the kernel has no "replace" for rules, so EEXIST is success, not a failed ADD.

@@ -22,6 +22,11 @@ pub struct Neighbour {
     pub permanent: bool,
 }
 
+/// The plugin's per-pod rules: `to <pod ip> lookup main` and `from <pod ip> [to <cidr>] lookup <ENI table>`
+/// (aws-vpc-cni's priorities, so pods it wired look the same).
+pub const TO_POD_RULE_PRIORITY: u32 = 512;
+pub const FROM_POD_RULE_PRIORITY: u32 = 1536;
+
 /// The host-side veth name aws-vpc-cni gives a pod: prefix + first 11 hex digits of sha1("<namespace>.<pod>").
 pub fn host_veth_name(prefix: &str, pod_namespace: &str, pod_name: &str) -> String {
     use sha1::{Digest, Sha1};

@@ -45,7 +45,7 @@ async fn setup_is_idempotent_and_removal_leaves_nothing() {
     assert!(before.contains("32765:\tfrom 10.0.5.9 lookup 2"), "{before}");
     let t2 = ip_in(&ns.0, &["route", "show", "table", "2"]).unwrap();
     assert!(
-        t2.contains("default via 10.0.0.1 dev ens6") && t2.contains("10.0.0.1 dev ens6 proto static scope link"),
+        t2.contains("default via 10.0.0.1 dev ens6") && t2.contains("10.0.0.1 dev ens6 proto 118 scope link"),
         "{t2}"
     );
     let main = ip_in(&ns.0, &["route"]).unwrap();
@@ -59,6 +59,52 @@ async fn setup_is_idempotent_and_removal_leaves_nothing() {
     assert!(ip_in(&ns.0, &["route", "show", "table", "2"]).unwrap().trim().is_empty());
 }
 
+/// Clean-up removes only what ipamd made (rules and routes carry protocol 118): another tool's rule at 32765,
+/// a rule added without a priority (the kernel puts it at 32765 too), a route someone put in an ENI's table, and
+/// the same ENI rule made earlier by aws-node (taken over as ours) — only ours goes when the ENI does.
+#[tokio::test]
+#[ignore = "needs root + netns"]
+async fn clean_up_removes_only_our_own_rules_and_routes() {
+    let ns = Ns(format!("vpcsimh-{:04x}", rand::random::<u16>()));
+    netns::create(&ns.0).unwrap();
+    let ip = |args: &str| ip_in(&ns.0, &args.split(' ').collect::<Vec<_>>()).unwrap();
+    ip("link add ens6 address 02:00:0a:00:05:09 type veth peer name fabric0");
+    ip("link add other0 type veth peer name other1");
+    ip("link set other0 up");
+    // Before ipamd: a boot rule without a priority (first: the kernel puts it just above main's 32766, at 32765),
+    // aws-node's rule for this ENI, another tool's rule at 32765, a route of its own in table 2.
+    ip("rule add from 10.9.9.7 lookup 100");
+    ip("rule add priority 32765 from 10.0.5.9 lookup 2");
+    ip("rule add priority 32765 from 10.9.9.9 lookup 3");
+    ip("route add 10.8.0.0/16 dev other0 table 2");
+    ip("route add 10.7.0.0/16 dev other0 table 3");
+    assert!(ip("rule").contains("32765:\tfrom 10.9.9.7 lookup 100"), "{}", ip("rule"));
+    let net = Netlink::in_netns(&netns::path(&ns.0)).unwrap();
+    let eni = EniNet {
+        mac: "02:00:0a:00:05:09".into(),
+        device_number: 1,
+        primary_ip: "10.0.5.9".parse().unwrap(),
+        subnet: "10.0.0.0/20".parse().unwrap(),
+        mtu: 9001,
+    };
+    datapath::setup_eni(&net, &eni, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(datapath::setup_eni(&net, &eni, Duration::ZERO).await.unwrap(), 0, "second run changes nothing");
+    let rules = ip("-d rule");
+    assert_eq!(rules.matches("from 10.0.5.9 lookup 2").count(), 1, "aws-node's rule taken over, not doubled: {rules}");
+    assert!(rules.contains("from 10.0.5.9 lookup 2 proto 118"), "{rules}");
+    assert!(ip("route show table 2").contains("10.8.0.0/16 dev other0"), "a foreign route in table 2 stays");
+
+    ip("link del ens6");
+    datapath::remove_stale_tables(&net, &[]).await.unwrap();
+    let rules = ip("rule");
+    assert!(!rules.contains("lookup 2"), "our rule goes with the ENI: {rules}");
+    for theirs in ["32765:\tfrom 10.9.9.9 lookup 3", "32765:\tfrom 10.9.9.7 lookup 100"] {
+        assert!(rules.contains(theirs), "another tool's rule `{theirs}` was removed: {rules}");
+    }
+    assert!(ip("route show table 2").contains("10.8.0.0/16 dev other0"), "a foreign route in table 2 was removed");
+    assert!(ip("route show table 3").contains("10.7.0.0/16 dev other0"), "a foreign table was emptied");
+}
+
 /// A rule already there (left by an earlier sandbox that had the same IP) does not make adding it fail:
 /// the kernel cannot replace a rule, so the add is idempotent instead.
 #[tokio::test]
@@ -68,7 +114,14 @@ async fn adding_an_existing_rule_succeeds_and_keeps_one_copy() {
     let ns = Ns(format!("vpcsimh-{:04x}", rand::random::<u16>()));
     netns::create(&ns.0).unwrap();
     let net = Netlink::in_netns(&netns::path(&ns.0)).unwrap();
-    let rule = Rule { priority: 1536, src: Some("10.0.5.20/32".parse().unwrap()), dst: None, fwmark: None, table: 2 };
+    let rule = Rule {
+        priority: 1536,
+        src: Some("10.0.5.20/32".parse().unwrap()),
+        dst: None,
+        fwmark: None,
+        table: 2,
+        proto: datapath::RTPROT_VPC_CNI,
+    };
     net.add_rule(&rule).await.unwrap();
     net.add_rule(&rule).await.expect("the same rule again");
     let rules = ip_in(&ns.0, &["rule"]).unwrap();

@@ -10,6 +10,8 @@ mod apply;
 pub mod ec2sync;
 #[cfg(test)]
 mod foreign_tests;
+#[cfg(test)]
+mod host_tests;
 mod placement;
 #[cfg(test)]
 mod prefix_tests;
@@ -424,9 +426,6 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                 continue;
             }
             o.ready = false;
-            if o.mac.is_empty() {
-                continue;
-            }
             let eni = EniNet {
                 mac: o.mac.clone(),
                 device_number: o.device_number,
@@ -434,7 +433,12 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                 subnet: o.subnet_cidr,
                 mtu: self.settings.eni_mtu,
             };
+            // EC2 says it is attached: its table stays even while IMDS does not list it (IMDS lags, or skips an
+            // ENI for a round); its pods' traffic goes through that table.
             keep.push(eni.table());
+            if o.mac.is_empty() {
+                continue;
+            }
             let wait = if self.configured.contains(&o.id) { Duration::ZERO } else { self.settings.link_wait };
             match datapath::setup_eni(net, &eni, wait).await {
                 Ok(changes) => {
