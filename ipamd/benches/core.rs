@@ -5,8 +5,10 @@
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use ipamd::clock::{Mono, Reading};
 use ipamd::planner::{self, Limits, Targets};
 use ipamd::state::checkpoint::{self, Checkpoint, Store};
 use ipamd::state::datastore::{AllocKey, Datastore, ObservedEni};
@@ -28,10 +30,10 @@ fn busy_node() -> (Datastore, Vec<ObservedEni>) {
             fallback: false,
         })
         .collect();
-    let mut ds = Datastore::restore(BTreeMap::new(), BTreeMap::new());
-    ds.observe(enis.clone(), "eni-00000000000000000", 0);
+    let mut ds = Datastore::restore(BTreeMap::new(), [], Mono::default(), Duration::ZERO);
+    ds.observe(enis.clone(), "eni-00000000000000000", Mono::default());
     for i in 0..100 {
-        ds.assign(&key(i), "default", &format!("web-{i}"), 0).unwrap();
+        ds.assign(&key(i), "default", &format!("web-{i}"), Reading::default()).unwrap();
     }
     (ds, enis)
 }
@@ -43,7 +45,7 @@ fn key(i: usize) -> AllocKey {
 fn checkpoint_of(ds: &Datastore, enis: Vec<ObservedEni>) -> Checkpoint {
     Checkpoint {
         allocations: ds.allocations.clone(),
-        cooling: ds.cooling.clone(),
+        cooling: ds.cooling_wall(Reading::default()),
         node: None,
         limits: Some(Limits { max_enis: 8, ips_per_eni: 29, vcpus: 2 }),
         enis,
@@ -53,7 +55,7 @@ fn checkpoint_of(ds: &Datastore, enis: Vec<ObservedEni>) -> Checkpoint {
 fn benches(c: &mut Criterion) {
     let (ds, enis) = busy_node();
     let limits = Limits { max_enis: 8, ips_per_eni: 29, vcpus: 2 };
-    let view = ds.view(0);
+    let view = ds.view(Mono::default());
     c.bench_function("planner: plan, 4 ENIs / 100 pods, WARM_ENI_TARGET=1", |b| {
         b.iter(|| planner::plan(black_box(&view), Targets { warm_eni: 1, ..Targets::default() }, limits))
     });
@@ -66,13 +68,13 @@ fn benches(c: &mut Criterion) {
             )
         })
     });
-    c.bench_function("datastore: view of 4 ENIs / 100 pods", |b| b.iter(|| black_box(&ds).view(0)));
+    c.bench_function("datastore: view of 4 ENIs / 100 pods", |b| b.iter(|| black_box(&ds).view(Mono::default())));
     let mut busy = ds.clone();
     c.bench_function("datastore: assign + release, 100 pods", |b| {
         b.iter(|| {
             let k = key(1000);
-            busy.assign(&k, "default", "bench", 1).unwrap();
-            busy.release(&k, 1, 0)
+            busy.assign(&k, "default", "bench", Reading::default()).unwrap();
+            busy.release(&k, Mono::default(), Duration::ZERO)
         })
     });
     let cp = checkpoint_of(&ds, enis);

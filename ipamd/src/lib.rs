@@ -4,6 +4,7 @@
 //! The subsystems, each a folder whose `mod.rs` says its job and which others it may use (docs/architecture.md
 //! draws the arrows; `tests/layers.rs` holds the code to them):
 //! - [`config`]: every setting (env var or flag), checked at start;
+//! - [`clock`]: the monotonic clock every deadline runs on, and the wall clock for what is shown or saved;
 //! - [`planner`]: the pure warm-pool decision, `plan(view, targets, limits) -> actions`;
 //! - [`cloud`]: the AWS boundary, EC2 (trait, typed errors, retry, rate limit) and IMDS;
 //! - [`state`]: the datastore of ENIs, IPs and allocations, and how it survives a crash (checkpoint, aws-node
@@ -16,6 +17,7 @@
 //! - [`grpc`]: the socket the plugin and `vpcctl` talk to;
 //! - [`daemon`]: start-up, wiring, supervision of every long-lived task, shutdown.
 
+pub mod clock;
 pub mod cloud;
 pub mod config;
 pub mod daemon;

@@ -169,6 +169,11 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     if !drained.released.is_empty() || drained.dropped > 0 {
         tracing::info!(released = drained.released.len(), dropped = drained.dropped, "deferred DELs carried out");
     }
+    if let Some(tx) = &released {
+        for (_, ip, asked) in &drained.released {
+            let _ = tx.send((*ip, *asked));
+        }
+    }
     let (vpc_cidrs_tx, vpc_cidrs) =
         tokio::sync::watch::channel(node.vpc_cidrs.iter().map(ToString::to_string).collect());
     let ipam = IpamService {

@@ -74,7 +74,6 @@ impl pb::introspection_server::Introspection for IntrospectionService {
 
     async fn list_enis(&self, _r: Request<pb::ListEnisRequest>) -> Result<Response<pb::ListEnisReply>, Status> {
         let s = self.pool.snapshot().await.map_err(status)?;
-        let now = now_ms();
         let by_ip: std::collections::BTreeMap<_, _> = s.ds.allocations.iter().map(|(k, a)| (a.ip, (k, a))).collect();
         let mut enis: Vec<pb::Eni> =
             s.ds.enis
@@ -103,9 +102,10 @@ impl pb::introspection_server::Introspection for IntrospectionService {
                                         out.k8s_pod_name = a.pod_name.clone();
                                     }
                                 }
-                                IpState::Cooling { until_ms } if until_ms > now => {
+                                IpState::Cooling { until } if until > s.taken.mono => {
                                     out.state = "cooling".into();
-                                    out.cooldown_until_unix = until_ms / 1000;
+                                    // Shown on the wall clock as it reads now; the deadline itself is monotonic.
+                                    out.cooldown_until_unix = s.taken.wall_of(until) / 1000;
                                 }
                                 IpState::Releasing => out.state = "releasing".into(),
                                 IpState::Pending => out.state = "pending".into(),

@@ -1,6 +1,7 @@
 //! `vpccni.v1.Ipam`: a thin adapter from the plugin's requests to pool commands, and from pool errors to gRPC
 //! statuses the plugin maps onto CNI error codes.
 
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use vpc_cni_proto::v1 as pb;
 
@@ -23,14 +24,17 @@ pub struct IpamService {
     pub deferred_dir: std::path::PathBuf,
     pub telemetry: crate::telemetry::Telemetry,
     pub facts: NetFacts,
-    /// Released IPs, for the conntrack janitor (only when ipamd manages the host network).
-    pub released: Option<tokio::sync::mpsc::UnboundedSender<std::net::Ipv4Addr>>,
+    /// Released IPs and when (no later than the release), for the conntrack janitor (only when ipamd manages
+    /// the host network).
+    pub released: Option<tokio::sync::mpsc::UnboundedSender<(std::net::Ipv4Addr, Instant)>>,
 }
 
 impl IpamService {
-    fn forget(&self, ip: std::net::Ipv4Addr) {
+    /// `asked`: a moment taken before the pool was asked, so never after the release (the janitor's second
+    /// flush must come before the pool's cooldown ends).
+    fn forget(&self, ip: std::net::Ipv4Addr, asked: Instant) {
         if let Some(tx) = &self.released {
-            let _ = tx.send(ip);
+            let _ = tx.send((ip, asked));
         }
     }
 }
@@ -81,12 +85,19 @@ fn outcome<T>(r: &Result<T, Status>) -> &'static str {
 impl IpamService {
     async fn add(&self, req: Request<pb::AddNetworkRequest>) -> Result<Response<pb::AddNetworkReply>, Status> {
         let r = req.into_inner();
+        let key = key(r.key)?;
         // A DEL deferred while ipamd was unreachable goes before any later ADD (the runtime may retry an ADD
         // with the same container id after that DEL).
-        for (_, ip) in crate::pool::deferred::drain(&self.deferred_dir, &self.pool).await.released {
-            self.forget(ip);
+        let drained = crate::pool::deferred::drain(&self.deferred_dir, &self.pool).await;
+        for (_, ip, asked) in drained.released {
+            self.forget(ip, asked);
         }
-        let key = key(r.key)?;
+        if drained.left.contains(&key) {
+            // Answering with what the key holds would give the pod the IP that DEL is about to release.
+            return Err(Status::unavailable(
+                "a DEL of this sandbox, deferred while ipamd was unreachable, cannot be carried out yet",
+            ));
+        }
         for (field, value) in [("k8s_pod_namespace", &r.k8s_pod_namespace), ("k8s_pod_name", &r.k8s_pod_name)] {
             if value.len() > 253 {
                 return Err(Status::invalid_argument(format!("{field} is {} bytes; at most 253", value.len())));
@@ -110,9 +121,10 @@ impl IpamService {
 
     async fn del(&self, req: Request<pb::DelNetworkRequest>) -> Result<Response<pb::DelNetworkReply>, Status> {
         let key = key(req.into_inner().key)?;
+        let asked = Instant::now();
         let reply = match self.pool.del(key).await.map_err(status)? {
             Some((a, dev)) => {
-                self.forget(a.ip);
+                self.forget(a.ip, asked);
                 pb::DelNetworkReply {
                     released: true,
                     ipv4_addr: a.ip.to_string(),
@@ -185,9 +197,10 @@ impl pb::ipam_server::Ipam for IpamService {
             )));
         }
         let valid = r.valid.into_iter().map(|k| key(Some(k))).collect::<Result<Vec<_>, _>>()?;
+        let asked = Instant::now();
         let released = self.pool.gc(r.network_name, valid).await.map_err(status)?;
         for (_, ip) in &released {
-            self.forget(*ip);
+            self.forget(*ip, asked);
         }
         Ok(Response::new(pb::GcNetworksReply { released: released.iter().map(|(k, _)| pb_key(k)).collect() }))
     }

@@ -5,7 +5,8 @@
 //! that says how fresh each part is; [`events`] records Events, [`podgc`] releases allocations of pods that
 //! are gone, [`eniconfig`] picks the node's ENIConfig for custom networking.
 //!
-//! May use: pool and state (pod GC releases through the pool), cloud (EC2 errors become Events), tasks.
+//! May use: pool and state (pod GC releases through the pool), cloud (EC2 errors become Events), tasks, clock
+//! (pod GC's grace).
 
 pub mod eniconfig;
 pub mod events;

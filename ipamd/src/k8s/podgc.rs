@@ -15,23 +15,26 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::events::{Note, Regarding};
 use super::{Kube, PodFacts};
-use crate::pool::{PoolHandle, now_ms};
-use crate::state::datastore::{AllocKey, Allocation};
+use crate::clock::Mono;
+use crate::pool::PoolHandle;
+use crate::state::datastore::{AllocKey, Allocation, Datastore};
 use crate::tasks::Heartbeat;
 use datapath::HostNet;
 
-/// Allocations whose pod has been missing (or replaced by another UID) for `grace_ms`, counting from when this
-/// loop first saw it missing, and that are at least `grace_ms` old. `missing_since` is the loop's memory.
+/// Allocations whose pod has been missing (or replaced by another UID) for `grace`, counting from when this
+/// loop first saw it missing, and that are at least `grace` old. `missing_since` is the loop's memory. Both
+/// are measured on the pool's monotonic clock (`now` from the snapshot `ds` came with): a wall step forward
+/// must not make a pod look gone for long, or its allocation old, and release a live pod's IP.
 pub fn stale(
-    allocations: &BTreeMap<AllocKey, Allocation>,
+    ds: &Datastore,
     pods: &BTreeMap<String, PodFacts>,
-    missing_since: &mut BTreeMap<AllocKey, i64>,
-    now_ms: i64,
-    grace_ms: i64,
+    missing_since: &mut BTreeMap<AllocKey, Mono>,
+    now: Mono,
+    grace: Duration,
 ) -> Vec<AllocKey> {
-    missing_since.retain(|k, _| allocations.contains_key(k));
+    missing_since.retain(|k, _| ds.allocations.contains_key(k));
     let mut out = Vec::new();
-    for (key, a) in allocations {
+    for (key, a) in &ds.allocations {
         // Outside Kubernetes (no K8S_POD_* in CNI_ARGS) there is no pod to look for.
         if a.pod_namespace.is_empty() {
             continue;
@@ -43,8 +46,8 @@ pub fn stale(
             missing_since.remove(key);
             continue;
         }
-        let since = *missing_since.entry(key.clone()).or_insert(now_ms);
-        if now_ms - since >= grace_ms && now_ms - a.allocated_unix * 1000 >= grace_ms {
+        let since = *missing_since.entry(key.clone()).or_insert(now);
+        if now.since(since) >= grace && ds.age(key, now) >= grace {
             out.push(key.clone());
         }
     }
@@ -94,8 +97,8 @@ pub struct PodGc<N: HostNet> {
     pub pool: PoolHandle,
     /// `None`: report unknown pod IPs only, release nothing (IPAMD_POD_GC_GRACE=0).
     pub grace: Option<Duration>,
-    /// Released IPs whose conntrack entries must go (host networking only).
-    pub released: Option<UnboundedSender<Ipv4Addr>>,
+    /// Released IPs whose conntrack entries must go, and when (host networking only).
+    pub released: Option<UnboundedSender<(Ipv4Addr, tokio::time::Instant)>>,
     pub hostnet: Option<Arc<N>>,
 }
 
@@ -108,7 +111,6 @@ impl<N: HostNet> PodGc<N> {
     /// Runs forever (started when the Kubernetes side is on), one pass per [`tick`], beating `heartbeat` each pass.
     pub async fn run(self, kube: Kube, heartbeat: Heartbeat) {
         let node_name = kube.settings.as_ref().map(|s| s.node_name.clone()).unwrap_or_default();
-        let grace_ms = self.grace.map_or(0, |g| g.as_millis() as i64);
         let tick = tick(self.grace);
         let mut missing_since = BTreeMap::new();
         loop {
@@ -124,8 +126,8 @@ impl<N: HostNet> PodGc<N> {
                 continue;
             }
             let Ok(snapshot) = self.pool.snapshot().await else { return };
-            let allocations = snapshot.ds.allocations;
-            let unknown = unknown_pod_ips(&allocations, &pods);
+            let allocations = &snapshot.ds.allocations;
+            let unknown = unknown_pod_ips(allocations, &pods);
             kube.update_status(|s| {
                 s.pod_gc = match self.grace {
                     Some(g) => format!("active (grace {}s)", g.as_secs()),
@@ -133,10 +135,8 @@ impl<N: HostNet> PodGc<N> {
                 };
                 s.unknown_pod_ips = unknown;
             });
-            if self.grace.is_none() {
-                continue;
-            }
-            let candidates = stale(&allocations, &pods, &mut missing_since, now_ms(), grace_ms);
+            let Some(grace) = self.grace else { continue };
+            let candidates = stale(&snapshot.ds, &pods, &mut missing_since, snapshot.taken.mono, grace);
             let Some(client) = kube.client.borrow().clone() else { continue };
             for key in candidates {
                 let a = &allocations[&key];
@@ -154,11 +154,12 @@ impl<N: HostNet> PodGc<N> {
     }
 
     async fn release(&self, kube: &Kube, key: &AllocKey, a: &Allocation, why: &str) {
+        let asked = tokio::time::Instant::now();
         let Ok(Some((a2, _))) = self.pool.del(key.clone()).await else { return };
         let pod = format!("{}/{}", a.pod_namespace, a.pod_name);
         tracing::warn!(%pod, ip = %a2.ip, container = %key.container_id, "released the IP of a pod that is gone ({why}); its runtime never sent DEL");
         if let Some(tx) = &self.released {
-            let _ = tx.send(a2.ip);
+            let _ = tx.send((a2.ip, asked));
         }
         if let Some(net) = &self.hostnet
             && let Err(errors) = datapath::forget_pod_ip(net.as_ref(), a2.ip).await
@@ -203,6 +204,17 @@ mod tests {
         }
     }
 
+    fn t(ms: i64) -> Mono {
+        Mono::from_ms(ms)
+    }
+
+    const GRACE: Duration = Duration::from_secs(60);
+
+    /// A datastore holding `allocs`, all made at monotonic time 0.
+    fn ds(allocs: BTreeMap<AllocKey, Allocation>) -> Datastore {
+        Datastore::restore(allocs, [], t(0), Duration::ZERO)
+    }
+
     fn pod(uid: &str, ip: Option<&str>, phase: &str) -> PodFacts {
         PodFacts { uid: uid.into(), phase: phase.into(), host_network: false, ip: ip.map(|i| i.parse().unwrap()) }
     }
@@ -218,31 +230,30 @@ mod tests {
         pods.insert("web/a".to_string(), pod("u1", Some("10.0.0.10"), "Running"));
         // b's name is back with another UID: a new pod, the allocation belongs to the old one.
         pods.insert("web/b".to_string(), pod("u9", None, "Pending"));
+        let allocs = ds(allocs);
         let mut since = BTreeMap::new();
-        assert!(stale(&allocs, &pods, &mut since, 100_000, 60_000).is_empty(), "missing just now");
+        assert!(stale(&allocs, &pods, &mut since, t(100_000), GRACE).is_empty(), "missing just now");
         assert_eq!(since.len(), 2);
-        assert!(stale(&allocs, &pods, &mut since, 159_999, 60_000).is_empty());
-        let got = stale(&allocs, &pods, &mut since, 160_000, 60_000);
+        assert!(stale(&allocs, &pods, &mut since, t(159_999), GRACE).is_empty());
+        let got = stale(&allocs, &pods, &mut since, t(160_000), GRACE);
         assert_eq!(got, vec![key("b"), key("c")]);
         // A pod that shows up again resets its clock.
         pods.insert("web/c".to_string(), pod("u3", None, "Running"));
-        assert_eq!(stale(&allocs, &pods, &mut since, 170_000, 60_000), vec![key("b")]);
+        assert_eq!(stale(&allocs, &pods, &mut since, t(170_000), GRACE), vec![key("b")]);
         assert!(!since.contains_key(&key("c")));
     }
 
     #[test]
     fn young_allocations_wait_and_uidless_ones_match_by_name() {
-        let mut allocs = BTreeMap::new();
-        let mut young = alloc("web", "a", "", "10.0.0.10");
-        young.allocated_unix = 150;
-        allocs.insert(key("a"), young);
+        let mut allocs = ds(BTreeMap::from([(key("a"), alloc("web", "a", "", "10.0.0.10"))]));
+        allocs.born.insert(key("a"), t(150_000));
         let pods = BTreeMap::from([("web/a".to_string(), pod("any", None, "Running"))]);
         let mut since = BTreeMap::new();
-        assert!(stale(&allocs, &pods, &mut since, 500_000, 60_000).is_empty(), "present by name");
+        assert!(stale(&allocs, &pods, &mut since, t(500_000), GRACE).is_empty(), "present by name");
         let mut since = BTreeMap::new();
-        stale(&allocs, &BTreeMap::new(), &mut since, 100_000, 60_000);
-        assert!(stale(&allocs, &BTreeMap::new(), &mut since, 200_000, 60_000).is_empty(), "allocated at 150 s");
-        assert_eq!(stale(&allocs, &BTreeMap::new(), &mut since, 210_000, 60_000), vec![key("a")]);
+        stale(&allocs, &BTreeMap::new(), &mut since, t(100_000), GRACE);
+        assert!(stale(&allocs, &BTreeMap::new(), &mut since, t(200_000), GRACE).is_empty(), "allocated at 150 s");
+        assert_eq!(stale(&allocs, &BTreeMap::new(), &mut since, t(210_000), GRACE), vec![key("a")]);
     }
 
     #[test]
@@ -257,5 +268,55 @@ mod tests {
             ("kube-system/proxy".to_string(), host),
         ]);
         assert_eq!(unknown_pod_ips(&allocs, &pods), ["web/x 10.0.0.99"]);
+    }
+
+    /// The grace, as pod GC reads it from the pool's snapshots, on a clock whose wall time jumps an hour ahead
+    /// right after the pod was first seen missing: nothing is stale before the grace has really passed.
+    #[tokio::test]
+    async fn a_wall_step_forward_does_not_shorten_the_grace() {
+        use crate::clock::Fake;
+        use crate::pool::{PoolSettings, spawn_with_clock};
+        use crate::state::checkpoint::{Checkpoint, Store};
+        use crate::state::datastore::ObservedEni;
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Fake::new(1_700_000_000_000);
+        let settings = PoolSettings {
+            primary_eni_id: "eni-a".into(),
+            targets: Default::default(),
+            cooldown: Duration::from_secs(30),
+            reconcile_interval: Duration::from_secs(5),
+            primary_reserved: false,
+            surge: false,
+            node: None,
+        };
+        let eni = ObservedEni {
+            id: "eni-a".into(),
+            mac: "02:00:00:00:00:01".into(),
+            device_number: 0,
+            subnet_id: "subnet-1".into(),
+            subnet_cidr: "10.0.1.0/24".parse().unwrap(),
+            primary_ip: "10.0.1.4".parse().unwrap(),
+            secondary_ips: vec!["10.0.1.10".parse().unwrap()],
+            unconfirmed: Vec::new(),
+            ready: true,
+            prefixes: Vec::new(),
+            fallback: false,
+        };
+        // Served from the checkpoint's ENI: no observation needed.
+        let cp = Checkpoint { enis: vec![eni], ..Checkpoint::default() };
+        let tasks = crate::tasks::Supervisor::new().tasks();
+        let pool = spawn_with_clock(settings, Store::new(dir.path()), cp, clock.clone(), &tasks).unwrap();
+        pool.add(key("a"), "web".into(), "a".into(), "u1".into()).await.unwrap();
+        let mut since = BTreeMap::new();
+        let mut pass = async || {
+            let s = pool.snapshot().await.unwrap();
+            stale(&s.ds, &BTreeMap::new(), &mut since, s.taken.mono, GRACE)
+        };
+        assert!(pass().await.is_empty(), "missing just now");
+        clock.step_wall(3_600_000);
+        clock.advance(Duration::from_secs(1));
+        assert!(pass().await.is_empty(), "missing for 1 s of a 60 s grace");
+        clock.advance(GRACE);
+        assert_eq!(pass().await, vec![key("a")]);
     }
 }

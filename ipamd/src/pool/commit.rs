@@ -6,7 +6,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Actor, AddOutcome, Command, DelOutcome, PoolError, now_ms};
+use super::{Actor, AddOutcome, Command, DelOutcome, PoolError};
 use crate::state::datastore::AllocKey;
 
 /// At most this many changes share one checkpoint write (the channel holds 256 commands).
@@ -68,8 +68,7 @@ impl Actor {
     }
 
     pub(super) fn stage_del(&mut self, batch: &mut Batch, key: AllocKey, reply: Option<DelReply>) {
-        let now = now_ms();
-        let out = self.ds.release(&key, now, self.cooldown_ms());
+        let out = self.ds.release(&key, self.read().mono, self.settings.cooldown);
         batch.dirty |= out.is_some();
         batch.staged.push(Staged::Del { key, result: Ok(out), reply });
     }
@@ -82,18 +81,18 @@ impl Actor {
             match self.checkpoint() {
                 Ok(()) => self.announce(&staged),
                 Err(e) => {
-                    let now = now_ms();
+                    let now = self.read().mono;
                     for s in staged.iter().rev() {
                         match s {
                             // Not durable means not promised: a restart must not hand the IP out twice.
                             Staged::Add { key, new: true, result: Ok(_), .. } => {
-                                self.ds.release(key, now, 0);
+                                self.ds.release(key, now, std::time::Duration::ZERO);
                             }
                             // Memory follows the disk: the allocation stays until a DEL is durable (the runtime
                             // retries DEL), so the IP cannot go to a new pod while a restart would still give it
                             // to the old one.
                             Staged::Del { key, result: Ok(Some((a, _))), .. } => {
-                                self.ds.restore_allocation(key.clone(), a.clone());
+                                self.ds.restore_allocation(key.clone(), a.clone(), now);
                             }
                             _ => {}
                         }

@@ -2,10 +2,20 @@
 //! down. ipamd carries them out before it serves its first request after a start, before every ADD, and at
 //! every reconcile round, so an ipamd restart during pod churn leaks no IP.
 //!
-//! A deferred DEL never takes an IP from a newer pod: it is dropped when the key's allocation was made after
-//! the DEL was written (a runtime that retried ADD with the same container id).
+//! A deferred DEL releases what its key holds, whatever the clocks say: its `unix_ms` is the plugin's wall clock
+//! (kept for the file's name and the log), and comparing it with an allocation's wall-clock stamp, as an earlier
+//! version did to spare a newer pod, dropped every DEL written after the system time was stepped back (the IPs
+//! leaked) and misjudged two in the same second. Nothing newer can hold the key while its DEL is on disk:
+//! - the runtime runs one CNI operation at a time per sandbox, and the plugin writes the file before its DEL
+//!   returns, so an ADD of the same key (a runtime retrying one sandbox) comes after the file is there;
+//! - every ADD drains first, and is refused (try again later) while a DEL of its own key is left undone
+//!   ([`Drained::left`]), so it is never answered with the allocation that DEL is about to release;
+//! - drains run one at a time, so none acts on a file it listed after another drain carried it out and an ADD
+//!   took the key again.
 
 use std::path::{Path, PathBuf};
+
+use tokio::time::Instant;
 
 pub use datapath::deferred::{DIR, Entry, dir_for, record};
 
@@ -15,14 +25,21 @@ use crate::state::datastore::AllocKey;
 /// What one drain did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Drained {
-    pub released: Vec<(AllocKey, std::net::Ipv4Addr)>,
-    /// Entries whose key held nothing, or a newer allocation.
+    /// Each key released, its IP, and when (no later than the release: for the conntrack janitor).
+    pub released: Vec<(AllocKey, std::net::Ipv4Addr, Instant)>,
+    /// Entries whose key held nothing (the DEL reached ipamd after all, or was repeated).
     pub dropped: usize,
+    /// Keys whose DEL could not be carried out now (it stays for the next drain).
+    pub left: Vec<AllocKey>,
 }
+
+/// One drain at a time (see the module's doc).
+static DRAINING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Carries out every entry in `dir`, oldest first. An entry that cannot be carried out now (the checkpoint
 /// write failed) stays for the next drain; one that cannot be read is moved aside as `*.bad`.
 pub async fn drain(dir: &Path, pool: &PoolHandle) -> Drained {
+    let _one_at_a_time = DRAINING.lock().await;
     let mut out = Drained::default();
     let Ok(read) = std::fs::read_dir(dir) else { return out };
     let mut files: Vec<PathBuf> =
@@ -42,21 +59,7 @@ pub async fn drain(dir: &Path, pool: &PoolHandle) -> Drained {
             container_id: entry.container_id.clone(),
             if_name: entry.if_name.clone(),
         };
-        let newer = match pool.check(key.clone()).await {
-            Ok(Some((a, _))) => a.allocated_unix * 1000 > entry.unix_ms,
-            Ok(None) => {
-                out.dropped += 1;
-                let _ = std::fs::remove_file(&path);
-                continue;
-            }
-            Err(_) => continue,
-        };
-        if newer {
-            tracing::warn!(container = %key.container_id, "deferred DEL older than the allocation it names: dropped");
-            out.dropped += 1;
-            let _ = std::fs::remove_file(&path);
-            continue;
-        }
+        let asked = Instant::now();
         match pool.del(key.clone()).await {
             Ok(Some((a, _))) => {
                 pool.emit(
@@ -66,14 +69,17 @@ pub async fn drain(dir: &Path, pool: &PoolHandle) -> Drained {
                         a.ip, a.pod_namespace, a.pod_name, key.container_id
                     ),
                 );
-                out.released.push((key, a.ip));
+                out.released.push((key, a.ip, asked));
                 let _ = std::fs::remove_file(&path);
             }
             Ok(None) => {
                 out.dropped += 1;
                 let _ = std::fs::remove_file(&path);
             }
-            Err(e) => tracing::warn!(path = %path.display(), "deferred DEL not carried out yet: {e}"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "deferred DEL not carried out yet: {e}");
+                out.left.push(key);
+            }
         }
     }
     out

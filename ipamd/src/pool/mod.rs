@@ -4,7 +4,10 @@
 //! that was promised. [`surge`] counts the pods waiting for an IP; [`deferred`] carries out the DELs the plugin
 //! left on disk while ipamd was away.
 //!
-//! May use: state, planner, cloud (the node facts it saves), tasks (its thread runs under the supervisor).
+//! Its deadlines (cooldowns, the release grace, surge's window) and the ages it compares (GcNetworks) run on
+//! the monotonic [`crate::clock`]; the wall clock only stamps what is shown or saved.
+//!
+//! May use: state, planner, cloud (the node facts it saves), tasks (its thread runs under the supervisor), clock.
 
 mod commit;
 pub mod deferred;
@@ -12,10 +15,11 @@ pub mod surge;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
+use crate::clock::{Mono, Reading, SharedClock};
 use crate::planner::{self, Action, Limits, Targets};
 use crate::state::checkpoint::SavedEni;
 use crate::state::checkpoint::{Checkpoint, Store};
@@ -25,8 +29,9 @@ use crate::tasks::Tasks;
 /// The actor's name under the supervisor.
 pub const TASK: &str = "pool actor";
 
+/// The wall clock, unix millis: for stamps that are shown or saved (events, status, tags), never a deadline.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    crate::clock::wall_ms()
 }
 
 /// One line of the event stream (`vpcctl events`).
@@ -81,6 +86,8 @@ pub struct Snapshot {
     pub prefix_delegation: bool,
     /// Checkpoint writes since start (group commit makes this fewer than the changes it made durable).
     pub checkpoint_writes: u64,
+    /// The clocks when the snapshot was taken: what `ds`'s deadlines are compared with and shown as.
+    pub taken: Reading,
 }
 
 pub enum Command {
@@ -149,6 +156,7 @@ pub struct PoolSettings {
 
 struct Actor {
     ds: Datastore,
+    clock: SharedClock,
     settings: PoolSettings,
     limits: Option<Limits>,
     store: Store,
@@ -185,17 +193,31 @@ pub fn spawn(
     checkpoint: Checkpoint,
     tasks: &Tasks,
 ) -> std::io::Result<PoolHandle> {
+    spawn_with_clock(settings, store, checkpoint, crate::clock::system(), tasks)
+}
+
+/// [`spawn`] on the given clocks (tests step them).
+pub fn spawn_with_clock(
+    settings: PoolSettings,
+    store: Store,
+    checkpoint: Checkpoint,
+    clock: SharedClock,
+    tasks: &Tasks,
+) -> std::io::Result<PoolHandle> {
     let (tx, rx) = mpsc::channel(256);
     let (events, _) = broadcast::channel(1024);
     let kick = Arc::new(Notify::new());
-    let mut ds = Datastore::restore(checkpoint.allocations, checkpoint.cooling);
+    let now = clock.now();
+    // The saved deadlines are another process's wall-clock times: what was cooling cools again from now.
+    let mut ds = Datastore::restore(checkpoint.allocations, checkpoint.cooling.into_keys(), now, settings.cooldown);
     ds.primary_reserved = settings.primary_reserved;
     // The last known ENIs: used only if EC2 and IMDS cannot be reached (see `Degraded`); the first real
     // observation replaces them.
-    ds.observe(checkpoint.enis.clone(), &settings.primary_eni_id, now_ms());
+    ds.observe(checkpoint.enis.clone(), &settings.primary_eni_id, now);
     let limits = checkpoint.limits;
     let actor = Actor {
         ds,
+        clock,
         settings,
         limits,
         store,
@@ -227,11 +249,17 @@ impl Actor {
         send_event(&self.events, kind, message);
     }
 
+    /// Both clocks now; every deadline the actor sets or checks is on `.mono`.
+    fn read(&self) -> Reading {
+        self.clock.read()
+    }
+
     fn checkpoint(&mut self) -> Result<(), PoolError> {
         let enis = self.saved_enis();
+        let cooling = self.ds.cooling_wall(self.read());
         let parts = crate::state::checkpoint::Parts {
             allocations: &self.ds.allocations,
-            cooling: &self.ds.cooling,
+            cooling: &cooling,
             node: self.settings.node.as_ref(),
             limits: self.limits,
             enis: &enis,
@@ -285,10 +313,6 @@ impl Actor {
             .collect()
     }
 
-    fn cooldown_ms(&self) -> i64 {
-        self.settings.cooldown.as_millis() as i64
-    }
-
     /// Adds and Dels join `batch` (answered when it is committed, see pool_commit); anything else first commits
     /// it, so it sees (and may write) only committed state.
     fn handle(&mut self, cmd: Command, batch: &mut commit::Batch) {
@@ -305,16 +329,20 @@ impl Actor {
                 let _ = reply.send(found);
             }
             Command::Gc { network_name, valid, reply } => {
-                // Nothing younger than the cooldown: the runtime's list may predate an ADD still in flight.
-                let young_after = now_ms() - self.cooldown_ms();
+                // Nothing younger than the cooldown: the runtime's list may predate an ADD still in flight. The age
+                // is monotonic (a wall step forward must not make a new pod look old) and, for what was loaded from
+                // the checkpoint, counts from the load.
+                let now = self.read().mono;
                 let stale: Vec<AllocKey> = self
                     .ds
                     .allocations
-                    .iter()
-                    .filter(|(k, a)| {
-                        k.network_name == network_name && !valid.contains(k) && a.allocated_unix * 1000 <= young_after
+                    .keys()
+                    .filter(|k| {
+                        k.network_name == network_name
+                            && !valid.contains(k)
+                            && self.ds.age(k, now) >= self.settings.cooldown
                     })
-                    .map(|(k, _)| k.clone())
+                    .cloned()
                     .collect();
                 // All or nothing, with one checkpoint write.
                 for k in stale {
@@ -334,7 +362,7 @@ impl Actor {
                 let _ = reply.send(Ok(released));
             }
             Command::Observe { enis, limits, foreign, reply } => {
-                let now = now_ms();
+                let now = self.read().mono;
                 let before = self.ds.cooling.len();
                 self.ds.observe(enis, &self.settings.primary_eni_id, now);
                 self.limits = Some(limits);
@@ -367,7 +395,7 @@ impl Actor {
                             self.emit("recovered", "EC2 and IMDS reachable again".into());
                         }
                         self.serving = true;
-                        self.last_reconcile_unix = now_ms() / 1000;
+                        self.last_reconcile_unix = self.clock.wall_ms() / 1000;
                         self.last_error.clear();
                     }
                     Some(e) => {
@@ -378,8 +406,9 @@ impl Actor {
             }
             Command::Stop { .. } => unreachable!("the run loop ends the actor on Stop"),
             Command::Snapshot { reply } => {
+                let taken = self.read();
                 let _ = reply.send(Snapshot {
-                    stats: self.ds.stats(now_ms()),
+                    stats: self.ds.stats(taken.mono),
                     ds: self.ds.clone(),
                     limits: self.limits,
                     max_pods: self.pod_limits().map(|l| l.max_pods(self.settings.targets.warm_prefix.is_some())),
@@ -390,6 +419,7 @@ impl Actor {
                     degraded: self.degraded.clone(),
                     prefix_delegation: self.settings.targets.warm_prefix.is_some(),
                     checkpoint_writes: self.checkpoint_writes,
+                    taken,
                 });
             }
         }
@@ -411,8 +441,8 @@ impl Actor {
         if !self.serving && self.ds.enis.is_empty() {
             return Err(PoolError::NotReady);
         }
-        let now = now_ms();
-        match self.ds.assign(key, ns, name, now) {
+        let at = self.read();
+        match self.ds.assign(key, ns, name, at) {
             Ok(a) => {
                 self.surge.served(&crate::pool::surge::waiter(key, ns, name));
                 if a.new
@@ -423,7 +453,7 @@ impl Actor {
                 Ok((AddOutcome { ip: a.ip, eni_id: a.eni_id, device_number: a.device_number }, a.new))
             }
             Err(e) => {
-                self.surge.refused(crate::pool::surge::waiter(key, ns, name), now);
+                self.surge.refused(crate::pool::surge::waiter(key, ns, name), at.mono);
                 self.kick.notify_one();
                 let reserved = self.settings.primary_reserved;
                 let enis: Vec<_> = self.ds.enis.values().filter(|e| !(reserved && e.primary)).collect();
@@ -445,22 +475,22 @@ impl Actor {
     /// IMDS and the host, which a burst that the warm pool absorbs should not pay once per pod.
     fn wants_growth(&mut self) -> bool {
         let Some(limits) = self.pod_limits() else { return true };
-        let now = now_ms();
+        let now = self.read().mono;
         let targets = self.targets(now);
         planner::plan(&self.ds.view(now), targets, limits).iter().any(Action::grows)
     }
 
     /// The configured targets, with the pods waiting now when surge is on.
-    fn targets(&mut self, now: i64) -> Targets {
+    fn targets(&mut self, now: Mono) -> Targets {
         let surge = if self.settings.surge { self.surge.demand(now) } else { 0 };
         Targets { surge, ..self.settings.targets }
     }
 
     fn plan(&mut self) -> (Vec<Action>, Duration) {
-        let now = now_ms();
+        let now = self.read().mono;
         let idle = self.settings.reconcile_interval;
         let requeue = match self.ds.next_cooldown_expiry(now) {
-            Some(t) => idle.min(Duration::from_millis((t - now).max(0) as u64 + 50)),
+            Some(t) => idle.min(t.since(now) + Duration::from_millis(50)),
             None => idle,
         };
         let Some(limits) = self.pod_limits() else {

@@ -136,7 +136,8 @@ async fn an_add_kicks_the_reconciler_only_when_the_pool_falls_below_its_targets(
 }
 
 /// The runtime's GC lists the attachments it knows; an ADD still in flight when it made the list is not on it.
-/// GC releases what is missing from the list only once it is older than the cooldown.
+/// GC releases what is missing from the list only once it is older than the cooldown (counted, for what the
+/// checkpoint held, from the start: see `clock::a_restart_trusts_no_saved_time_to_shorten_a_wait`).
 #[tokio::test]
 async fn gc_releases_only_allocations_older_than_the_cooldown() {
     let dir = tempfile::tempdir().unwrap();
@@ -159,8 +160,11 @@ async fn gc_releases_only_allocations_older_than_the_cooldown() {
         secondary_ips: vec!["10.0.1.10".parse().unwrap(), "10.0.1.11".parse().unwrap(), "10.0.1.12".parse().unwrap()],
         ..eni()
     }];
-    let pool = spawn_unsupervised(settings(), store, cp);
+    let clock = crate::clock::Fake::new(now_ms());
+    let pool =
+        spawn_with_clock(settings(), store, cp, clock.clone(), &crate::tasks::Supervisor::new().tasks()).unwrap();
     pool.reconciled(None).await.unwrap();
+    clock.advance(settings().cooldown);
     pool.add(key("c-new"), "default".into(), "new".into(), String::new()).await.unwrap();
     let released = pool.gc("aws-cni".into(), vec![key("c-keep")]).await.unwrap();
     assert_eq!(released.iter().map(|(k, _)| k.container_id.as_str()).collect::<Vec<_>>(), ["c-old"]);
@@ -168,3 +172,5 @@ async fn gc_releases_only_allocations_older_than_the_cooldown() {
         pool.snapshot().await.unwrap().ds.allocations.keys().map(|k| k.container_id.clone()).collect();
     assert_eq!(left, ["c-keep", "c-new"], "the listed one and the one younger than the cooldown stay");
 }
+
+mod clock;

@@ -2,7 +2,8 @@
 //! allocations), the [`checkpoint`] file that holds it across restarts (checked on load), and [`migrate`], the
 //! one-time import of aws-node's checkpoint.
 //!
-//! May use: planner (the views the datastore hands it), cloud (the node facts saved in the checkpoint).
+//! May use: planner (the views the datastore hands it), cloud (the node facts saved in the checkpoint), clock
+//! (deadlines and ages).
 
 pub mod checkpoint;
 pub mod datastore;

@@ -1,12 +1,18 @@
 //! The node's address book: attached ENIs, their secondary IPs and each IP's state, and the pod allocations
 //! keyed by (network name, container id, ifname). Pure data with no I/O; the pool actor is its only owner.
+//!
+//! Every deadline here (cooldowns, the release grace) and every allocation's age is on the process's monotonic
+//! clock ([`Mono`]), so no step of the system time shortens or stretches them; `allocated_unix` is a wall stamp
+//! for people and the checkpoint, never read as an age.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::{Mono, Reading};
 use crate::planner::{EniView, PoolView, PrefixView};
 
 /// The network name of allocations rebuilt from host state after the checkpoint was lost: their CNI keys are
@@ -32,6 +38,7 @@ pub struct Allocation {
     /// K8S_POD_UID when the runtime passed it: tells this pod from a later one with the same namespace/name.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pod_uid: String,
+    /// When it was made, wall clock (unix seconds): shown and saved; ages come from [`Datastore::age`].
     pub allocated_unix: i64,
 }
 
@@ -40,9 +47,9 @@ pub struct Allocation {
 pub enum IpState {
     Free,
     Assigned,
-    /// Released; not handed out again before this time (unix millis).
+    /// Released; not handed out again before this time.
     Cooling {
-        until_ms: i64,
+        until: Mono,
     },
     /// Chosen by the planner to be unassigned in EC2; never handed out.
     Releasing,
@@ -164,30 +171,60 @@ pub struct Stats {
 pub struct Datastore {
     pub enis: BTreeMap<String, Eni>,
     pub allocations: BTreeMap<AllocKey, Allocation>,
-    /// Released IPs still resting (kept here too so they survive an ENI observation and a restart).
-    pub cooling: BTreeMap<Ipv4Addr, i64>,
+    /// Released IPs still resting, and until when (kept here too so they survive an ENI observation and a
+    /// restart).
+    pub cooling: BTreeMap<Ipv4Addr, Mono>,
     /// IPs handed to EC2 for unassignment, until when to keep them out of use even if EC2 still lists them
     /// (its reads can lag a write).
-    pub releasing: BTreeMap<Ipv4Addr, i64>,
+    pub releasing: BTreeMap<Ipv4Addr, Mono>,
+    /// When each allocation was made, or loaded from the checkpoint (its age before that is not trusted).
+    pub born: BTreeMap<AllocKey, Mono>,
     /// Custom networking: the primary ENI serves no pods, so it is neither handed out from nor planned for.
     pub primary_reserved: bool,
 }
 
 /// How long an IP given back to EC2 stays unusable while EC2 may still report it.
-const RELEASE_GRACE_MS: i64 = 60_000;
+const RELEASE_GRACE: Duration = Duration::from_secs(60);
 
 impl Datastore {
     /// Rebuilds from a checkpoint: allocations and cooling IPs. ENIs come with the first observation.
-    pub fn restore(allocations: BTreeMap<AllocKey, Allocation>, cooling: BTreeMap<Ipv4Addr, i64>) -> Self {
-        Self { allocations, cooling, ..Self::default() }
+    ///
+    /// The checkpoint's times are wall-clock times of another process, and the wall clock may have been stepped
+    /// since (or while ipamd was down), so none is trusted to shorten a wait: every IP that was cooling cools
+    /// again for the whole `cooldown` from `now` (its conntrack entries may not have been flushed twice yet),
+    /// and every allocation counts as made `now` (pod GC and GcNetworks release nothing for being old on the
+    /// word of a clock that may have jumped forward). What this costs: those IPs are unusable for one more
+    /// cooldown, and clean-up of pods gone while ipamd was down waits one more grace period.
+    pub fn restore(
+        allocations: BTreeMap<AllocKey, Allocation>,
+        cooling: impl IntoIterator<Item = Ipv4Addr>,
+        now: Mono,
+        cooldown: Duration,
+    ) -> Self {
+        let until = now.after(cooldown);
+        let cooling =
+            if cooldown.is_zero() { BTreeMap::new() } else { cooling.into_iter().map(|ip| (ip, until)).collect() };
+        let born = allocations.keys().map(|k| (k.clone(), now)).collect();
+        Self { allocations, cooling, born, ..Self::default() }
+    }
+
+    /// How long ago `key`'s allocation was made (or loaded); zero when unknown.
+    pub fn age(&self, key: &AllocKey, now: Mono) -> Duration {
+        self.born.get(key).map_or(Duration::ZERO, |b| now.since(*b))
+    }
+
+    /// The cooling IPs with their deadlines as wall-clock unix millis, as the checkpoint keeps them (for
+    /// people and older versions; a start reads only which IPs were cooling, see [`Datastore::restore`]).
+    pub fn cooling_wall(&self, at: Reading) -> BTreeMap<Ipv4Addr, i64> {
+        self.cooling.iter().map(|(ip, until)| (*ip, at.wall_of(*until))).collect()
     }
 
     /// Replaces the ENI set with what EC2 reports. IPs that EC2 no longer has are dropped; allocations are
     /// kept either way (a pod whose IP vanished still needs its DEL to find what to tear down).
-    pub fn observe(&mut self, observed: Vec<ObservedEni>, primary_eni_id: &str, now_ms: i64) {
-        self.cooling.retain(|_, until| *until > now_ms);
+    pub fn observe(&mut self, observed: Vec<ObservedEni>, primary_eni_id: &str, now: Mono) {
+        self.cooling.retain(|_, until| *until > now);
         let in_ec2: std::collections::BTreeSet<Ipv4Addr> = observed.iter().flat_map(ObservedEni::addresses).collect();
-        self.releasing.retain(|ip, until| *until > now_ms && in_ec2.contains(ip));
+        self.releasing.retain(|ip, until| *until > now && in_ec2.contains(ip));
         let mut assigned: BTreeMap<Ipv4Addr, ()> = BTreeMap::new();
         for a in self.allocations.values() {
             assigned.insert(a.ip, ());
@@ -201,7 +238,7 @@ impl Datastore {
                 } else if self.releasing.contains_key(&ip) {
                     IpState::Releasing
                 } else if let Some(until) = self.cooling.get(&ip) {
-                    IpState::Cooling { until_ms: *until }
+                    IpState::Cooling { until: *until }
                 } else if o.unconfirmed.contains(&ip) {
                     IpState::Pending
                 } else {
@@ -245,8 +282,9 @@ impl Datastore {
         key: &AllocKey,
         pod_namespace: &str,
         pod_name: &str,
-        now_ms: i64,
+        at: Reading,
     ) -> Result<Assigned, AssignError> {
+        let now = at.mono;
         if let Some(a) = self.allocations.get(key) {
             let device_number = self.enis.get(&a.eni_id).map(|e| e.device_number).unwrap_or(0);
             return Ok(Assigned { ip: a.ip, eni_id: a.eni_id.clone(), device_number, new: false });
@@ -256,10 +294,11 @@ impl Datastore {
             self.enis.values_mut().filter(|e| e.ready && !e.deleting && !(reserved && e.primary)).collect();
         enis.sort_by_key(|e| e.device_number);
         for eni in enis {
-            let pick = eni.ips.iter().find(|(_, s)| usable(**s, now_ms)).map(|(ip, _)| *ip);
+            let pick = eni.ips.iter().find(|(_, s)| usable(**s, now)).map(|(ip, _)| *ip);
             if let Some(ip) = pick {
                 eni.ips.insert(ip, IpState::Assigned);
                 self.cooling.remove(&ip);
+                self.born.insert(key.clone(), now);
                 self.allocations.insert(
                     key.clone(),
                     Allocation {
@@ -268,36 +307,39 @@ impl Datastore {
                         pod_namespace: pod_namespace.to_string(),
                         pod_name: pod_name.to_string(),
                         pod_uid: String::new(),
-                        allocated_unix: now_ms / 1000,
+                        allocated_unix: at.wall_ms.div_euclid(1000),
                     },
                 );
                 return Ok(Assigned { ip, eni_id: eni.id.clone(), device_number: eni.device_number, new: true });
             }
         }
-        let s = self.stats(now_ms);
+        let s = self.stats(now);
         Err(AssignError::Exhausted { assigned: s.assigned, cooling: s.cooling, pending: s.pending, enis: s.enis })
     }
 
     /// Releases `key`'s IP into cooldown. `None` when the key holds nothing (a repeated DEL).
-    pub fn release(&mut self, key: &AllocKey, now_ms: i64, cooldown_ms: i64) -> Option<(Allocation, u32)> {
+    pub fn release(&mut self, key: &AllocKey, now: Mono, cooldown: Duration) -> Option<(Allocation, u32)> {
         let a = self.allocations.remove(key)?;
-        let until_ms = now_ms + cooldown_ms;
+        self.born.remove(key);
+        let until = now.after(cooldown);
         let mut device_number = 0;
         if let Some(eni) = self.enis.get_mut(&a.eni_id) {
             device_number = eni.device_number;
             if let Some(state) = eni.ips.get_mut(&a.ip) {
-                *state = IpState::Cooling { until_ms };
+                *state = IpState::Cooling { until };
             }
         }
-        if cooldown_ms > 0 {
-            self.cooling.insert(a.ip, until_ms);
+        if !cooldown.is_zero() {
+            self.cooling.insert(a.ip, until);
         }
         Some((a, device_number))
     }
 
-    /// Undoes [`Datastore::release`] (its checkpoint write failed).
-    pub fn restore_allocation(&mut self, key: AllocKey, a: Allocation) {
+    /// Undoes [`Datastore::release`] (its checkpoint write failed). Its age counts again from `now`: younger
+    /// than it is, so clean-up waits longer, never less.
+    pub fn restore_allocation(&mut self, key: AllocKey, a: Allocation, now: Mono) {
         self.cooling.remove(&a.ip);
+        self.born.insert(key.clone(), now);
         if let Some(state) = self.enis.get_mut(&a.eni_id).and_then(|e| e.ips.get_mut(&a.ip)) {
             *state = IpState::Assigned;
         }
@@ -319,14 +361,14 @@ impl Datastore {
         self.enis.get(eni_id).map(|e| e.device_number).unwrap_or(0)
     }
 
-    pub fn stats(&self, now_ms: i64) -> Stats {
+    pub fn stats(&self, now: Mono) -> Stats {
         let mut s = Stats { enis: self.enis.len(), ..Stats::default() };
         for state in self.enis.values().flat_map(|e| e.ips.values()) {
             s.total += 1;
             match *state {
                 IpState::Assigned => s.assigned += 1,
                 IpState::Pending => s.pending += 1,
-                st if usable(st, now_ms) => s.free += 1,
+                st if usable(st, now) => s.free += 1,
                 _ => s.cooling += 1,
             }
         }
@@ -334,12 +376,12 @@ impl Datastore {
     }
 
     /// The earliest time a cooling IP becomes free, for the reconciler's requeue.
-    pub fn next_cooldown_expiry(&self, now_ms: i64) -> Option<i64> {
-        self.cooling.values().copied().filter(|t| *t > now_ms).min()
+    pub fn next_cooldown_expiry(&self, now: Mono) -> Option<Mono> {
+        self.cooling.values().copied().filter(|t| *t > now).min()
     }
 
     /// The planner's input: per ENI, its free IPs and what must not be touched.
-    pub fn view(&self, now_ms: i64) -> PoolView {
+    pub fn view(&self, now: Mono) -> PoolView {
         let enis = self
             .enis
             .values()
@@ -354,7 +396,7 @@ impl Datastore {
                 };
                 for net in &e.prefixes {
                     let free = prefix_addresses(net)
-                        .filter(|ip| e.ips.get(ip).is_some_and(|s| *s == IpState::Pending || usable(*s, now_ms)))
+                        .filter(|ip| e.ips.get(ip).is_some_and(|s| *s == IpState::Pending || usable(*s, now)))
                         .count() as u32;
                     v.prefixes.push(PrefixView { net: *net, free });
                 }
@@ -363,7 +405,7 @@ impl Datastore {
                         IpState::Assigned => v.assigned += 1,
                         // About to be usable: counted as free so the planner does not ask EC2 for more.
                         IpState::Pending => v.free.push(*ip),
-                        s if usable(s, now_ms) => v.free.push(*ip),
+                        s if usable(s, now) => v.free.push(*ip),
                         _ => v.cooling += 1,
                     }
                 }
@@ -374,16 +416,16 @@ impl Datastore {
     }
 
     /// Marks IPs the planner will unassign so that no pod gets one meanwhile. Returns those still free.
-    pub fn reserve_for_release(&mut self, eni_id: &str, ips: &[Ipv4Addr], now_ms: i64) -> Vec<Ipv4Addr> {
+    pub fn reserve_for_release(&mut self, eni_id: &str, ips: &[Ipv4Addr], now: Mono) -> Vec<Ipv4Addr> {
         let Some(eni) = self.enis.get_mut(eni_id) else {
             return Vec::new();
         };
         ips.iter()
             .copied()
             .filter(|ip| match eni.ips.get_mut(ip) {
-                Some(st) if usable(*st, now_ms) => {
+                Some(st) if usable(*st, now) => {
                     *st = IpState::Releasing;
-                    self.releasing.insert(*ip, now_ms + RELEASE_GRACE_MS);
+                    self.releasing.insert(*ip, now.after(RELEASE_GRACE));
                     true
                 }
                 _ => false,
@@ -393,17 +435,17 @@ impl Datastore {
 
     /// Marks the addresses of prefixes the planner will unassign so that no pod gets one meanwhile. Returns the
     /// prefixes whose addresses were all still free (only those go back).
-    pub fn reserve_prefixes_for_release(&mut self, eni_id: &str, prefixes: &[Ipv4Net], now_ms: i64) -> Vec<Ipv4Net> {
+    pub fn reserve_prefixes_for_release(&mut self, eni_id: &str, prefixes: &[Ipv4Net], now: Mono) -> Vec<Ipv4Net> {
         let Some(eni) = self.enis.get_mut(eni_id) else {
             return Vec::new();
         };
         let mut out = Vec::new();
         for net in prefixes {
-            let all_free = prefix_addresses(net).all(|ip| eni.ips.get(&ip).is_some_and(|s| usable(*s, now_ms)));
+            let all_free = prefix_addresses(net).all(|ip| eni.ips.get(&ip).is_some_and(|s| usable(*s, now)));
             if all_free && eni.prefixes.contains(net) {
                 for ip in prefix_addresses(net) {
                     eni.ips.insert(ip, IpState::Releasing);
-                    self.releasing.insert(ip, now_ms + RELEASE_GRACE_MS);
+                    self.releasing.insert(ip, now.after(RELEASE_GRACE));
                 }
                 out.push(*net);
             }
@@ -412,11 +454,11 @@ impl Datastore {
     }
 
     /// Marks an ENI for deletion when nothing is assigned or cooling on it; returns whether it was marked.
-    pub fn reserve_eni_for_delete(&mut self, eni_id: &str, now_ms: i64) -> bool {
+    pub fn reserve_eni_for_delete(&mut self, eni_id: &str, now: Mono) -> bool {
         let Some(eni) = self.enis.get_mut(eni_id) else {
             return false;
         };
-        if eni.primary || eni.ips.values().any(|s| !usable(*s, now_ms)) {
+        if eni.primary || eni.ips.values().any(|s| !usable(*s, now)) {
             return false;
         }
         eni.deleting = true;
@@ -424,161 +466,13 @@ impl Datastore {
     }
 }
 
-fn usable(state: IpState, now_ms: i64) -> bool {
+fn usable(state: IpState, now: Mono) -> bool {
     match state {
         IpState::Free => true,
-        IpState::Cooling { until_ms } => until_ms <= now_ms,
+        IpState::Cooling { until } => until <= now,
         IpState::Assigned | IpState::Releasing | IpState::Pending => false,
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(c: &str) -> AllocKey {
-        AllocKey { network_name: "aws-cni".into(), container_id: c.into(), if_name: "eth0".into() }
-    }
-
-    fn eni(id: &str, dev: u32, ips: &[&str]) -> ObservedEni {
-        ObservedEni {
-            id: id.into(),
-            mac: format!("02:00:00:00:00:0{dev}"),
-            device_number: dev,
-            subnet_id: "subnet-1".into(),
-            subnet_cidr: "10.0.1.0/24".parse().unwrap(),
-            primary_ip: format!("10.0.1.{}", 100 + dev).parse().unwrap(),
-            secondary_ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
-            unconfirmed: Vec::new(),
-            ready: true,
-            prefixes: Vec::new(),
-            fallback: false,
-        }
-    }
-
-    fn two_enis() -> Datastore {
-        let mut ds = Datastore::default();
-        ds.observe(vec![eni("eni-a", 0, &["10.0.1.10", "10.0.1.11"]), eni("eni-b", 1, &["10.0.1.20"])], "eni-a", 0);
-        ds
-    }
-
-    #[test]
-    fn only_a_28_is_expanded() {
-        assert_eq!(prefix_addresses(&"10.0.1.16/28".parse().unwrap()).count(), 16);
-        assert_eq!(prefix_addresses(&"10.0.0.0/8".parse().unwrap()).count(), 0, "not 16 million addresses");
-    }
-
-    #[test]
-    fn assign_is_idempotent_and_packs_the_lowest_device() {
-        let mut ds = two_enis();
-        let a = ds.assign(&key("c1"), "ns", "p1", 0).unwrap();
-        assert_eq!((a.ip.to_string().as_str(), a.device_number, a.new), ("10.0.1.10", 0, true));
-        let again = ds.assign(&key("c1"), "ns", "p1", 0).unwrap();
-        assert_eq!((again.ip, again.new), (a.ip, false));
-        let b = ds.assign(&key("c2"), "ns", "p2", 0).unwrap();
-        let c = ds.assign(&key("c3"), "ns", "p3", 0).unwrap();
-        assert_eq!((b.device_number, c.device_number), (0, 1));
-        assert!(matches!(ds.assign(&key("c4"), "ns", "p4", 0), Err(AssignError::Exhausted { assigned: 3, .. })));
-    }
-
-    #[test]
-    fn released_ip_rests_for_the_cooldown() {
-        let mut ds = two_enis();
-        let a = ds.assign(&key("c1"), "ns", "p1", 0).unwrap();
-        let (rel, dev) = ds.release(&key("c1"), 1_000, 30_000).unwrap();
-        assert_eq!((rel.ip, dev), (a.ip, 0));
-        assert!(ds.release(&key("c1"), 1_000, 30_000).is_none(), "a second DEL finds nothing");
-        // Within the cooldown the other IPs go first, then nothing.
-        let ips: Vec<_> = ["x", "y"].iter().map(|c| ds.assign(&key(c), "ns", "p", 2_000).unwrap().ip).collect();
-        assert!(!ips.contains(&a.ip));
-        assert!(ds.assign(&key("z"), "ns", "p", 2_000).is_err());
-        // After it the IP is usable again.
-        assert_eq!(ds.assign(&key("z"), "ns", "p", 31_000).unwrap().ip, a.ip);
-    }
-
-    #[test]
-    fn observation_keeps_allocations_and_drops_vanished_ips() {
-        let mut ds = two_enis();
-        let a = ds.assign(&key("c1"), "ns", "p1", 0).unwrap();
-        ds.release(&key("c1"), 0, 10_000);
-        let b = ds.assign(&key("c2"), "ns", "p2", 0).unwrap();
-        // EC2 no longer has eni-b's IP; the checkpointed cooldown and the allocation survive a re-observation.
-        ds.observe(vec![eni("eni-a", 0, &["10.0.1.10", "10.0.1.11"])], "eni-a", 5_000);
-        assert_eq!(ds.enis.len(), 1);
-        assert_eq!(ds.enis["eni-a"].ips[&a.ip], IpState::Cooling { until_ms: 10_000 });
-        assert_eq!(ds.enis["eni-a"].ips[&b.ip], IpState::Assigned);
-        assert!(ds.allocations.contains_key(&key("c2")));
-        let s = ds.stats(5_000);
-        assert_eq!((s.total, s.assigned, s.cooling, s.free), (2, 1, 1, 0));
-    }
-
-    #[test]
-    fn ips_given_back_stay_out_of_use_while_ec2_still_lists_them() {
-        let mut ds = two_enis();
-        let ip: Ipv4Addr = "10.0.1.11".parse().unwrap();
-        assert_eq!(ds.reserve_for_release("eni-a", &[ip], 0), vec![ip]);
-        // EC2 has not caught up with the unassign yet.
-        ds.observe(vec![eni("eni-a", 0, &["10.0.1.10", "10.0.1.11"]), eni("eni-b", 1, &["10.0.1.20"])], "eni-a", 1_000);
-        assert_eq!(ds.enis["eni-a"].ips[&ip], IpState::Releasing);
-        let got: Vec<Ipv4Addr> = ["a", "b"].iter().map(|c| ds.assign(&key(c), "ns", "p", 1_000).unwrap().ip).collect();
-        assert!(!got.contains(&ip));
-        // Once EC2 no longer lists it, the mark goes.
-        ds.observe(vec![eni("eni-a", 0, &["10.0.1.10"])], "eni-a", 2_000);
-        assert!(ds.releasing.is_empty());
-    }
-
-    #[test]
-    fn enis_without_host_networking_are_not_used() {
-        let mut ds = Datastore::default();
-        let mut b = eni("eni-b", 1, &["10.0.1.20"]);
-        b.ready = false;
-        ds.observe(vec![eni("eni-a", 0, &[]), b], "eni-a", 0);
-        assert!(ds.assign(&key("c1"), "ns", "p", 0).is_err());
-    }
-
-    #[test]
-    fn a_reserved_primary_eni_is_neither_used_nor_planned_for() {
-        let mut ds = two_enis();
-        ds.primary_reserved = true;
-        let ips: Vec<String> =
-            ["a", "b"].iter().filter_map(|c| ds.assign(&key(c), "ns", "p", 0).ok()).map(|a| a.ip.to_string()).collect();
-        assert_eq!(ips, ["10.0.1.20"], "only the secondary ENI's IP is handed out");
-        let view = ds.view(0);
-        assert_eq!(view.enis.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["eni-b"]);
-    }
-
-    #[test]
-    fn reserved_ips_and_enis_are_not_handed_out() {
-        let mut ds = two_enis();
-        let got = ds.reserve_for_release("eni-a", &["10.0.1.10".parse().unwrap()], 0);
-        assert_eq!(got.len(), 1);
-        assert!(ds.reserve_eni_for_delete("eni-b", 0));
-        assert!(!ds.reserve_eni_for_delete("eni-a", 0), "the primary ENI is never deleted");
-        assert_eq!(ds.assign(&key("c1"), "ns", "p", 0).unwrap().ip.to_string(), "10.0.1.11");
-        assert!(ds.assign(&key("c2"), "ns", "p", 0).is_err());
-    }
-
-    #[test]
-    fn a_prefix_serves_its_16_addresses_and_goes_back_only_when_all_are_free() {
-        let net: Ipv4Net = "10.0.1.32/28".parse().unwrap();
-        let mut ds = Datastore::default();
-        ds.observe(vec![ObservedEni { prefixes: vec![net], ..eni("eni-a", 0, &[]) }], "eni-a", 0);
-        assert_eq!((ds.stats(0).free, ds.enis["eni-a"].slots()), (16, 1));
-        let view = ds.view(0);
-        assert_eq!(view.enis[0].prefixes, [PrefixView { net, free: 16 }]);
-        let got: Vec<Ipv4Addr> = (0..16).map(|i| ds.assign(&key(&format!("c{i}")), "ns", "p", 0).unwrap().ip).collect();
-        assert_eq!(got.first().unwrap().to_string(), "10.0.1.32", "the network address of a /28 serves a pod too");
-        assert_eq!(got.last().unwrap().to_string(), "10.0.1.47");
-        assert!(ds.assign(&key("c16"), "ns", "p", 0).is_err());
-        // One address still cooling keeps the prefix.
-        for i in 0..16 {
-            ds.release(&key(&format!("c{i}")), 0, if i == 5 { 10_000 } else { 0 });
-        }
-        assert!(ds.reserve_prefixes_for_release("eni-a", &[net], 1_000).is_empty());
-        assert_eq!(ds.reserve_prefixes_for_release("eni-a", &[net], 10_000), [net]);
-        assert!(ds.assign(&key("late"), "ns", "p", 10_000).is_err(), "a prefix on its way back serves nobody");
-        // EC2 took it back.
-        ds.observe(vec![eni("eni-a", 0, &[])], "eni-a", 11_000);
-        assert_eq!((ds.stats(11_000).total, ds.releasing.len()), (0, 0));
-    }
-}
+mod tests;
