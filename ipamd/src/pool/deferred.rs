@@ -39,13 +39,14 @@ static DRAINING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Carries out every entry in `dir`, oldest first. An entry that cannot be carried out now (the checkpoint
 /// write failed) stays for the next drain; one that cannot be read is moved aside as `*.bad`.
 pub async fn drain(dir: &Path, pool: &PoolHandle) -> Drained {
-    let _one_at_a_time = DRAINING.lock().await;
     let mut out = Drained::default();
-    let Ok(read) = std::fs::read_dir(dir) else { return out };
-    let mut files: Vec<PathBuf> =
-        read.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
-    files.sort();
-    for path in files {
+    // Nearly always there is nothing, and then no lock is needed (an empty listing acts on nothing): every ADD
+    // drains, and 100 of them at once must not queue for it.
+    if entries(dir).is_empty() {
+        return out;
+    }
+    let _one_at_a_time = DRAINING.lock().await;
+    for path in entries(dir) {
         let entry = match std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Entry>(&b).ok()) {
             Some(e) => e,
             None => {
@@ -83,4 +84,13 @@ pub async fn drain(dir: &Path, pool: &PoolHandle) -> Drained {
         }
     }
     out
+}
+
+/// The entries in `dir`, oldest first (by name: `<unix ms>-<pid>.json`).
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    let Ok(read) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<PathBuf> =
+        read.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
+    files.sort();
+    files
 }

@@ -40,7 +40,8 @@ struct Entry {
 struct File {
     version: u32,
     allocations: Vec<Entry>,
-    /// IP → unix millis when it may be reused.
+    /// IP → unix millis when it may be reused, on the wall clock of the process that wrote it: for people and older
+    /// versions. A start reads only which IPs were cooling, and cools each again for the whole cooldown.
     #[serde(default)]
     cooling: BTreeMap<Ipv4Addr, i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
