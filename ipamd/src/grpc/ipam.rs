@@ -229,4 +229,65 @@ mod tests {
         assert_eq!(status(PoolError::Stopped).code(), tonic::Code::Unavailable);
         assert_eq!(status(PoolError::NotReady).code(), tonic::Code::Unavailable);
     }
+
+    /// A DEL of this very sandbox was deferred while ipamd was unreachable and cannot be carried out yet (the
+    /// disk is full): the ADD is "try again later", not answered with the IP that DEL is about to release; once it
+    /// can be carried out, the ADD gets a fresh allocation.
+    #[tokio::test]
+    async fn an_add_waits_for_its_own_deferred_del() {
+        use crate::state::checkpoint::{Checkpoint, Store};
+        use crate::state::datastore::ObservedEni;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let eni = ObservedEni {
+            id: "eni-a".into(),
+            mac: "02:00:00:00:00:01".into(),
+            device_number: 0,
+            subnet_id: "subnet-1".into(),
+            subnet_cidr: "10.0.1.0/24".parse().unwrap(),
+            primary_ip: "10.0.1.4".parse().unwrap(),
+            secondary_ips: vec!["10.0.1.10".parse().unwrap(), "10.0.1.11".parse().unwrap()],
+            unconfirmed: Vec::new(),
+            ready: true,
+            prefixes: Vec::new(),
+            fallback: false,
+        };
+        let settings = crate::pool::PoolSettings {
+            primary_eni_id: "eni-a".into(),
+            targets: Default::default(),
+            cooldown: std::time::Duration::from_secs(30),
+            reconcile_interval: std::time::Duration::from_secs(5),
+            primary_reserved: false,
+            surge: false,
+            node: None,
+        };
+        // Served from the checkpoint's ENI: no observation needed.
+        let cp = Checkpoint { enis: vec![eni], ..Checkpoint::default() };
+        let pool = crate::pool::spawn(settings, Store::new(&state), cp, &crate::tasks::Supervisor::new().tasks());
+        let (_, vpc_cidrs) = tokio::sync::watch::channel(Vec::new());
+        let service = IpamService {
+            pool: pool.unwrap(),
+            deferred_dir: dir.path().join(crate::pool::deferred::DIR),
+            telemetry: crate::telemetry::Telemetry::default(),
+            facts: NetFacts { vpc_cidrs, exclude_snat_cidrs: Vec::new(), pod_mtu: 9001, external_snat: false },
+            released: None,
+        };
+        let k = pb::AllocationKey { network_name: "aws-cni".into(), container_id: "c1".into(), if_name: "eth0".into() };
+        let add = || pb::AddNetworkRequest { key: Some(k.clone()), ..Default::default() };
+        let first = service.add(Request::new(add())).await.unwrap().into_inner().ipv4_addr;
+        let entry = crate::pool::deferred::Entry {
+            network_name: k.network_name.clone(),
+            container_id: k.container_id.clone(),
+            if_name: k.if_name.clone(),
+            unix_ms: 1,
+        };
+        crate::pool::deferred::record(&service.deferred_dir, &entry).unwrap();
+        std::fs::remove_dir_all(&state).unwrap();
+        let refused = service.add(Request::new(add())).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        std::fs::create_dir(&state).unwrap();
+        let again = service.add(Request::new(add())).await.unwrap().into_inner().ipv4_addr;
+        assert_ne!(again, first, "the deferred DEL went first: {first} is cooling, the ADD got a new IP");
+    }
 }
