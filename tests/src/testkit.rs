@@ -56,6 +56,14 @@ impl SimProc {
         me
     }
 
+    /// GetStatus of node `node`'s ipamd (`None` while it does not answer).
+    pub async fn status(&self, node: usize) -> Option<vpc_cni_proto::v1::GetStatusReply> {
+        let socket = self.state.path().join(format!("node-{node}/ipamd.sock"));
+        let ch = vpc_cni_proto::uds::connect(&socket, Some(Duration::from_secs(2))).await.ok()?;
+        let mut c = vpc_cni_proto::v1::introspection_client::IntrospectionClient::new(ch);
+        Some(c.get_status(vpc_cni_proto::v1::GetStatusRequest {}).await.ok()?.into_inner())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.state.path().join("sim.log")).unwrap_or_default()
     }

@@ -46,19 +46,11 @@ fn ec2_requests(sim: &SimProc, node: usize) -> BTreeMap<String, f64> {
     by_op
 }
 
-/// The node's ipamd status (`vpcctl status`).
-async fn status(sim: &SimProc, node: usize) -> Option<pb::GetStatusReply> {
-    let socket = sim.state.path().join(format!("node-{node}/ipamd.sock"));
-    let ch = vpc_cni_proto::uds::connect(&socket, Some(Duration::from_secs(2))).await.ok()?;
-    let mut c = pb::introspection_client::IntrospectionClient::new(ch);
-    Some(c.get_status(pb::GetStatusRequest {}).await.ok()?.into_inner())
-}
-
 /// The EC2 request counts once they stop moving (no call in three whole reconcile rounds): the pool has settled.
 async fn settled_ec2_requests(sim: &SimProc, node: usize) -> BTreeMap<String, f64> {
     let mut last = ec2_requests(sim, node);
     for _ in 0..20 {
-        rounds_pass_by(|| status(sim, node), 3).await;
+        rounds_pass_by(|| sim.status(node), 3).await;
         let now = ec2_requests(sim, node);
         if now == last {
             return now;

@@ -162,7 +162,7 @@ async fn main() -> Result<()> {
                 "unknown_pod_ips": s.unknown_pod_ips,
                 "stale_allocations_released": s.stale_allocations_released, "pod_gc": s.pod_gc,
                 "prefix_delegation": s.prefix_delegation, "prefixes": s.prefixes,
-                "prefix_fallback_enis": s.prefix_fallback_enis,
+                "prefix_fallback_enis": s.prefix_fallback_enis, "snat": s.snat,
             });
             if as_json {
                 println!("{v:#}");
@@ -218,6 +218,9 @@ async fn main() -> Result<()> {
                 }
                 if !s.degraded.is_empty() {
                     println!("DEGRADED   serving from the last known pool: {}", s.degraded);
+                }
+                if !s.snat.is_empty() {
+                    println!("snat       {}", s.snat);
                 }
                 if !s.last_error.is_empty() {
                     println!("last error {}", s.last_error);

@@ -68,6 +68,7 @@ pub enum DaemonError {
 /// Task names under the supervisor.
 const GRPC_TASK: &str = "gRPC server";
 const RECONCILE_TASK: &str = "reconcile loop";
+const SNAT_TASK: &str = "SNAT keeper";
 /// How long a dying ipamd keeps answering NOT_SERVING before it exits (well inside the 1 s it has).
 const NOT_SERVING_LINGER: Duration = Duration::from_millis(100);
 /// How long shutdown waits for the requests in flight (well inside the DaemonSet's 30 s grace period).
@@ -188,8 +189,13 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             exclude_snat_cidrs: cfg.aws_vpc_k8s_cni_exclude_snat_cidrs.0.iter().map(ToString::to_string).collect(),
         },
     };
-    let introspection =
-        IntrospectionService { pool: pool.clone(), node: node.clone(), config: cfg.entries(), kube: kube.clone() };
+    let introspection = IntrospectionService {
+        pool: pool.clone(),
+        node: node.clone(),
+        config: cfg.entries(),
+        kube: kube.clone(),
+        telemetry: telemetry.clone(),
+    };
     let listener = grpc::bind(&cfg.ipamd_socket)?;
     let graceful = tasks.clone();
     let server = Server::builder()
@@ -242,6 +248,20 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     } else {
         kube.update_status(|s| s.pod_gc = "off".into());
     }
+    if let (Some(net), Some(config)) = (&hostnet, snat) {
+        let keeper = crate::reconcile::snat_keeper::SnatKeeper {
+            config,
+            vpc_cidrs: vpc_cidrs_tx.subscribe(),
+            net: net.clone(),
+            pool: pool.clone(),
+            telemetry: telemetry.clone(),
+            events: kube.events.clone(),
+            interval: Duration::from_secs(cfg.ipamd_reconcile_interval).max(Duration::from_secs(1)),
+            timeout: crate::node::snat::NFT_TIMEOUT,
+        };
+        let heartbeat = tasks.heartbeat(SNAT_TASK, crate::node::snat::NFT_TIMEOUT * 2 + Duration::from_secs(5));
+        tasks.spawn_loop(SNAT_TASK, keeper.run(heartbeat));
+    }
     let reconciler = Reconciler::new(
         ec2.clone(),
         Arc::new(imds),
@@ -261,7 +281,6 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             vpc_cidrs: Arc::new(vpc_cidrs_tx),
             recovered,
             eni_mtu: cfg.aws_vpc_eni_mtu,
-            snat,
             link_wait: Duration::from_secs(10),
             subnet_discovery: cfg.enable_subnet_discovery,
         },

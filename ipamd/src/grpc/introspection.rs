@@ -18,6 +18,7 @@ pub struct IntrospectionService {
     pub node: std::sync::Arc<NodeInfo>,
     pub config: Vec<(String, String)>,
     pub kube: Kube,
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 #[tonic::async_trait]
@@ -69,6 +70,7 @@ impl pb::introspection_server::Introspection for IntrospectionService {
             prefix_delegation: s.prefix_delegation,
             prefixes: s.ds.prefix_count() as u32,
             prefix_fallback_enis: s.ds.fallback_enis().map(String::from).collect(),
+            snat: self.telemetry.snat(),
         }))
     }
 

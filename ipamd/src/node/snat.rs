@@ -4,11 +4,15 @@
 //! table holds no SNAT rule. Every apply deletes and re-creates the table in one nft transaction, so the
 //! ruleset changes atomically (e.g. when the VPC gains a CIDR). Why the nft binary's JSON API and not raw
 //! netlink: libnftables compiles the rules to the bytecode of the running kernel, the batch is one kernel
-//! transaction, and the result reads back with `nft list table ip vpc-cni`.
+//! transaction, and the result reads back with `nft list table ip vpc-cni`. Every `nft` run has a timeout
+//! ([`NFT_TIMEOUT`]); the loop that keeps the table in place is `reconcile::snat_keeper`.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
 
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
@@ -31,8 +35,10 @@ pub struct SnatConfig {
 pub enum SnatError {
     #[error("nft: {0}")]
     Spawn(std::io::Error),
-    #[error("nft rejected the ruleset: {0}")]
+    #[error("nft failed: {0}")]
     Rejected(String),
+    #[error("nft did not finish within {0:?} (killed)")]
+    TimedOut(Duration),
 }
 
 fn obj(kind: &str, mut body: Value) -> Value {
@@ -102,21 +108,50 @@ pub fn ruleset(cfg: &SnatConfig) -> Value {
     json!({ "nftables": cmds })
 }
 
-/// Applies the ruleset in the current network namespace.
-pub fn apply(cfg: &SnatConfig) -> Result<(), SnatError> {
+/// How long one `nft` run may take: a hung `nft` (a wedged kernel lock, a broken binary) is killed after it.
+pub const NFT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `nft args…` with `stdin`, killed after `timeout`; returns its stdout.
+async fn nft(args: &[&str], stdin: Option<String>, timeout: Duration) -> Result<String, SnatError> {
     let mut child = Command::new("nft")
-        .args(["-j", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .map_err(SnatError::Spawn)?;
-    child.stdin.take().expect("piped").write_all(ruleset(cfg).to_string().as_bytes()).map_err(SnatError::Spawn)?;
-    let out = child.wait_with_output().map_err(SnatError::Spawn)?;
+    let run = async {
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes()).await.map_err(SnatError::Spawn)?;
+        }
+        child.wait_with_output().await.map_err(SnatError::Spawn)
+    };
+    // On the timeout the future, and with it the child (kill_on_drop), is dropped.
+    let out = tokio::time::timeout(timeout, run).await.map_err(|_| SnatError::TimedOut(timeout))??;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(SnatError::Rejected(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+    }
+}
+
+/// Applies the ruleset in the current network namespace; returns the table as the kernel then holds it
+/// ([`listing`]), to compare later rounds with.
+pub async fn apply(cfg: &SnatConfig, timeout: Duration) -> Result<String, SnatError> {
+    nft(&["-j", "-f", "-"], Some(ruleset(cfg).to_string()), timeout).await?;
+    listing(timeout)
+        .await?
+        .ok_or_else(|| SnatError::Rejected(format!("table ip {TABLE} missing right after applying it")))
+}
+
+/// The table as the kernel holds it now (`nft list table ip vpc-cni`), `None` when there is none (a
+/// `nft flush ruleset`, a firewall reload).
+pub async fn listing(timeout: Duration) -> Result<Option<String>, SnatError> {
+    match nft(&["list", "table", "ip", TABLE], None, timeout).await {
+        Ok(text) => Ok(Some(text)),
+        Err(SnatError::Rejected(e)) if e.contains("No such file or directory") => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -16,6 +16,7 @@ mod placement;
 #[cfg(test)]
 mod prefix_tests;
 mod recovered;
+pub mod snat_keeper;
 pub mod subnets;
 pub mod sweep;
 #[cfg(test)]
@@ -32,7 +33,6 @@ use moka::future::Cache;
 use crate::cloud::ec2::{Ec2Api, Ec2Eni, Ec2Error, InstanceLimits, Subnet};
 use crate::cloud::imds::{self, Metadata, NodeInfo};
 use crate::k8s::{Kube, eniconfig::EniConfigSpec, events};
-use crate::node::snat::{self, SnatConfig};
 use crate::planner::Limits;
 use crate::pool::PoolHandle;
 use crate::state::datastore::ObservedEni;
@@ -109,8 +109,6 @@ pub struct ReconcileSettings {
     pub eni_mtu: u32,
     /// How long to wait for a newly attached ENI's link to appear.
     pub link_wait: Duration,
-    /// Node SNAT (only with host networking); its VPC CIDRs are refreshed from IMDS every round.
-    pub snat: Option<SnatConfig>,
     /// ENABLE_SUBNET_DISCOVERY.
     pub subnet_discovery: bool,
 }
@@ -145,7 +143,6 @@ pub struct Reconciler<E: Ec2Api, M: Metadata, N: HostNet> {
     /// ENIs whose host networking is known to be in place.
     configured: BTreeSet<String>,
     /// The SNAT ruleset last applied (re-applied when it would differ).
-    snat_applied: Option<SnatConfig>,
     /// Prefix mode: ENIs EC2 had no /28 for (InsufficientCidrBlocks); they grow by single IPs.
     prefix_fallback: BTreeSet<String>,
 }
@@ -168,7 +165,6 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             imds,
             hostnet,
             configured: BTreeSet::new(),
-            snat_applied: None,
             prefix_fallback: BTreeSet::new(),
             node,
             pool,
@@ -277,9 +273,8 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         }
         let managed: Vec<Ec2Eni> = attached.iter().filter(|e| self.managed(e)).cloned().collect();
         self.repair(&managed).await?;
-        if let Err(e) = self.sync_snat().await {
-            host_errors.push(HostNetError::Netlink { op: "nftables", message: e });
-        }
+        // The SNAT keeper (its own loop) follows the CIDRs from here.
+        self.refresh_vpc_cidrs().await;
         let placement = self.placement(&attached).await;
         let (actions, requeue) = self.pool.plan().await?;
         let mut used: BTreeSet<u32> = attached.iter().filter_map(|e| e.device_index).collect();
@@ -385,35 +380,6 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             self.pool.emit("vpc-cidrs", format!("VPC CIDRs for new pods: {}", texts.join(", ")));
         }
         Some(cidrs)
-    }
-
-    /// Keeps the SNAT table in step with the VPC's CIDRs (IMDS), rebuilding it atomically when they change.
-    async fn sync_snat(&mut self) -> Result<(), String> {
-        let cidrs = self.refresh_vpc_cidrs().await;
-        let Some(mut want) = self.settings.snat.clone() else { return Ok(()) };
-        if let Some(cidrs) = cidrs {
-            want.vpc_cidrs = cidrs;
-        }
-        if self.snat_applied.as_ref() == Some(&want) {
-            return Ok(());
-        }
-        let cfg = want.clone();
-        tokio::task::spawn_blocking(move || snat::apply(&cfg))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        self.pool.emit(
-            "snat-applied",
-            format!(
-                "table ip {} (VPC {:?}, external {}, {:?})",
-                snat::TABLE,
-                want.vpc_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                want.external,
-                want.randomize
-            ),
-        );
-        self.snat_applied = Some(want);
-        Ok(())
     }
 
     /// Wires every secondary ENI on the node and removes what detached ENIs left; marks each observed ENI

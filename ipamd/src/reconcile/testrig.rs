@@ -48,7 +48,6 @@ pub async fn rig(targets: Targets) -> Rig {
         vpc_cidrs: Arc::new(vpc_cidrs),
         eni_mtu: 9001,
         link_wait: Duration::ZERO,
-        snat: None,
         subnet_discovery: true,
     };
     let r = Reconciler::new(ec2.clone(), imds, None, node, pool.clone(), rs, crate::k8s::Kube::disabled());

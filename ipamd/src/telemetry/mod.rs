@@ -49,6 +49,9 @@ struct Inner {
     degraded: Gauge,
     degraded_reason: std::sync::Mutex<String>,
     degraded_since: AtomicI64,
+    snat_broken: Gauge,
+    /// What `GetStatus` says of node SNAT (empty: ipamd does not manage it).
+    snat_state: std::sync::Mutex<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +80,8 @@ impl Inner {
             degraded: Gauge::default(),
             degraded_reason: std::sync::Mutex::default(),
             degraded_since: AtomicI64::new(0),
+            snat_broken: Gauge::default(),
+            snat_state: std::sync::Mutex::default(),
         }
     }
 }
@@ -154,6 +159,21 @@ impl Telemetry {
         (!r.is_empty()).then(|| (r.clone(), self.0.degraded_since.load(Ordering::Relaxed)))
     }
 
+    /// Node SNAT's state: `Ok(what)` in place (e.g. "in place"), `Err(why)` broken.
+    pub fn set_snat(&self, state: Result<String, String>) {
+        let mut s = self.0.snat_state.lock().unwrap_or_else(|p| p.into_inner());
+        self.0.snat_broken.set(i64::from(state.is_err()));
+        *s = match state {
+            Ok(what) => what,
+            Err(why) => format!("broken: {why}"),
+        };
+    }
+
+    /// What `GetStatus` says of node SNAT.
+    pub fn snat(&self) -> String {
+        self.0.snat_state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Adds every series to `reg`.
     pub fn register(&self, reg: &mut Registry) {
         let i = &self.0;
@@ -195,6 +215,11 @@ impl Telemetry {
             "ipamd_degraded",
             "1 while EC2 or IMDS is unreachable and ipamd serves from its checkpoint",
             i.degraded.clone(),
+        );
+        reg.register(
+            "ipamd_snat_broken",
+            "1 while the node's SNAT table cannot be put in place (GetStatus `snat` says why); pods still get IPs",
+            i.snat_broken.clone(),
         );
     }
 }
