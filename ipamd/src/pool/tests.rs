@@ -70,6 +70,29 @@ async fn a_del_whose_checkpoint_write_fails_is_undone_and_can_be_retried() {
     assert!(!store.load().unwrap().allocations.contains_key(&key("c1")));
 }
 
+/// The directory fsync after the checkpoint's rename fails (EIO on a sick disk): the file already holds the
+/// change, so memory keeps it too and the pod is answered; memory and disk never tell two stories.
+#[tokio::test]
+async fn a_failed_directory_fsync_leaves_memory_saying_what_the_file_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path()).with_dir_sync(|_| Err(std::io::Error::other("injected: EIO")));
+    let pool = spawn_unsupervised(settings(), store.clone(), Checkpoint::default());
+    pool.observe(vec![eni()], Limits { max_enis: 3, ips_per_eni: 9, vcpus: 2 }, 0).await.unwrap();
+    pool.reconciled(None).await.unwrap();
+    let agree = async || {
+        let memory = pool.snapshot().await.unwrap().ds.allocations;
+        assert_eq!(memory, store.load().unwrap().allocations, "memory and ipam.json disagree");
+        memory
+    };
+    let added = pool.add(key("c1"), "default".into(), "web".into(), String::new()).await;
+    let memory = agree().await;
+    let a = added.expect("the allocation is in the file: the pod gets it");
+    assert_eq!(memory.get(&key("c1")).map(|al| al.ip), Some(a.ip));
+    let released = pool.del(key("c1")).await;
+    assert!(agree().await.is_empty());
+    assert_eq!(released.unwrap().map(|(al, _)| al.ip), Some(a.ip));
+}
+
 /// An ENI with `n` secondary IPs, 10.0.1.10 onwards.
 fn big_eni(n: u8) -> ObservedEni {
     ObservedEni { secondary_ips: (0..n).map(|i| std::net::Ipv4Addr::new(10, 0, 1, 10 + i)).collect(), ..eni() }

@@ -1,11 +1,15 @@
 //! `ipam.json`: the allocations and cooling IPs that must survive a crash, and the last known node, limits and
 //! ENIs, so that ipamd can serve from it when EC2 or IMDS cannot be reached. Versioned, written atomically
 //! (temp file, fsync, rename, fsync of the directory), so a reader sees the old or the new file, never half.
+//! A write that fails before its rename leaves the old file, one that gets past it has put the new file in
+//! place (see [`Store::save_parts`]): the caller keeps in memory exactly what the file says.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -110,11 +114,25 @@ pub struct Checkpoint {
 #[derive(Debug, Clone)]
 pub struct Store {
     path: PathBuf,
+    /// Makes the rename durable (a test puts a failing one in).
+    sync_dir: fn(&Path) -> std::io::Result<()>,
+    /// The last directory fsync failed: said once in the log, and again when one succeeds.
+    unsynced: Arc<AtomicBool>,
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
 }
 
 impl Store {
     pub fn new(dir: &Path) -> Self {
-        Self { path: dir.join(FILE_NAME) }
+        Self { path: dir.join(FILE_NAME), sync_dir: fsync_dir, unsynced: Arc::default() }
+    }
+
+    /// The store with `sync_dir` in place of the directory fsync.
+    #[cfg(test)]
+    pub(crate) fn with_dir_sync(self, sync_dir: fn(&Path) -> std::io::Result<()>) -> Self {
+        Self { sync_dir, ..self }
     }
 
     pub fn path(&self) -> &Path {
@@ -161,7 +179,15 @@ impl Store {
         self.save_parts(cp.parts())
     }
 
-    /// Writes the checkpoint atomically and durably (temp file, fsync, rename, fsync of the directory).
+    /// Writes the checkpoint atomically and durably (temp file, fsync, rename, fsync of the directory). `Ok`: the
+    /// file holds `parts`; `Err`: it still holds what it held before.
+    ///
+    /// Once the rename is done the new file is the one every reader sees, a restarted ipamd included; a failed
+    /// directory fsync after it only means a crash of the whole node might bring the old file back, and such a
+    /// crash ends every pod the difference is about. So that failure is logged and the write counts as done:
+    /// failing it made the pool undo in memory what the file already held (a released IP kept from new pods
+    /// until a restart freed it under a pod whose DEL had been refused, an allocation the file keeps for a pod
+    /// told it had none). The next write fsyncs the directory again.
     pub fn save_parts(&self, parts: Parts<'_>) -> Result<(), CheckpointError> {
         let io = |source| error(&self.path, FileProblem::Io(source));
         let dir = self.path.parent().unwrap_or(Path::new("."));
@@ -178,7 +204,22 @@ impl Store {
         f.write_all(&bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        match (self.sync_dir)(dir) {
+            Ok(()) => {
+                if self.unsynced.swap(false, Ordering::Relaxed) {
+                    tracing::info!(path = %self.path.display(), "checkpoint directory fsync works again");
+                }
+            }
+            Err(e) => {
+                if !self.unsynced.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        "checkpoint written, but the fsync of its directory failed ({e}): it is in place, and \
+                         durable once a later write's fsync succeeds"
+                    );
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -278,6 +319,22 @@ mod tests {
         cp.enis[0].prefixes = vec!["10.0.1.32/28".parse().unwrap()];
         store.save(&cp).unwrap();
         assert_eq!(store.load().unwrap().enis[0].prefixes, cp.enis[0].prefixes);
+    }
+
+    /// The rename is done when the directory fsync fails: the write counts (the file holds the new state), so
+    /// its caller does not roll memory back to what the file no longer says.
+    #[test]
+    fn a_failed_directory_fsync_after_the_rename_is_a_done_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path()).with_dir_sync(|_| Err(std::io::Error::other("injected: EIO")));
+        let mut cp = Checkpoint::default();
+        cp.cooling.insert("10.0.1.10".parse().unwrap(), 99);
+        store.save(&cp).expect("the new file is in place: the write is done");
+        assert_eq!(store.load().unwrap(), cp);
+        // A failure before the rename still fails the write and leaves the old file.
+        std::fs::create_dir(dir.path().join("ipam.json.tmp")).unwrap();
+        assert!(store.save(&Checkpoint::default()).is_err());
+        assert_eq!(store.load().unwrap(), cp);
     }
 
     #[test]
