@@ -25,6 +25,7 @@ fn vpc_bench_smoke_prints_every_figure() {
         "ipamd start → SERVING: ",
         "an IP of a new ENI usable: ",
         "crates, 0 aws-*",
+        "concurrent ADDs p99 with /metrics scraped ",
         // Smoke bursts are of 3 pods: the 100-pod goal is said to be unmeasured, and counted as not met.
         "goal 100 concurrent ADDs p99 ≤ 500 ms and below ptp's: NOT measured (no burst of 100 pods)",
         "goals met: ",

@@ -46,6 +46,7 @@ impl Actor {
                 next = rx.try_recv().ok();
             }
             self.commit(&mut batch);
+            self.publish();
             // Everything sent before the stop is durable and answered.
             if let Some(reply) = stop {
                 let _ = reply.send(());

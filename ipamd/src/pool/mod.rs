@@ -11,6 +11,8 @@
 
 mod commit;
 pub mod deferred;
+mod gauges;
+pub use gauges::Gauges;
 pub mod surge;
 
 use std::net::Ipv4Addr;
@@ -176,6 +178,7 @@ struct Actor {
     surge: crate::pool::surge::Surge,
     /// Checkpoint writes made (for metrics and the group-commit test).
     checkpoint_writes: u64,
+    gauges: tokio::sync::watch::Sender<Gauges>,
 }
 
 /// Cheap, cloneable access to the actor.
@@ -184,6 +187,8 @@ pub struct PoolHandle {
     tx: mpsc::Sender<Command>,
     pub events: broadcast::Sender<Event>,
     pub kick: Arc<Notify>,
+    /// The latest [`Gauges`] (for `/metrics`: read without a command to the actor).
+    pub gauges: tokio::sync::watch::Receiver<Gauges>,
 }
 
 /// Starts the actor, under the supervisor, with the state restored from `checkpoint`.
@@ -207,6 +212,7 @@ pub fn spawn_with_clock(
     let (tx, rx) = mpsc::channel(256);
     let (events, _) = broadcast::channel(1024);
     let kick = Arc::new(Notify::new());
+    let (gauges_tx, gauges) = gauges::channel();
     let now = clock.now();
     // The saved deadlines are another process's wall-clock times: what was cooling cools again from now.
     let mut ds = Datastore::restore(checkpoint.allocations, checkpoint.cooling.into_keys(), now, settings.cooldown);
@@ -232,10 +238,12 @@ pub fn spawn_with_clock(
         saved_enis: checkpoint.enis,
         surge: crate::pool::surge::Surge::default(),
         checkpoint_writes: 0,
+        gauges: gauges_tx,
     };
+    actor.publish();
     // Its own thread: the checkpoint's fsyncs block, and must not hold up a runtime worker serving gRPC.
     tasks.spawn_thread(TASK, move || actor.run(rx))?;
-    Ok(PoolHandle { tx, events, kick })
+    Ok(PoolHandle { tx, events, kick, gauges })
 }
 
 /// The actor for a unit test, under a supervisor nobody watches.

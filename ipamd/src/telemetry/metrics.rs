@@ -1,15 +1,23 @@
-//! Prometheus text on METRICS_BIND_ADDR at `/metrics`. Gauges are read from one pool snapshot per scrape, so
-//! they are always consistent with each other; names follow aws-vpc-cni's `awscni_*` where it has one.
+//! Prometheus text on METRICS_BIND_ADDR at `/metrics`. The pool's gauges are the copy the pool actor publishes
+//! after each batch ([`Gauges`]): consistent with each other, and a scrape never queues on the actor. Names
+//! follow aws-vpc-cni's `awscni_*` where it has one. The listener is bounded: at most [`MAX_CONNECTIONS`] at once
+//! (more are closed on accept), a connection that sends no request for [`IDLE_TIMEOUT`] is closed, and none
+//! lives longer than [`MAX_CONNECTION_AGE`] — a port anyone on the node can reach must not hold ipamd's memory
+//! or file descriptors.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{Router, extract::State, response::IntoResponse, routing::get};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use prometheus_client::registry::Registry;
 
 use crate::k8s::{Kube, KubeStatus};
-use crate::pool::{PoolHandle, Snapshot};
+use crate::pool::{Gauges, PoolHandle};
 use crate::telemetry::Telemetry;
 
 #[derive(Clone)]
@@ -25,8 +33,15 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
     reg.register(name, help, g);
 }
 
-/// Renders the exposition text for one snapshot (and the Kubernetes side's status, when it is on).
-pub fn render(s: &Snapshot, telemetry: &Telemetry, kube: Option<(bool, &KubeStatus)>) -> String {
+/// Connections served at once; more are closed as they are accepted.
+pub const MAX_CONNECTIONS: usize = 16;
+/// A connection that sends no (complete) request head for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// No connection lives longer, whatever it does (a scraper reconnects).
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+
+/// Renders the exposition text for the pool's gauges (and the Kubernetes side's status, when it is on).
+pub fn render(s: &Gauges, telemetry: &Telemetry, kube: Option<(bool, &KubeStatus)>) -> String {
     let mut reg = Registry::default();
     gauge(&mut reg, "awscni_eni_allocated", "ENIs attached to the node", s.stats.enis as i64);
     gauge(&mut reg, "awscni_eni_max", "ENIs the node may attach", s.limits.map_or(0, |l| l.max_enis) as i64);
@@ -48,17 +63,12 @@ pub fn render(s: &Snapshot, telemetry: &Telemetry, kube: Option<(bool, &KubeStat
         "IPs assigned in EC2 that IMDS does not show yet",
         s.stats.pending as i64,
     );
-    gauge(
-        &mut reg,
-        "ipamd_prefixes",
-        "/28 prefixes delegated to the node's ENIs (prefix mode)",
-        s.ds.prefix_count() as i64,
-    );
+    gauge(&mut reg, "ipamd_prefixes", "/28 prefixes delegated to the node's ENIs (prefix mode)", s.prefixes as i64);
     gauge(
         &mut reg,
         "ipamd_prefix_fallback_enis",
         "ENIs taking single IPs because EC2 had no free /28 in their subnet (prefix mode)",
-        s.ds.fallback_enis().count() as i64,
+        s.fallback_enis as i64,
     );
     let writes = Counter::<u64>::default();
     writes.inc_by(s.checkpoint_writes);
@@ -92,15 +102,11 @@ pub fn render(s: &Snapshot, telemetry: &Telemetry, kube: Option<(bool, &KubeStat
 }
 
 async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
-    match ctx.pool.snapshot().await {
-        Ok(s) => {
-            let status = ctx.kube.status();
-            let connected = ctx.kube.view.borrow().healthy(ctx.kube.custom_networking());
-            let kube = ctx.kube.settings.is_some().then_some((connected, &status));
-            (StatusCode::OK, render(&s, &ctx.telemetry, kube))
-        }
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    }
+    let gauges = ctx.pool.gauges.borrow().clone();
+    let status = ctx.kube.status();
+    let connected = ctx.kube.view.borrow().healthy(ctx.kube.custom_networking());
+    let kube = ctx.kube.settings.is_some().then_some((connected, &status));
+    render(&gauges, &ctx.telemetry, kube)
 }
 
 /// Binds the listener (errors surface at start) and returns the serving future and the bound address.
@@ -110,8 +116,66 @@ pub async fn serve(
     telemetry: Telemetry,
     kube: Kube,
 ) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
+    serve_bounded(
+        addr,
+        Router::new().route("/metrics", get(metrics)).with_state(Ctx { pool, telemetry, kube }),
+        Bounds::default(),
+    )
+    .await
+}
+
+/// The listener's limits (tests shorten them).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub connections: usize,
+    pub idle: Duration,
+    pub age: Duration,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self { connections: MAX_CONNECTIONS, idle: IDLE_TIMEOUT, age: MAX_CONNECTION_AGE }
+    }
+}
+
+/// Serves `app` on `addr` within `bounds` (HTTP/1.1).
+pub async fn serve_bounded(
+    addr: SocketAddr,
+    app: Router,
+    bounds: Bounds,
+) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = Router::new().route("/metrics", get(metrics)).with_state(Ctx { pool, telemetry, kube });
-    Ok((local, async move { axum::serve(listener, app).await }))
+    let slots = Arc::new(tokio::sync::Semaphore::new(bounds.connections));
+    let serving = async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors and the like: wait rather than spin; the listener stays.
+                Err(e) => {
+                    tracing::warn!("metrics: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                drop(stream);
+                continue;
+            };
+            let service = TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(bounds.idle)
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(bounds.age, conn).await;
+                drop(slot);
+            });
+        }
+    };
+    Ok((local, serving))
 }
+
+#[cfg(test)]
+#[path = "metrics_tests.rs"]
+mod tests;
