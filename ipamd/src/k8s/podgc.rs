@@ -141,7 +141,9 @@ impl<N: HostNet> PodGc<N> {
             for key in candidates {
                 let a = &allocations[&key];
                 match confirm(client.clone(), a, &node_name).await {
-                    Confirm::Gone(why) => self.release(&kube, &key, a, &why).await,
+                    Confirm::Gone(why) => {
+                        self.release(&kube, &key, a, &why).await;
+                    }
                     Confirm::Alive => {
                         missing_since.remove(&key);
                     }
@@ -153,10 +155,21 @@ impl<N: HostNet> PodGc<N> {
         }
     }
 
-    async fn release(&self, kube: &Kube, key: &AllocKey, a: &Allocation, why: &str) {
+    /// Releases `key`; `false` when it was not released now. A release that cannot be written (a full disk) is
+    /// left in place by the pool, so the pod is still missing at the next pass, which tries again: this is how
+    /// a DEL the runtime gave up on while the checkpoint could not be written gets carried out in the end.
+    async fn release(&self, kube: &Kube, key: &AllocKey, a: &Allocation, why: &str) -> bool {
         let asked = tokio::time::Instant::now();
-        let Ok(Some((a2, _))) = self.pool.del(key.clone()).await else { return };
         let pod = format!("{}/{}", a.pod_namespace, a.pod_name);
+        let a2 = match self.pool.del(key.clone()).await {
+            Ok(Some((a2, _))) => a2,
+            // Its DEL came meanwhile.
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(%pod, ip = %a.ip, container = %key.container_id, "pod is {why} but its IP is not released yet (tried again next pass): {e}");
+                return false;
+            }
+        };
         tracing::warn!(%pod, ip = %a2.ip, container = %key.container_id, "released the IP of a pod that is gone ({why}); its runtime never sent DEL");
         if let Some(tx) = &self.released {
             let _ = tx.send((a2.ip, asked));
@@ -182,6 +195,7 @@ impl<N: HostNet> PodGc<N> {
             },
         });
         kube.update_status(|s| s.stale_released += 1);
+        true
     }
 }
 
@@ -270,17 +284,62 @@ mod tests {
         assert_eq!(unknown_pod_ips(&allocs, &pods), ["web/x 10.0.0.99"]);
     }
 
-    /// The grace, as pod GC reads it from the pool's snapshots, on a clock whose wall time jumps an hour ahead
-    /// right after the pod was first seen missing: nothing is stale before the grace has really passed.
+    /// The runtime's DEL of a pod could not be written (a full disk) and the runtime gave up on it: the
+    /// allocation stays (memory follows the disk), pod GC finds the pod gone and tries at each pass, and the
+    /// first pass after the disk is back releases it, once, to the conntrack janitor and in the status.
     #[tokio::test]
-    async fn a_wall_step_forward_does_not_shorten_the_grace() {
+    async fn a_del_that_could_not_be_written_is_released_by_pod_gc_once_the_disk_is_back() {
         use crate::clock::Fake;
-        use crate::pool::{PoolSettings, spawn_with_clock};
-        use crate::state::checkpoint::{Checkpoint, Store};
-        use crate::state::datastore::ObservedEni;
+        use crate::pool::{PoolError, spawn_with_clock};
+        use crate::state::checkpoint::Store;
         let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
         let clock = Fake::new(1_700_000_000_000);
-        let settings = PoolSettings {
+        let tasks = crate::tasks::Supervisor::new().tasks();
+        let pool = spawn_with_clock(settings(), Store::new(&state), served(), clock.clone(), &tasks).unwrap();
+        let ip = pool.add(key("a"), "web".into(), "a".into(), "u1".into()).await.unwrap().ip;
+        std::fs::remove_dir_all(&state).unwrap();
+        let del = pool.del(key("a")).await;
+        assert!(matches!(del, Err(PoolError::Checkpoint(_))), "{del:?}");
+
+        let (tx, mut janitor) = tokio::sync::mpsc::unbounded_channel();
+        let gc = PodGc::<datapath::netlink::Netlink> {
+            pool: pool.clone(),
+            grace: Some(GRACE),
+            released: Some(tx),
+            hostnet: None,
+        };
+        let kube = Kube::disabled();
+        let mut since = BTreeMap::new();
+        // One pass, its pod list empty (the pod is gone) and every GET saying so.
+        let mut pass = async || {
+            let s = pool.snapshot().await.unwrap();
+            let mut released = 0;
+            for k in stale(&s.ds, &BTreeMap::new(), &mut since, s.taken.mono, GRACE) {
+                released += usize::from(gc.release(&kube, &k, &s.ds.allocations[&k], "deleted").await);
+            }
+            released
+        };
+        assert_eq!(pass().await, 0, "missing just now");
+        clock.advance(GRACE);
+        for _ in 0..2 {
+            assert_eq!(pass().await, 0, "the disk is still full");
+            clock.advance(tick(Some(GRACE)));
+            let s = pool.snapshot().await.unwrap();
+            assert_eq!(s.ds.allocations.get(&key("a")).map(|a| a.ip), Some(ip), "kept for the next pass");
+            assert_eq!((kube.status().stale_released, janitor.try_recv().ok()), (0, None));
+        }
+        std::fs::create_dir(&state).unwrap();
+        assert_eq!(pass().await, 1, "released once the disk is back");
+        assert!(!Store::new(&state).load().unwrap().allocations.contains_key(&key("a")));
+        assert_eq!(janitor.try_recv().ok().map(|(i, _)| i), Some(ip), "its conntrack entries go");
+        assert_eq!(kube.status().stale_released, 1);
+        assert_eq!(pass().await, 0);
+    }
+
+    fn settings() -> crate::pool::PoolSettings {
+        crate::pool::PoolSettings {
             primary_eni_id: "eni-a".into(),
             targets: Default::default(),
             cooldown: Duration::from_secs(30),
@@ -288,8 +347,12 @@ mod tests {
             primary_reserved: false,
             surge: false,
             node: None,
-        };
-        let eni = ObservedEni {
+        }
+    }
+
+    /// A checkpoint to serve from: one ENI with 10.0.1.10 free.
+    fn served() -> crate::state::checkpoint::Checkpoint {
+        let eni = crate::state::datastore::ObservedEni {
             id: "eni-a".into(),
             mac: "02:00:00:00:00:01".into(),
             device_number: 0,
@@ -302,10 +365,21 @@ mod tests {
             prefixes: Vec::new(),
             fallback: false,
         };
+        crate::state::checkpoint::Checkpoint { enis: vec![eni], ..Default::default() }
+    }
+
+    /// The grace, as pod GC reads it from the pool's snapshots, on a clock whose wall time jumps an hour ahead
+    /// right after the pod was first seen missing: nothing is stale before the grace has really passed.
+    #[tokio::test]
+    async fn a_wall_step_forward_does_not_shorten_the_grace() {
+        use crate::clock::Fake;
+        use crate::pool::spawn_with_clock;
+        use crate::state::checkpoint::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Fake::new(1_700_000_000_000);
         // Served from the checkpoint's ENI: no observation needed.
-        let cp = Checkpoint { enis: vec![eni], ..Checkpoint::default() };
         let tasks = crate::tasks::Supervisor::new().tasks();
-        let pool = spawn_with_clock(settings, Store::new(dir.path()), cp, clock.clone(), &tasks).unwrap();
+        let pool = spawn_with_clock(settings(), Store::new(dir.path()), served(), clock.clone(), &tasks).unwrap();
         pool.add(key("a"), "web".into(), "a".into(), "u1".into()).await.unwrap();
         let mut since = BTreeMap::new();
         let mut pass = async || {

@@ -7,6 +7,7 @@
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Actor, AddOutcome, Command, DelOutcome, PoolError};
+use crate::clock::Mono;
 use crate::state::datastore::AllocKey;
 
 /// At most this many changes share one checkpoint write (the channel holds 256 commands).
@@ -15,10 +16,11 @@ const MAX_BATCH: usize = 256;
 type AddReply = oneshot::Sender<Result<AddOutcome, PoolError>>;
 type DelReply = oneshot::Sender<Result<DelOutcome, PoolError>>;
 
-/// One Add or Del applied in memory, waiting for the batch's checkpoint write.
+/// One Add or Del applied in memory, waiting for the batch's checkpoint write (a Del keeps when its allocation
+/// was made, `born`, for an undo).
 pub(super) enum Staged {
     Add { key: AllocKey, new: bool, result: Result<AddOutcome, PoolError>, reply: Option<AddReply> },
-    Del { key: AllocKey, result: Result<DelOutcome, PoolError>, reply: Option<DelReply> },
+    Del { key: AllocKey, born: Option<Mono>, result: Result<DelOutcome, PoolError>, reply: Option<DelReply> },
 }
 
 #[derive(Default)]
@@ -69,9 +71,10 @@ impl Actor {
     }
 
     pub(super) fn stage_del(&mut self, batch: &mut Batch, key: AllocKey, reply: Option<DelReply>) {
+        let born = self.ds.born.get(&key).copied();
         let out = self.ds.release(&key, self.read().mono, self.settings.cooldown);
         batch.dirty |= out.is_some();
-        batch.staged.push(Staged::Del { key, result: Ok(out), reply });
+        batch.staged.push(Staged::Del { key, born, result: Ok(out), reply });
     }
 
     /// Writes the checkpoint if the batch changed anything, then answers every staged command; returns the
@@ -92,8 +95,19 @@ impl Actor {
                             // Memory follows the disk: the allocation stays until a DEL is durable (the runtime
                             // retries DEL), so the IP cannot go to a new pod while a restart would still give it
                             // to the old one.
-                            Staged::Del { key, result: Ok(Some((a, _))), .. } => {
-                                self.ds.restore_allocation(key.clone(), a.clone(), now);
+                            Staged::Del { key, born, result: Ok(Some((a, _))), .. } => {
+                                // As old as it was: pod GC retries a gone pod's release at its next pass, not
+                                // a whole grace later.
+                                self.ds.restore_allocation(key.clone(), a.clone(), born.unwrap_or(now));
+                                // Written nowhere: if the runtime gives up on this DEL, the log says whose IP
+                                // stays held, and who releases it (pod GC once the pod is gone, or the
+                                // runtime's CNI GC).
+                                tracing::error!(
+                                    ip = %a.ip, pod = %format!("{}/{}", a.pod_namespace, a.pod_name),
+                                    container = %key.container_id,
+                                    "DEL not carried out, the checkpoint cannot be written ({e}): the IP stays held \
+                                     until a retried DEL, pod GC (once the pod is gone) or the runtime's GC is written"
+                                );
                             }
                             _ => {}
                         }

@@ -335,11 +335,11 @@ impl Datastore {
         Some((a, device_number))
     }
 
-    /// Undoes [`Datastore::release`] (its checkpoint write failed). Its age counts again from `now`: younger
-    /// than it is, so clean-up waits longer, never less.
-    pub fn restore_allocation(&mut self, key: AllocKey, a: Allocation, now: Mono) {
+    /// Undoes [`Datastore::release`] (its checkpoint write failed): the allocation is back as it was, made at
+    /// `born` (what [`Datastore::born`] said before the release, or now: never older than it is).
+    pub fn restore_allocation(&mut self, key: AllocKey, a: Allocation, born: Mono) {
         self.cooling.remove(&a.ip);
-        self.born.insert(key.clone(), now);
+        self.born.insert(key.clone(), born);
         if let Some(state) = self.enis.get_mut(&a.eni_id).and_then(|e| e.ips.get_mut(&a.ip)) {
             *state = IpState::Assigned;
         }
