@@ -49,6 +49,7 @@ fn checkpoint_of(ds: &Datastore, enis: Vec<ObservedEni>) -> Checkpoint {
         node: None,
         limits: Some(Limits { max_enis: 8, ips_per_eni: 29, vcpus: 2 }),
         enis,
+        aws_node_import: Default::default(),
     }
 }
 

@@ -271,6 +271,8 @@ impl Actor {
             node: self.settings.node.as_ref(),
             limits: self.limits,
             enis: &enis,
+            // The pool runs only once start-up has dealt with aws-node's checkpoint.
+            aws_node_import: crate::state::checkpoint::AwsNodeImport::Done,
         };
         self.store.save_parts(parts).map_err(|e| PoolError::Checkpoint(e.to_string()))?;
         self.checkpoint_writes += 1;

@@ -40,10 +40,31 @@ struct Entry {
     allocation: Allocation,
 }
 
+/// Whether this node's aws-node checkpoint has been dealt with (see [`crate::state::migrate`]): the import runs
+/// while it is pending, and once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AwsNodeImport {
+    /// A checkpoint only being made: no `ipam.json` on the node yet (a first start, or one lost).
+    #[default]
+    Pending,
+    /// Imported, or nothing to import; written with the first save. A file an ipamd wrote before the marker
+    /// existed counts as done: its node had its first start then.
+    Done,
+}
+
+impl AwsNodeImport {
+    fn done() -> Self {
+        Self::Done
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct File {
     version: u32,
     allocations: Vec<Entry>,
+    #[serde(default = "AwsNodeImport::done")]
+    aws_node_import: AwsNodeImport,
     /// IP → unix millis when it may be reused, on the wall clock of the process that wrote it: for people and older
     /// versions. A start reads only which IPs were cooling, and cools each again for the whole cooldown.
     #[serde(default)]
@@ -62,6 +83,7 @@ struct File {
 struct FileRef<'a> {
     version: u32,
     allocations: Vec<EntryRef<'a>>,
+    aws_node_import: AwsNodeImport,
     cooling: &'a BTreeMap<Ipv4Addr, i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     node: Option<&'a NodeInfo>,
@@ -94,6 +116,7 @@ pub struct Parts<'a> {
     pub node: Option<&'a NodeInfo>,
     pub limits: Option<Limits>,
     pub enis: &'a [SavedEni],
+    pub aws_node_import: AwsNodeImport,
 }
 
 /// An ENI and its usable secondary IPs as last observed (loaded as ready: its host networking was in place
@@ -109,6 +132,7 @@ pub struct Checkpoint {
     pub node: Option<NodeInfo>,
     pub limits: Option<Limits>,
     pub enis: Vec<SavedEni>,
+    pub aws_node_import: AwsNodeImport,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +187,7 @@ impl Store {
             node: file.node,
             limits: file.limits,
             enis: file.enis,
+            aws_node_import: file.aws_node_import,
         })
     }
 
@@ -232,6 +257,7 @@ impl Checkpoint {
             node: self.node.as_ref(),
             limits: self.limits,
             enis: &self.enis,
+            aws_node_import: self.aws_node_import,
         }
     }
 }
@@ -255,6 +281,7 @@ pub fn encode(p: Parts<'_>) -> Vec<u8> {
                 allocated_unix: a.allocated_unix,
             })
             .collect(),
+        aws_node_import: p.aws_node_import,
         cooling: p.cooling,
         node: p.node,
         limits: p.limits,
@@ -298,6 +325,19 @@ mod tests {
         assert!(text.contains("\"version\":1") && text.contains("\"container_id\":\"abc\""), "{text}");
     }
 
+    /// The import marker: a checkpoint being made is pending, and each state reads back as written.
+    #[test]
+    fn the_aws_node_import_marker_round_trips_and_starts_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        assert_eq!(store.load().unwrap().aws_node_import, AwsNodeImport::Pending, "no ipam.json: not imported yet");
+        for mark in [AwsNodeImport::Pending, AwsNodeImport::Done] {
+            store.save(&Checkpoint { aws_node_import: mark, ..Checkpoint::default() }).unwrap();
+            assert_eq!(store.load().unwrap().aws_node_import, mark);
+        }
+        assert!(std::fs::read_to_string(store.path()).unwrap().contains("\"aws_node_import\":\"done\""));
+    }
+
     /// What the previous release wrote (no `vpc_id`, no `vcpus`, no prefixes) still loads: an upgrade keeps every
     /// allocation. And a prefix-mode checkpoint round-trips its prefixes.
     #[test]
@@ -316,6 +356,7 @@ mod tests {
         let mut cp = store.load().expect("the previous release's checkpoint loads");
         assert_eq!((cp.allocations.len(), cp.node.as_ref().map(|n| n.vpc_id.as_str())), (1, Some("")));
         assert_eq!(cp.limits.map(|l| l.vcpus), Some(0));
+        assert_eq!(cp.aws_node_import, AwsNodeImport::Done, "its node had its first start: nothing to import");
         cp.enis[0].prefixes = vec!["10.0.1.32/28".parse().unwrap()];
         store.save(&cp).unwrap();
         assert_eq!(store.load().unwrap().enis[0].prefixes, cp.enis[0].prefixes);
