@@ -336,15 +336,21 @@ pub async fn remove_stale_tables(net: &impl HostNet, keep_tables: &[u32]) -> Res
 /// Removes what a pod's wiring left on the host for `ip` (its `to`/`from` rules and its /32 route in main) after
 /// its allocation was released without a CNI DEL. Goes on past errors and returns them all.
 pub async fn forget_pod_ip(net: &impl HostNet, ip: Ipv4Addr) -> Result<usize, Vec<HostNetError>> {
-    let me = Some(host(ip));
+    forget_pod_ips(net, &[ip]).await
+}
+
+/// [`forget_pod_ip`] for several IPs, reading the node's rules and main table once.
+pub async fn forget_pod_ips(net: &impl HostNet, ips: &[Ipv4Addr]) -> Result<usize, Vec<HostNetError>> {
+    let mine: std::collections::BTreeSet<Ipv4Net> = ips.iter().map(|ip| host(*ip)).collect();
+    let is_mine = |n: &Option<Ipv4Net>| n.as_ref().is_some_and(|n| mine.contains(n));
     let mut errors = Vec::new();
     let mut removed = 0;
     match net.rules().await {
         Ok(rules) => {
             // The plugin's two rules (any maker: aws-node wired pods the same way), not another tool's for the IP.
             let pod_rule = |r: &&Rule| match r.priority {
-                podnet::TO_POD_RULE_PRIORITY => r.dst == me && r.src.is_none(),
-                podnet::FROM_POD_RULE_PRIORITY => r.src == me,
+                podnet::TO_POD_RULE_PRIORITY => is_mine(&r.dst) && r.src.is_none(),
+                podnet::FROM_POD_RULE_PRIORITY => is_mine(&r.src),
                 _ => false,
             };
             for rule in rules.iter().filter(|r| r.fwmark.is_none()).filter(pod_rule) {
@@ -358,7 +364,7 @@ pub async fn forget_pod_ip(net: &impl HostNet, ip: Ipv4Addr) -> Result<usize, Ve
     }
     match net.routes(MAIN_TABLE).await {
         Ok(routes) => {
-            for r in routes.iter().filter(|r| Some(r.dst) == me) {
+            for r in routes.iter().filter(|r| mine.contains(&r.dst)) {
                 match net.del_route(r).await {
                     Ok(()) => removed += 1,
                     Err(e) => errors.push(e),

@@ -211,6 +211,14 @@ async fn pods_get_vpc_addresses_reach_each_other_and_leave_nothing_behind() {
     let mut gc = one.clone();
     gc["cni.dev/valid-attachments"] =
         left[1..].iter().map(|p| serde_json::json!({"containerID": p.container_id(), "ifname": "eth0"})).collect();
+    // What the unlisted pod has on the host: its rules and /32 route, which no DEL will remove now.
+    let gone_ip = ips[&(0, left[0].name[1..].parse::<usize>().unwrap())].clone();
+    let host_state = || {
+        let rules = ip_in(&node0, &["rule"]).unwrap();
+        let routes = ip_in(&node0, &["route", "show", &format!("{gone_ip}/32")]).unwrap();
+        (rules.lines().filter(|l| l.split_whitespace().any(|w| w == gone_ip)).count(), routes.trim().to_string())
+    };
+    assert!(host_state().0 >= 1 && !host_state().1.is_empty(), "{gone_ip} is wired before GC: {:?}", host_state());
     let (ok, out) = raw_plugin(&node0, &[("CNI_COMMAND", "GC")], &gc.to_string());
     assert!(ok, "{out}");
     assert_eq!(
@@ -218,6 +226,7 @@ async fn pods_get_vpc_addresses_reach_each_other_and_leave_nothing_behind() {
         left.len(),
         "GC released the one old attachment not listed, not the young one"
     );
+    assert_eq!(host_state(), (0, String::new()), "GC left {gone_ip}'s rules or route on the node");
     let (ok, out) = raw_plugin(&node0, &[("CNI_COMMAND", "GC")], &one.to_string());
     assert!(!ok && out["code"] == 7, "GC without cni.dev/valid-attachments must not release everything: {out}");
     assert_eq!(allocations(&socket0).await, left.len());

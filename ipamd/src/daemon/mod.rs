@@ -175,9 +175,24 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             let _ = tx.send((*ip, *asked));
         }
     }
+    let (hostnet, snat) = if cfg.ipamd_host_network {
+        let (net, primary_link) = startup::host_setup(&node, &cfg.ipamd_proc_sys).await?;
+        let snat = SnatConfig {
+            primary_link,
+            primary_ip: node.primary_ip,
+            vpc_cidrs: node.vpc_cidrs.clone(),
+            excluded: cfg.aws_vpc_k8s_cni_exclude_snat_cidrs.0.clone(),
+            external: cfg.aws_vpc_k8s_cni_externalsnat,
+            randomize: cfg.aws_vpc_k8s_cni_randomizesnat,
+        };
+        (Some(Arc::new(net)), Some(snat))
+    } else {
+        (None, None)
+    };
     let (vpc_cidrs_tx, vpc_cidrs) =
         tokio::sync::watch::channel(node.vpc_cidrs.iter().map(ToString::to_string).collect());
     let ipam = IpamService {
+        hostnet: hostnet.clone(),
         deferred_dir: deferred_dir.clone(),
         telemetry: telemetry.clone(),
         released: released.clone(),
@@ -222,20 +237,6 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         tasks.spawn("metrics server", fut);
     }
 
-    let (hostnet, snat) = if cfg.ipamd_host_network {
-        let (net, primary_link) = startup::host_setup(&node, &cfg.ipamd_proc_sys).await?;
-        let snat = SnatConfig {
-            primary_link,
-            primary_ip: node.primary_ip,
-            vpc_cidrs: node.vpc_cidrs.clone(),
-            excluded: cfg.aws_vpc_k8s_cni_exclude_snat_cidrs.0.clone(),
-            external: cfg.aws_vpc_k8s_cni_externalsnat,
-            randomize: cfg.aws_vpc_k8s_cni_randomizesnat,
-        };
-        (Some(Arc::new(net)), Some(snat))
-    } else {
-        (None, None)
-    };
     if kube.settings.is_some() {
         let gc = PodGc {
             pool: pool.clone(),

@@ -27,6 +27,9 @@ pub struct IpamService {
     /// Released IPs and when (no later than the release), for the conntrack janitor (only when ipamd manages
     /// the host network).
     pub released: Option<tokio::sync::mpsc::UnboundedSender<(std::net::Ipv4Addr, Instant)>>,
+    /// The node's netlink (only when ipamd manages the host network): GcNetworks removes what the pods it
+    /// releases left on the host, as no DEL will.
+    pub hostnet: Option<std::sync::Arc<datapath::netlink::Netlink>>,
 }
 
 impl IpamService {
@@ -202,6 +205,13 @@ impl pb::ipam_server::Ipam for IpamService {
         for (_, ip) in &released {
             self.forget(*ip, asked);
         }
+        if let Some(net) = self.hostnet.as_deref().filter(|_| !released.is_empty()) {
+            let ips: Vec<_> = released.iter().map(|(_, ip)| *ip).collect();
+            // The release stands either way (the pool has it); leftovers are only logged.
+            if let Err(errors) = datapath::forget_pod_ips(net, &ips).await {
+                tracing::warn!("GC: removing the released pods' host rules and routes: {errors:?}");
+            }
+        }
         Ok(Response::new(pb::GcNetworksReply { released: released.iter().map(|(k, _)| pb_key(k)).collect() }))
     }
 
@@ -272,6 +282,7 @@ mod tests {
             telemetry: crate::telemetry::Telemetry::default(),
             facts: NetFacts { vpc_cidrs, exclude_snat_cidrs: Vec::new(), pod_mtu: 9001, external_snat: false },
             released: None,
+            hostnet: None,
         };
         let k = pb::AllocationKey { network_name: "aws-cni".into(), container_id: "c1".into(), if_name: "eth0".into() };
         let add = || pb::AddNetworkRequest { key: Some(k.clone()), ..Default::default() };
