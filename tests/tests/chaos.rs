@@ -4,7 +4,8 @@
 //! kills also land between EC2 calls. Afterwards: no IP held by two live pods, ipamd's allocations are exactly
 //! the live pods, every IP EC2 assigned is in ipamd's pool, and no ENI exists that ipamd does not track.
 //! Then the checkpoint is corrupted and ipamd killed once more: the file is moved aside, the live pods' IPs
-//! are rebuilt from the host's routes (no new pod gets one), and each is released once its pod is gone.
+//! are rebuilt from the host's routes (no new pod gets one), and each is released once its pod is gone. The
+//! same again with the checkpoint deleted: a missing file is not an empty node.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -181,27 +182,42 @@ async fn allocations(socket: &std::path::Path) -> Option<Vec<pb::Allocation>> {
     Some(c.list_allocations(pb::ListAllocationsRequest {}).await.ok()?.into_inner().allocations)
 }
 
+/// Damages the checkpoint with `damage`, SIGKILLs ipamd and waits for the sim to restart it; returns the IPs
+/// the new ipamd holds.
+async fn kill_after(
+    sim: &SimProc,
+    socket: &std::path::Path,
+    what: &str,
+    damage: impl FnOnce(&std::path::Path),
+) -> BTreeSet<String> {
+    let node_dir = sim.state.path().join("node-0");
+    let lock = node_dir.join("ipamd.lock");
+    let pid: i32 = std::fs::read_to_string(&lock).unwrap().trim().parse().unwrap();
+    damage(&node_dir.join("ipam.json"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let back = || async {
+        let restarted = std::fs::read_to_string(&lock).ok().and_then(|s| s.trim().parse::<i32>().ok()) != Some(pid);
+        if restarted { allocations(socket).await } else { None }
+    };
+    poll_until(Duration::from_secs(60), back, Option::is_some)
+        .await
+        .unwrap_or_else(|| panic!("ipamd did not come back after {what}\n{}", sim.log()))
+        .into_iter()
+        .map(|a| a.ipv4_addr)
+        .collect()
+}
+
+/// A torn checkpoint, then a missing one: each time the live pods' IPs are rebuilt from the host's routes, a
+/// new pod gets none of them, and each is released once its pod is gone.
 async fn corrupt_checkpoint_is_rebuilt_from_host_state(
     sim: &SimProc,
     socket: &std::path::Path,
     live: &BTreeMap<String, String>,
 ) {
     let node_dir = sim.state.path().join("node-0");
-    let lock = node_dir.join("ipamd.lock");
-    let pid: i32 = std::fs::read_to_string(&lock).unwrap().trim().parse().unwrap();
-    std::fs::write(node_dir.join("ipam.json"), b"{\"version\": 1, \"allocations\": [ torn").unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let live_ips: BTreeSet<String> = live.values().cloned().collect();
-    let back = || async {
-        let restarted = std::fs::read_to_string(&lock).ok().and_then(|s| s.trim().parse::<i32>().ok()) != Some(pid);
-        if restarted { allocations(socket).await } else { None }
-    };
-    let recovered = poll_until(Duration::from_secs(60), back, Option::is_some).await;
-    let recovered: BTreeSet<String> = recovered
-        .unwrap_or_else(|| panic!("ipamd did not come back after the corrupt checkpoint\n{}", sim.log()))
-        .into_iter()
-        .map(|a| a.ipv4_addr)
-        .collect();
+    let mut live_ips: BTreeSet<String> = live.values().cloned().collect();
+    let torn = |p: &std::path::Path| std::fs::write(p, b"{\"version\": 1, \"allocations\": [ torn").unwrap();
+    let recovered = kill_after(sim, socket, "a torn checkpoint", torn).await;
     assert_eq!(recovered, live_ips, "allocations rebuilt from the host's pod routes");
     let aside = std::fs::read_dir(&node_dir)
         .unwrap()
@@ -210,10 +226,21 @@ async fn corrupt_checkpoint_is_rebuilt_from_host_state(
     assert!(aside, "the corrupt file is kept aside");
     let newcomer = add(&pod(sim, "after-corrupt"));
     assert!(!live_ips.contains(&newcomer), "{newcomer} belongs to a live pod");
-    for name in live.keys() {
+    live_ips.insert(newcomer);
+
+    let missing = |p: &std::path::Path| std::fs::remove_file(p).unwrap();
+    let recovered = kill_after(sim, socket, "a deleted checkpoint", missing).await;
+    assert_eq!(recovered, live_ips, "a missing checkpoint is not an empty node: the routes are rebuilt");
+    let newcomer = add(&pod(sim, "after-missing"));
+    assert!(!live_ips.contains(&newcomer), "{newcomer} belongs to a live pod");
+    live_ips.insert(newcomer);
+    // Restarted before the pods go: the rebuilt allocations, saved, are still released when their routes go.
+    let recovered = kill_after(sim, socket, "a plain restart", |_| {}).await;
+    assert_eq!(recovered, live_ips, "a plain restart keeps what was rebuilt");
+
+    for name in live.keys().map(String::as_str).chain(["after-corrupt", "after-missing"]) {
         del(&pod(sim, name));
     }
-    del(&pod(sim, "after-corrupt"));
     // Only an answer counts: ipamd not answering is not "nothing left" (a DEL succeeds with ipamd down).
     let left =
         poll_until(Duration::from_secs(60), || allocations(socket), |l| l.as_ref().is_some_and(Vec::is_empty)).await;

@@ -1,11 +1,12 @@
-//! Wires the daemon together ([`startup`]: lock, checkpoint, IMDS, host settings), starts every long-lived task
-//! under one [`Supervisor`], and then waits: for SIGTERM/SIGINT (graceful: the socket stops taking requests,
-//! those in flight are answered, the pool commits, every task is joined, exit 0) or for a task to die (health
-//! NOT_SERVING at once, an error naming the task, and an error return that makes the process exit non-zero so
-//! the kubelet restarts it; every promise made to a pod is already in the checkpoint).
+//! Wires the daemon together ([`startup`]: lock, IMDS, host settings; [`restore`]: the checkpoint), starts
+//! every long-lived task under one [`Supervisor`], and then waits: for SIGTERM/SIGINT (graceful: the socket
+//! stops taking requests, those in flight are answered, the pool commits, every task is joined, exit 0) or for
+//! a task to die (health NOT_SERVING at once, an error naming the task, and an error return that makes the
+//! process exit non-zero so the kubelet restarts it; every promise made to a pod is already in the checkpoint).
 //!
 //! May use: every other subsystem (this is the top).
 
+mod restore;
 mod startup;
 
 use std::sync::Arc;
@@ -83,13 +84,12 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         .map_err(|source| DaemonError::StateDir { path: cfg.ipamd_state_dir.display().to_string(), source })?;
     let _lock = startup::lock_state_dir(&cfg.ipamd_state_dir)?;
     let store = Store::new(&cfg.ipamd_state_dir);
-    let (checkpoint, rebuilt) = startup::restore(&cfg, &store).await?;
-    let recovered = rebuilt.is_some();
+    let loaded = restore::Loaded::read(&store)?;
 
     let imds = AwsImds::from_env();
     // With a saved node there is something to serve from: do not wait long for IMDS.
-    let attempts = if checkpoint.node.is_some() { 3 } else { 9 };
-    let node = match (startup::load_node(&imds, attempts).await, checkpoint.node.clone()) {
+    let attempts = if loaded.node().is_some() { 3 } else { 9 };
+    let node = match (startup::load_node(&imds, attempts).await, loaded.node().cloned()) {
         (Ok(node), _) => node,
         // IMDS down at start: the node has not changed since the checkpoint was written (same instance, same
         // state dir), so serve from it; the reconcile loop reports DEGRADED until IMDS answers.
@@ -99,6 +99,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         }
         (Err(e), None) => return Err(e.into()),
     };
+    let (checkpoint, rebuilt) = restore::restore(&cfg, &store, loaded, &imds, &node).await?;
+    // Also when an earlier run rebuilt them and was restarted before their routes were gone.
+    let recovered = rebuilt.is_some()
+        || checkpoint.allocations.keys().any(|k| k.network_name == crate::state::datastore::RECOVERED_NETWORK);
     let node = Arc::new(node);
     tracing::info!(
         instance = %node.instance_id, instance_type = %node.instance_type, eni = %node.primary_eni_id,
@@ -241,7 +245,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         let gc = PodGc {
             pool: pool.clone(),
             grace: (cfg.ipamd_pod_gc_grace > 0).then(|| Duration::from_secs(cfg.ipamd_pod_gc_grace)),
-            released,
+            released: released.clone(),
             hostnet: hostnet.clone(),
         };
         let heartbeat = tasks.heartbeat("pod GC", crate::k8s::podgc::STALL_LIMIT);
@@ -284,6 +288,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             eni_mtu: cfg.aws_vpc_eni_mtu,
             link_wait: Duration::from_secs(10),
             subnet_discovery: cfg.enable_subnet_discovery,
+            released: released.clone(),
         },
         kube,
     );

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 use vpc_cni_proto::v1 as pb;
 
 use crate::pool::{PoolError, PoolHandle};
-use crate::state::datastore::AllocKey;
+use crate::state::datastore::{AllocKey, MAX_POD_NAME, MAX_POD_UID, too_long};
 
 /// Per-node facts every AddNetwork reply carries.
 #[derive(Debug, Clone)]
@@ -47,15 +47,12 @@ pub(crate) fn key(k: Option<pb::AllocationKey>) -> Result<AllocKey, Status> {
     if k.container_id.is_empty() || k.if_name.is_empty() || k.network_name.is_empty() {
         return Err(Status::invalid_argument("key needs network_name, container_id and if_name"));
     }
+    let key = AllocKey { network_name: k.network_name, container_id: k.container_id, if_name: k.if_name };
     // What the checkpoint keeps per pod stays small whatever a caller sends.
-    for (field, value, max) in
-        [("network_name", &k.network_name, 256), ("container_id", &k.container_id, 256), ("if_name", &k.if_name, 15)]
-    {
-        if value.len() > max {
-            return Err(Status::invalid_argument(format!("{field} is {} bytes; at most {max}", value.len())));
-        }
+    match key.too_long() {
+        Some(why) => Err(Status::invalid_argument(why)),
+        None => Ok(key),
     }
-    Ok(AllocKey { network_name: k.network_name, container_id: k.container_id, if_name: k.if_name })
 }
 
 pub(crate) fn pb_key(k: &AllocKey) -> pb::AllocationKey {
@@ -101,13 +98,13 @@ impl IpamService {
                 "a DEL of this sandbox, deferred while ipamd was unreachable, cannot be carried out yet",
             ));
         }
-        for (field, value) in [("k8s_pod_namespace", &r.k8s_pod_namespace), ("k8s_pod_name", &r.k8s_pod_name)] {
-            if value.len() > 253 {
-                return Err(Status::invalid_argument(format!("{field} is {} bytes; at most 253", value.len())));
-            }
-        }
-        if r.k8s_pod_uid.len() > 64 {
-            return Err(Status::invalid_argument("k8s_pod_uid is longer than 64 bytes"));
+        let pod = [
+            ("k8s_pod_namespace", r.k8s_pod_namespace.as_str(), MAX_POD_NAME),
+            ("k8s_pod_name", &r.k8s_pod_name, MAX_POD_NAME),
+            ("k8s_pod_uid", &r.k8s_pod_uid, MAX_POD_UID),
+        ];
+        if let Some(why) = too_long(&pod) {
+            return Err(Status::invalid_argument(why));
         }
         let out = self.pool.add(key, r.k8s_pod_namespace, r.k8s_pod_name, r.k8s_pod_uid).await.map_err(status)?;
         Ok(Response::new(pb::AddNetworkReply {

@@ -23,8 +23,7 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
 use crate::clock::{Mono, Reading, SharedClock};
 use crate::planner::{self, Action, Limits, Targets};
-use crate::state::checkpoint::SavedEni;
-use crate::state::checkpoint::{Checkpoint, Store};
+use crate::state::checkpoint::{Checkpoint, SavedEni, Store};
 use crate::state::datastore::{AllocKey, Allocation, AssignError, Datastore, IpState, ObservedEni, Stats};
 use crate::tasks::Tasks;
 

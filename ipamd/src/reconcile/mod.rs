@@ -111,6 +111,8 @@ pub struct ReconcileSettings {
     pub link_wait: Duration,
     /// ENABLE_SUBNET_DISCOVERY.
     pub subnet_discovery: bool,
+    /// The conntrack janitor's queue (host networking only): deferred DELs carried out here are released IPs too.
+    pub released: Option<tokio::sync::mpsc::UnboundedSender<(std::net::Ipv4Addr, tokio::time::Instant)>>,
 }
 
 pub struct Reconciler<E: Ec2Api, M: Metadata, N: HostNet> {
@@ -262,7 +264,13 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
 
     /// One observe → plan → apply round. Returns when to look again.
     pub async fn reconcile_once(&mut self) -> Result<Duration, ReconcileError> {
-        crate::pool::deferred::drain(&self.settings.deferred_dir, &self.pool).await;
+        let drained = crate::pool::deferred::drain(&self.settings.deferred_dir, &self.pool).await;
+        if let Some(tx) = &self.settings.released {
+            // Their conntrack entries go before the IPs are reused, as for any release.
+            for (_, ip, asked) in drained.released {
+                let _ = tx.send((ip, asked));
+            }
+        }
         if self.settings.recovered {
             self.release_recovered().await;
         }

@@ -49,6 +49,7 @@ pub async fn rig(targets: Targets) -> Rig {
         eni_mtu: 9001,
         link_wait: Duration::ZERO,
         subnet_discovery: true,
+        released: None,
     };
     let r = Reconciler::new(ec2.clone(), imds, None, node, pool.clone(), rs, crate::k8s::Kube::disabled());
     Rig { ec2, pool, r, _dir: dir }

@@ -2,10 +2,10 @@
 //! pod Add/Del requests and their latency by result, pods that found no IP, EC2 calls, errors and latency by
 //! operation, reconcile rounds and their duration, ENI attach/detach counts, and the degraded state.
 //! Long-lived and shared (cloning shares the same series); [`metrics`] serves them at `/metrics` next to the
-//! gauges it reads from a pool snapshot on each scrape; [`logging`] sets up tracing.
+//! gauges the pool publishes after each batch; [`logging`] sets up tracing.
 //!
 //! May use: config (log format), cloud (it counts EC2 calls as their [`CallMeter`]), pool and k8s (what
-//! `/metrics` shows).
+//! `/metrics` shows), planner and state (its tests build a pool).
 
 pub mod logging;
 pub mod metrics;

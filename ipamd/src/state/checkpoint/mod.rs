@@ -165,9 +165,14 @@ impl Store {
 
     /// Reads the checkpoint; a missing file is an empty one.
     pub fn load(&self) -> Result<Checkpoint, CheckpointError> {
+        self.read().map(Option::unwrap_or_default)
+    }
+
+    /// Reads the checkpoint; `None` when there is no file.
+    pub fn read(&self) -> Result<Option<Checkpoint>, CheckpointError> {
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Checkpoint::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
                 return Err(error(&self.path, FileProblem::Io(source)));
             }
@@ -181,14 +186,14 @@ impl Store {
         if !problems.is_empty() {
             return Err(error(&self.path, FileProblem::Invalid(problems)));
         }
-        Ok(Checkpoint {
+        Ok(Some(Checkpoint {
             allocations: file.allocations.into_iter().map(|e| (e.key, e.allocation)).collect(),
             cooling: file.cooling,
             node: file.node,
             limits: file.limits,
             enis: file.enis,
             aws_node_import: file.aws_node_import,
-        })
+        }))
     }
 
     /// Renames an unreadable checkpoint to `ipam.json.corrupt-<unix seconds>` (kept for a post-mortem) and

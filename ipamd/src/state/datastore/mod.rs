@@ -28,6 +28,34 @@ pub struct AllocKey {
     pub if_name: String,
 }
 
+/// The longest key fields and pod facts ipamd keeps, whoever sends them (the plugin, aws-node's checkpoint), so
+/// what the checkpoint holds per pod stays small: CNI's network name and container id, a Linux interface
+/// name (IFNAMSIZ - 1), a Kubernetes namespace or pod name (a DNS subdomain), a pod UID.
+pub const MAX_NETWORK_NAME: usize = 256;
+pub const MAX_CONTAINER_ID: usize = 256;
+pub const MAX_IF_NAME: usize = 15;
+pub const MAX_POD_NAME: usize = 253;
+pub const MAX_POD_UID: usize = 64;
+
+impl AllocKey {
+    /// The first field longer than ipamd keeps, as "<field> is N bytes; at most M".
+    pub fn too_long(&self) -> Option<String> {
+        too_long(&[
+            ("network_name", &self.network_name, MAX_NETWORK_NAME),
+            ("container_id", &self.container_id, MAX_CONTAINER_ID),
+            ("if_name", &self.if_name, MAX_IF_NAME),
+        ])
+    }
+}
+
+/// The first of `(field, value, max)` longer than its max, as "<field> is N bytes; at most M".
+pub fn too_long(fields: &[(&str, &str, usize)]) -> Option<String> {
+    fields
+        .iter()
+        .find(|(_, v, max)| v.len() > *max)
+        .map(|(f, v, max)| format!("{f} is {} bytes; at most {max}", v.len()))
+}
+
 /// What ipamd remembers about an allocation (also what the checkpoint stores).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocation {

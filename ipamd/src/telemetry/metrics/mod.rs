@@ -177,5 +177,4 @@ pub async fn serve_bounded(
 }
 
 #[cfg(test)]
-#[path = "metrics_tests.rs"]
 mod tests;
