@@ -317,11 +317,11 @@ async fn main() -> Result<()> {
             let r = client.get_config(pb::GetConfigRequest {}).await.map_err(rpc)?.into_inner();
             if as_json {
                 let m: serde_json::Map<String, Value> =
-                    r.entries.into_iter().map(|e| (e.name, Value::String(e.value))).collect();
+                    r.entries.into_iter().map(|e| (e.name, json!({"value": e.value, "fate": e.fate}))).collect();
                 println!("{:#}", Value::Object(m));
             } else {
                 for e in r.entries {
-                    println!("{:<36} {}", e.name, e.value);
+                    println!("{:<38} {:<24} {}", e.name, e.value, e.fate);
                 }
             }
         }

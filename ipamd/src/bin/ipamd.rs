@@ -16,7 +16,10 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    ipamd::telemetry::logging::init(cfg.log_format, &cfg.log_level);
+    ipamd::telemetry::logging::init(cfg.log_format, &cfg.log_filter().0);
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     // `exit` rather than a return: dropping the runtime would wait for blocking work still running.
     match ipamd::daemon::run(cfg).await {
         Ok(()) => std::process::exit(0),

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+pub mod aws;
 mod values;
 
 use values::*;
@@ -31,9 +32,9 @@ pub struct Config {
     /// Allocate /28 prefixes instead of single secondary IPs.
     #[arg(long, env = "ENABLE_PREFIX_DELEGATION", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub enable_prefix_delegation: bool,
-    /// Cap on ENIs (default: the instance type's limit).
-    #[arg(long, env = "MAX_ENI", value_parser = parse_positive)]
-    pub max_eni: Option<u32>,
+    /// Cap on ENIs (default: the instance type's limit; 0 or less is no cap, as in aws-vpc-cni).
+    #[arg(long, env = "MAX_ENI", value_parser = parse_max_eni, allow_negative_numbers = true)]
+    pub max_eni: Option<i64>,
     /// Surge: when pods ask for IPs faster than the warm pool refills, ask EC2 for all of them in one step
     /// (bounded by the ENIs' free slots and the instance limit), then decay back to the targets.
     #[arg(long, env = "IPAMD_SURGE", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
@@ -50,7 +51,8 @@ pub struct Config {
     /// No SNAT on the node for traffic leaving the VPC.
     #[arg(long, env = "AWS_VPC_K8S_CNI_EXTERNALSNAT", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub aws_vpc_k8s_cni_externalsnat: bool,
-    /// Comma list of CIDRs never SNATed.
+    /// Comma list of CIDRs never SNATed (an entry that is not an IPv4 CIDR is skipped with a warning, as
+    /// aws-vpc-cni does).
     #[arg(long, env = "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", default_value = "", value_parser = parse_cidr_list)]
     pub aws_vpc_k8s_cni_exclude_snat_cidrs: CidrList,
     /// SNAT source-port selection.
@@ -97,6 +99,13 @@ pub struct Config {
     /// Host CNI conf directory the conflist is written into once the plugin is installed (unset: no install).
     #[arg(long, env = "CNI_INSTALL_CONF_DIR")]
     pub cni_install_conf_dir: Option<PathBuf>,
+    /// aws-vpc-cni's name for CNI_INSTALL_BIN_DIR (with it alone, the conflist goes to /host/etc/cni/net.d,
+    /// aws-vpc-cni's default).
+    #[arg(long, env = "HOST_CNI_BIN_PATH")]
+    pub host_cni_bin_path: Option<PathBuf>,
+    /// aws-vpc-cni's name for CNI_INSTALL_CONF_DIR (with it alone, the plugin goes to /host/opt/cni/bin).
+    #[arg(long, env = "HOST_CNI_CONFDIR_PATH")]
+    pub host_cni_confdir_path: Option<PathBuf>,
     /// Where the reference plugins chained after vpc-cni (portmap, bandwidth) are copied from.
     #[arg(long, env = "CNI_PLUGINS_SOURCE_DIR", default_value = "/usr/lib/cni")]
     pub cni_plugins_source_dir: PathBuf,
@@ -146,12 +155,29 @@ pub struct Config {
     /// Prometheus metrics listener (`off` disables it).
     #[arg(long, env = "METRICS_BIND_ADDR", default_value = "0.0.0.0:61678", value_parser = parse_bind)]
     pub metrics_bind_addr: BindAddr,
+    /// No metrics listener at all (aws-vpc-cni's switch; the same as METRICS_BIND_ADDR=off).
+    #[arg(long, env = "DISABLE_METRICS", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub disable_metrics: bool,
+    /// No introspection service on ipamd's socket (`vpcctl status`, `enis`, `pods`, `config`, `events`):
+    /// only the plugin's requests and the health probes are served.
+    #[arg(long, env = "DISABLE_INTROSPECTION", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub disable_introspection: bool,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", ignore_case = true)]
     pub log_format: LogFormat,
-    /// Log filter (tracing EnvFilter syntax, e.g. `info` or `ipamd=debug`).
-    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
+    /// Log filter (tracing EnvFilter syntax, e.g. `info` or `ipamd=debug`; default: AWS_VPC_K8S_CNI_LOGLEVEL's
+    /// level, else info).
+    #[arg(long, env = "LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// aws-vpc-cni's log level (debug, info, warn, error or fatal, any case; anything else is debug, as in
+    /// aws-vpc-cni, with a warning); LOG_LEVEL wins when both are set.
+    #[arg(long, env = "AWS_VPC_K8S_CNI_LOGLEVEL")]
+    pub aws_vpc_k8s_cni_loglevel: Option<String>,
+    /// What the start should warn about once logging is up: aws-vpc-cni variables set that have no effect,
+    /// skipped entries of a CIDR list, an unknown aws log level.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// Why the configuration is not usable; each message names the variable.
@@ -170,9 +196,58 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let cfg = Self::try_parse_from(args)?;
+        let mut cfg = Self::try_parse_from(args)?;
+        cfg.resolve_aliases()?;
         cfg.validate()?;
+        cfg.warnings = aws::check(|name| std::env::var(name).ok())?.0;
+        cfg.warnings.extend(cfg.log_filter().1);
+        for skipped in &cfg.aws_vpc_k8s_cni_exclude_snat_cidrs.1 {
+            cfg.warnings.push(format!(
+                "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS: '{skipped}' is not an IPv4 CIDR: skipped, as aws-vpc-cni does"
+            ));
+        }
         Ok(cfg)
+    }
+
+    /// aws-vpc-cni's names for settings ipamd also has under its own: the same value under both is fine,
+    /// different values are refused.
+    fn resolve_aliases(&mut self) -> Result<(), ConfigError> {
+        let pairs: [(&'static str, &'static str, _, _, &str); 2] = [
+            (
+                "CNI_INSTALL_BIN_DIR",
+                "HOST_CNI_BIN_PATH",
+                &mut self.cni_install_bin_dir,
+                &self.host_cni_bin_path,
+                "/host/opt/cni/bin",
+            ),
+            (
+                "CNI_INSTALL_CONF_DIR",
+                "HOST_CNI_CONFDIR_PATH",
+                &mut self.cni_install_conf_dir,
+                &self.host_cni_confdir_path,
+                "/host/etc/cni/net.d",
+            ),
+        ];
+        let aws_set = self.host_cni_bin_path.is_some() || self.host_cni_confdir_path.is_some();
+        for (ours, theirs, own, aws, aws_default) in pairs {
+            match (own.as_ref(), aws) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(ConfigError::Unsupported {
+                        var: theirs,
+                        message: format!(
+                            "'{}' differs from {ours}='{}' (the same setting); accepted: one of them, or both equal",
+                            b.display(),
+                            a.display()
+                        ),
+                    });
+                }
+                (None, Some(b)) => *own = Some(b.clone()),
+                // Only one of aws-vpc-cni's pair set: the other has aws-vpc-cni's default.
+                (None, None) if aws_set => *own = Some(PathBuf::from(aws_default)),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -238,6 +313,38 @@ impl Config {
         self.my_node_name.as_deref().map(str::trim).filter(|n| !n.is_empty())
     }
 
+    /// MAX_ENI when it caps anything (0 or less: no cap, as in aws-vpc-cni).
+    pub fn max_eni(&self) -> Option<u32> {
+        self.max_eni.filter(|n| *n > 0).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// The metrics listener's address, unless DISABLE_METRICS or METRICS_BIND_ADDR=off.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_bind_addr.0.filter(|_| !self.disable_metrics)
+    }
+
+    /// The log filter: LOG_LEVEL, else AWS_VPC_K8S_CNI_LOGLEVEL's level, else info; and a warning when
+    /// AWS_VPC_K8S_CNI_LOGLEVEL is not a level aws-vpc-cni knows (it then logs at debug, as aws-vpc-cni does).
+    pub fn log_filter(&self) -> (String, Option<String>) {
+        if let Some(l) = self.log_level.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+            return (l.to_string(), None);
+        }
+        let Some(aws) = self.aws_vpc_k8s_cni_loglevel.as_deref().map(str::trim).filter(|l| !l.is_empty()) else {
+            return ("info".into(), None);
+        };
+        match aws.to_ascii_lowercase().as_str() {
+            l @ ("debug" | "info" | "warn" | "error") => (l.to_string(), None),
+            "fatal" => ("error".into(), None),
+            _ => (
+                "debug".into(),
+                Some(format!(
+                    "AWS_VPC_K8S_CNI_LOGLEVEL='{aws}' is not a level (accepted: debug, info, warn, error, fatal): \
+                     logging at debug, as aws-vpc-cni does"
+                )),
+            ),
+        }
+    }
+
     /// The pod MTU: POD_MTU, else the ENI MTU.
     pub fn effective_pod_mtu(&self) -> u32 {
         self.pod_mtu.unwrap_or(self.aws_vpc_eni_mtu)
@@ -251,6 +358,20 @@ impl Config {
     /// Whether the warm pool counts single IPs (WARM_IP_TARGET / MINIMUM_IP_TARGET) rather than whole ENIs.
     pub fn ip_target_mode(&self) -> bool {
         self.warm_ip_target.is_some() || self.minimum_ip_target.is_some()
+    }
+
+    /// What `vpcctl config` shows: every setting (see [`Config::entries`]) and every other aws-vpc-cni variable
+    /// with its value in `env`, each as (name, value, fate).
+    pub fn shown(&self, env: impl Fn(&str) -> Option<String>) -> Vec<(String, String, String)> {
+        let ours = self.entries().into_iter().map(|(n, v)| {
+            let fate = aws::fate_of(&n).unwrap_or_else(|| "vpc-cni".into());
+            (n, v, fate)
+        });
+        let theirs = aws::AWS_VARIABLES
+            .iter()
+            .filter(|v| v.fate != aws::Fate::Honoured)
+            .map(|v| (v.name.to_string(), env(v.name).unwrap_or_default(), aws::fate_of(v.name).unwrap_or_default()));
+        ours.chain(theirs).collect()
     }
 
     /// Every setting as (ENV_NAME, value), in the order the definition above lists them, for `vpcctl config`.
@@ -274,7 +395,11 @@ impl Config {
                     Some(serde_json::Value::Number(n)) => n.as_f64().map_or_else(|| n.to_string(), |f| f.to_string()),
                     Some(other) => other.to_string(),
                 };
-                let value = if env == "POD_MTU" { self.effective_pod_mtu().to_string() } else { value };
+                let value = match env.as_str() {
+                    "POD_MTU" => self.effective_pod_mtu().to_string(),
+                    "LOG_LEVEL" => self.log_filter().0,
+                    _ => value,
+                };
                 Some((env, value))
             })
             .collect()

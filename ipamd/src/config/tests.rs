@@ -124,3 +124,43 @@ fn ec2_api_qps_whose_wait_cannot_be_represented_is_refused_by_name() {
     }
     assert_eq!(parse(&["--ec2-api-qps", "0.001"]).unwrap().ec2_api_qps, 0.001);
 }
+
+/// aws-vpc-cni's names and values for what ipamd also has: MAX_ENI of 0 or less is no cap, the install
+/// directories under aws' names (aws' default for the other of the pair), DISABLE_METRICS, aws' log levels,
+/// a bad EXCLUDE_SNAT_CIDRS entry skipped and said.
+#[test]
+fn aws_vpc_cni_names_and_values_are_honoured() {
+    for (v, want) in [("0", None), ("-1", None), ("3", Some(3))] {
+        assert_eq!(parse(&["--max-eni", v]).unwrap().max_eni(), want, "MAX_ENI={v}");
+    }
+    assert!(parse(&["--max-eni", "many"]).unwrap_err().to_string().contains("MAX_ENI"));
+
+    let c = parse(&["--host-cni-bin-path", "/host/bin"]).unwrap();
+    assert_eq!(c.cni_install_bin_dir.as_deref(), Some(std::path::Path::new("/host/bin")));
+    assert_eq!(c.cni_install_conf_dir.as_deref(), Some(std::path::Path::new("/host/etc/cni/net.d")));
+    let same = parse(&["--host-cni-bin-path", "/b", "--cni-install-bin-dir", "/b", "--cni-install-conf-dir", "/c"]);
+    assert!(same.is_ok());
+    let err = parse(&["--host-cni-confdir-path", "/x", "--cni-install-bin-dir", "/b", "--cni-install-conf-dir", "/c"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("HOST_CNI_CONFDIR_PATH: '/x' differs from CNI_INSTALL_CONF_DIR='/c'"), "{err}");
+    assert_eq!(parse(&[]).unwrap().cni_install_bin_dir, None, "no install unless asked");
+
+    assert!(parse(&[]).unwrap().metrics_addr().is_some());
+    assert_eq!(parse(&["--disable-metrics", "true"]).unwrap().metrics_addr(), None);
+
+    let level = |args: &[&str]| parse(args).unwrap().log_filter();
+    assert_eq!(level(&[]), ("info".into(), None));
+    assert_eq!(level(&["--aws-vpc-k8s-cni-loglevel", "DEBUG"]), ("debug".into(), None));
+    assert_eq!(level(&["--aws-vpc-k8s-cni-loglevel", "Fatal"]).0, "error");
+    assert_eq!(level(&["--aws-vpc-k8s-cni-loglevel", "DEBUG", "--log-level", "warn"]), ("warn".into(), None));
+    let (l, warn) = level(&["--aws-vpc-k8s-cni-loglevel", "loud"]);
+    assert_eq!(l, "debug");
+    assert!(warn.is_some_and(|w| w.contains("AWS_VPC_K8S_CNI_LOGLEVEL='loud'")));
+
+    let c = parse(&["--aws-vpc-k8s-cni-exclude-snat-cidrs", "10.1.2.3/16, nope ,2600::/64,192.168.0.0/24"]).unwrap();
+    let kept: Vec<String> = c.aws_vpc_k8s_cni_exclude_snat_cidrs.0.iter().map(ToString::to_string).collect();
+    assert_eq!(kept, ["10.1.0.0/16", "192.168.0.0/24"]);
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("'nope' is not an IPv4 CIDR: skipped"), "{:?}", c.warnings);
+}

@@ -39,9 +39,9 @@ serialize_as_text!(Tags, |v| serde_json::to_string(&v.0).unwrap_or_default());
 serialize_as_text!(UidList, |v| v.0.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
 serialize_as_text!(BindAddr, |v| v.0.map_or_else(|| "off".to_string(), |a| a.to_string()));
 
-/// Parsed `AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS`.
+/// Parsed `AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS`: the CIDRs, and the entries skipped (not IPv4 CIDRs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CidrList(pub Vec<Ipv4Net>);
+pub struct CidrList(pub Vec<Ipv4Net>, pub Vec<String>);
 
 /// Parsed `ADDITIONAL_ENI_TAGS`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -131,16 +131,21 @@ pub(super) fn parse_qps(s: &str) -> Result<f64, String> {
 }
 
 pub(super) fn parse_cidr_list(s: &str) -> Result<CidrList, String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.parse::<Ipv4Net>().map(|n| n.trunc()).map_err(|_| {
-                format!("'{p}' is not an IPv4 CIDR; accepted: a comma list like 10.1.0.0/16,192.168.0.0/24")
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(CidrList)
+    let mut out = CidrList::default();
+    for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        // As aws-vpc-cni: an entry that is not an IPv4 CIDR is skipped (and said at start), the rest kept.
+        match p.parse::<Ipv4Net>() {
+            Ok(n) => out.0.push(n.trunc()),
+            Err(_) => out.1.push(p.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn parse_max_eni(s: &str) -> Result<i64, String> {
+    s.trim()
+        .parse::<i64>()
+        .map_err(|_| format!("'{s}' is not a whole number; accepted: 1 or more, or 0 or less for no cap"))
 }
 
 pub(super) fn parse_tags(s: &str) -> Result<Tags, String> {

@@ -211,7 +211,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let introspection = IntrospectionService {
         pool: pool.clone(),
         node: node.clone(),
-        config: cfg.entries(),
+        config: cfg.shown(|name| std::env::var(name).ok()),
         kube: kube.clone(),
         telemetry: telemetry.clone(),
     };
@@ -224,16 +224,18 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             IpamServer::new(ipam).max_decoding_message_size(1 << 20),
             policy.interceptor(),
         ))
-        .add_service(InterceptedService::new(
-            IntrospectionServer::new(introspection).max_decoding_message_size(64 << 10),
-            policy.interceptor(),
-        ))
+        .add_optional_service((!cfg.disable_introspection).then(|| {
+            InterceptedService::new(
+                IntrospectionServer::new(introspection).max_decoding_message_size(64 << 10),
+                policy.interceptor(),
+            )
+        }))
         // At shutdown: no new connections or requests; those in flight are answered.
         .serve_with_incoming_shutdown(grpc::incoming(listener), async move { graceful.shutdown_started().await });
     tracing::info!(socket = %cfg.ipamd_socket.display(), "gRPC listening");
     tasks.spawn(GRPC_TASK, server);
 
-    if let Some(addr) = cfg.metrics_bind_addr.0 {
+    if let Some(addr) = cfg.metrics_addr() {
         let (local, fut) = crate::telemetry::metrics::serve(addr, pool.clone(), telemetry.clone(), kube.clone())
             .await
             .map_err(|source| DaemonError::Metrics { addr: addr.to_string(), source })?;
@@ -274,7 +276,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         node.clone(),
         pool.clone(),
         ReconcileSettings {
-            max_eni: cfg.max_eni,
+            max_eni: cfg.max_eni(),
             cluster_name: cfg.cluster_name.clone(),
             additional_tags: cfg.additional_eni_tags.0.clone(),
             leaked_eni_cleanup: !cfg.disable_leaked_eni_cleanup,

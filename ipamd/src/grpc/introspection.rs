@@ -16,7 +16,8 @@ use super::ipam::{pb_key, status};
 pub struct IntrospectionService {
     pub pool: PoolHandle,
     pub node: std::sync::Arc<NodeInfo>,
-    pub config: Vec<(String, String)>,
+    /// (name, value, fate) as [`crate::config::Config::shown`] gives them.
+    pub config: Vec<(String, String, String)>,
     pub kube: Kube,
     pub telemetry: crate::telemetry::Telemetry,
 }
@@ -143,7 +144,11 @@ impl pb::introspection_server::Introspection for IntrospectionService {
     }
 
     async fn get_config(&self, _r: Request<pb::GetConfigRequest>) -> Result<Response<pb::GetConfigReply>, Status> {
-        let entries = self.config.iter().map(|(n, v)| pb::ConfigEntry { name: n.clone(), value: v.clone() }).collect();
+        let entries = self
+            .config
+            .iter()
+            .map(|(n, v, f)| pb::ConfigEntry { name: n.clone(), value: v.clone(), fate: f.clone() })
+            .collect();
         Ok(Response::new(pb::GetConfigReply { entries }))
     }
 
