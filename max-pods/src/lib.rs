@@ -10,6 +10,10 @@
 //!   one ENI fewer.
 //!
 //! MAX_ENI lowers the ENI count the same way it does in ipamd.
+//!
+//! On instance types with several network cards (p5.48xlarge: 32 cards, 64 ENIs in all, 2 per card) pods use
+//! the default card's ENIs only, as EKS and aws-vpc-cni count them ([`pod_eni_limit`]): p5.48xlarge runs 100
+//! pods, not 3138.
 
 /// The ceiling in prefix mode up to [`HIGH_CPU_THRESHOLD`] vCPUs.
 pub const LOW_CPU_CEILING: u32 = 110;
@@ -26,6 +30,21 @@ pub struct InstanceNetwork {
     /// IPv4 addresses per interface, the primary included.
     pub ipv4_per_eni: u32,
     pub vcpus: u32,
+}
+
+/// One network card of an instance type (DescribeInstanceTypes' `NetworkInfo.NetworkCards`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkCard {
+    pub index: u32,
+    pub max_enis: u32,
+}
+
+/// The ENIs that can hold pod addresses: the default network card's limit (`default_card`, else card 0) when the
+/// type lists its cards, else the instance-wide `MaximumNetworkInterfaces`. ENIs are attached on the default card
+/// only: the instance-wide figure counts every card's, which pods cannot use without multi-card support.
+pub fn pod_eni_limit(instance_wide: u32, cards: &[NetworkCard], default_card: Option<u32>) -> u32 {
+    let default = default_card.unwrap_or(0);
+    cards.iter().find(|c| c.index == default).map_or(instance_wide, |c| c.max_enis)
 }
 
 /// How the node's CNI is configured.
@@ -117,6 +136,28 @@ mod tests {
         let tiny = InstanceNetwork { max_enis: 2, ipv4_per_eni: 2, vcpus: 1 };
         let m = max_pods(tiny, Mode { prefix_delegation: true, ..Mode::default() });
         assert_eq!((m.per_eni, m.by_addresses, m.ceiling, m.max_pods), (16, 34, Some(110), 34));
+    }
+
+    /// Instance types with several network cards: the default card's ENIs, as in EKS' eni-max-pods.txt
+    /// (p5.48xlarge 100, trn1.32xlarge 247, p4d.24xlarge 737).
+    #[test]
+    fn several_network_cards_count_the_default_cards_enis() {
+        let cards = |n: u32, per: u32| (0..n).map(|index| NetworkCard { index, max_enis: per }).collect::<Vec<_>>();
+        for (name, wide, n, per, default, want_enis, want_pods) in [
+            ("p5.48xlarge", 64, 32, 2, Some(0), 2, 100),
+            ("trn1.32xlarge", 40, 8, 5, Some(0), 5, 247),
+            ("p4d.24xlarge", 60, 4, 15, None, 15, 737),
+            ("m5.large", 3, 1, 3, Some(0), 3, 29),
+        ] {
+            let enis = pod_eni_limit(wide, &cards(n, per), default);
+            assert_eq!(enis, want_enis, "{name}");
+            let ipv4_per_eni = if name == "m5.large" { 10 } else { 50 };
+            let net = InstanceNetwork { max_enis: enis, ipv4_per_eni, vcpus: 96 };
+            assert_eq!(max_pods(net, Mode::default()).max_pods, want_pods, "{name}");
+        }
+        assert_eq!(pod_eni_limit(15, &[], None), 15, "no cards listed: the instance-wide limit");
+        let odd = [NetworkCard { index: 0, max_enis: 4 }, NetworkCard { index: 1, max_enis: 8 }];
+        assert_eq!(pod_eni_limit(12, &odd, Some(1)), 8, "the default card, whichever it is");
     }
 
     #[test]

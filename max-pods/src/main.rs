@@ -57,14 +57,26 @@ async fn describe(client: &aws_sdk_ec2::Client, instance_type: &str) -> Result<I
         bail!("DescribeInstanceTypes knows no instance type {instance_type:?}");
     };
     let net = t.network_info();
-    let (Some(max_enis), Some(ipv4)) =
+    let (Some(wide), Some(ipv4)) =
         (net.and_then(|n| n.maximum_network_interfaces()), net.and_then(|n| n.ipv4_addresses_per_interface()))
     else {
         bail!("DescribeInstanceTypes gives no network limits for {instance_type}");
     };
+    // Several network cards: pods use the default card's ENIs (see max_pods::pod_eni_limit).
+    let cards: Vec<max_pods::NetworkCard> = net
+        .map(|n| n.network_cards())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| {
+            let index = u32::try_from(c.network_card_index()?).ok()?;
+            Some(max_pods::NetworkCard { index, max_enis: u32::try_from(c.maximum_network_interfaces()?).ok()? })
+        })
+        .collect();
+    let default = net.and_then(|n| n.default_network_card_index()).and_then(|i| u32::try_from(i).ok());
+    let max_enis = max_pods::pod_eni_limit(wide.max(0) as u32, &cards, default);
     let vcpus = t.v_cpu_info().and_then(|v| v.default_v_cpus());
     let Some(vcpus) = vcpus else { bail!("DescribeInstanceTypes gives no vCPU count for {instance_type}") };
-    Ok(InstanceNetwork { max_enis: max_enis as u32, ipv4_per_eni: ipv4 as u32, vcpus: vcpus as u32 })
+    Ok(InstanceNetwork { max_enis, ipv4_per_eni: ipv4 as u32, vcpus: vcpus as u32 })
 }
 
 #[tokio::main(flavor = "current_thread")]

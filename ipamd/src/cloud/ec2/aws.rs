@@ -265,17 +265,11 @@ impl Ec2Api for AwsEc2 {
                     .map_err(sdk_err(OP))
             })
             .await?;
-        let t = out.instance_types().first();
-        let net = t.and_then(|t| t.network_info());
-        let vcpus = t.and_then(|t| t.v_cpu_info()).and_then(|v| v.default_v_cpus()).unwrap_or(0).max(0) as u32;
-        match net.map(|n| (n.maximum_network_interfaces(), n.ipv4_addresses_per_interface())) {
-            Some((Some(e), Some(i))) if e > 0 && i > 1 => {
-                Ok(InstanceLimits { max_enis: e as u32, ipv4_per_eni: i as u32, vcpus })
-            }
-            _ => Err(Ec2Error::bad_response(OP, format!("no network limits for instance type {instance_type}"))),
-        }
+        out.instance_types()
+            .first()
+            .and_then(limits_from)
+            .ok_or_else(|| Ec2Error::bad_response(OP, format!("no network limits for instance type {instance_type}")))
     }
-
     async fn create_eni(&self, eni: &NewEni) -> Result<Ec2Eni, Ec2Error> {
         const OP: &str = "CreateNetworkInterface";
         let client = &self.client;
@@ -314,6 +308,8 @@ impl Ec2Api for AwsEc2 {
                     .network_interface_id(eni_id)
                     .instance_id(instance_id)
                     .device_index(device_index as i32)
+                    // The default card: the one whose ENIs the limits count (see `limits_from`).
+                    .network_card_index(0)
                     .send()
                     .await
                     .map_err(sdk_err(OP))
@@ -402,5 +398,68 @@ impl Ec2Api for AwsEc2 {
         })
         .await?;
         Ok(())
+    }
+}
+
+/// An instance type's limits for pods: ENIs of the default network card (instances with several cards list
+/// every card's in `MaximumNetworkInterfaces`: see [`max_pods::pod_eni_limit`]), IPv4 addresses per ENI, vCPUs.
+pub(crate) fn limits_from(t: &aws_sdk_ec2::types::InstanceTypeInfo) -> Option<InstanceLimits> {
+    let net = t.network_info()?;
+    let (wide, ipv4) = (net.maximum_network_interfaces()?, net.ipv4_addresses_per_interface()?);
+    let cards: Vec<max_pods::NetworkCard> = net
+        .network_cards()
+        .iter()
+        .filter_map(|c| {
+            let index = u32::try_from(c.network_card_index()?).ok()?;
+            Some(max_pods::NetworkCard { index, max_enis: u32::try_from(c.maximum_network_interfaces()?).ok()? })
+        })
+        .collect();
+    let default = net.default_network_card_index().and_then(|i| u32::try_from(i).ok());
+    let max_enis = max_pods::pod_eni_limit(u32::try_from(wide).ok()?, &cards, default);
+    let vcpus = t.v_cpu_info().and_then(|v| v.default_v_cpus()).unwrap_or(0).max(0) as u32;
+    (max_enis > 0 && ipv4 > 1).then_some(InstanceLimits { max_enis, ipv4_per_eni: ipv4 as u32, vcpus })
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ec2::types::{InstanceTypeInfo, NetworkCardInfo, NetworkInfo, VCpuInfo};
+
+    use super::*;
+
+    /// DescribeInstanceTypes' answer for a type with `cards` network cards of `per_card` ENIs each.
+    fn info(wide: i32, cards: i32, per_card: i32, ipv4: i32) -> InstanceTypeInfo {
+        let mut net = NetworkInfo::builder()
+            .maximum_network_interfaces(wide)
+            .ipv4_addresses_per_interface(ipv4)
+            .default_network_card_index(0);
+        for i in 0..cards {
+            net = net.network_cards(
+                NetworkCardInfo::builder().network_card_index(i).maximum_network_interfaces(per_card).build(),
+            );
+        }
+        InstanceTypeInfo::builder()
+            .network_info(net.build())
+            .v_cpu_info(VCpuInfo::builder().default_v_cpus(192).build())
+            .build()
+    }
+
+    /// p5.48xlarge (64 ENIs over 32 cards, 2 on card 0) plans 2 ENIs, as EKS' 100 max pods; trn1.32xlarge 5
+    /// (EKS: 247); a single-card type its one limit. Before: the instance-wide 64 and 40, so every round tried
+    /// an attach card 0 refuses.
+    #[test]
+    fn the_default_network_cards_enis_are_the_limit() {
+        for (name, t, enis, ipv4) in [
+            ("p5.48xlarge", info(64, 32, 2, 50), 2, 50),
+            ("trn1.32xlarge", info(40, 8, 5, 50), 5, 50),
+            ("m5.large", info(3, 1, 3, 10), 3, 10),
+        ] {
+            let l = limits_from(&t).unwrap();
+            assert_eq!((l.max_enis, l.ipv4_per_eni, l.vcpus), (enis, ipv4, 192), "{name}");
+        }
+        let no_cards = InstanceTypeInfo::builder()
+            .network_info(NetworkInfo::builder().maximum_network_interfaces(4).ipv4_addresses_per_interface(15).build())
+            .build();
+        assert_eq!(limits_from(&no_cards).map(|l| l.max_enis), Some(4));
+        assert!(limits_from(&InstanceTypeInfo::builder().build()).is_none());
     }
 }
