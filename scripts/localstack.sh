@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # LocalStack (EC2 only) in host mode on 127.0.0.1:4566 for tests and the demo.
 #
-#   scripts/localstack.sh install   venv under .cache/localstack (idempotent, cached)
+#   scripts/localstack.sh install   venv under ~/.cache/vpc-cni/localstack, outside any checkout (idempotent)
 #   scripts/localstack.sh start     start in the background, wait until EC2 is available
 #   scripts/localstack.sh stop      stop the instance this script started
 #   scripts/localstack.sh status    exit 0 when EC2 answers
@@ -12,8 +12,10 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
+# The running instance's files (pid, log, state) belong to this checkout; the venv is shared by every checkout
+# of the machine, like the kube-apiserver build (a fresh clone needs no second install).
 cache="${LOCALSTACK_CACHE:-$repo/.cache/localstack}"
-venv="$cache/venv"
+venv="${LOCALSTACK_VENV:-${VPC_CNI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vpc-cni}/localstack/venv}"
 version="4.14.0"
 listen="${LOCALSTACK_LISTEN:-127.0.0.1:4566}"
 pidfile="$cache/localstack.pid"
@@ -34,7 +36,7 @@ install() {
   if [ -f "$stamp" ] && cmp -s "$here/localstack-constraints.txt" "$stamp"; then
     return 0
   fi
-  mkdir -p "$cache"
+  mkdir -p "$cache" "$(dirname "$venv")"
   log "installing localstack-core[runtime]==$version into $venv"
   "$(python_bin)" -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check --upgrade "pip<25"

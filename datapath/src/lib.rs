@@ -105,31 +105,75 @@ impl Route {
     }
 }
 
-/// Connmark bit for connections that entered through the primary ENI to a local address (NodePort, hostPort):
-/// their replies from pods on secondary ENIs must leave through the primary ENI too.
+/// The default connmark bit (AWS_VPC_K8S_CNI_CONNMARK) for connections that entered through the primary ENI to
+/// a local address (NodePort, hostPort): their replies from pods on secondary ENIs must leave through the
+/// primary ENI too.
 pub const NODEPORT_MARK: u32 = 0x80;
 pub const NODEPORT_RULE_PRIORITY: u32 = 1024;
 
-/// `fwmark 0x80/0x80 lookup main` at priority 1024, ahead of the pods' per-ENI rules.
-pub fn nodeport_rule() -> Rule {
+/// `fwmark <mark>/<mark> lookup main` at priority 1024, ahead of the pods' per-ENI rules.
+pub fn nodeport_rule(mark: u32) -> Rule {
     Rule {
         priority: NODEPORT_RULE_PRIORITY,
         src: None,
         dst: None,
-        fwmark: Some((NODEPORT_MARK, NODEPORT_MARK)),
+        fwmark: Some((mark, mark)),
         table: MAIN_TABLE,
         proto: RTPROT_VPC_CNI,
     }
 }
 
-/// Adds [`nodeport_rule`] unless present; returns whether it was added.
-pub async fn ensure_nodeport_rule(net: &impl HostNet) -> Result<bool, HostNetError> {
-    let rule = nodeport_rule();
-    if net.rules().await?.contains(&rule) {
-        return Ok(false);
+/// Puts the NodePort rule for `mark` in place (`None`: NodePort support off, no such rule) and removes any other
+/// rule of ours at its priority (an earlier mark, or support since turned off); returns whether anything changed.
+pub async fn ensure_nodeport_rule(net: &impl HostNet, mark: Option<u32>) -> Result<bool, HostNetError> {
+    let want = mark.map(nodeport_rule);
+    let rules = net.rules().await?;
+    let mut changed = false;
+    for r in rules.iter().filter(|r| r.priority == NODEPORT_RULE_PRIORITY && r.ours() && r.fwmark.is_some()) {
+        if want.as_ref() != Some(r) {
+            net.del_rule(r).await?;
+            changed = true;
+        }
     }
-    net.add_rule(&rule).await?;
-    Ok(true)
+    if let Some(rule) = want
+        && !rules.contains(&rule)
+    {
+        net.add_rule(&rule).await?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
+/// Priority of the AWS_EXTERNAL_SERVICE_CIDRS rules: just ahead of the pods' `from <pod> lookup <ENI table>`
+/// rules (1536), so traffic to those CIDRs leaves through the main table (the primary ENI) whichever ENI the
+/// pod is on.
+pub const EXTERNAL_SERVICE_RULE_PRIORITY: u32 = 1535;
+
+/// `to <cidr> lookup main` at [`EXTERNAL_SERVICE_RULE_PRIORITY`] for each of `cidrs`; removes our other rules at
+/// that priority (CIDRs since dropped from the setting). Returns how many rules were added or removed.
+pub async fn ensure_external_service_rules(net: &impl HostNet, cidrs: &[Ipv4Net]) -> Result<usize, HostNetError> {
+    let want: Vec<Rule> = cidrs
+        .iter()
+        .map(|c| Rule {
+            priority: EXTERNAL_SERVICE_RULE_PRIORITY,
+            src: None,
+            dst: Some(*c),
+            fwmark: None,
+            table: MAIN_TABLE,
+            proto: RTPROT_VPC_CNI,
+        })
+        .collect();
+    let rules = net.rules().await?;
+    let mut changed = 0;
+    for r in rules.iter().filter(|r| r.priority == EXTERNAL_SERVICE_RULE_PRIORITY && r.ours() && !want.contains(r)) {
+        net.del_rule(r).await?;
+        changed += 1;
+    }
+    for r in want.iter().filter(|r| !rules.contains(r)) {
+        net.add_rule(r).await?;
+        changed += 1;
+    }
+    Ok(changed)
 }
 
 /// One netlink operation per method.

@@ -128,6 +128,53 @@ async fn adding_an_existing_rule_succeeds_and_keeps_one_copy() {
     assert_eq!(rules.matches("from 10.0.5.20 lookup 2").count(), 1, "{rules}");
 }
 
+/// The NodePort rule follows AWS_VPC_K8S_CNI_CONNMARK (a changed mark replaces ours) and
+/// AWS_VPC_CNI_NODE_PORT_SUPPORT (off: ours removed); another tool's rule at its priority stays.
+#[tokio::test]
+#[ignore = "needs root + netns"]
+async fn the_nodeport_rule_follows_the_connmark_and_the_switch() {
+    let ns = Ns(format!("vpcsimh-{:04x}", rand::random::<u16>()));
+    netns::create(&ns.0).unwrap();
+    let ip = |args: &str| ip_in(&ns.0, &args.split(' ').collect::<Vec<_>>()).unwrap();
+    ip("rule add priority 1024 fwmark 0x1/0x1 lookup 7");
+    let net = Netlink::in_netns(&netns::path(&ns.0)).unwrap();
+    let at_1024 = || ip("-d rule").lines().filter(|l| l.starts_with("1024:")).map(String::from).collect::<Vec<_>>();
+    assert!(datapath::ensure_nodeport_rule(&net, Some(0x80)).await.unwrap());
+    assert!(!datapath::ensure_nodeport_rule(&net, Some(0x80)).await.unwrap(), "in place: nothing to do");
+    assert!(at_1024().iter().any(|l| l.contains("fwmark 0x80/0x80 lookup main proto 118")), "{:?}", at_1024());
+    assert!(datapath::ensure_nodeport_rule(&net, Some(0x4000)).await.unwrap());
+    let rules = at_1024();
+    assert!(rules.iter().any(|l| l.contains("fwmark 0x4000/0x4000 lookup main proto 118")), "{rules:?}");
+    assert!(!rules.iter().any(|l| l.contains("0x80/0x80")), "the old mark's rule is gone: {rules:?}");
+    assert!(datapath::ensure_nodeport_rule(&net, None).await.unwrap());
+    assert_eq!(at_1024().len(), 1, "only the other tool's rule is left: {:?}", at_1024());
+    assert!(at_1024()[0].contains("fwmark 0x1/0x1 lookup 7"), "{:?}", at_1024());
+}
+
+/// AWS_EXTERNAL_SERVICE_CIDRS: one `to <cidr> lookup main` rule at 1535 per CIDR; a CIDR dropped from the
+/// setting loses its rule, another tool's rule at 1535 stays.
+#[tokio::test]
+#[ignore = "needs root + netns"]
+async fn external_service_cidrs_get_main_table_rules_ahead_of_the_pods() {
+    let ns = Ns(format!("vpcsimh-{:04x}", rand::random::<u16>()));
+    netns::create(&ns.0).unwrap();
+    let ip = |args: &str| ip_in(&ns.0, &args.split(' ').collect::<Vec<_>>()).unwrap();
+    ip("rule add priority 1535 to 172.16.0.0/12 lookup 9");
+    let net = Netlink::in_netns(&netns::path(&ns.0)).unwrap();
+    let at_1535 = || ip("-d rule").lines().filter(|l| l.starts_with("1535:")).map(String::from).collect::<Vec<_>>();
+    let cidrs: Vec<ipnet::Ipv4Net> = vec!["10.100.0.0/16".parse().unwrap(), "192.168.7.0/24".parse().unwrap()];
+    assert_eq!(datapath::ensure_external_service_rules(&net, &cidrs).await.unwrap(), 2);
+    assert_eq!(datapath::ensure_external_service_rules(&net, &cidrs).await.unwrap(), 0, "in place");
+    let rules = at_1535();
+    for c in ["10.100.0.0/16", "192.168.7.0/24"] {
+        assert!(rules.iter().any(|l| l.contains(&format!("to {c} lookup main proto 118"))), "{c}: {rules:?}");
+    }
+    assert_eq!(datapath::ensure_external_service_rules(&net, &cidrs[1..]).await.unwrap(), 1);
+    let rules = at_1535();
+    assert!(!rules.iter().any(|l| l.contains("10.100.0.0/16")), "a dropped CIDR's rule goes: {rules:?}");
+    assert!(rules.iter().any(|l| l.contains("to 172.16.0.0/12 lookup 9")), "another tool's rule stays: {rules:?}");
+}
+
 /// The plugin's lookup of one address's host route (a late DEL asks whose the IP is): one FIB lookup that
 /// answers the /32 itself, whatever the default and subnet routes around it, and nothing for an address that
 /// has no /32 of its own.

@@ -12,7 +12,7 @@ pub mod aws;
 mod values;
 
 use values::*;
-pub use values::{BindAddr, CidrList, LogFormat, RandomizeSnat, Tags, UidList};
+pub use values::{BindAddr, CidrList, LogFormat, Mark, RandomizeSnat, Tags, UidList};
 
 #[derive(Debug, Clone, Parser, serde::Serialize)]
 #[command(name = "ipamd", version, about = "VPC-native pod IP address management daemon")]
@@ -58,6 +58,18 @@ pub struct Config {
     /// SNAT source-port selection.
     #[arg(long, env = "AWS_VPC_K8S_CNI_RANDOMIZESNAT", value_enum, default_value = "prng", ignore_case = true)]
     pub aws_vpc_k8s_cni_randomizesnat: RandomizeSnat,
+    /// Route replies of connections that came in through the primary ENI (NodePort, hostPort) back out of it,
+    /// for pods on secondary ENIs too (a connmark and a `fwmark lookup main` rule at priority 1024).
+    #[arg(long, env = "AWS_VPC_CNI_NODE_PORT_SUPPORT", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub aws_vpc_cni_node_port_support: bool,
+    /// The connmark bit of those connections (0x80; decimal, 0x hex, 0o octal or 0b binary, 1 to 0xffffffff):
+    /// change it when another component (kube-proxy 0xc000, Calico 0xffff0000) uses 0x80.
+    #[arg(long, env = "AWS_VPC_K8S_CNI_CONNMARK", default_value = "0x80", value_parser = parse_mark)]
+    pub aws_vpc_k8s_cni_connmark: Mark,
+    /// Comma list of CIDRs pods reach through the primary ENI whichever ENI they are on (`to <cidr> lookup main`
+    /// at priority 1535); an entry that is not an IPv4 CIDR is skipped with a warning, as aws-vpc-cni does.
+    #[arg(long, env = "AWS_EXTERNAL_SERVICE_CIDRS", default_value = "", value_parser = parse_cidr_list)]
+    pub aws_external_service_cidrs: CidrList,
     /// Take pods' ENIs from the node's ENIConfig.
     #[arg(long, env = "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub aws_vpc_k8s_cni_custom_network_cfg: bool,
@@ -201,11 +213,17 @@ impl Config {
         cfg.validate()?;
         cfg.warnings = aws::check(|name| std::env::var(name).ok())?.0;
         cfg.warnings.extend(cfg.log_filter().1);
-        for skipped in &cfg.aws_vpc_k8s_cni_exclude_snat_cidrs.1 {
-            cfg.warnings.push(format!(
-                "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS: '{skipped}' is not an IPv4 CIDR: skipped, as aws-vpc-cni does"
-            ));
-        }
+        let lists = [
+            ("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", &cfg.aws_vpc_k8s_cni_exclude_snat_cidrs),
+            ("AWS_EXTERNAL_SERVICE_CIDRS", &cfg.aws_external_service_cidrs),
+        ];
+        let skipped: Vec<String> = lists
+            .iter()
+            .flat_map(|(var, list)| {
+                list.1.iter().map(move |s| format!("{var}: '{s}' is not an IPv4 CIDR: skipped, as aws-vpc-cni does"))
+            })
+            .collect();
+        cfg.warnings.extend(skipped);
         Ok(cfg)
     }
 
@@ -311,6 +329,11 @@ impl Config {
     /// MY_NODE_NAME when set and not blank.
     pub fn node_name(&self) -> Option<&str> {
         self.my_node_name.as_deref().map(str::trim).filter(|n| !n.is_empty())
+    }
+
+    /// The NodePort connmark, unless AWS_VPC_CNI_NODE_PORT_SUPPORT=false.
+    pub fn nodeport_mark(&self) -> Option<u32> {
+        self.aws_vpc_cni_node_port_support.then_some(self.aws_vpc_k8s_cni_connmark.0)
     }
 
     /// MAX_ENI when it caps anything (0 or less: no cap, as in aws-vpc-cni).

@@ -164,3 +164,27 @@ fn aws_vpc_cni_names_and_values_are_honoured() {
     assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
     assert!(c.warnings[0].contains("'nope' is not an IPv4 CIDR: skipped"), "{:?}", c.warnings);
 }
+
+/// AWS_VPC_K8S_CNI_CONNMARK as aws-vpc-cni reads it (Go's base-0 integers) and AWS_VPC_CNI_NODE_PORT_SUPPORT.
+#[test]
+fn the_nodeport_connmark_and_its_switch() {
+    assert_eq!(parse(&[]).unwrap().nodeport_mark(), Some(0x80));
+    for (v, want) in [("0x4000", 0x4000), ("128", 128), ("0200", 0o200), ("0o200", 0o200), ("0b1", 1), ("0XFF", 255)] {
+        assert_eq!(parse(&["--aws-vpc-k8s-cni-connmark", v]).unwrap().nodeport_mark(), Some(want), "{v}");
+    }
+    for bad in ["0", "-1", "0x100000000", "mark", ""] {
+        let err = parse(&[&format!("--aws-vpc-k8s-cni-connmark={bad}")]).unwrap_err().to_string();
+        assert!(err.contains("AWS_VPC_K8S_CNI_CONNMARK") && err.contains("accepted"), "{bad}: {err}");
+    }
+    assert_eq!(parse(&["--aws-vpc-cni-node-port-support", "false"]).unwrap().nodeport_mark(), None);
+}
+
+/// AWS_EXTERNAL_SERVICE_CIDRS: IPv4 CIDRs kept (normalised), anything else skipped and said, as aws-vpc-cni does.
+#[test]
+fn external_service_cidrs_keep_ipv4_and_skip_the_rest() {
+    let c = parse(&["--aws-external-service-cidrs", "10.100.1.0/16,fd00::/8,bogus"]).unwrap();
+    let kept: Vec<String> = c.aws_external_service_cidrs.0.iter().map(ToString::to_string).collect();
+    assert_eq!(kept, ["10.100.0.0/16"]);
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(c.warnings.iter().all(|w| w.starts_with("AWS_EXTERNAL_SERVICE_CIDRS: '")), "{:?}", c.warnings);
+}

@@ -37,6 +37,7 @@ macro_rules! serialize_as_text {
 serialize_as_text!(CidrList, |v| v.0.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
 serialize_as_text!(Tags, |v| serde_json::to_string(&v.0).unwrap_or_default());
 serialize_as_text!(UidList, |v| v.0.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
+serialize_as_text!(Mark, |v| format!("{:#x}", v.0));
 serialize_as_text!(BindAddr, |v| v.0.map_or_else(|| "off".to_string(), |a| a.to_string()));
 
 /// Parsed `AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS`: the CIDRs, and the entries skipped (not IPv4 CIDRs).
@@ -46,6 +47,10 @@ pub struct CidrList(pub Vec<Ipv4Net>, pub Vec<String>);
 /// Parsed `ADDITIONAL_ENI_TAGS`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tags(pub BTreeMap<String, String>);
+
+/// Parsed `AWS_VPC_K8S_CNI_CONNMARK`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark(pub u32);
 
 /// Parsed `IPAMD_ALLOWED_UIDS`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -140,6 +145,27 @@ pub(super) fn parse_cidr_list(s: &str) -> Result<CidrList, String> {
         }
     }
     Ok(out)
+}
+
+/// A mark as aws-vpc-cni reads it (Go's ParseInt with base 0): decimal, `0x` hex, `0o` or leading-0 octal, `0b`.
+pub(super) fn parse_mark(s: &str) -> Result<Mark, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let parsed = if let Some(h) = lower.strip_prefix("0x") {
+        u64::from_str_radix(h, 16)
+    } else if let Some(b) = lower.strip_prefix("0b") {
+        u64::from_str_radix(b, 2)
+    } else if let Some(o) = lower.strip_prefix("0o") {
+        u64::from_str_radix(o, 8)
+    } else if lower.len() > 1 && lower.starts_with('0') {
+        u64::from_str_radix(&lower[1..], 8)
+    } else {
+        lower.parse::<u64>()
+    };
+    match parsed {
+        Ok(n) if n >= 1 && n <= u64::from(u32::MAX) => Ok(Mark(n as u32)),
+        _ => Err(format!("'{s}' is not accepted; accepted: a mark from 1 to 0xffffffff, e.g. 0x80 or 128")),
+    }
 }
 
 pub(super) fn parse_max_eni(s: &str) -> Result<i64, String> {

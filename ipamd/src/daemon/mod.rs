@@ -180,7 +180,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         }
     }
     let (hostnet, snat) = if cfg.ipamd_host_network {
-        let (net, primary_link) = startup::host_setup(&node, &cfg.ipamd_proc_sys).await?;
+        let nodeport_mark = cfg.nodeport_mark();
+        let (net, primary_link) = startup::host_setup(&node, &cfg.ipamd_proc_sys, nodeport_mark).await?;
         let snat = SnatConfig {
             primary_link,
             primary_ip: node.primary_ip,
@@ -188,6 +189,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             excluded: cfg.aws_vpc_k8s_cni_exclude_snat_cidrs.0.clone(),
             external: cfg.aws_vpc_k8s_cni_externalsnat,
             randomize: cfg.aws_vpc_k8s_cni_randomizesnat,
+            nodeport_mark,
+            external_service_cidrs: cfg.aws_external_service_cidrs.0.clone(),
         };
         (Some(Arc::new(net)), Some(snat))
     } else {

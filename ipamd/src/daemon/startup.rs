@@ -37,11 +37,15 @@ where
 
 /// Opens netlink in ipamd's own namespace (the node's) and applies the node-wide sysctls on the primary ENI,
 /// which is found by the MAC IMDS reports.
-pub(super) async fn host_setup(node: &NodeInfo, proc_sys: &std::path::Path) -> Result<(Netlink, String), DaemonError> {
+pub(super) async fn host_setup(
+    node: &NodeInfo,
+    proc_sys: &std::path::Path,
+    nodeport_mark: Option<u32>,
+) -> Result<(Netlink, String), DaemonError> {
     let net = Netlink::current()?;
     let primary = datapath::wait_for_link(&net, &node.primary_mac, Duration::from_secs(10)).await?;
-    let changes =
-        datapath::node_sysctls(proc_sys, &primary.name)? + usize::from(datapath::ensure_nodeport_rule(&net).await?);
+    let changes = datapath::node_sysctls(proc_sys, &primary.name)?
+        + usize::from(datapath::ensure_nodeport_rule(&net, nodeport_mark).await?);
     tracing::info!(link = %primary.name, mac = %node.primary_mac, changes, "node sysctls: ip_forward=1, rp_filter=2");
     Ok((net, primary.name))
 }

@@ -29,6 +29,12 @@ pub struct SnatConfig {
     pub excluded: Vec<Ipv4Net>,
     pub external: bool,
     pub randomize: RandomizeSnat,
+    /// The connmark bit of NodePort connections (AWS_VPC_K8S_CNI_CONNMARK); `None` with
+    /// AWS_VPC_CNI_NODE_PORT_SUPPORT=false: no marking, and no rule routing the marked replies.
+    pub nodeport_mark: Option<u32>,
+    /// AWS_EXTERNAL_SERVICE_CIDRS: not in the nft table but node-wide rules the same loop keeps in place
+    /// (`datapath::ensure_external_service_rules`).
+    pub external_service_cidrs: Vec<Ipv4Net>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,32 +69,9 @@ pub fn ruleset(cfg: &SnatConfig) -> Value {
         "chain",
         json!({ "name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept" }),
     ));
-    // NodePort / hostPort: connections entering the primary ENI for a local address get the connmark bit; the
-    // pods' replies carry it back as a packet mark, which the `fwmark 0x80/0x80 lookup main` rule routes out of
-    // the primary ENI even for pods on secondary ENIs (their own ENI would fail EC2's source check).
-    cmds.push(obj(
-        "chain",
-        json!({ "name": "prerouting", "type": "filter", "hook": "prerouting", "prio": -150, "policy": "accept" }),
-    ));
-    let iif = |op: &str| json!({ "match": { "op": op, "left": { "meta": { "key": "iifname" } }, "right": cfg.primary_link } });
-    let ct_mark = json!({ "ct": { "key": "mark" } });
-    let mark = datapath::NODEPORT_MARK;
-    cmds.push(obj(
-        "rule",
-        json!({ "chain": "prerouting", "expr": [
-        iif("=="),
-        { "match": { "op": "==", "left": { "fib": { "result": "type", "flags": ["daddr"] } }, "right": "local" } },
-        { "mangle": { "key": ct_mark.clone(), "value": { "|": [ct_mark.clone(), mark] } } },
-    ] }),
-    ));
-    cmds.push(obj(
-        "rule",
-        json!({ "chain": "prerouting", "expr": [
-        iif("!="),
-        { "match": { "op": "==", "left": { "&": [ct_mark.clone(), mark] }, "right": mark } },
-        { "mangle": { "key": { "meta": { "key": "mark" } }, "value": { "|": [{ "meta": { "key": "mark" } }, mark] } } },
-    ] }),
-    ));
+    if let Some(mark) = cfg.nodeport_mark {
+        nodeport(&mut cmds, &cfg.primary_link, mark);
+    }
     if !cfg.external {
         let mut snat = json!({ "addr": cfg.primary_ip.to_string() });
         match cfg.randomize {
@@ -155,6 +138,35 @@ pub async fn listing(timeout: Duration) -> Result<Option<String>, SnatError> {
     }
 }
 
+/// NodePort / hostPort: connections entering the primary ENI for a local address get the connmark bit; the
+/// pods' replies carry it back as a packet mark, which the `fwmark <mark>/<mark> lookup main` rule routes out of
+/// the primary ENI even for pods on secondary ENIs (their own ENI would fail EC2's source check).
+fn nodeport(cmds: &mut Vec<Value>, primary_link: &str, mark: u32) {
+    cmds.push(obj(
+        "chain",
+        json!({ "name": "prerouting", "type": "filter", "hook": "prerouting", "prio": -150, "policy": "accept" }),
+    ));
+    let iif =
+        |op: &str| json!({ "match": { "op": op, "left": { "meta": { "key": "iifname" } }, "right": primary_link } });
+    let ct_mark = json!({ "ct": { "key": "mark" } });
+    cmds.push(obj(
+        "rule",
+        json!({ "chain": "prerouting", "expr": [
+        iif("=="),
+        { "match": { "op": "==", "left": { "fib": { "result": "type", "flags": ["daddr"] } }, "right": "local" } },
+        { "mangle": { "key": ct_mark.clone(), "value": { "|": [ct_mark.clone(), mark] } } },
+    ] }),
+    ));
+    cmds.push(obj(
+        "rule",
+        json!({ "chain": "prerouting", "expr": [
+        iif("!="),
+        { "match": { "op": "==", "left": { "&": [ct_mark.clone(), mark] }, "right": mark } },
+        { "mangle": { "key": { "meta": { "key": "mark" } }, "value": { "|": [{ "meta": { "key": "mark" } }, mark] } } },
+    ] }),
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,7 +179,21 @@ mod tests {
             excluded: vec!["10.0.128.0/17".parse().unwrap(), "192.168.0.0/24".parse().unwrap()],
             external: false,
             randomize: RandomizeSnat::Prng,
+            nodeport_mark: Some(0x80),
+            external_service_cidrs: Vec::new(),
         }
+    }
+
+    /// AWS_VPC_K8S_CNI_CONNMARK's bit marks NodePort connections; AWS_VPC_CNI_NODE_PORT_SUPPORT=false marks none.
+    #[test]
+    fn nodeport_marking_follows_the_connmark_or_is_off() {
+        let r = ruleset(&cfg()).to_string();
+        assert!(r.contains(r#""prerouting""#) && r.contains(r#"[{"ct":{"key":"mark"}},128]"#), "{r}");
+        let r = ruleset(&SnatConfig { nodeport_mark: Some(0x4000), ..cfg() }).to_string();
+        assert!(r.contains(r#"[{"ct":{"key":"mark"}},16384]"#) && !r.contains(",128]"), "{r}");
+        let r = ruleset(&SnatConfig { nodeport_mark: None, ..cfg() }).to_string();
+        assert!(!r.contains("prerouting") && !r.contains(r#""ct""#), "{r}");
+        assert!(r.contains(r#""snat":{"addr":"10.0.0.4""#), "SNAT stays: {r}");
     }
 
     #[test]

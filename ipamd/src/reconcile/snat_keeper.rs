@@ -98,8 +98,13 @@ impl<N: HostNet> SnatKeeper<N> {
     }
 
     async fn round(&self, want: &SnatConfig, applied: &mut Option<(SnatConfig, String)>) -> Result<Done, String> {
-        let rule_added =
-            datapath::ensure_nodeport_rule(self.net.as_ref()).await.map_err(|e| format!("NodePort rule: {e}"))?;
+        let rule_added = datapath::ensure_nodeport_rule(self.net.as_ref(), want.nodeport_mark)
+            .await
+            .map_err(|e| format!("NodePort rule: {e}"))?;
+        let external = datapath::ensure_external_service_rules(self.net.as_ref(), &want.external_service_cidrs)
+            .await
+            .map_err(|e| format!("AWS_EXTERNAL_SERVICE_CIDRS rules: {e}"))?;
+        let rule_added = rule_added || external > 0;
         let mut drifted = rule_added;
         if let Some((cfg, listing)) = applied.as_ref()
             && cfg == want

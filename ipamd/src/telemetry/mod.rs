@@ -1,4 +1,4 @@
-//! The counters and histograms operators graph (the ones aws-vpc-cni dashboards show, under ipamd's names):
+//! The counters and histograms operators graph (what aws-vpc-cni's dashboards show, under ipamd's own names):
 //! pod Add/Del requests and their latency by result, pods that found no IP, EC2 calls, errors and latency by
 //! operation, reconcile rounds and their duration, ENI attach/detach counts, and the degraded state.
 //! Long-lived and shared (cloning shares the same series); [`metrics`] serves them at `/metrics` next to the

@@ -49,11 +49,7 @@ pub const AWS_VARIABLES: &[AwsVar] = &[
         TRUE,
         "leaving a cordoned node's ENIs alone; ipamd manages them as with true",
     ),
-    not_built(
-        "AWS_VPC_CNI_NODE_PORT_SUPPORT",
-        TRUE,
-        "turning the NodePort return rule off; ipamd always keeps it, as with true",
-    ),
+    honoured("AWS_VPC_CNI_NODE_PORT_SUPPORT"),
     honoured("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG"),
     honoured("ENI_CONFIG_ANNOTATION_DEF"),
     honoured("ENI_CONFIG_LABEL_DEF"),
@@ -107,7 +103,7 @@ pub const AWS_VARIABLES: &[AwsVar] = &[
     not_built("ENABLE_IPv4", TRUE, "IPv6 pods (ipamd serves IPv4 only)"),
     not_built("ENABLE_IPv6", FALSE, "IPv6 pods"),
     no_op("ENABLE_NFTABLES", "aws-vpc-cni no longer reads it either; ipamd always programs SNAT with nftables"),
-    not_built("AWS_EXTERNAL_SERVICE_CIDRS", &[], "routing external service CIDRs through the main table"),
+    honoured("AWS_EXTERNAL_SERVICE_CIDRS"),
     not_built("AWS_EC2_ENDPOINT", &[], "an EC2 endpoint of its own; set AWS_ENDPOINT_URL_EC2, which the AWS SDK reads"),
     honoured("DISABLE_LEAKED_ENI_CLEANUP"),
     not_built("ENABLE_V6_EGRESS", FALSE, "IPv6 egress for IPv4 pods"),
@@ -126,7 +122,7 @@ pub const AWS_VARIABLES: &[AwsVar] = &[
     ),
     not_built("ENABLE_MULTI_NIC", FALSE, "pods on network cards other than the first"),
     // Read by aws-vpc-cni, not in its README.
-    not_built("AWS_VPC_K8S_CNI_CONNMARK", &["0x80", "128"], "a connmark other than 0x80"),
+    honoured("AWS_VPC_K8S_CNI_CONNMARK"),
 ];
 
 /// What the check found worth a log line (no-ops that are set).

@@ -71,7 +71,6 @@ fn a_variable_asking_for_what_is_not_built_is_refused_by_name() {
         ("ENABLE_POD_ENI", "False"),
         ("NETWORK_POLICY_ENFORCING_MODE", "none"),
         ("ENABLE_MULTI_NIC", ""),
-        ("AWS_VPC_K8S_CNI_CONNMARK", "0x80"),
     ];
     assert_eq!(check(env(&off)).unwrap(), AwsNotes::default());
     assert_eq!(check(env(&[])).unwrap(), AwsNotes::default());

@@ -1,9 +1,10 @@
-//! Prometheus text on METRICS_BIND_ADDR at `/metrics`. The pool's gauges are the copy the pool actor publishes
-//! after each batch ([`Gauges`]): consistent with each other, and a scrape never queues on the actor. Names
-//! follow aws-vpc-cni's `awscni_*` where it has one. The listener is bounded: at most [`MAX_CONNECTIONS`] at once
-//! (more are closed on accept), a connection that sends no request for [`IDLE_TIMEOUT`] is closed, and none
-//! lives longer than [`MAX_CONNECTION_AGE`] — a port anyone on the node can reach must not hold ipamd's memory
-//! or file descriptors.
+//! Prometheus text on METRICS_BIND_ADDR at `/metrics`. The pool's gauges are the copy the pool actor publishes after
+//! each batch ([`Gauges`]): consistent with each other, and a scrape never queues on the actor. Five pool gauges carry
+//! aws-vpc-cni's `awscni_*` names (and the no-IP counter, with a `_total` suffix aws-vpc-cni's lacks); every other
+//! series is ipamd's own (`ipamd_*`): most of aws-vpc-cni's series (its request, EC2 and reconcile counters) are not
+//! exported under its names yet. The listener is bounded: at most [`MAX_CONNECTIONS`] at once (more are closed on
+//! accept), a connection that sends no request for [`IDLE_TIMEOUT`] is closed, and none lives longer than
+//! [`MAX_CONNECTION_AGE`] — a port anyone on the node can reach must not hold ipamd's memory or file descriptors.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
