@@ -247,19 +247,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         std::fs::create_dir(&state).unwrap();
-        let eni = ObservedEni {
-            id: "eni-a".into(),
-            mac: "02:00:00:00:00:01".into(),
-            device_number: 0,
-            subnet_id: "subnet-1".into(),
-            subnet_cidr: "10.0.1.0/24".parse().unwrap(),
-            primary_ip: "10.0.1.4".parse().unwrap(),
-            secondary_ips: vec!["10.0.1.10".parse().unwrap(), "10.0.1.11".parse().unwrap()],
-            unconfirmed: Vec::new(),
-            ready: true,
-            prefixes: Vec::new(),
-            fallback: false,
-        };
+        let eni = ObservedEni::test_eni(&["10.0.1.10", "10.0.1.11"]);
         let settings = crate::pool::PoolSettings {
             primary_eni_id: "eni-a".into(),
             targets: Default::default(),

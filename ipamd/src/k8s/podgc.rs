@@ -352,19 +352,7 @@ mod tests {
 
     /// A checkpoint to serve from: one ENI with 10.0.1.10 free.
     fn served() -> crate::state::checkpoint::Checkpoint {
-        let eni = crate::state::datastore::ObservedEni {
-            id: "eni-a".into(),
-            mac: "02:00:00:00:00:01".into(),
-            device_number: 0,
-            subnet_id: "subnet-1".into(),
-            subnet_cidr: "10.0.1.0/24".parse().unwrap(),
-            primary_ip: "10.0.1.4".parse().unwrap(),
-            secondary_ips: vec!["10.0.1.10".parse().unwrap()],
-            unconfirmed: Vec::new(),
-            ready: true,
-            prefixes: Vec::new(),
-            fallback: false,
-        };
+        let eni = crate::state::datastore::ObservedEni::test_eni(&["10.0.1.10"]);
         crate::state::checkpoint::Checkpoint { enis: vec![eni], ..Default::default() }
     }
 

@@ -597,4 +597,4 @@ fn send_event(events: &broadcast::Sender<Event>, kind: &'static str, message: St
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

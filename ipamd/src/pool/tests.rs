@@ -6,7 +6,8 @@ use super::*;
 use crate::planner::{Limits, Targets};
 use crate::state::checkpoint::Store;
 
-fn settings() -> PoolSettings {
+/// The tests' pool: WARM_ENI_TARGET=1, a 30 s cooldown, surge on (also used by the metrics tests).
+pub(crate) fn settings() -> PoolSettings {
     PoolSettings {
         primary_eni_id: "eni-a".into(),
         targets: Targets { warm_eni: 1, ..Targets::default() },
@@ -19,19 +20,7 @@ fn settings() -> PoolSettings {
 }
 
 fn eni() -> ObservedEni {
-    ObservedEni {
-        id: "eni-a".into(),
-        mac: "02:00:00:00:00:01".into(),
-        device_number: 0,
-        subnet_id: "subnet-1".into(),
-        subnet_cidr: "10.0.1.0/24".parse().unwrap(),
-        primary_ip: "10.0.1.4".parse().unwrap(),
-        secondary_ips: vec!["10.0.1.10".parse().unwrap(), "10.0.1.11".parse().unwrap()],
-        unconfirmed: Vec::new(),
-        ready: true,
-        prefixes: Vec::new(),
-        fallback: false,
-    }
+    ObservedEni::test_eni(&["10.0.1.10", "10.0.1.11"])
 }
 
 fn key(c: &str) -> AllocKey {

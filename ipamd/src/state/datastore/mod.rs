@@ -158,6 +158,24 @@ impl ObservedEni {
     pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
         self.secondary_ips.iter().copied().chain(self.prefixes.iter().flat_map(prefix_addresses))
     }
+
+    /// The tests' primary ENI: `eni-a`, device 0, 10.0.1.0/24 (primary 10.0.1.4), ready, holding `secondary`.
+    #[cfg(test)]
+    pub fn test_eni(secondary: &[&str]) -> Self {
+        Self {
+            id: "eni-a".into(),
+            mac: "02:00:00:00:00:01".into(),
+            device_number: 0,
+            subnet_id: "subnet-1".into(),
+            subnet_cidr: "10.0.1.0/24".parse().unwrap(),
+            primary_ip: "10.0.1.4".parse().unwrap(),
+            secondary_ips: secondary.iter().map(|s| s.parse().unwrap()).collect(),
+            unconfirmed: Vec::new(),
+            ready: true,
+            prefixes: Vec::new(),
+            fallback: false,
+        }
+    }
 }
 
 fn yes() -> bool {

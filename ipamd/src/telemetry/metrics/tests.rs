@@ -10,8 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::*;
-use crate::planner::{Limits, Targets};
-use crate::pool::PoolSettings;
+use crate::planner::Limits;
 use crate::state::checkpoint::{Checkpoint, Store};
 use crate::state::datastore::{AllocKey, ObservedEni};
 
@@ -70,29 +69,9 @@ async fn an_idle_connection_is_closed() {
 #[tokio::test]
 async fn a_scrape_reads_what_the_pool_published_without_asking_the_actor() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = PoolSettings {
-        primary_eni_id: "eni-a".into(),
-        targets: Targets { warm_eni: 1, ..Targets::default() },
-        cooldown: Duration::from_secs(30),
-        reconcile_interval: Duration::from_secs(5),
-        primary_reserved: false,
-        surge: true,
-        node: None,
-    };
+    let settings = crate::pool::tests::settings();
     let pool = crate::pool::spawn_unsupervised(settings, Store::new(dir.path()), Checkpoint::default());
-    let eni = ObservedEni {
-        id: "eni-a".into(),
-        mac: "02:00:00:00:00:01".into(),
-        device_number: 0,
-        subnet_id: "subnet-1".into(),
-        subnet_cidr: "10.0.1.0/24".parse().unwrap(),
-        primary_ip: "10.0.1.4".parse().unwrap(),
-        secondary_ips: vec!["10.0.1.10".parse().unwrap(), "10.0.1.11".parse().unwrap()],
-        unconfirmed: Vec::new(),
-        ready: true,
-        prefixes: Vec::new(),
-        fallback: false,
-    };
+    let eni = ObservedEni::test_eni(&["10.0.1.10", "10.0.1.11"]);
     pool.observe(vec![eni], Limits { max_enis: 3, ips_per_eni: 9, vcpus: 2 }, 0).await.unwrap();
     pool.reconciled(None).await.unwrap();
     let key = AllocKey { network_name: "aws-cni".into(), container_id: "c1".into(), if_name: "eth0".into() };
