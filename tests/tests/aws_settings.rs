@@ -1,6 +1,7 @@
 //! aws-vpc-cni's variables on the real ipamd binary (LocalStack, no namespaces): one asking for what is not
 //! built stops the start with exit 2 and a message naming it (and no socket appears); the switches aws-node
-//! users set are honoured (no metrics listener, no introspection, aws' log level) while pods are still served;
+//! users set are honoured (no metrics listener, no introspection, aws' log level, EC2 reached at
+//! AWS_EC2_ENDPOINT) while pods are still served;
 //! `vpcctl config`'s GetConfig names every aws variable's fate.
 
 use std::time::Duration;
@@ -43,6 +44,9 @@ async fn aws_nodes_switches_are_honoured_and_every_variable_has_a_fate_in_config
         ("ENABLE_NFTABLES", "true".into()),
         ("ENABLE_IPv6", "false".into()),
         ("MAX_ENI", "-1".into()),
+        // Nothing listens at the SDK's address: EC2 is reached only through aws-vpc-cni's variable.
+        ("AWS_ENDPOINT_URL_EC2", "http://127.0.0.1:9".into()),
+        ("AWS_EC2_ENDPOINT", vpc_sim::localstack::endpoint()),
     ];
     let mut ipamd = Ipamd::spawn(fx.dir.path(), &fx.imds.endpoint(), &env).unwrap();
     ipamd.wait_serving(Duration::from_secs(60)).await.expect("SERVING");

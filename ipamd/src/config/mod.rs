@@ -130,6 +130,10 @@ pub struct Config {
     /// Do not delete ENIs this node created and left unattached (e.g. after a crash).
     #[arg(long, env = "DISABLE_LEAKED_ENI_CLEANUP", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub disable_leaked_eni_cleanup: bool,
+    /// EC2's address (aws-vpc-cni's name; a proxy or a private endpoint), e.g. https://ec2.us-east-1.amazonaws.com;
+    /// wins over the AWS SDK's AWS_ENDPOINT_URL_EC2.
+    #[arg(long, env = "AWS_EC2_ENDPOINT", value_parser = parse_url)]
+    pub aws_ec2_endpoint: Option<String>,
     /// Client-side EC2 request rate (requests per second).
     #[arg(long, env = "EC2_API_QPS", default_value_t = 5.0, value_parser = parse_qps)]
     pub ec2_api_qps: f64,

@@ -188,3 +188,14 @@ fn external_service_cidrs_keep_ipv4_and_skip_the_rest() {
     assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
     assert!(c.warnings.iter().all(|w| w.starts_with("AWS_EXTERNAL_SERVICE_CIDRS: '")), "{:?}", c.warnings);
 }
+
+/// AWS_EC2_ENDPOINT takes an http(s) URL; anything else is refused by name.
+#[test]
+fn the_ec2_endpoint_is_a_url() {
+    let c = parse(&["--aws-ec2-endpoint", "https://ec2.us-east-1.amazonaws.com"]).unwrap();
+    assert_eq!(c.aws_ec2_endpoint.as_deref(), Some("https://ec2.us-east-1.amazonaws.com"));
+    for bad in ["ec2.us-east-1.amazonaws.com", "https://", "ftp://x"] {
+        let err = parse(&["--aws-ec2-endpoint", bad]).unwrap_err().to_string();
+        assert!(err.contains("AWS_EC2_ENDPOINT") && err.contains("http:// or https:// URL"), "{bad}: {err}");
+    }
+}

@@ -168,6 +168,15 @@ pub(super) fn parse_mark(s: &str) -> Result<Mark, String> {
     }
 }
 
+pub(super) fn parse_url(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let rest = t.strip_prefix("https://").or_else(|| t.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => Ok(t.to_string()),
+        _ => Err(format!("'{s}' is not accepted; accepted: an http:// or https:// URL")),
+    }
+}
+
 pub(super) fn parse_max_eni(s: &str) -> Result<i64, String> {
     s.trim()
         .parse::<i64>()

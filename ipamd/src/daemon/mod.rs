@@ -111,8 +111,16 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let mut supervisor = Supervisor::new();
     let tasks = supervisor.tasks();
     let telemetry = Telemetry::default();
-    let ec2 =
-        Arc::new(AwsEc2::new(&node.region, cfg.ec2_api_qps, cfg.ec2_api_burst, Arc::new(telemetry.clone())).await);
+    let ec2 = Arc::new(
+        AwsEc2::new(
+            &node.region,
+            cfg.aws_ec2_endpoint.as_deref(),
+            cfg.ec2_api_qps,
+            cfg.ec2_api_burst,
+            Arc::new(telemetry.clone()),
+        )
+        .await,
+    );
     let kube = match cfg.node_name() {
         Some(node_name) => Kube::start(
             KubeSettings {

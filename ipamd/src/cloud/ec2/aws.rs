@@ -25,9 +25,9 @@ pub struct AwsEc2 {
 }
 
 impl AwsEc2 {
-    /// Loads the standard AWS configuration (AWS_ENDPOINT_URL_EC2, credentials chain) for `region`. The SDK's
-    /// retries are off: they would bypass EC2_API_QPS.
-    pub async fn new(region: &str, qps: f64, burst: u32, meter: Arc<dyn CallMeter>) -> Self {
+    /// Loads the standard AWS configuration (AWS_ENDPOINT_URL_EC2, credentials chain) for `region`; `endpoint`
+    /// (AWS_EC2_ENDPOINT) overrides EC2's address. The SDK's retries are off: they would bypass EC2_API_QPS.
+    pub async fn new(region: &str, endpoint: Option<&str>, qps: f64, burst: u32, meter: Arc<dyn CallMeter>) -> Self {
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))
             .operation_attempt_timeout(Duration::from_secs(20))
@@ -38,7 +38,11 @@ impl AwsEc2 {
             .timeout_config(timeouts)
             .load()
             .await;
-        Self { client: aws_sdk_ec2::Client::new(&conf), bucket: TokenBucket::new(qps, burst), meter }
+        let mut ec2 = aws_sdk_ec2::config::Builder::from(&conf);
+        if let Some(url) = endpoint {
+            ec2 = ec2.endpoint_url(url);
+        }
+        Self { client: aws_sdk_ec2::Client::from_conf(ec2.build()), bucket: TokenBucket::new(qps, burst), meter }
     }
 
     /// Sends one EC2 request through the bucket, retrying throttling, server errors and lost answers (where

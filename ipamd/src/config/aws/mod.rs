@@ -104,7 +104,7 @@ pub const AWS_VARIABLES: &[AwsVar] = &[
     not_built("ENABLE_IPv6", FALSE, "IPv6 pods"),
     no_op("ENABLE_NFTABLES", "aws-vpc-cni no longer reads it either; ipamd always programs SNAT with nftables"),
     honoured("AWS_EXTERNAL_SERVICE_CIDRS"),
-    not_built("AWS_EC2_ENDPOINT", &[], "an EC2 endpoint of its own; set AWS_ENDPOINT_URL_EC2, which the AWS SDK reads"),
+    honoured("AWS_EC2_ENDPOINT"),
     honoured("DISABLE_LEAKED_ENI_CLEANUP"),
     not_built("ENABLE_V6_EGRESS", FALSE, "IPv6 egress for IPv4 pods"),
     no_op("ENABLE_V4_EGRESS", "aws-vpc-cni reads it only with ENABLE_IPv6=true (which ipamd refuses)"),
