@@ -126,22 +126,8 @@ pub fn nodeport_rule(mark: u32) -> Rule {
 /// Puts the NodePort rule for `mark` in place (`None`: NodePort support off, no such rule) and removes any other
 /// rule of ours at its priority (an earlier mark, or support since turned off); returns whether anything changed.
 pub async fn ensure_nodeport_rule(net: &impl HostNet, mark: Option<u32>) -> Result<bool, HostNetError> {
-    let want = mark.map(nodeport_rule);
-    let rules = net.rules().await?;
-    let mut changed = false;
-    for r in rules.iter().filter(|r| r.priority == NODEPORT_RULE_PRIORITY && r.ours() && r.fwmark.is_some()) {
-        if want.as_ref() != Some(r) {
-            net.del_rule(r).await?;
-            changed = true;
-        }
-    }
-    if let Some(rule) = want
-        && !rules.contains(&rule)
-    {
-        net.add_rule(&rule).await?;
-        changed = true;
-    }
-    Ok(changed)
+    let want: Vec<Rule> = mark.map(nodeport_rule).into_iter().collect();
+    Ok(ensure_rules_at(net, NODEPORT_RULE_PRIORITY, &want).await? > 0)
 }
 
 /// Priority of the AWS_EXTERNAL_SERVICE_CIDRS rules: just ahead of the pods' `from <pod> lookup <ENI table>`
@@ -163,9 +149,15 @@ pub async fn ensure_external_service_rules(net: &impl HostNet, cidrs: &[Ipv4Net]
             proto: RTPROT_VPC_CNI,
         })
         .collect();
+    ensure_rules_at(net, EXTERNAL_SERVICE_RULE_PRIORITY, &want).await
+}
+
+/// Makes `want` (rules at `priority`) exactly the rules of ours at that priority: adds the missing ones (an
+/// identical rule another tool made counts as present), removes our others. Returns how many changed.
+async fn ensure_rules_at(net: &impl HostNet, priority: u32, want: &[Rule]) -> Result<usize, HostNetError> {
     let rules = net.rules().await?;
     let mut changed = 0;
-    for r in rules.iter().filter(|r| r.priority == EXTERNAL_SERVICE_RULE_PRIORITY && r.ours() && !want.contains(r)) {
+    for r in rules.iter().filter(|r| r.priority == priority && r.ours() && !want.contains(r)) {
         net.del_rule(r).await?;
         changed += 1;
     }
