@@ -29,6 +29,7 @@ timings+=("$(printf '%5d s  %s' $((SECONDS - t0)) "cargo build")")
 step "plugin and vpcctl dependency trees (no AWS SDK, no daemon, no gRPC server; plugin ≤ 120 crates)" bash scripts/plugin-deps.sh
 step "deploy/ manifests (kubernetes-validate, CRD schema, checkov, hadolint)" bash scripts/check-manifests.sh
 step "deploy/ manifest checks can fail (one broken copy of deploy/ per check)" bash scripts/check-manifests-selftest.sh
+step "binaries the image puts on the node are static (Dockerfile, readelf, CNI VERSION chrooted without libc)" bash scripts/check-static-plugins.sh
 # Every suite, then the slowest ones (what CI time goes to).
 all_tests() {
   local out rc

@@ -62,6 +62,42 @@ impl NodeFixture {
         Ipamd::spawn(self.dir.path(), &self.imds.endpoint(), &env).expect("spawn ipamd")
     }
 
+    /// Attaches a new ENI in the node's subnet at `device`, with `tags` and two secondary IPs, as a user or
+    /// another tool would; returns its id and secondary IPs.
+    pub async fn attach_eni(&self, device: i32, tags: &[(&str, &str)]) -> (String, Vec<String>) {
+        let mut spec = aws_sdk_ec2::types::TagSpecification::builder()
+            .resource_type(aws_sdk_ec2::types::ResourceType::NetworkInterface);
+        for (k, v) in tags {
+            spec = spec.tags(aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build());
+        }
+        let created = self
+            .ec2
+            .create_network_interface()
+            .subnet_id(&self.vpc.subnet_ids[0])
+            .secondary_private_ip_address_count(2)
+            .tag_specifications(spec.build())
+            .send()
+            .await
+            .expect("CreateNetworkInterface");
+        let eni = created.network_interface().expect("an ENI");
+        let id = eni.network_interface_id().unwrap_or_default().to_string();
+        self.ec2
+            .attach_network_interface()
+            .network_interface_id(&id)
+            .instance_id(self.instance_id())
+            .device_index(device)
+            .send()
+            .await
+            .expect("AttachNetworkInterface");
+        let ips = eni
+            .private_ip_addresses()
+            .iter()
+            .filter(|p| p.primary() != Some(true))
+            .filter_map(|p| p.private_ip_address().map(String::from))
+            .collect();
+        (id, ips)
+    }
+
     /// The node's ENIs as EC2 reports them (through the proxy when there is one: prefixes included).
     pub async fn enis(&self) -> Vec<NodeEni> {
         let ec2 = self.proxy.as_ref().map_or_else(|| self.ec2.clone(), |p| localstack::ec2_client_at(&p.endpoint));

@@ -342,3 +342,14 @@ pub fn kubeconfig_with_server(base: &Path, server: &str, path: &Path) -> Result<
     let out = serde_yaml::to_string(&doc).map_err(|e| KubeApiError::Other(e.to_string()))?;
     std::fs::write(path, out).map_err(|e| KubeApiError::Config(path.to_path_buf(), e.to_string()))
 }
+
+/// The server address of the first cluster in the kubeconfig at `path`.
+pub fn server_of(path: &Path) -> Result<String, KubeApiError> {
+    let text = std::fs::read_to_string(path).map_err(|e| KubeApiError::Config(path.to_path_buf(), e.to_string()))?;
+    let doc: Value =
+        serde_yaml::from_str(&text).map_err(|e| KubeApiError::Config(path.to_path_buf(), e.to_string()))?;
+    doc["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| KubeApiError::Config(path.to_path_buf(), "no clusters[0].cluster.server".into()))
+}

@@ -1,6 +1,6 @@
 //! aws-vpc-cni's variables on the real ipamd binary (LocalStack, no namespaces): one asking for what is not
 //! built stops the start with exit 2 and a message naming it (and no socket appears); the switches aws-node
-//! users set are honoured (no metrics listener, no introspection, aws' log level, EC2 reached at
+//! users set are honoured (no metrics listener, no introspection, aws' log level and log file, EC2 reached at
 //! AWS_EC2_ENDPOINT) while pods are still served;
 //! `vpcctl config`'s GetConfig names every aws variable's fate.
 
@@ -35,7 +35,10 @@ async fn aws_nodes_switches_are_honoured_and_every_variable_has_a_fate_in_config
     let fx = NodeFixture::new("aws-honoured", "t3.medium").await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let metrics = format!("127.0.0.1:{port}");
+    // In a directory that does not exist yet, as /host/var/log/aws-routed-eni on a new node.
+    let log_file = fx.dir.path().join("aws-routed-eni/ipamd.log");
     let env = [
+        ("AWS_VPC_K8S_CNI_LOG_FILE", log_file.display().to_string()),
         ("METRICS_BIND_ADDR", metrics.clone()),
         ("DISABLE_METRICS", "true".into()),
         ("DISABLE_INTROSPECTION", "true".into()),
@@ -58,6 +61,8 @@ async fn aws_nodes_switches_are_honoured_and_every_variable_has_a_fate_in_config
     let log = ipamd.log_text();
     assert!(log.contains("DEBUG"), "AWS_VPC_K8S_CNI_LOGLEVEL=DEBUG logs at debug");
     assert!(log.contains("ENABLE_NFTABLES=true has no effect"), "a no-op is said");
+    let file = std::fs::read_to_string(&log_file).expect("AWS_VPC_K8S_CNI_LOG_FILE written");
+    assert!(file.contains("SERVING") && file.contains("DEBUG"), "the file holds the log: {file}");
     ipamd.terminate().await;
 
     // Without the switch, `vpcctl config` names the fate of each aws-vpc-cni variable.

@@ -240,54 +240,15 @@ async fn a_second_ipamd_on_the_same_state_dir_refuses_to_start() {
     node.cleanup().await;
 }
 
-/// Attaches a new ENI in the node's subnet at `device` with `tags` and returns its id and secondary IPs.
-async fn attach_foreign(node: &NodeFixture, device: i32, tags: &[(&str, &str)]) -> (String, Vec<String>) {
-    let subnet = node.vpc.subnet_ids[0].clone();
-    let mut spec = aws_sdk_ec2::types::TagSpecification::builder()
-        .resource_type(aws_sdk_ec2::types::ResourceType::NetworkInterface);
-    for (k, v) in tags {
-        spec = spec.tags(aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build());
-    }
-    let eni = node
-        .ec2
-        .create_network_interface()
-        .subnet_id(subnet)
-        .secondary_private_ip_address_count(2)
-        .tag_specifications(spec.build())
-        .send()
-        .await
-        .unwrap();
-    let eni = eni.network_interface().unwrap();
-    let id = eni.network_interface_id().unwrap().to_string();
-    node.ec2
-        .attach_network_interface()
-        .network_interface_id(&id)
-        .instance_id(node.instance_id())
-        .device_index(device)
-        .send()
-        .await
-        .unwrap();
-    let ips = eni
-        .private_ip_addresses()
-        .iter()
-        .filter(|p| p.primary() != Some(true))
-        .filter_map(|p| p.private_ip_address().map(String::from))
-        .collect();
-    (id, ips)
-}
-
 #[tokio::test]
 async fn enis_ipamd_did_not_create_or_no_manage_ones_are_left_alone() {
     let node = NodeFixture::new("foreign", "t3.medium").await;
     let me = node.instance_id().to_string();
     // One a user attached (no tag of ours), one of ours opted out with no_manage=true.
-    let user = attach_foreign(&node, 1, &[("team", "storage")]).await;
-    let opted_out = attach_foreign(
-        &node,
-        2,
-        &[(ipamd::reconcile::TAG_INSTANCE_ID, me.as_str()), (ipamd::reconcile::TAG_NO_MANAGE, "true")],
-    )
-    .await;
+    let user = node.attach_eni(1, &[("team", "storage")]).await;
+    let opted_out = node
+        .attach_eni(2, &[(ipamd::reconcile::TAG_INSTANCE_ID, me.as_str()), (ipamd::reconcile::TAG_NO_MANAGE, "true")])
+        .await;
     let mut ipamd = node.spawn_ipamd(&[("IPAMD_RECONCILE_INTERVAL", "1"), ("WARM_ENI_TARGET", "1")]);
     ipamd.wait_serving(SERVING_TIMEOUT).await.unwrap();
     // t3.medium: 3 ENIs, 5 secondary IPs each; two slots are taken, so the pool is the primary ENI alone.
@@ -322,7 +283,7 @@ async fn enis_ipamd_did_not_create_or_no_manage_ones_are_left_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_eni_without_ipv4_never_stops_ipamd() {
     let node = NodeFixture::behind_proxy("efa", "t3.medium").await;
-    let (efa, _) = attach_foreign(&node, 1, &[]).await;
+    let (efa, _) = node.attach_eni(1, &[]).await;
     node.proxy.as_ref().expect("proxy").without_ipv4(&efa);
     let mut ipamd = node.spawn_ipamd(&[("IPAMD_RECONCILE_INTERVAL", "1")]);
     ipamd.wait_serving(SERVING_TIMEOUT).await.expect("SERVING with an EFA-only interface attached");

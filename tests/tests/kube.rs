@@ -520,11 +520,12 @@ async fn the_daemonset_cluster_role_is_exactly_what_ipamd_uses() {
     kubeapi::put_eni_config(&c.admin, &format!("{node}-cfg"), json!({"subnet": pods_subnet})).await.unwrap();
     let pod = format!("rbac-{}", fx.instance_id());
     let uid = kubeapi::create_pod(&c.admin, "default", &pod, &node).await.unwrap();
-    // Every feature that talks to the API server: custom networking, pod-aware clean-up (GET + Event).
+    // Every feature that talks to the API server: custom networking, pod-aware clean-up (GET + Event), the
+    // pod IP annotation (patch).
     let env = kube_env(
         &node,
         &c.env.service_account,
-        &[("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true"), ("IPAMD_POD_GC_GRACE", "1")],
+        &[("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true"), ("IPAMD_POD_GC_GRACE", "1"), ("ANNOTATE_POD_IP", "true")],
     );
     let mut ipamd = spawn(&fx, &env);
     ipamd.wait_serving(WAIT).await.expect("SERVING");

@@ -19,7 +19,7 @@ async fn enis(instance: &str) -> Vec<NodeEni> {
 #[ignore = "needs root + netns"]
 async fn two_sims_wire_the_vpc_enforce_source_checks_and_clean_up() {
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| SimProc::start("va", 2, &["WARM_ENI_TARGET=2"]));
+        let a = s.spawn(|| SimProc::start("va", 2, &["WARM_ENI_TARGET=2", "DISABLE_TCP_EARLY_DEMUX=true"]));
         let b = s.spawn(|| SimProc::start("vb", 1, &[]));
         (a.join().unwrap(), b.join().unwrap())
     });
@@ -57,8 +57,12 @@ async fn two_sims_wire_the_vpc_enforce_source_checks_and_clean_up() {
         let sysctl = |k: &str| run("ip", &["netns", "exec", &ns, "sysctl", "-n", k]).unwrap().trim().to_string();
         assert_eq!(sysctl("net.ipv4.ip_forward"), "1");
         assert_eq!(sysctl("net.ipv4.conf.ens5.rp_filter"), "2");
+        assert_eq!(sysctl("net.ipv4.tcp_early_demux"), "0", "DISABLE_TCP_EARLY_DEMUX=true");
         node_enis_by_idx.push(e);
     }
+    // Unset: the node's default stays.
+    let sysctl_b = run("ip", &["netns", "exec", &b.node(0), "sysctl", "-n", "net.ipv4.tcp_early_demux"]).unwrap();
+    assert_eq!(sysctl_b.trim(), "1", "tcp_early_demux untouched without DISABLE_TCP_EARLY_DEMUX");
 
     // VPC routing between nodes, through primary and secondary ENIs.
     let (n0, n1) = (a.node(0), a.node(1));

@@ -1,6 +1,6 @@
 //! `vpcctl`: introspection CLI for ipamd over its Unix socket.
 //!
-//! `vpcctl [--socket PATH] [-o table|wide|json] <status|enis|pods|config|events|health>`;
+//! `vpcctl [--socket PATH] [-o table|wide|json] <status|enis|pods|config|events|health|support-bundle>`;
 //! `health` exits 0 only when ipamd reports SERVING (the readiness probe), and says DEGRADED with the reason
 //! while ipamd serves from its last known pool; `health --live` exits 0 while ipamd's process and loops are
 //! alive, SERVING or not yet (the liveness probe: a node missing an IAM permission is unready, not restarted).
@@ -14,10 +14,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use serde_json::{Value, json};
+use serde_json::json;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use vpc_cni_proto::v1 as pb;
 use vpc_cni_proto::v1::introspection_client::IntrospectionClient;
+
+mod bundle;
+mod views;
 
 #[derive(Parser)]
 #[command(name = "vpcctl", version, about = "Inspect the ipamd warm pool")]
@@ -57,6 +60,13 @@ enum Cmd {
         #[arg(long)]
         live: bool,
     },
+    /// One tar.gz for a support case: ipamd's views, metrics, checkpoint, the host's SNAT table, rules, routes
+    /// and links, log tails, versions; credentials redacted. Exits 1 when nothing could be collected.
+    SupportBundle {
+        /// Where to write it (`-` for stdout; default vpc-cni-support-<unix time>.tar.gz here).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+    },
     /// Max pods for an instance type, as EKS computes it (runs vpcctl-max-pods; `vpcctl max-pods --help`).
     #[command(disable_help_flag = true)]
     MaxPods {
@@ -88,13 +98,28 @@ fn exec_max_pods(args: &[String], output: Output) -> anyhow::Error {
     }
 }
 
-fn key_json(k: &Option<pb::AllocationKey>) -> Value {
-    match k {
-        Some(k) => {
-            json!({"network_name": k.network_name, "container_id": k.container_id, "if_name": k.if_name})
-        }
-        None => Value::Null,
+/// `vpcctl support-bundle`: writes the bundle and says on stderr what it holds and what it could not collect.
+async fn support_bundle(socket: &std::path::Path, file: Option<&std::path::Path>) -> Result<()> {
+    let b = bundle::collect(socket).await;
+    let bytes = b.tar_gz(&bundle::Redactor::from_env(std::env::vars())).context("writing the bundle")?;
+    let failures = b.failures();
+    if b.collected() == 0 {
+        anyhow::bail!("nothing could be collected:\n  {}", failures.join("\n  "));
     }
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let path = file.map_or_else(|| PathBuf::from(format!("vpc-cni-support-{unix}.tar.gz")), PathBuf::from);
+    if path.as_os_str() == "-" {
+        use std::io::Write;
+        std::io::stdout().write_all(&bytes).context("writing to stdout")?;
+    } else {
+        std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {} ({} bytes)", path.display(), bytes.len());
+    }
+    eprintln!("{} files collected", b.collected());
+    for f in failures {
+        eprintln!("  not collected: {f}");
+    }
+    Ok(())
 }
 
 fn short(id: &str, wide: bool) -> &str {
@@ -106,6 +131,9 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Cmd::MaxPods { args } = &cli.cmd {
         return Err(exec_max_pods(args, cli.output));
+    }
+    if let Cmd::SupportBundle { file } = &cli.cmd {
+        return support_bundle(&cli.socket, file.as_deref()).await;
     }
     let channel = vpc_cni_proto::uds::connect(&cli.socket, Some(Duration::from_secs(5)))
         .await
@@ -145,29 +173,12 @@ async fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Status => {
             let s = client.get_status(pb::GetStatusRequest {}).await.map_err(rpc)?.into_inner();
-            let v = json!({
-                "instance_id": s.instance_id, "instance_type": s.instance_type, "serving": s.serving,
-                "max_enis": s.max_enis, "ips_per_eni": s.ips_per_eni, "max_pods": s.max_pods,
-                "enis": s.enis, "total_ips": s.total_ips, "assigned_ips": s.assigned_ips,
-                "cooling_ips": s.cooling_ips, "free_ips": s.free_ips,
-                "last_reconcile_unix": s.last_reconcile_unix,
-                "reconcile_rounds": s.reconcile_rounds, "last_error": s.last_error,
-                "degraded": s.degraded, "pending_ips": s.pending_ips,
-                "max_pods_source": s.max_pods_source, "kube_api": s.kube_api,
-                "custom_networking": s.custom_networking, "eni_config": s.eni_config,
-                "eni_config_source": s.eni_config_source, "eni_config_subnet": s.eni_config_subnet,
-                "eni_config_security_groups": s.eni_config_security_groups,
-                "eni_config_problem": s.eni_config_problem,
-                "enis_from_other_eni_config": s.enis_from_other_eni_config,
-                "unknown_pod_ips": s.unknown_pod_ips,
-                "stale_allocations_released": s.stale_allocations_released, "pod_gc": s.pod_gc,
-                "prefix_delegation": s.prefix_delegation, "prefixes": s.prefixes,
-                "prefix_fallback_enis": s.prefix_fallback_enis, "snat": s.snat,
-            });
+            let v = views::status(&s);
             if as_json {
                 println!("{v:#}");
             } else {
                 println!("instance   {} ({})", s.instance_id, s.instance_type);
+                println!("ipamd      {}", s.version);
                 println!("serving    {}", s.serving);
                 println!(
                     "limits     {} ENIs x {} IPs, max pods {} (from {})",
@@ -230,26 +241,7 @@ async fn main() -> Result<()> {
         Cmd::Enis => {
             let r = client.list_enis(pb::ListEnisRequest {}).await.map_err(rpc)?.into_inner();
             if as_json {
-                let enis: Vec<Value> = r
-                    .enis
-                    .iter()
-                    .map(|e| {
-                        let ips: Vec<Value> = e
-                            .ips
-                            .iter()
-                            .map(|i| {
-                                json!({"address": i.address, "state": i.state, "key": key_json(&i.key),
-                                "pod_namespace": i.k8s_pod_namespace, "pod_name": i.k8s_pod_name,
-                                "cooldown_until_unix": i.cooldown_until_unix})
-                            })
-                            .collect();
-                        json!({"eni_id": e.eni_id, "mac": e.mac, "device_number": e.device_number,
-                        "primary": e.primary, "subnet_id": e.subnet_id, "subnet_cidr": e.subnet_cidr,
-                        "primary_ip": e.primary_ip, "ips": ips, "prefixes": e.prefixes,
-                        "prefix_fallback": e.prefix_fallback})
-                    })
-                    .collect();
-                println!("{:#}", Value::Array(enis));
+                println!("{:#}", views::enis(&r));
             } else {
                 println!(
                     "{:<22} {:>3} {:<17} {:<15} {:>5} {:>8} {:>7} {:>5}",
@@ -288,16 +280,7 @@ async fn main() -> Result<()> {
         Cmd::Pods => {
             let r = client.list_allocations(pb::ListAllocationsRequest {}).await.map_err(rpc)?.into_inner();
             if as_json {
-                let v: Vec<Value> = r
-                    .allocations
-                    .iter()
-                    .map(|a| {
-                        json!({"key": key_json(&a.key), "ipv4_addr": a.ipv4_addr, "eni_id": a.eni_id,
-                        "pod_namespace": a.k8s_pod_namespace, "pod_name": a.k8s_pod_name,
-                        "allocated_unix": a.allocated_unix})
-                    })
-                    .collect();
-                println!("{:#}", Value::Array(v));
+                println!("{:#}", views::pods(&r));
             } else {
                 println!("{:<30} {:<15} {:<22} {:<14} IFNAME", "POD", "IP", "ENI", "CONTAINER");
                 for a in &r.allocations {
@@ -316,9 +299,7 @@ async fn main() -> Result<()> {
         Cmd::Config => {
             let r = client.get_config(pb::GetConfigRequest {}).await.map_err(rpc)?.into_inner();
             if as_json {
-                let m: serde_json::Map<String, Value> =
-                    r.entries.into_iter().map(|e| (e.name, json!({"value": e.value, "fate": e.fate}))).collect();
-                println!("{:#}", Value::Object(m));
+                println!("{:#}", views::config(&r));
             } else {
                 for e in r.entries {
                     println!("{:<38} {:<24} {}", e.name, e.value, e.fate);
@@ -335,7 +316,7 @@ async fn main() -> Result<()> {
                 }
             }
         }
-        Cmd::Health { .. } | Cmd::MaxPods { .. } => unreachable!("handled above"),
+        Cmd::Health { .. } | Cmd::MaxPods { .. } | Cmd::SupportBundle { .. } => unreachable!("handled above"),
     }
     Ok(())
 }

@@ -16,7 +16,12 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    ipamd::telemetry::logging::init(cfg.log_format, &cfg.log_filter().0);
+    if let Err(e) =
+        ipamd::telemetry::logging::init(cfg.log_format, &cfg.log_filter().0, cfg.aws_vpc_k8s_cni_log_file.as_ref())
+    {
+        eprintln!("ipamd: invalid configuration: AWS_VPC_K8S_CNI_LOG_FILE: cannot open {e}");
+        std::process::exit(2);
+    }
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }

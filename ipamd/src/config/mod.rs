@@ -12,7 +12,7 @@ pub mod aws;
 mod values;
 
 use values::*;
-pub use values::{BindAddr, CidrList, LogFormat, Mark, RandomizeSnat, Tags, UidList};
+pub use values::{BindAddr, CidrList, LogFile, LogFormat, Mark, RandomizeSnat, Tags, UidList};
 
 #[derive(Debug, Clone, Parser, serde::Serialize)]
 #[command(name = "ipamd", version, about = "VPC-native pod IP address management daemon")]
@@ -134,6 +134,31 @@ pub struct Config {
     /// wins over the AWS SDK's AWS_ENDPOINT_URL_EC2.
     #[arg(long, env = "AWS_EC2_ENDPOINT", value_parser = parse_url)]
     pub aws_ec2_endpoint: Option<String>,
+    /// Serve only the ENIs and IPs already attached to the node: no ENI is created, attached, detached or deleted
+    /// and no IP or prefix assigned or released (aws-vpc-cni's switch; the operator provisions them). Every
+    /// attached ENI with an IPv4 address is served unless tagged `node.k8s.amazonaws.com/no_manage=true`.
+    #[arg(long, env = "DISABLE_NETWORK_RESOURCE_PROVISIONING", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub disable_network_resource_provisioning: bool,
+    /// No EC2 call at all: ENIs, IPs, prefixes and subnets are read from IMDS (implies
+    /// DISABLE_NETWORK_RESOURCE_PROVISIONING; tags cannot be read, so every ENI with an IPv4 address is served).
+    #[arg(long, env = "ENABLE_IMDS_ONLY_MODE", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub enable_imds_only_mode: bool,
+    /// Patch each pod's `vpc.amazonaws.com/pod-ips` annotation with its IP on ADD (needs MY_NODE_NAME and the
+    /// ClusterRole's `patch pods`); a patch that fails fails the ADD, which the runtime retries.
+    #[arg(long, env = "ANNOTATE_POD_IP", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub annotate_pod_ip: bool,
+    /// Attach and free ENIs and IPs while the Node is cordoned too (aws-vpc-cni's default false: a cordoned
+    /// node's pool is held as it is; its pods are still served).
+    #[arg(long, env = "AWS_MANAGE_ENIS_NON_SCHEDULABLE", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub aws_manage_enis_non_schedulable: bool,
+    /// The API server's address (aws-vpc-cni's name), e.g. https://ABCD.gr7.us-west-2.eks.amazonaws.com: used
+    /// instead of the in-cluster address or KUBECONFIG's server, with the same credentials.
+    #[arg(long, env = "CLUSTER_ENDPOINT", value_parser = parse_url)]
+    pub cluster_endpoint: Option<String>,
+    /// Set net.ipv4.tcp_early_demux=0 on the node at start (aws-vpc-cni's init container did): kubelet TCP
+    /// probes of pods on secondary ENIs with security groups need it.
+    #[arg(long, env = "DISABLE_TCP_EARLY_DEMUX", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub disable_tcp_early_demux: bool,
     /// Client-side EC2 request rate (requests per second).
     #[arg(long, env = "EC2_API_QPS", default_value_t = 5.0, value_parser = parse_qps)]
     pub ec2_api_qps: f64,
@@ -189,6 +214,10 @@ pub struct Config {
     /// aws-vpc-cni, with a warning); LOG_LEVEL wins when both are set.
     #[arg(long, env = "AWS_VPC_K8S_CNI_LOGLEVEL")]
     pub aws_vpc_k8s_cni_loglevel: Option<String>,
+    /// Where ipamd's log goes as well as stderr (aws-vpc-cni's name): `stderr` (only there), `stdout`, or an
+    /// absolute file path (its directory is created; rotated at 100 MiB, one old copy kept as `<path>.1`).
+    #[arg(long, env = "AWS_VPC_K8S_CNI_LOG_FILE", value_parser = parse_log_file)]
+    pub aws_vpc_k8s_cni_log_file: Option<LogFile>,
     /// What the start should warn about once logging is up: aws-vpc-cni variables set that have no effect,
     /// skipped entries of a CIDR list, an unknown aws log level.
     #[arg(skip)]
@@ -301,6 +330,14 @@ impl Config {
                     .into(),
             });
         }
+        if self.annotate_pod_ip && self.node_name().is_none() {
+            return Err(ConfigError::Unsupported {
+                var: "ANNOTATE_POD_IP",
+                message: "true needs MY_NODE_NAME (the API server is used only with it); accepted: false, or true \
+                          with MY_NODE_NAME set"
+                    .into(),
+            });
+        }
         if self.cni_install_bin_dir.is_some() != self.cni_install_conf_dir.is_some() {
             return Err(ConfigError::Unsupported {
                 var: if self.cni_install_bin_dir.is_some() { "CNI_INSTALL_CONF_DIR" } else { "CNI_INSTALL_BIN_DIR" },
@@ -343,6 +380,12 @@ impl Config {
     /// MAX_ENI when it caps anything (0 or less: no cap, as in aws-vpc-cni).
     pub fn max_eni(&self) -> Option<u32> {
         self.max_eni.filter(|n| *n > 0).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// Whether ipamd may change the node's ENIs and IPs in EC2 (not with DISABLE_NETWORK_RESOURCE_PROVISIONING
+    /// or ENABLE_IMDS_ONLY_MODE).
+    pub fn provisioning(&self) -> bool {
+        !self.disable_network_resource_provisioning && !self.enable_imds_only_mode
     }
 
     /// The metrics listener's address, unless DISABLE_METRICS or METRICS_BIND_ADDR=off.

@@ -199,3 +199,29 @@ fn the_ec2_endpoint_is_a_url() {
         assert!(err.contains("AWS_EC2_ENDPOINT") && err.contains("http:// or https:// URL"), "{bad}: {err}");
     }
 }
+
+/// aws-vpc-cni's switches honoured in this round: their values as aws accepts them, refusals by name.
+#[test]
+fn aws_log_file_annotation_and_provisioning_switches() {
+    assert_eq!(parse(&[]).unwrap().aws_vpc_k8s_cni_log_file, None);
+    for (v, want) in [
+        ("stderr", LogFile::Stderr),
+        ("stdout", LogFile::Stdout),
+        ("/host/var/log/aws-routed-eni/ipamd.log", LogFile::Path("/host/var/log/aws-routed-eni/ipamd.log".into())),
+    ] {
+        assert_eq!(parse(&["--aws-vpc-k8s-cni-log-file", v]).unwrap().aws_vpc_k8s_cni_log_file, Some(want));
+    }
+    for bad in ["ipamd.log", "/var/log/"] {
+        let err = parse(&["--aws-vpc-k8s-cni-log-file", bad]).unwrap_err().to_string();
+        assert!(err.contains("AWS_VPC_K8S_CNI_LOG_FILE") && err.contains("absolute file path"), "{err}");
+    }
+    let err = parse(&["--annotate-pod-ip", "true"]).unwrap_err().to_string();
+    assert!(err.starts_with("ANNOTATE_POD_IP") && err.contains("MY_NODE_NAME"), "{err}");
+    assert!(parse(&["--annotate-pod-ip", "true", "--my-node-name", "n1"]).is_ok());
+    assert!(parse(&[]).unwrap().provisioning());
+    assert!(!parse(&["--disable-network-resource-provisioning", "true"]).unwrap().provisioning());
+    assert!(!parse(&["--enable-imds-only-mode", "true"]).unwrap().provisioning());
+    assert!(!parse(&[]).unwrap().aws_manage_enis_non_schedulable, "aws' default");
+    let err = parse(&["--cluster-endpoint", "api.example"]).unwrap_err().to_string();
+    assert!(err.contains("CLUSTER_ENDPOINT") && err.contains("https://"), "{err}");
+}

@@ -60,6 +60,34 @@ pub struct UidList(pub Vec<u32>);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BindAddr(pub Option<SocketAddr>);
 
+/// AWS_VPC_K8S_CNI_LOG_FILE: where the log goes besides stderr.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(into = "String")]
+pub enum LogFile {
+    Stderr,
+    Stdout,
+    Path(std::path::PathBuf),
+}
+
+impl From<LogFile> for String {
+    fn from(f: LogFile) -> String {
+        match f {
+            LogFile::Stderr => "stderr".into(),
+            LogFile::Stdout => "stdout".into(),
+            LogFile::Path(p) => p.display().to_string(),
+        }
+    }
+}
+
+pub(super) fn parse_log_file(s: &str) -> Result<LogFile, String> {
+    match s.trim() {
+        "" | "stderr" => Ok(LogFile::Stderr),
+        "stdout" => Ok(LogFile::Stdout),
+        p if p.starts_with('/') && !p.ends_with('/') => Ok(LogFile::Path(p.into())),
+        _ => Err(format!("'{s}' is not accepted; accepted: stderr, stdout or an absolute file path")),
+    }
+}
+
 /// Go's strconv.ParseBool spellings, which aws-vpc-cni users already write.
 pub(super) fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim() {

@@ -6,8 +6,11 @@
 //!
 //! May use: every other subsystem (this is the top).
 
+mod node_ec2;
 mod restore;
 mod startup;
+
+use node_ec2::NodeEc2;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +27,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::cloud::ec2::AwsEc2;
 use crate::cloud::imds::{AwsImds, ImdsError};
+use crate::cloud::imds_only::ImdsOnly;
 use crate::config::Config;
 use crate::grpc::{
     self, PeerPolicy, ServeError,
@@ -104,23 +108,33 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let recovered = rebuilt.is_some()
         || checkpoint.allocations.keys().any(|k| k.network_name == crate::state::datastore::RECOVERED_NETWORK);
     let node = Arc::new(node);
+    let telemetry = Telemetry::default();
+    telemetry.awscni().node_initialized(started.elapsed(), true);
     tracing::info!(
         instance = %node.instance_id, instance_type = %node.instance_type, eni = %node.primary_eni_id,
         subnet = %node.subnet_cidr, "node bootstrapped from IMDS"
     );
     let mut supervisor = Supervisor::new();
     let tasks = supervisor.tasks();
-    let telemetry = Telemetry::default();
-    let ec2 = Arc::new(
-        AwsEc2::new(
-            &node.region,
-            cfg.aws_ec2_endpoint.as_deref(),
-            cfg.ec2_api_qps,
-            cfg.ec2_api_burst,
-            Arc::new(telemetry.clone()),
+    let imds = Arc::new(imds);
+    let ec2 = Arc::new(if cfg.enable_imds_only_mode {
+        tracing::info!("ENABLE_IMDS_ONLY_MODE: the node's ENIs and IPs are read from IMDS; no EC2 call is made");
+        NodeEc2::ImdsOnly(ImdsOnly::new(imds.clone(), node.clone()))
+    } else {
+        NodeEc2::Aws(
+            AwsEc2::new(
+                &node.region,
+                cfg.aws_ec2_endpoint.as_deref(),
+                cfg.ec2_api_qps,
+                cfg.ec2_api_burst,
+                Arc::new(telemetry.clone()),
+            )
+            .await,
         )
-        .await,
-    );
+    });
+    if !cfg.provisioning() {
+        tracing::info!("network resource provisioning off: pods get the IPs already attached; EC2 is never changed");
+    }
     let kube = match cfg.node_name() {
         Some(node_name) => Kube::start(
             KubeSettings {
@@ -129,6 +143,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 custom_networking: cfg.aws_vpc_k8s_cni_custom_network_cfg,
                 label_def: cfg.eni_config_label_def.clone(),
                 annotation_def: cfg.eni_config_annotation_def.clone(),
+                endpoint: cfg.cluster_endpoint.clone(),
             },
             &tasks,
         ),
@@ -189,7 +204,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     let (hostnet, snat) = if cfg.ipamd_host_network {
         let nodeport_mark = cfg.nodeport_mark();
-        let (net, primary_link) = startup::host_setup(&node, &cfg.ipamd_proc_sys, nodeport_mark).await?;
+        let (net, primary_link) =
+            startup::host_setup(&node, &cfg.ipamd_proc_sys, nodeport_mark, cfg.disable_tcp_early_demux).await?;
         let snat = SnatConfig {
             primary_link,
             primary_ip: node.primary_ip,
@@ -212,6 +228,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         telemetry: telemetry.clone(),
         released: released.clone(),
         pool: pool.clone(),
+        annotate: cfg.annotate_pod_ip.then(|| kube.clone()),
         facts: NetFacts {
             vpc_cidrs,
             pod_mtu: cfg.effective_pod_mtu(),
@@ -282,7 +299,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     let reconciler = Reconciler::new(
         ec2.clone(),
-        Arc::new(imds),
+        imds,
         hostnet,
         node.clone(),
         pool.clone(),
@@ -302,12 +319,16 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             link_wait: Duration::from_secs(10),
             subnet_discovery: cfg.enable_subnet_discovery,
             released: released.clone(),
+            provisioning: cfg.provisioning(),
+            manage_cordoned: cfg.aws_manage_enis_non_schedulable,
         },
         kube,
     );
     let install = Install::from_config(&cfg);
     let (serving_health, serving_pool, serving_tasks) = (health.clone(), pool.clone(), tasks.clone());
+    let with_api_server = cfg.node_name().is_some();
     let on_serving = move || {
+        telemetry.awscni().started(started.elapsed(), with_api_server);
         let elapsed_ms = started.elapsed().as_millis() as u64;
         serving_tasks.spawn_job("serving + CNI install", async move {
             set_health(&serving_health, ServingStatus::Serving).await;

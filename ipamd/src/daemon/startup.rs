@@ -36,17 +36,25 @@ where
 }
 
 /// Opens netlink in ipamd's own namespace (the node's) and applies the node-wide sysctls on the primary ENI,
-/// which is found by the MAC IMDS reports.
+/// which is found by the MAC IMDS reports; with DISABLE_TCP_EARLY_DEMUX also tcp_early_demux=0 (what
+/// aws-vpc-cni's init container set).
 pub(super) async fn host_setup(
     node: &NodeInfo,
     proc_sys: &std::path::Path,
     nodeport_mark: Option<u32>,
+    no_early_demux: bool,
 ) -> Result<(Netlink, String), DaemonError> {
     let net = Netlink::current()?;
     let primary = datapath::wait_for_link(&net, &node.primary_mac, Duration::from_secs(10)).await?;
-    let changes = datapath::node_sysctls(proc_sys, &primary.name)?
+    let mut changes = datapath::node_sysctls(proc_sys, &primary.name)?
         + usize::from(datapath::ensure_nodeport_rule(&net, nodeport_mark).await?);
-    tracing::info!(link = %primary.name, mac = %node.primary_mac, changes, "node sysctls: ip_forward=1, rp_filter=2");
+    if no_early_demux {
+        changes += usize::from(datapath::ensure_sysctl(proc_sys, "net/ipv4/tcp_early_demux", "0")?);
+    }
+    tracing::info!(
+        link = %primary.name, mac = %node.primary_mac, changes, no_early_demux,
+        "node sysctls: ip_forward=1, rp_filter=2"
+    );
     Ok((net, primary.name))
 }
 

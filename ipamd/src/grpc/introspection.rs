@@ -72,6 +72,7 @@ impl pb::introspection_server::Introspection for IntrospectionService {
             prefixes: s.ds.prefix_count() as u32,
             prefix_fallback_enis: s.ds.fallback_enis().map(String::from).collect(),
             snat: self.telemetry.snat(),
+            version: format!("{} ({})", crate::telemetry::VERSION, crate::telemetry::RUSTC),
         }))
     }
 

@@ -30,6 +30,8 @@ pub struct IpamService {
     /// The node's netlink (only when ipamd manages the host network): GcNetworks removes what the pods it
     /// releases left on the host, as no DEL will.
     pub hostnet: Option<std::sync::Arc<datapath::netlink::Netlink>>,
+    /// ANNOTATE_POD_IP: the Kubernetes side that writes pods' `vpc.amazonaws.com/pod-ips`.
+    pub annotate: Option<crate::k8s::Kube>,
 }
 
 impl IpamService {
@@ -106,7 +108,14 @@ impl IpamService {
         if let Some(why) = too_long(&pod) {
             return Err(Status::invalid_argument(why));
         }
+        let pod = (r.k8s_pod_namespace.clone(), r.k8s_pod_name.clone());
         let out = self.pool.add(key, r.k8s_pod_namespace, r.k8s_pod_name, r.k8s_pod_uid).await.map_err(status)?;
+        if let Some(kube) = self.annotate.as_ref().filter(|_| !pod.1.is_empty()) {
+            // The allocation stays: the runtime's retry of this sandbox gets the same IP and patches again.
+            kube.annotate_pod_ip(&pod.0, &pod.1, out.ip).await.map_err(|why| {
+                Status::unavailable(format!("{why} (ANNOTATE_POD_IP); {} stays held for this sandbox", out.ip))
+            })?;
+        }
         Ok(Response::new(pb::AddNetworkReply {
             ipv4_addr: out.ip.to_string(),
             eni_id: out.eni_id,
@@ -125,6 +134,9 @@ impl IpamService {
         let reply = match self.pool.del(key).await.map_err(status)? {
             Some((a, dev)) => {
                 self.forget(a.ip, asked);
+                if let Some(kube) = self.annotate.as_ref().filter(|_| !a.pod_name.is_empty()) {
+                    kube.clear_pod_ip(a.pod_namespace.clone(), a.pod_name.clone(), a.ip);
+                }
                 pb::DelNetworkReply {
                     released: true,
                     ipv4_addr: a.ip.to_string(),
@@ -268,6 +280,7 @@ mod tests {
             facts: NetFacts { vpc_cidrs, exclude_snat_cidrs: Vec::new(), pod_mtu: 9001, external_snat: false },
             released: None,
             hostnet: None,
+            annotate: None,
         };
         let k = pb::AllocationKey { network_name: "aws-cni".into(), container_id: "c1".into(), if_name: "eth0".into() };
         let add = || pb::AddNetworkRequest { key: Some(k.clone()), ..Default::default() };

@@ -8,6 +8,7 @@
 //! May use: pool and state (pod GC releases through the pool), cloud (EC2 errors become Events), tasks, clock
 //! (pod GC's grace).
 
+pub mod annotate;
 pub mod eniconfig;
 pub mod events;
 pub mod podgc;
@@ -35,6 +36,8 @@ pub struct NodeFacts {
     pub annotations: BTreeMap<String, String>,
     /// `status.capacity.pods`, when the kubelet reported it.
     pub capacity_pods: Option<u32>,
+    /// Cordoned: `spec.unschedulable`, or the `node.kubernetes.io/unschedulable` NoSchedule taint.
+    pub unschedulable: bool,
 }
 
 /// What ipamd reads from a pod on this node.
@@ -127,6 +130,8 @@ pub struct KubeSettings {
     pub custom_networking: bool,
     pub label_def: String,
     pub annotation_def: String,
+    /// CLUSTER_ENDPOINT: the API server's address instead of the inferred one.
+    pub endpoint: Option<String>,
 }
 
 /// What the reconciler and the clean-up report for `vpcctl status` and metrics.
@@ -173,6 +178,12 @@ impl Kube {
         self.settings.as_ref().is_some_and(|s| s.custom_networking)
     }
 
+    /// Whether this node is cordoned, as far as a synced watch of its Node says (unknown counts as not).
+    pub fn node_cordoned(&self) -> bool {
+        let v = self.view.borrow();
+        v.node.synced && v.node.items.values().any(|n| n.unschedulable)
+    }
+
     /// The status, for a reader that only looks.
     pub fn status(&self) -> KubeStatus {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -183,9 +194,13 @@ impl Kube {
     }
 }
 
-/// In-cluster config or KUBECONFIG, proven by a request (so that a wrong address or credential shows as such).
-async fn connect() -> Result<Client, String> {
-    let config = kube::Config::infer().await.map_err(|e| format!("no API server configuration: {e}"))?;
+/// In-cluster config or KUBECONFIG (its server replaced by `endpoint` when given), proven by a request (so that a
+/// wrong address or credential shows as such).
+async fn connect(endpoint: Option<&str>) -> Result<Client, String> {
+    let mut config = kube::Config::infer().await.map_err(|e| format!("no API server configuration: {e}"))?;
+    if let Some(url) = endpoint {
+        config.cluster_url = url.parse().map_err(|e| format!("CLUSTER_ENDPOINT '{url}': {e}"))?;
+    }
     let client = Client::try_from(config).map_err(|e| format!("API client: {e}"))?;
     client.apiserver_version().await.map_err(|e| format!("API server: {e}"))?;
     Ok(client)
@@ -199,7 +214,7 @@ async fn connect_and_watch(
 ) {
     let mut backoff = backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let client = loop {
-        match connect().await {
+        match connect(settings.endpoint.as_deref()).await {
             Ok(c) => break c,
             Err(e) => {
                 let delay = backoff.next_delay();

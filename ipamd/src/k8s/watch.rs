@@ -106,6 +106,10 @@ pub fn node_facts(n: &Node) -> (String, NodeFacts) {
             labels: m.labels.clone().unwrap_or_default(),
             annotations: m.annotations.clone().unwrap_or_default(),
             capacity_pods,
+            unschedulable: n.spec.as_ref().is_some_and(|s| {
+                s.unschedulable == Some(true)
+                    || s.taints.iter().flatten().any(|t| t.key == "node.kubernetes.io/unschedulable")
+            }),
         },
     )
 }

@@ -6,7 +6,7 @@ use tokio::sync::watch;
 
 use super::Actor;
 use crate::planner::Limits;
-use crate::state::datastore::Stats;
+use crate::state::datastore::{Datastore, ForceRemoved, IpState, Stats};
 
 /// What the metrics show of the pool; consistent with itself (one batch's end).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -19,6 +19,14 @@ pub struct Gauges {
     pub prefixes: usize,
     pub fallback_enis: usize,
     pub checkpoint_writes: u64,
+    /// Attached ENIs ipamd does not manage (they take slots of the instance's limit).
+    pub foreign: u32,
+    pub prefix_mode: bool,
+    /// Pods' IPs per ENI (ENI id, count).
+    pub assigned_per_eni: Vec<(String, usize)>,
+    /// Pods' IPs per /28 prefix, and each pod IP outside a prefix as its /32.
+    pub assigned_per_cidr: Vec<(String, usize)>,
+    pub force_removed: ForceRemoved,
 }
 
 pub(super) fn channel() -> (watch::Sender<Gauges>, watch::Receiver<Gauges>) {
@@ -37,6 +45,11 @@ impl Actor {
             prefixes: self.ds.prefix_count(),
             fallback_enis: self.ds.fallback_enis().count(),
             checkpoint_writes: self.checkpoint_writes,
+            foreign: self.foreign,
+            prefix_mode: self.settings.targets.warm_prefix.is_some(),
+            assigned_per_eni: per_eni(&self.ds),
+            assigned_per_cidr: per_cidr(&self.ds),
+            force_removed: self.ds.force_removed,
         };
         self.gauges.send_if_modified(|cur| {
             let changed = *cur != g;
@@ -46,4 +59,22 @@ impl Actor {
             changed
         });
     }
+}
+
+fn per_eni(ds: &Datastore) -> Vec<(String, usize)> {
+    ds.enis.values().map(|e| (e.id.clone(), e.ips.values().filter(|s| **s == IpState::Assigned).count())).collect()
+}
+
+fn per_cidr(ds: &Datastore) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    for e in ds.enis.values() {
+        for p in &e.prefixes {
+            let n = e.ips.iter().filter(|(ip, s)| **s == IpState::Assigned && p.contains(*ip)).count();
+            out.push((p.to_string(), n));
+        }
+        let single =
+            e.ips.iter().filter(|(ip, s)| **s == IpState::Assigned && !e.prefixes.iter().any(|p| p.contains(*ip)));
+        out.extend(single.map(|(ip, _)| (format!("{ip}/32"), 1)));
+    }
+    out
 }

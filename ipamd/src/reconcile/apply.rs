@@ -78,6 +78,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
                 self.ec2.unassign_prefixes(eni_id, prefixes).await?;
                 let list = prefixes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
                 self.pool.emit("prefixes-unassigned", format!("{list} from {eni_id}"));
+                self.settings.telemetry.awscni().reconciled("eniIPPoolReconcileDel", prefixes.len() as u64);
                 self.sync.unassigned_prefixes(eni_id, prefixes, Instant::now());
             }
             Action::AssignIps { eni_id, count } => {
@@ -88,6 +89,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             Action::UnassignIps { eni_id, ips } => {
                 self.ec2.unassign_ips(eni_id, ips).await?;
                 self.pool.emit("ips-unassigned", format!("{} IPs from {eni_id}", ips.len()));
+                self.settings.telemetry.awscni().reconciled("eniIPPoolReconcileDel", ips.len() as u64);
                 self.sync.unassigned(eni_id, ips, Instant::now());
             }
             Action::DeleteEni { eni_id } => {

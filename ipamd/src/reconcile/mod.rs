@@ -15,6 +15,8 @@ mod host_tests;
 mod placement;
 #[cfg(test)]
 mod prefix_tests;
+#[cfg(test)]
+mod provisioning_tests;
 mod recovered;
 pub mod snat_keeper;
 pub mod subnets;
@@ -113,6 +115,11 @@ pub struct ReconcileSettings {
     pub subnet_discovery: bool,
     /// The conntrack janitor's queue (host networking only): deferred DELs carried out here are released IPs too.
     pub released: Option<tokio::sync::mpsc::UnboundedSender<(std::net::Ipv4Addr, tokio::time::Instant)>>,
+    /// false with DISABLE_NETWORK_RESOURCE_PROVISIONING or ENABLE_IMDS_ONLY_MODE: the pool is what is attached,
+    /// no EC2 change is ever asked, and every attached ENI with an IPv4 address not tagged no_manage is served.
+    pub provisioning: bool,
+    /// AWS_MANAGE_ENIS_NON_SCHEDULABLE: keep changing the pool while the Node is cordoned.
+    pub manage_cordoned: bool,
 }
 
 pub struct Reconciler<E: Ec2Api, M: Metadata, N: HostNet> {
@@ -147,6 +154,8 @@ pub struct Reconciler<E: Ec2Api, M: Metadata, N: HostNet> {
     /// The SNAT ruleset last applied (re-applied when it would differ).
     /// Prefix mode: ENIs EC2 had no /28 for (InsufficientCidrBlocks); they grow by single IPs.
     prefix_fallback: BTreeSet<String>,
+    /// Why the pool is held as it is (no EC2 change asked), as last reported.
+    held: Option<String>,
 }
 
 impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
@@ -179,6 +188,7 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             sweep_due: true,
             failures: 0,
             settled: false,
+            held: None,
         }
     }
 
@@ -194,8 +204,17 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         loop {
             heartbeat.beat(ROUND_LIMIT);
             let started = Instant::now();
+            let aws = self.settings.telemetry.clone();
+            aws.awscni().in_progress("nodeIPPoolReconcile", 1);
             let result = self.reconcile_once().await;
-            self.settings.telemetry.reconcile(result.is_ok(), started.elapsed());
+            aws.awscni().in_progress("nodeIPPoolReconcile", -1);
+            aws.reconcile(result.is_ok(), started.elapsed());
+            if let Err(e) = &result {
+                aws.awscni().round_failed(match e {
+                    ReconcileError::Ec2(ec2) => Some(ec2.op),
+                    _ => None,
+                });
+            }
             let requeue = match result {
                 Ok(requeue) => {
                     self.failures = 0;
@@ -276,18 +295,26 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         }
         let limits = self.limits().await?;
         let (attached, mut host_errors, mut settled) = self.observe(limits).await?;
-        if std::mem::take(&mut self.sweep_due) && self.settings.leaked_eni_cleanup {
+        let held = self.hold();
+        if std::mem::take(&mut self.sweep_due) && self.settings.leaked_eni_cleanup && self.settings.provisioning {
             self.sweep_leaked_enis().await?;
         }
         let managed: Vec<Ec2Eni> = attached.iter().filter(|e| self.managed(e)).cloned().collect();
-        self.repair(&managed).await?;
+        if !held {
+            self.repair(&managed).await?;
+        }
         // The SNAT keeper (its own loop) follows the CIDRs from here.
         self.refresh_vpc_cidrs().await;
-        let placement = self.placement(&attached).await;
-        let (actions, requeue) = self.pool.plan().await?;
-        let mut used: BTreeSet<u32> = attached.iter().filter_map(|e| e.device_index).collect();
-        for action in &actions {
-            self.apply(action, &mut used, &placement).await?;
+        let (mut actions, requeue) = self.pool.plan().await?;
+        if held {
+            // The plan is what the pool would want; nothing of it is asked of EC2.
+            actions.clear();
+        } else {
+            let placement = self.placement(&attached).await;
+            let mut used: BTreeSet<u32> = attached.iter().filter_map(|e| e.device_index).collect();
+            for action in &actions {
+                self.apply(action, &mut used, &placement).await?;
+            }
         }
         if !actions.is_empty() {
             // The pool sees what was just done before the round counts as complete (health waits on it).
@@ -309,9 +336,30 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         })
     }
 
+    /// Whether the pool is held as it is this round (no EC2 change): provisioning is off, or the Node is cordoned
+    /// and AWS_MANAGE_ENIS_NON_SCHEDULABLE is false. A change of that is an event (`pool-held`, `pool-released`).
+    fn hold(&mut self) -> bool {
+        let why = if !self.settings.provisioning {
+            Some("network resource provisioning is off: the pool is what is attached".to_string())
+        } else if !self.settings.manage_cordoned && self.kube.node_cordoned() {
+            Some("the node is cordoned (AWS_MANAGE_ENIS_NON_SCHEDULABLE=false): no ENI or IP attached or freed".into())
+        } else {
+            None
+        };
+        if why != self.held {
+            match &why {
+                Some(w) => self.pool.emit("pool-held", w.clone()),
+                None => self.pool.emit("pool-released", "the pool follows its targets again".to_string()),
+            }
+            self.held.clone_from(&why);
+        }
+        why.is_some()
+    }
+
     /// Whether ipamd manages `eni`: the primary ENI, or one it created for this instance (its instance tag) that
     /// is not opted out with `no_manage=true`, and either way one with a private IPv4 address. Anything else (a
-    /// trunk, an EFA or EFA-only interface, one a user attached, an IPv6-only ENI) is left alone.
+    /// trunk, an EFA or EFA-only interface, one a user attached, an IPv6-only ENI) is left alone — except without
+    /// provisioning, where what the operator attached is the pool: every ENI not tagged no_manage.
     fn managed(&self, eni: &Ec2Eni) -> bool {
         self.left_alone(eni).is_none()
     }
@@ -325,9 +373,10 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
             let max = datapath::MAX_DEVICE_NUMBER;
             return Some(format!("device index beyond {max} (its route table would be the kernel's)"));
         }
+        let opted_out = eni.tags.get(TAG_NO_MANAGE).is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let ours = eni.id == self.node.primary_eni_id
-            || (eni.tags.get(TAG_INSTANCE_ID) == Some(&self.node.instance_id)
-                && eni.tags.get(TAG_NO_MANAGE).is_none_or(|v| !v.eq_ignore_ascii_case("true")));
+            || (!opted_out
+                && (!self.settings.provisioning || eni.tags.get(TAG_INSTANCE_ID) == Some(&self.node.instance_id)));
         (!ours).then(|| format!("not created by this ipamd or tagged {TAG_NO_MANAGE}=true"))
     }
 
@@ -359,6 +408,8 @@ impl<E: Ec2Api, M: Metadata, N: HostNet> Reconciler<E, M, N> {
         self.foreign.retain(|id| foreign.iter().any(|e| &e.id == id));
         self.prefix_fallback.retain(|id| mine.iter().any(|e| &e.id == id));
         let mut observed = self.observed(&mine, &imds).await?;
+        let seen: usize = observed.iter().map(|o| o.addresses().count()).sum();
+        self.settings.telemetry.awscni().reconciled("eniDataStorePoolReconcileAdd", seen as u64);
         let host_errors = match self.hostnet.clone() {
             Some(net) => self.sync_host(net.as_ref(), &mut observed).await,
             None => Vec::new(),

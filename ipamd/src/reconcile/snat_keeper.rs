@@ -63,6 +63,9 @@ impl<N: HostNet> SnatKeeper<N> {
                     let was_broken = std::mem::take(&mut broken);
                     let what =
                         format!("table ip {} (VPC {:?}, external {})", snat::TABLE, want.vpc_cidrs, want.external);
+                    if done != Done::Nothing {
+                        self.telemetry.awscni().connmark_reconciled(true);
+                    }
                     match done {
                         Done::Nothing => {}
                         Done::Applied => self.pool.emit("snat-applied", what.clone()),
@@ -77,6 +80,7 @@ impl<N: HostNet> SnatKeeper<N> {
                 }
                 Err(why) => {
                     self.telemetry.set_snat(Err(why.clone()));
+                    self.telemetry.awscni().connmark_reconciled(false);
                     if !std::mem::replace(&mut broken, true) {
                         tracing::warn!("node SNAT cannot be put in place (pods still get IPs): {why}");
                         self.pool.emit("snat-broken", why.clone());

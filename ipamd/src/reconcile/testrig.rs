@@ -50,6 +50,8 @@ pub async fn rig(targets: Targets) -> Rig {
         link_wait: Duration::ZERO,
         subnet_discovery: true,
         released: None,
+        provisioning: true,
+        manage_cordoned: false,
     };
     let r = Reconciler::new(ec2.clone(), imds, None, node, pool.clone(), rs, crate::k8s::Kube::disabled());
     Rig { ec2, pool, r, _dir: dir }

@@ -1,4 +1,4 @@
-//! The counters and histograms operators graph (what aws-vpc-cni's dashboards show, under ipamd's own names):
+//! The counters and histograms operators graph (under ipamd's own names, and aws-vpc-cni's in [`awscni`]):
 //! pod Add/Del requests and their latency by result, pods that found no IP, EC2 calls, errors and latency by
 //! operation, reconcile rounds and their duration, ENI attach/detach counts, and the degraded state.
 //! Long-lived and shared (cloning shares the same series); [`metrics`] serves them at `/metrics` next to the
@@ -7,8 +7,14 @@
 //! May use: config (log format), cloud (it counts EC2 calls as their [`CallMeter`]), pool and k8s (what
 //! `/metrics` shows), planner and state (its tests build a pool).
 
+pub mod awscni;
 pub mod logging;
 pub mod metrics;
+
+/// ipamd's version, as `vpcctl status` and the build-info metric show it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The compiler that built ipamd (`rustc --version`).
+pub const RUSTC: &str = env!("IPAMD_RUSTC_VERSION");
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -41,7 +47,8 @@ struct Inner {
     ec2_throttle_wait_ms: Counter,
     pod_requests: Family<Labels, Counter>,
     pod_latency: Family<Labels, Histogram, fn() -> Histogram>,
-    no_ip: Counter,
+    /// aws-vpc-cni's series, fed by the same events.
+    awscni: awscni::AwsCni,
     reconciles: Family<Labels, Counter>,
     reconcile_duration: Family<Labels, Histogram, fn() -> Histogram>,
     eni_changes: Family<Labels, Counter>,
@@ -72,7 +79,7 @@ impl Inner {
             ec2_throttle_wait_ms: Counter::default(),
             pod_requests: Family::default(),
             pod_latency: Family::new_with_constructor(seconds_histogram),
-            no_ip: Counter::default(),
+            awscni: awscni::AwsCni::default(),
             reconciles: Family::default(),
             reconcile_duration: Family::new_with_constructor(seconds_histogram),
             eni_changes: Family::default(),
@@ -95,6 +102,7 @@ impl CallMeter for Telemetry {
         if let Some(code) = error_code {
             self.0.ec2_errors.get_or_create(&labels(&[("op", op), ("code", code)])).inc();
         }
+        self.0.awscni.ec2_call(op, took, error_code);
     }
 
     fn ec2_throttle_wait(&self, waited: Duration) {
@@ -113,9 +121,12 @@ impl Telemetry {
         let l = labels(&[("op", op), ("result", result)]);
         self.0.pod_requests.get_or_create(&l).inc();
         self.0.pod_latency.get_or_create(&l).observe(took.as_secs_f64());
-        if result == "no_ip" {
-            self.0.no_ip.inc();
-        }
+        self.0.awscni.pod_request(op, result == "no_ip");
+    }
+
+    /// aws-vpc-cni's series (see [`awscni`]).
+    pub fn awscni(&self) -> &awscni::AwsCni {
+        &self.0.awscni
     }
 
     pub fn reconcile(&self, ok: bool, took: Duration) {
@@ -127,6 +138,8 @@ impl Telemetry {
     /// `change`: attached / detached.
     pub fn eni(&self, change: &str) {
         self.0.eni_changes.get_or_create(&labels(&[("change", change)])).inc();
+        let function = if change == "attached" { "eniReconcileAdd" } else { "eniReconcileDel" };
+        self.0.awscni.reconciled(function, 1);
     }
 
     /// Prefix mode: an ENI fell back to single IPs (EC2 had no free /28 in its subnet).
@@ -197,7 +210,6 @@ impl Telemetry {
             prometheus_client::registry::Unit::Seconds,
             i.pod_latency.clone(),
         );
-        reg.register("awscni_no_available_ip_addresses", "pod Adds that found no free IP", i.no_ip.clone());
         reg.register("ipamd_reconciles", "warm-pool reconcile rounds by result", i.reconciles.clone());
         reg.register_with_unit(
             "ipamd_reconcile_duration",
@@ -246,7 +258,6 @@ mod tests {
             "ipamd_ec2_errors_total{op=\"AssignPrivateIpAddresses\",code=\"RequestLimitExceeded\"} 1",
             "ipamd_ec2_request_duration_seconds_count{op=\"AssignPrivateIpAddresses\"} 1",
             "ipamd_pod_requests_total{op=\"add\",result=\"no_ip\"} 1",
-            "awscni_no_available_ip_addresses_total 1",
             "ipamd_reconciles_total{result=\"ok\"} 1",
             "ipamd_eni_changes_total{change=\"attached\"} 1",
             "ipamd_prefix_fallbacks_total 1",

@@ -44,11 +44,7 @@ const fn no_op(name: &'static str, why: &'static str) -> AwsVar {
 
 /// Every variable of aws-vpc-cni's, in its README's order, then those it reads without documenting them.
 pub const AWS_VARIABLES: &[AwsVar] = &[
-    not_built(
-        "AWS_MANAGE_ENIS_NON_SCHEDULABLE",
-        TRUE,
-        "leaving a cordoned node's ENIs alone; ipamd manages them as with true",
-    ),
+    honoured("AWS_MANAGE_ENIS_NON_SCHEDULABLE"),
     honoured("AWS_VPC_CNI_NODE_PORT_SUPPORT"),
     honoured("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG"),
     honoured("ENI_CONFIG_ANNOTATION_DEF"),
@@ -65,7 +61,7 @@ pub const AWS_VARIABLES: &[AwsVar] = &[
     honoured("MINIMUM_IP_TARGET"),
     honoured("MAX_ENI"),
     honoured("AWS_VPC_K8S_CNI_LOGLEVEL"),
-    not_built("AWS_VPC_K8S_CNI_LOG_FILE", &["stderr"], "logging to a file or stdout; ipamd logs to stderr"),
+    honoured("AWS_VPC_K8S_CNI_LOG_FILE"),
     honoured("AWS_VPC_K8S_PLUGIN_LOG_FILE"),
     honoured("AWS_VPC_K8S_PLUGIN_LOG_LEVEL"),
     not_built(
@@ -83,23 +79,19 @@ pub const AWS_VARIABLES: &[AwsVar] = &[
         "aws-vpc-cni no longer reads it either; ipamd always sets the primary interface's rp_filter to 2 (loose)",
     ),
     honoured("CLUSTER_NAME"),
-    not_built("CLUSTER_ENDPOINT", &[], "an API server address of its own; ipamd uses the in-cluster address"),
+    honoured("CLUSTER_ENDPOINT"),
     not_built("ENABLE_POD_ENI", FALSE, "security groups for pods (branch ENIs)"),
     no_op(
         "POD_SECURITY_GROUP_ENFORCING_MODE",
         "it only matters with ENABLE_POD_ENI=true, as in aws-vpc-cni (which ipamd refuses)",
     ),
-    not_built("DISABLE_TCP_EARLY_DEMUX", FALSE, "setting net.ipv4.tcp_early_demux"),
+    honoured("DISABLE_TCP_EARLY_DEMUX"),
     honoured("ENABLE_SUBNET_DISCOVERY"),
     honoured("ENABLE_PREFIX_DELEGATION"),
     honoured("WARM_PREFIX_TARGET"),
-    not_built(
-        "DISABLE_NETWORK_RESOURCE_PROVISIONING",
-        FALSE,
-        "serving only the ENIs and IPs already attached, with no EC2 changes",
-    ),
+    honoured("DISABLE_NETWORK_RESOURCE_PROVISIONING"),
     honoured("ENABLE_BANDWIDTH_PLUGIN"),
-    not_built("ANNOTATE_POD_IP", FALSE, "the pod annotation vpc.amazonaws.com/pod-ips"),
+    honoured("ANNOTATE_POD_IP"),
     not_built("ENABLE_IPv4", TRUE, "IPv6 pods (ipamd serves IPv4 only)"),
     not_built("ENABLE_IPv6", FALSE, "IPv6 pods"),
     no_op("ENABLE_NFTABLES", "aws-vpc-cni no longer reads it either; ipamd always programs SNAT with nftables"),
@@ -110,16 +102,15 @@ pub const AWS_VARIABLES: &[AwsVar] = &[
     no_op("ENABLE_V4_EGRESS", "aws-vpc-cni reads it only with ENABLE_IPv6=true (which ipamd refuses)"),
     honoured("IP_COOLDOWN_PERIOD"),
     not_built("DISABLE_POD_V6", FALSE, "turning IPv6 off inside pods (the tuning plugin's sysctls)"),
+    // aws-node's manifest sets `standard` whether its policy agent runs or not: pods open until a policy selects
+    // them, which without policies is what ipamd does. `strict` (default deny) would isolate pods: refused.
     not_built(
         "NETWORK_POLICY_ENFORCING_MODE",
-        &["none"],
-        "NetworkPolicy enforcement: nothing would isolate the pods (accepted: none, or unset)",
+        &["none", "standard"],
+        "NetworkPolicy enforcement (strict: pods denied until their policies are known); nothing would isolate \
+         the pods",
     ),
-    not_built(
-        "ENABLE_IMDS_ONLY_MODE",
-        FALSE,
-        "serving from IMDS alone, with no EC2 call (DISABLE_NETWORK_RESOURCE_PROVISIONING)",
-    ),
+    honoured("ENABLE_IMDS_ONLY_MODE"),
     not_built("ENABLE_MULTI_NIC", FALSE, "pods on network cards other than the first"),
     // Read by aws-vpc-cni, not in its README.
     honoured("AWS_VPC_K8S_CNI_CONNMARK"),

@@ -57,7 +57,6 @@ fn a_variable_asking_for_what_is_not_built_is_refused_by_name() {
         ("ENABLE_IPv4", "false", "IPv6 pods"),
         ("ENABLE_POD_ENI", "TRUE", "security groups for pods"),
         ("NETWORK_POLICY_ENFORCING_MODE", "strict", "NetworkPolicy enforcement"),
-        ("NETWORK_POLICY_ENFORCING_MODE", "standard", "NetworkPolicy enforcement"),
         ("ENABLE_MULTI_NIC", "true", "network cards"),
         ("INTROSPECTION_BIND_ADDRESS", "127.0.0.1:61679", "HTTP introspection"),
     ] {
@@ -70,6 +69,7 @@ fn a_variable_asking_for_what_is_not_built_is_refused_by_name() {
         ("ENABLE_IPv4", "true"),
         ("ENABLE_POD_ENI", "False"),
         ("NETWORK_POLICY_ENFORCING_MODE", "none"),
+        ("NETWORK_POLICY_ENFORCING_MODE", "standard"),
         ("ENABLE_MULTI_NIC", ""),
     ];
     assert_eq!(check(env(&off)).unwrap(), AwsNotes::default());

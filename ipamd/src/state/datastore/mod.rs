@@ -85,6 +85,13 @@ pub enum IpState {
     Pending,
 }
 
+/// What observations took away from under pods (see [`Datastore::observe`]): aws-vpc-cni's "force removed".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForceRemoved {
+    pub enis: u64,
+    pub ips: u64,
+}
+
 /// One attached ENI as observed in EC2, plus ipamd's view of its IPs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Eni {
@@ -227,6 +234,8 @@ pub struct Datastore {
     pub born: BTreeMap<AllocKey, Mono>,
     /// Custom networking: the primary ENI serves no pods, so it is neither handed out from nor planned for.
     pub primary_reserved: bool,
+    /// What observations took away from under pods since start (metrics).
+    pub force_removed: ForceRemoved,
 }
 
 /// How long an IP given back to EC2 stays unusable while EC2 may still report it.
@@ -267,6 +276,8 @@ impl Datastore {
 
     /// Replaces the ENI set with what EC2 reports. IPs that EC2 no longer has are dropped; allocations are
     /// kept either way (a pod whose IP vanished still needs its DEL to find what to tear down).
+    /// Takes EC2's view of the node's ENIs, counting in [`Datastore::force_removed`] what was taken away from
+    /// under pods outside ipamd: ENIs that held pods' IPs and are gone, and pods' IPs no ENI holds any more.
     pub fn observe(&mut self, observed: Vec<ObservedEni>, primary_eni_id: &str, now: Mono) {
         self.cooling.retain(|_, until| *until > now);
         let in_ec2: std::collections::BTreeSet<Ipv4Addr> = observed.iter().flat_map(ObservedEni::addresses).collect();
@@ -312,12 +323,23 @@ impl Datastore {
         }
         // An allocation whose IP moved to another ENI (or whose checkpoint predates an ENI id) follows EC2; one
         // whose IP no ENI holds any more (taken back outside ipamd) names none, as the checkpoint's check expects.
+        let removed = &mut self.force_removed;
+        let mut gone_enis = std::collections::BTreeSet::new();
         for a in self.allocations.values_mut() {
             match enis.values().find(|e| e.ips.contains_key(&a.ip)) {
                 Some(eni) => a.eni_id.clone_from(&eni.id),
-                None => a.eni_id.clear(),
+                None => {
+                    if !a.eni_id.is_empty() {
+                        removed.ips += 1;
+                        if !enis.contains_key(&a.eni_id) {
+                            gone_enis.insert(a.eni_id.clone());
+                        }
+                    }
+                    a.eni_id.clear();
+                }
             }
         }
+        removed.enis += gone_enis.len() as u64;
         self.enis = enis;
     }
 

@@ -1,8 +1,7 @@
 //! Prometheus text on METRICS_BIND_ADDR at `/metrics`. The pool's gauges are the copy the pool actor publishes after
-//! each batch ([`Gauges`]): consistent with each other, and a scrape never queues on the actor. Five pool gauges carry
-//! aws-vpc-cni's `awscni_*` names (and the no-IP counter, with a `_total` suffix aws-vpc-cni's lacks); every other
-//! series is ipamd's own (`ipamd_*`): most of aws-vpc-cni's series (its request, EC2 and reconcile counters) are not
-//! exported under its names yet. The listener is bounded: at most [`MAX_CONNECTIONS`] at once (more are closed on
+//! each batch ([`Gauges`]): consistent with each other, and a scrape never queues on the actor. ipamd's own series
+//! (`ipamd_*`) come first, then every series aws-vpc-cni exports under its own names ([`crate::telemetry::awscni`]),
+//! so aws-node's dashboards, alerts and cni-metrics-helper keep working. The listener is bounded: at most [`MAX_CONNECTIONS`] at once (more are closed on
 //! accept), a connection that sends no request for [`IDLE_TIMEOUT`] is closed, and none lives longer than
 //! [`MAX_CONNECTION_AGE`] — a port anyone on the node can reach must not hold ipamd's memory or file descriptors.
 
@@ -44,11 +43,6 @@ pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 /// Renders the exposition text for the pool's gauges (and the Kubernetes side's status, when it is on).
 pub fn render(s: &Gauges, telemetry: &Telemetry, kube: Option<(bool, &KubeStatus)>) -> String {
     let mut reg = Registry::default();
-    gauge(&mut reg, "awscni_eni_allocated", "ENIs attached to the node", s.stats.enis as i64);
-    gauge(&mut reg, "awscni_eni_max", "ENIs the node may attach", s.limits.map_or(0, |l| l.max_enis) as i64);
-    gauge(&mut reg, "awscni_total_ip_addresses", "secondary IPs in the pool", s.stats.total as i64);
-    gauge(&mut reg, "awscni_assigned_ip_addresses", "IPs held by pods", s.stats.assigned as i64);
-    gauge(&mut reg, "awscni_ip_max", "pod IPs the node can hold", s.max_pods.map_or(0, |m| m.saturating_sub(2)) as i64);
     gauge(&mut reg, "ipamd_cooling_ip_addresses", "released IPs resting before reuse", s.stats.cooling as i64);
     gauge(&mut reg, "ipamd_free_ip_addresses", "IPs ready for the next pod", s.stats.free as i64);
     gauge(&mut reg, "ipamd_serving", "1 once the first reconcile completed", i64::from(s.serving));
@@ -99,6 +93,11 @@ pub fn render(s: &Gauges, telemetry: &Telemetry, kube: Option<(bool, &KubeStatus
     }
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
+    // aws-vpc-cni's families go before the end marker.
+    let end = out.rfind("# EOF").unwrap_or(out.len());
+    out.truncate(end);
+    crate::telemetry::awscni::render(telemetry.awscni(), s, &mut out);
+    out.push_str("# EOF\n");
     out
 }
 
