@@ -1,0 +1,26 @@
+//! Kubernetes NetworkPolicy (networking.k8s.io/v1, IPv4) for vpc-cni, with no I/O:
+//!
+//! * [`model`]: the policies and the cluster they are judged against;
+//! * [`selector`]: label selectors;
+//! * [`eval`]: the reference semantics, flow by flow, with reasons (what `vpcctl policy explain` prints);
+//! * [`mod@compile`]: the shape of the nftables table, and an interpreter of it that the tests hold
+//!   to the reference semantics;
+//! * [`mod@render`]: that shape as an nft script.
+//!
+//! The daemon gathers the state, calls [`compile()`] then [`render()`] and loads the script; none of
+//! that I/O is here.
+
+pub mod compile;
+pub mod eval;
+pub mod model;
+mod ranges;
+pub mod render;
+pub mod selector;
+
+pub use compile::{Chain, ChainRule, Compiled, Hook, Ports, compile};
+pub use eval::{Decision, Side, evaluate};
+pub use model::{
+    Cluster, Direction, Endpoint, Flow, Peer, PodInfo, Policy, PolicyTypes, PortRef, PortSpec, Proto, Rule,
+};
+pub use render::{TABLE, render};
+pub use selector::{LabelSelector, Labels, Operator, Requirement};
