@@ -10,6 +10,8 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v nft >/dev/null || need+=(nftables)
 command -v iptables >/dev/null || need+=(iptables)
+# NetworkPolicy tests: servers and probes in pod namespaces.
+command -v socat >/dev/null || need+=(socat)
 command -v tc >/dev/null || need+=(iproute2)
 [ -x /usr/lib/cni/portmap ] && [ -x /usr/lib/cni/bandwidth ] || need+=(containernetworking-plugins)
 # scripts/static-plugins.sh (Debian's Go, dpkg-source) and scripts/check-static-plugins.sh (readelf).

@@ -1,7 +1,8 @@
-//! Forgetting a released IP's flows over ctnetlink (NETLINK_NETFILTER), so a reused IP never inherits the
-//! previous pod's conntrack state (aws-vpc-cni's 30 s cooldown is shorter than SYN_SENT's timeout). Dumps the
-//! IPv4 conntrack table once and deletes, by its original tuple, every entry whose original or reply tuple holds
-//! one of the IPs. The socket belongs to the calling thread's network namespace.
+//! Forgetting flows over ctnetlink (NETLINK_NETFILTER): a released IP's, so a reused IP never inherits the
+//! previous pod's conntrack state (aws-vpc-cni's 30 s cooldown is shorter than SYN_SENT's timeout), and those a
+//! NetworkPolicy now denies, so an established flow does not outlive the deny. Dumps the IPv4 conntrack table
+//! once and deletes the chosen entries by their original tuple. The socket belongs to the calling thread's
+//! network namespace.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -19,6 +20,9 @@ const NLMSG_DONE: u16 = 3;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_DST_PORT: u16 = 3;
 const CTA_IP_V4_SRC: u16 = 1;
 const CTA_IP_V4_DST: u16 = 2;
 const AF_INET: u8 = 2;
@@ -96,8 +100,11 @@ fn open() -> io::Result<Socket> {
     Ok(sock)
 }
 
-/// The original tuples (whole attributes) of every IPv4 entry involving one of `ips`.
-fn matching_tuples(sock: &Socket, ips: &[Ipv4Addr]) -> io::Result<Vec<Vec<u8>>> {
+/// Chooses an entry from its original and (if any) reply tuple.
+type Pick<'a> = &'a dyn Fn(&[u8], Option<&[u8]>) -> bool;
+
+/// The original tuples (whole attributes) of every IPv4 entry `pick` chooses.
+fn select(sock: &Socket, pick: Pick) -> io::Result<Vec<Vec<u8>>> {
     sock.send(&message(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, 1, &[]), 0)?;
     let mut found = Vec::new();
     loop {
@@ -111,14 +118,32 @@ fn matching_tuples(sock: &Socket, ips: &[Ipv4Addr]) -> io::Result<Vec<Vec<u8>>> 
                     let a = attrs(body);
                     let orig = a.iter().find(|(k, _, _)| *k == CTA_TUPLE_ORIG);
                     let reply = a.iter().find(|(k, _, _)| *k == CTA_TUPLE_REPLY);
-                    let hit = orig.is_some_and(|o| tuple_has(o.1, ips)) || reply.is_some_and(|r| tuple_has(r.1, ips));
-                    if let (true, Some(o)) = (hit, orig) {
+                    if let Some(o) = orig.filter(|o| pick(o.1, reply.map(|r| r.1))) {
                         found.push(o.2.to_vec());
                     }
                 }
             }
         }
     }
+}
+
+/// The original tuples of every IPv4 entry involving one of `ips`.
+fn matching_tuples(sock: &Socket, ips: &[Ipv4Addr]) -> io::Result<Vec<Vec<u8>>> {
+    select(sock, &|orig, reply| tuple_has(orig, ips) || reply.is_some_and(|r| tuple_has(r, ips)))
+}
+
+/// Deletes the entries with these original tuples; returns how many.
+fn delete(sock: &Socket, tuples: &[Vec<u8>]) -> io::Result<usize> {
+    for (i, tuple) in tuples.iter().enumerate() {
+        sock.send(&message(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, 2 + i as u32, tuple), 0)?;
+        let (buf, _) = sock.recv_from_full()?;
+        for (kind, payload) in messages(&buf) {
+            if kind == NLMSG_ERROR {
+                check_ack(payload)?;
+            }
+        }
+    }
+    Ok(tuples.len())
 }
 
 /// Deletes every conntrack entry of `ip` in the current network namespace; returns how many.
@@ -134,16 +159,44 @@ pub fn forget_many(ips: &[Ipv4Addr]) -> io::Result<usize> {
     }
     let sock = open()?;
     let tuples = matching_tuples(&sock, ips)?;
-    for (i, tuple) in tuples.iter().enumerate() {
-        sock.send(&message(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, 2 + i as u32, tuple), 0)?;
-        let (buf, _) = sock.recv_from_full()?;
-        for (kind, payload) in messages(&buf) {
-            if kind == NLMSG_ERROR {
-                check_ack(payload)?;
-            }
-        }
-    }
-    Ok(tuples.len())
+    delete(&sock, &tuples)
+}
+
+/// A conntrack entry's original direction: who opened the flow, to what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtFlow {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// IP protocol number (6 TCP, 17 UDP, 132 SCTP).
+    pub proto: u8,
+    pub dport: u16,
+}
+
+/// Reads the flow of an original tuple (`None` for what has no ports or no IPv4 addresses).
+fn flow_of(tuple: &[u8]) -> Option<CtFlow> {
+    let a = attrs(tuple);
+    let ip = attrs(a.iter().find(|(k, _, _)| *k == CTA_TUPLE_IP)?.1);
+    let addr = |kind| -> Option<Ipv4Addr> {
+        let v = ip.iter().find(|(k, _, _)| *k == kind)?.1;
+        Some(Ipv4Addr::from(<[u8; 4]>::try_from(v).ok()?))
+    };
+    let proto = attrs(a.iter().find(|(k, _, _)| *k == CTA_TUPLE_PROTO)?.1);
+    let num = *proto.iter().find(|(k, _, _)| *k == CTA_PROTO_NUM)?.1.first()?;
+    let dport = proto.iter().find(|(k, _, _)| *k == CTA_PROTO_DST_PORT)?.1;
+    Some(CtFlow {
+        src: addr(CTA_IP_V4_SRC)?,
+        dst: addr(CTA_IP_V4_DST)?,
+        proto: num,
+        dport: u16::from_be_bytes(<[u8; 2]>::try_from(dport).ok()?),
+    })
+}
+
+/// Deletes every entry whose flow `doomed` says must not go on (a NetworkPolicy now denies it: an established
+/// flow would otherwise outlive the deny); returns how many. One dump of the table.
+pub fn forget_flows(doomed: &dyn Fn(&CtFlow) -> bool) -> io::Result<usize> {
+    let sock = open()?;
+    let tuples = select(&sock, &|orig, _| flow_of(orig).is_some_and(|f| doomed(&f)))?;
+    delete(&sock, &tuples)
 }
 
 /// How many conntrack entries involve `ip` (for tests and diagnostics).

@@ -12,6 +12,7 @@
 //! - [`pool`]: the one owner of the state (an actor on its own thread) and the handle everyone else uses;
 //! - [`k8s`]: the optional Kubernetes side (watches, ENIConfig, Events, pod-aware clean-up);
 //! - [`node`]: what ipamd does to the node besides ENIs (CNI install, SNAT, conntrack clean-up);
+//! - [`policy`]: NetworkPolicy enforcement (ENABLE_NETWORK_POLICY), one nftables table of its own;
 //! - [`telemetry`]: counters, the `/metrics` endpoint, logging;
 //! - [`reconcile`]: the loop that observes EC2/IMDS, asks the pool for a plan and applies it;
 //! - [`grpc`]: the socket the plugin and `vpcctl` talk to;
@@ -25,6 +26,7 @@ pub mod grpc;
 pub mod k8s;
 pub mod node;
 pub mod planner;
+pub mod policy;
 pub mod pool;
 pub mod reconcile;
 pub mod state;

@@ -223,12 +223,26 @@ pub async fn delete_node(admin: &Client, name: &str) {
 
 /// Creates a Pod bound to `node` (no scheduler runs) and returns its UID.
 pub async fn create_pod(admin: &Client, namespace: &str, name: &str, node: &str) -> Result<String, KubeApiError> {
+    create_pod_with(admin, namespace, name, node, &BTreeMap::new(), &[]).await
+}
+
+/// As [`create_pod`], with labels and named container ports (name, port, protocol "TCP"/"UDP").
+pub async fn create_pod_with(
+    admin: &Client,
+    namespace: &str,
+    name: &str,
+    node: &str,
+    labels: &BTreeMap<String, String>,
+    named_ports: &[(String, u16, String)],
+) -> Result<String, KubeApiError> {
     let api: Api<Pod> = Api::namespaced(admin.clone(), namespace);
+    let ports: Vec<Value> =
+        named_ports.iter().map(|(n, p, proto)| json!({"name": n, "containerPort": p, "protocol": proto})).collect();
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {"nodeName": node, "automountServiceAccountToken": false,
-                 "containers": [{"name": "app", "image": "registry.invalid/pause:1"}]},
+                 "containers": [{"name": "app", "image": "registry.invalid/pause:1", "ports": ports}]},
     }))
     .map_err(|e| KubeApiError::Other(e.to_string()))?;
     let created = api

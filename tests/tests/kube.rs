@@ -521,11 +521,16 @@ async fn the_daemonset_cluster_role_is_exactly_what_ipamd_uses() {
     let pod = format!("rbac-{}", fx.instance_id());
     let uid = kubeapi::create_pod(&c.admin, "default", &pod, &node).await.unwrap();
     // Every feature that talks to the API server: custom networking, pod-aware clean-up (GET + Event), the
-    // pod IP annotation (patch).
+    // pod IP annotation (patch), NetworkPolicy (its watches; nothing is put in place outside a node's netns).
     let env = kube_env(
         &node,
         &c.env.service_account,
-        &[("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true"), ("IPAMD_POD_GC_GRACE", "1"), ("ANNOTATE_POD_IP", "true")],
+        &[
+            ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true"),
+            ("IPAMD_POD_GC_GRACE", "1"),
+            ("ANNOTATE_POD_IP", "true"),
+            ("ENABLE_NETWORK_POLICY", "true"),
+        ],
     );
     let mut ipamd = spawn(&fx, &env);
     ipamd.wait_serving(WAIT).await.expect("SERVING");

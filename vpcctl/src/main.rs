@@ -1,6 +1,6 @@
 //! `vpcctl`: introspection CLI for ipamd over its Unix socket.
 //!
-//! `vpcctl [--socket PATH] [-o table|wide|json] <status|enis|pods|config|events|health|support-bundle>`;
+//! `vpcctl [--socket PATH] [-o table|wide|json] <status|enis|pods|config|events|health|policy|support-bundle>`;
 //! `health` exits 0 only when ipamd reports SERVING (the readiness probe), and says DEGRADED with the reason
 //! while ipamd serves from its last known pool; `health --live` exits 0 while ipamd's process and loops are
 //! alive, SERVING or not yet (the liveness probe: a node missing an IAM permission is unready, not restarted).
@@ -20,6 +20,7 @@ use vpc_cni_proto::v1 as pb;
 use vpc_cni_proto::v1::introspection_client::IntrospectionClient;
 
 mod bundle;
+mod policy;
 mod views;
 
 #[derive(Parser)]
@@ -59,6 +60,11 @@ enum Cmd {
     Health {
         #[arg(long)]
         live: bool,
+    },
+    /// NetworkPolicy on this node: `status`, or `explain NS/POD NS/POD tcp/80`.
+    Policy {
+        #[command(subcommand)]
+        cmd: policy::PolicyCmd,
     },
     /// One tar.gz for a support case: ipamd's views, metrics, checkpoint, the host's SNAT table, rules, routes
     /// and links, log tails, versions; credentials redacted. Exits 1 when nothing could be collected.
@@ -169,6 +175,9 @@ async fn main() -> Result<()> {
         std::process::exit(if serving { 0 } else { 1 });
     }
     let mut client = IntrospectionClient::new(channel);
+    if let Cmd::Policy { cmd } = cli.cmd {
+        return policy::run(client, cmd, as_json).await;
+    }
     let rpc = |s: tonic::Status| anyhow::anyhow!("{}: {}", s.code(), s.message());
     match cli.cmd {
         Cmd::Status => {
@@ -316,7 +325,9 @@ async fn main() -> Result<()> {
                 }
             }
         }
-        Cmd::Health { .. } | Cmd::MaxPods { .. } | Cmd::SupportBundle { .. } => unreachable!("handled above"),
+        Cmd::Health { .. } | Cmd::MaxPods { .. } | Cmd::SupportBundle { .. } | Cmd::Policy { .. } => {
+            unreachable!("handled above")
+        }
     }
     Ok(())
 }

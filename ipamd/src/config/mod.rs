@@ -143,6 +143,11 @@ pub struct Config {
     /// DISABLE_NETWORK_RESOURCE_PROVISIONING; tags cannot be read, so every ENI with an IPv4 address is served).
     #[arg(long, env = "ENABLE_IMDS_ONLY_MODE", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub enable_imds_only_mode: bool,
+    /// Enforce Kubernetes NetworkPolicy on this node's pods (nftables table `inet vpc-cni-netpol`; needs
+    /// MY_NODE_NAME and the ClusterRole's list/watch on networkpolicies and namespaces). aws-vpc-cni switches its
+    /// policy agent with the Helm value enableNetworkPolicy.
+    #[arg(long, env = "ENABLE_NETWORK_POLICY", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub enable_network_policy: bool,
     /// Patch each pod's `vpc.amazonaws.com/pod-ips` annotation with its IP on ADD (needs MY_NODE_NAME and the
     /// ClusterRole's `patch pods`); a patch that fails fails the ADD, which the runtime retries.
     #[arg(long, env = "ANNOTATE_POD_IP", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
@@ -327,6 +332,14 @@ impl Config {
                 var: "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG",
                 message: "true needs MY_NODE_NAME (the node's ENIConfig is named on its Node object); accepted: \
                           false, or true with MY_NODE_NAME set"
+                    .into(),
+            });
+        }
+        if self.enable_network_policy && self.node_name().is_none() {
+            return Err(ConfigError::Unsupported {
+                var: "ENABLE_NETWORK_POLICY",
+                message: "true needs MY_NODE_NAME (policies come from the API server); accepted: false, or true with \
+                          MY_NODE_NAME set"
                     .into(),
             });
         }

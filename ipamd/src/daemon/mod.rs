@@ -144,6 +144,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
                 label_def: cfg.eni_config_label_def.clone(),
                 annotation_def: cfg.eni_config_annotation_def.clone(),
                 endpoint: cfg.cluster_endpoint.clone(),
+                network_policy: cfg.enable_network_policy,
             },
             &tasks,
         ),
@@ -222,6 +223,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     };
     let (vpc_cidrs_tx, vpc_cidrs) =
         tokio::sync::watch::channel(node.vpc_cidrs.iter().map(ToString::to_string).collect());
+    let enforcer = cfg.enable_network_policy.then(|| {
+        let prefix = cfg.aws_vpc_k8s_cni_vethprefix.clone();
+        crate::policy::Enforcer::start(kube.clone(), prefix, cfg.ipamd_host_network, &tasks)
+    });
     let ipam = IpamService {
         hostnet: hostnet.clone(),
         deferred_dir: deferred_dir.clone(),
@@ -229,6 +234,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         released: released.clone(),
         pool: pool.clone(),
         annotate: cfg.annotate_pod_ip.then(|| kube.clone()),
+        policy: enforcer.clone(),
         facts: NetFacts {
             vpc_cidrs,
             pod_mtu: cfg.effective_pod_mtu(),
@@ -242,6 +248,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         config: cfg.shown(|name| std::env::var(name).ok()),
         kube: kube.clone(),
         telemetry: telemetry.clone(),
+        policy: enforcer.clone(),
     };
     let listener = grpc::bind(&cfg.ipamd_socket)?;
     let graceful = tasks.clone();

@@ -20,10 +20,61 @@ pub struct IntrospectionService {
     pub config: Vec<(String, String, String)>,
     pub kube: Kube,
     pub telemetry: crate::telemetry::Telemetry,
+    /// ENABLE_NETWORK_POLICY's enforcer.
+    pub policy: Option<crate::policy::Enforcer>,
 }
 
 #[tonic::async_trait]
 impl pb::introspection_server::Introspection for IntrospectionService {
+    async fn get_policy_status(
+        &self,
+        _r: Request<pb::GetPolicyStatusRequest>,
+    ) -> Result<Response<pb::GetPolicyStatusReply>, Status> {
+        let Some(p) = &self.policy else { return Ok(Response::new(pb::GetPolicyStatusReply::default())) };
+        let s = p.status.borrow().clone();
+        Ok(Response::new(pb::GetPolicyStatusReply {
+            enabled: true,
+            synced: s.synced,
+            generation: s.generation,
+            applied_unix: s.applied_unix,
+            policies: s.policies as u32,
+            local_pods: s.local_pods as u32,
+            chains: s.chains as u32,
+            rules: s.rules as u32,
+            problems: s.problems,
+            error: s.error,
+        }))
+    }
+
+    async fn explain_policy(
+        &self,
+        r: Request<pb::ExplainPolicyRequest>,
+    ) -> Result<Response<pb::ExplainPolicyReply>, Status> {
+        let r = r.into_inner();
+        let p = self.policy.as_ref().ok_or_else(|| Status::failed_precondition("ENABLE_NETWORK_POLICY is off"))?;
+        let proto = match r.protocol.to_ascii_lowercase().as_str() {
+            "tcp" => netpol::Proto::Tcp,
+            "udp" => netpol::Proto::Udp,
+            "sctp" => netpol::Proto::Sctp,
+            other => return Err(Status::invalid_argument(format!("protocol '{other}': accepted tcp, udp or sctp"))),
+        };
+        let port = u16::try_from(r.port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| Status::invalid_argument(format!("port {}: accepted 1-65535", r.port)))?;
+        let d = p.explain(&r.from, &r.to, proto, port).map_err(Status::not_found)?;
+        let side = |s: &netpol::Side| pb::PolicySide {
+            isolated_by: s.isolated_by.clone(),
+            allowed_by: s.allowed_by.iter().map(|(p, i)| format!("{p} rule {i}")).collect(),
+            allows: s.allows(),
+        };
+        Ok(Response::new(pb::ExplainPolicyReply {
+            allowed: d.allowed(),
+            egress: Some(side(&d.egress)),
+            ingress: Some(side(&d.ingress)),
+        }))
+    }
+
     async fn get_status(&self, _r: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusReply>, Status> {
         let s = self.pool.snapshot().await.map_err(status)?;
         let l = s.limits;

@@ -32,6 +32,8 @@ pub struct IpamService {
     pub hostnet: Option<std::sync::Arc<datapath::netlink::Netlink>>,
     /// ANNOTATE_POD_IP: the Kubernetes side that writes pods' `vpc.amazonaws.com/pod-ips`.
     pub annotate: Option<crate::k8s::Kube>,
+    /// ENABLE_NETWORK_POLICY: an ADD answers once its pod's policies are in force.
+    pub policy: Option<crate::policy::Enforcer>,
 }
 
 impl IpamService {
@@ -114,6 +116,12 @@ impl IpamService {
             // The allocation stays: the runtime's retry of this sandbox gets the same IP and patches again.
             kube.annotate_pod_ip(&pod.0, &pod.1, out.ip).await.map_err(|why| {
                 Status::unavailable(format!("{why} (ANNOTATE_POD_IP); {} stays held for this sandbox", out.ip))
+            })?;
+        }
+        if let Some(policy) = self.policy.as_ref().filter(|_| !pod.1.is_empty()) {
+            // A pod never starts unprotected: no table, no network (the runtime retries).
+            policy.pod_started(&pod.0, &pod.1, out.ip).await.map_err(|why| {
+                Status::unavailable(format!("{why} (ENABLE_NETWORK_POLICY); {} stays held for this sandbox", out.ip))
             })?;
         }
         Ok(Response::new(pb::AddNetworkReply {
@@ -281,6 +289,7 @@ mod tests {
             released: None,
             hostnet: None,
             annotate: None,
+            policy: None,
         };
         let k = pb::AllocationKey { network_name: "aws-cni".into(), container_id: "c1".into(), if_name: "eth0".into() };
         let add = || pb::AddNetworkRequest { key: Some(k.clone()), ..Default::default() };

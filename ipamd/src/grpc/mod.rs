@@ -2,7 +2,7 @@
 //! peer's uid (SO_PEERCRED), the Ipam, Introspection and grpc.health.v1 services. No TCP listener.
 //!
 //! May use: pool (every request is a command to it), state, cloud (node facts), k8s and telemetry (status),
-//! tasks.
+//! policy (an ADD waits for its pod's NetworkPolicy table), tasks.
 
 pub mod introspection;
 pub mod ipam;

@@ -5,6 +5,9 @@
 //! that says how fresh each part is; [`events`] records Events, [`podgc`] releases allocations of pods that
 //! are gone, [`eniconfig`] picks the node's ENIConfig for custom networking.
 //!
+//! With ENABLE_NETWORK_POLICY it also watches NetworkPolicies, Namespaces and every pod of the cluster, converted by
+//! [`policies`] into the model that NetworkPolicy enforcement reads.
+//!
 //! May use: pool and state (pod GC releases through the pool), cloud (EC2 errors become Events), tasks, clock
 //! (pod GC's grace).
 
@@ -12,6 +15,7 @@ pub mod annotate;
 pub mod eniconfig;
 pub mod events;
 pub mod podgc;
+pub mod policies;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -88,6 +92,12 @@ pub struct KubeView {
     pub pods: Feed<PodFacts>,
     /// Keyed by ENIConfig name; a malformed one holds the reason.
     pub eni_configs: Feed<Result<EniConfigSpec, String>>,
+    /// ENABLE_NETWORK_POLICY: NetworkPolicies (`namespace/name`), Namespaces' labels, every pod of the cluster.
+    pub policies: Feed<policies::Converted>,
+    pub namespaces: Feed<BTreeMap<String, String>>,
+    pub cluster_pods: Feed<netpol::PodInfo>,
+    /// Whether the three feeds above are watched (they count for health then).
+    pub network_policy: bool,
 }
 
 impl KubeView {
@@ -106,6 +116,11 @@ impl KubeView {
                     vec![("node", self.node.synced, &self.node.error), ("pods", self.pods.synced, &self.pods.error)];
                 if custom_networking {
                     feeds.push(("ENIConfigs", self.eni_configs.synced, &self.eni_configs.error));
+                }
+                if self.network_policy {
+                    feeds.push(("NetworkPolicies", self.policies.synced, &self.policies.error));
+                    feeds.push(("Namespaces", self.namespaces.synced, &self.namespaces.error));
+                    feeds.push(("cluster pods", self.cluster_pods.synced, &self.cluster_pods.error));
                 }
                 let broken: Vec<String> =
                     feeds.iter().filter(|(_, _, e)| !e.is_empty()).map(|(n, _, e)| format!("{n}: {e}")).collect();
@@ -132,6 +147,8 @@ pub struct KubeSettings {
     pub annotation_def: String,
     /// CLUSTER_ENDPOINT: the API server's address instead of the inferred one.
     pub endpoint: Option<String>,
+    /// ENABLE_NETWORK_POLICY: watch NetworkPolicies, Namespaces and every pod.
+    pub network_policy: bool,
 }
 
 /// What the reconciler and the clean-up report for `vpcctl status` and metrics.
@@ -165,8 +182,11 @@ impl Kube {
 
     /// Starts connecting in the background (under the supervisor) and returns at once.
     pub fn start(settings: KubeSettings, tasks: &Tasks) -> Self {
-        let (view_tx, view) =
-            chan::channel(KubeView { api: ApiState::Connecting("starting".into()), ..KubeView::default() });
+        let (view_tx, view) = chan::channel(KubeView {
+            api: ApiState::Connecting("starting".into()),
+            network_policy: settings.network_policy,
+            ..KubeView::default()
+        });
         let (client_tx, client) = chan::channel(None);
         let instance = settings.pod_name.clone().unwrap_or_else(|| settings.node_name.clone());
         let events = events::spawn(client.clone(), view.clone(), settings.node_name.clone(), instance, tasks);
@@ -236,6 +256,24 @@ async fn connect_and_watch(
         watch::follow(nodes, node_sel, view.clone(), |v| &mut v.node, watch::node_facts),
     );
     tasks.spawn_loop("kube watch Pods", watch::follow(pods, pod_sel, view.clone(), |v| &mut v.pods, watch::pod_facts));
+    if settings.network_policy {
+        use k8s_openapi::api::{core::v1::Namespace, networking::v1::NetworkPolicy};
+        let policies = kube::Api::<NetworkPolicy>::all(client.clone());
+        tasks.spawn_loop(
+            "kube watch NetworkPolicies",
+            watch::follow(policies, String::new(), view.clone(), |v| &mut v.policies, watch::policy_facts),
+        );
+        let namespaces = kube::Api::<Namespace>::all(client.clone());
+        tasks.spawn_loop(
+            "kube watch Namespaces",
+            watch::follow(namespaces, String::new(), view.clone(), |v| &mut v.namespaces, policies::namespace),
+        );
+        let all = kube::Api::<Pod>::all(client.clone());
+        tasks.spawn_loop(
+            "kube watch cluster Pods",
+            watch::follow(all, String::new(), view.clone(), |v| &mut v.cluster_pods, watch::cluster_pod_facts),
+        );
+    }
     if settings.custom_networking {
         let configs = kube::Api::<EniConfig>::all(client);
         tasks.spawn_loop(

@@ -127,3 +127,13 @@ pub fn pod_facts(p: &Pod) -> (String, PodFacts) {
         },
     )
 }
+
+pub fn policy_facts(np: &k8s_openapi::api::networking::v1::NetworkPolicy) -> (String, super::policies::Converted) {
+    let c = super::policies::policy(np);
+    (c.policy.key(), c)
+}
+
+pub fn cluster_pod_facts(p: &Pod) -> (String, netpol::PodInfo) {
+    let info = super::policies::pod(p);
+    (info.key(), info)
+}

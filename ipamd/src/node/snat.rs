@@ -95,7 +95,7 @@ pub fn ruleset(cfg: &SnatConfig) -> Value {
 pub const NFT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `nft args…` with `stdin`, killed after `timeout`; returns its stdout.
-async fn nft(args: &[&str], stdin: Option<String>, timeout: Duration) -> Result<String, SnatError> {
+pub(crate) async fn nft(args: &[&str], stdin: Option<String>, timeout: Duration) -> Result<String, SnatError> {
     let mut child = Command::new("nft")
         .args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })

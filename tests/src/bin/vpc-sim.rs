@@ -84,6 +84,35 @@ struct PodArgs {
     /// hostPort:containerPort (TCP) handed to portmap (repeatable).
     #[arg(long)]
     port: Vec<String>,
+    /// With `up --kube`: the Pod object's labels, k=v,k=v.
+    #[arg(long, value_parser = parse_labels, default_value = "")]
+    labels: std::collections::BTreeMap<String, String>,
+    /// With `up --kube`: a named container port, name=port/proto (tcp or udp; repeatable).
+    #[arg(long = "named-port", value_parser = parse_named_port)]
+    named_port: Vec<(String, u16, String)>,
+}
+
+fn parse_labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    s.split(',')
+        .filter(|kv| !kv.trim().is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').ok_or_else(|| format!("'{kv}' is not k=v"))?;
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+fn parse_named_port(s: &str) -> Result<(String, u16, String), String> {
+    let bad = || format!("'{s}' is not name=port/proto (e.g. http=8080/tcp)");
+    let (name, rest) = s.split_once('=').ok_or_else(bad)?;
+    let (port, proto) = rest.split_once('/').unwrap_or((rest, "tcp"));
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let proto = match proto.to_ascii_lowercase().as_str() {
+        "tcp" => "TCP",
+        "udp" => "UDP",
+        _ => return Err(bad()),
+    };
+    Ok((name.to_string(), port, proto.to_string()))
 }
 
 impl PodArgs {
@@ -105,6 +134,8 @@ impl PodArgs {
             name: self.name.clone(),
             runtime_config,
             sandbox: 0,
+            labels: self.labels.clone(),
+            named_ports: self.named_port.clone(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! add|del` keep Pod objects in step (created before ADD, Running + podIP after it, deleted after DEL), so
 //! pod-aware clean-up sees a consistent cluster.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -75,9 +76,12 @@ impl SimKube {
     }
 
     /// ipamd's settings on node `i`.
-    pub fn ipamd_env(&self, i: usize, custom_networking: bool) -> Vec<(&'static str, String)> {
+    pub fn ipamd_env(&self, i: usize, custom_networking: bool, network_policy: bool) -> Vec<(&'static str, String)> {
         let mut env =
             vec![("MY_NODE_NAME", self.nodes[i].clone()), ("KUBECONFIG", self.service_account.display().to_string())];
+        if network_policy {
+            env.push(("ENABLE_NETWORK_POLICY", "true".into()));
+        }
         if custom_networking {
             env.push(("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true".into()));
             env.push(("ENI_CONFIG_LABEL_DEF", ZONE_LABEL.into()));
@@ -96,13 +100,20 @@ impl SimKube {
         }
     }
 
-    /// Creates the Pod object bound to node `node`; returns its UID.
-    pub fn create_pod(&self, node: usize, namespace: &str, name: &str) -> Result<String, KubeApiError> {
+    /// Creates the Pod object bound to node `node` with `labels` and named ports; returns its UID.
+    pub fn create_pod(
+        &self,
+        node: usize,
+        namespace: &str,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        named_ports: &[(String, u16, String)],
+    ) -> Result<String, KubeApiError> {
         let node_name = self.nodes[node].clone();
         self.run(|admin| async move {
             kubeapi::ensure_namespace(&admin, namespace).await?;
             kubeapi::delete_pod(&admin, namespace, name).await?;
-            kubeapi::create_pod(&admin, namespace, name, &node_name).await
+            kubeapi::create_pod_with(&admin, namespace, name, &node_name, labels, named_ports).await
         })
     }
 

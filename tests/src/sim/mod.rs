@@ -56,6 +56,9 @@ pub struct SimConfig {
     /// the zone, selected with ENI_CONFIG_LABEL_DEF=topology.kubernetes.io/zone.
     #[arg(long)]
     pub custom_networking: bool,
+    /// NetworkPolicy enforcement on every node (implies --kube): ipamd's ENABLE_NETWORK_POLICY=true.
+    #[arg(long)]
+    pub network_policy: bool,
     /// ipamd installs the plugin and the conflist itself once SERVING (into `node-<i>/cni/bin` and
     /// `node-<i>/cni/net.d`, as the DaemonSet does on a node) instead of the sim writing the conflist.
     #[arg(long)]
@@ -86,6 +89,7 @@ impl Default for SimConfig {
             zones: 1,
             kube: false,
             custom_networking: false,
+            network_policy: false,
             install_cni: false,
             imds_lag_ms: 0,
         }
@@ -282,7 +286,7 @@ impl Sim {
         fabric::create(names)?;
         let subnets: BTreeMap<String, Ipv4Net> =
             vpc.subnet_ids.iter().cloned().zip(subnet_cidrs.iter().map(|c| c.parse().expect("subnet CIDR"))).collect();
-        if self.cfg.kube || self.cfg.custom_networking {
+        if self.cfg.kube || self.cfg.custom_networking || self.cfg.network_policy {
             self.build_kube().await?;
         }
         // Inside each node, LocalStack's address leads to the sim's EC2 proxy.
@@ -319,7 +323,7 @@ impl Sim {
                 node::write_conflist(&dir, self.cfg.chain).map_err(|e| SimError::Other(format!("conflist: {e}")))?;
             }
             if let Some(k) = &self.record.kube {
-                env.extend(k.ipamd_env(i, self.cfg.custom_networking));
+                env.extend(k.ipamd_env(i, self.cfg.custom_networking, self.cfg.network_policy));
             }
             env.extend(self.cfg.ipamd_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
             let ns = names.node(i);

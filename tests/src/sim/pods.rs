@@ -26,6 +26,9 @@ pub struct Pod {
     /// Which sandbox of the pod this is: a pod recreated under the same name (a StatefulSet pod) gets a new
     /// sandbox, with its own container id and namespace; 0 is the first.
     pub sandbox: u32,
+    /// With `--kube`: the Pod object's labels and named container ports (name, port, "TCP"/"UDP").
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub named_ports: Vec<(String, u16, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +123,9 @@ impl Pod {
         let ns = self.netns()?;
         let kube = self.record()?.kube;
         let uid = match &kube {
-            Some(k) => k.create_pod(self.node, &self.namespace, &self.name).map_err(|e| PodError::Io(e.to_string()))?,
+            Some(k) => k
+                .create_pod(self.node, &self.namespace, &self.name, &self.labels, &self.named_ports)
+                .map_err(|e| PodError::Io(e.to_string()))?,
             None => String::new(),
         };
         if !netns::exists(&ns) {
