@@ -39,6 +39,16 @@ fn serve_with(ns: &str, port: u16, answer: &str) -> Child {
         .expect("socat")
 }
 
+/// Answers each UDP datagram on `port` with "ok".
+fn serve_udp(ns: &str, port: u16) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "socat", &format!("UDP4-RECVFROM:{port},fork"), "SYSTEM:echo ok"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat")
+}
+
 /// Answers "ok" and closes.
 fn serve(ns: &str, port: u16) -> Child {
     serve_with(ns, port, "SYSTEM:echo ok")
@@ -109,12 +119,14 @@ fn start_checked(
         namespace: namespace.into(),
         name: name.into(),
         labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+        // The same port name means 81 on b and 80 elsewhere.
+        named_ports: vec![("http".into(), if name == "b" { 81 } else { 80 }, "TCP".into())],
         ..Pod::default()
     };
     let ip = pod_ip(&pod.add_retrying(Duration::from_secs(60)).expect("ADD"));
     right_after_add(&pod);
     let ns = pod.netns().unwrap();
-    let servers = vec![serve(&ns, 80), serve(&ns, 81)];
+    let servers = vec![serve(&ns, 80), serve(&ns, 81), serve_udp(&ns, 80)];
     // The listeners are up before anyone probes.
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline && !listening(&ns, 80) {
@@ -130,23 +142,41 @@ fn listening(ns: &str, port: u16) -> bool {
 
 /// A TCP connection from `from` to `to`:`port` is answered.
 fn reaches(from: &Member, to: &Member, port: u16) -> bool {
+    answered(from, to, &format!("TCP:{}:{port},connect-timeout=1", to.ip))
+}
+
+/// A UDP datagram from `from` to `to`:`port` is answered.
+fn reaches_udp(from: &Member, to: &Member, port: u16) -> bool {
+    answered(from, to, &format!("UDP4:{}:{port}", to.ip))
+}
+
+fn answered(from: &Member, _to: &Member, address: &str) -> bool {
     let ns = from.pod.netns().unwrap();
     let out = Command::new("ip")
-        .args(["netns", "exec", &ns, "timeout", "3", "socat", "-T1", "-u"])
-        .arg(format!("TCP:{}:{port},connect-timeout=1", to.ip))
-        .arg("STDOUT")
-        .stdin(Stdio::null())
-        .output()
+        .args(["netns", "exec", &ns, "timeout", "3", "socat", "-T1", "-", address])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            let _ = c.stdin.take().map(|mut i| writeln!(i, "probe"));
+            c.wait_with_output()
+        })
         .unwrap();
     String::from_utf8_lossy(&out.stdout).contains("ok")
 }
 
-/// "from>to" of every allowed pair at `port`.
-fn matrix(members: &[(&str, &Member)], port: u16) -> Vec<String> {
+/// "from>to" of every allowed pair at `port` (`udp/80` or `80` for TCP).
+fn matrix(members: &[(&str, &Member)], port: &str) -> Vec<String> {
+    let (udp, number) = match port.strip_prefix("udp/") {
+        Some(n) => (true, n.parse().unwrap()),
+        None => (false, port.parse().unwrap()),
+    };
     let mut out = Vec::new();
     for (a, from) in members {
         for (b, to) in members {
-            if a != b && reaches(from, to, port) {
+            let ok = if udp { reaches_udp(from, to, number) } else { reaches(from, to, number) };
+            if a != b && ok {
                 out.push(format!("{a}>{b}"));
             }
         }
@@ -155,10 +185,11 @@ fn matrix(members: &[(&str, &Member)], port: u16) -> Vec<String> {
 }
 
 /// Polls the matrix (up to 5 s) until it is `want`.
-fn expect(members: &[(&str, &Member)], port: u16, want: &[&str], case: &str) {
+fn expect(members: &[(&str, &Member)], port: impl std::fmt::Display, want: &[&str], case: &str) {
+    let port = port.to_string();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let got = matrix(members, port);
+        let got = matrix(members, &port);
         if got == want {
             return;
         }
@@ -167,6 +198,18 @@ fn expect(members: &[(&str, &Member)], port: u16, want: &[&str], case: &str) {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// `vpcctl args…` against node `node`'s ipamd; its stdout.
+fn vpcctl(sim: &SimProc, node: usize, args: &[&str]) -> String {
+    let socket = sim.state.path().join(format!("node-{node}/ipamd.sock"));
+    let out = Command::new(vpc_sim::ipamd_proc::sibling_binary("vpcctl"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn put(api: &Api<NetworkPolicy>, spec: serde_json::Value) {
@@ -233,16 +276,7 @@ async fn policies_shape_the_reachability_matrix_and_hold_from_a_pods_first_packe
     .await;
     expect(&all, 80, &["xa>yc", "xb>xa", "xb>yc", "yc>xa"], "a from y too");
     // `vpcctl policy explain` names the deciding policy and rule, and agrees with the kernel.
-    let explain = |from: &str, to: &str, port: &str| {
-        let socket = sim.state.path().join("node-0/ipamd.sock");
-        let out = Command::new(vpc_sim::ipamd_proc::sibling_binary("vpcctl"))
-            .arg("--socket")
-            .arg(&socket)
-            .args(["policy", "explain", from, to, port])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let explain = |from: &str, to: &str, port: &str| vpcctl(&sim, 0, &["policy", "explain", from, to, port]);
     let why = explain(&format!("{y}/c"), &format!("{x}/a"), "tcp/80");
     assert!(why.contains("ALLOWED") && why.contains(&format!("allowed by {x}/a-from-y rule 0")), "{why}");
     let why = explain(&format!("{x}/b"), &format!("{x}/a"), "tcp/81");
@@ -262,6 +296,56 @@ async fn policies_shape_the_reachability_matrix_and_hold_from_a_pods_first_packe
         api.delete(name, &DeleteParams::default()).await.unwrap();
     }
     expect(&all, 80, &every, "policies deleted");
+    expect(&all, "udp/80", &every, "policies deleted, UDP");
+
+    // UDP only into x/a: its TCP 80 is closed, its UDP 80 open.
+    let to_a = |name: &str, ingress: serde_json::Value| json!({"metadata": {"name": name}, "spec": {"podSelector": {"matchLabels": {"app": "a"}}, "ingress": ingress}});
+    put(&px, to_a("udp", json!([{"ports": [{"protocol": "UDP", "port": 80}]}]))).await;
+    expect(&all, 80, &["xa>xb", "xa>yc", "xb>yc", "yc>xb"], "UDP only into a: TCP");
+    expect(&all, "udp/80", &every, "UDP only into a: UDP");
+    px.delete("udp", &DeleteParams::default()).await.unwrap();
+
+    // An SCTP rule admits no TCP.
+    put(&px, to_a("sctp", json!([{"ports": [{"protocol": "SCTP", "port": 80}]}]))).await;
+    expect(&all, 80, &["xa>xb", "xa>yc", "xb>yc", "yc>xb"], "SCTP into a admits no TCP");
+    px.delete("sctp", &DeleteParams::default()).await.unwrap();
+
+    // ipBlock with an except covering y/c: b in, c out.
+    let except = format!("{}/32", yc.ip);
+    put(&px, to_a("block", json!([{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": [except]}}]}]))).await;
+    expect(&all, 80, &["xa>xb", "xa>yc", "xb>xa", "xb>yc", "yc>xb"], "ipBlock except c");
+    px.delete("block", &DeleteParams::default()).await.unwrap();
+
+    // Named port "http": 80 on a, 81 on b; a policy on every pod of x allowing only "http" from anywhere.
+    put(
+        &px,
+        json!({"metadata": {"name": "http"}, "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": "http"}]}]}}),
+    )
+    .await;
+    expect(&all, 80, &["xa>yc", "xb>xa", "xb>yc", "yc>xa"], "named port: a's http is 80");
+    expect(&all, 81, &["xa>xb", "xa>yc", "xb>yc", "yc>xb"], "named port: b's http is 81");
+    px.delete("http", &DeleteParams::default()).await.unwrap();
+
+    // From pods labelled app=c in any namespace; then y/c is relabelled and is out.
+    let from_c = json!([{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "c"}}}]}]);
+    put(&px, to_a("from-c", from_c)).await;
+    expect(&all, 80, &["xa>xb", "xa>yc", "xb>yc", "yc>xa", "yc>xb"], "from app=c anywhere");
+    let relabel = json!({"metadata": {"labels": {"app": "c2"}}});
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(admin.clone(), &y)
+        .patch("c", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&relabel))
+        .await
+        .unwrap();
+    expect(&all, 80, &["xa>xb", "xa>yc", "xb>yc", "yc>xb"], "c relabelled");
+    px.delete("from-c", &DeleteParams::default()).await.unwrap();
+
+    // Bad input narrows: a rule whose only peer is an IPv6 block is dropped (not read as "from everywhere"), and
+    // the drop is said.
+    put(&px, to_a("v6", json!([{"from": [{"ipBlock": {"cidr": "fd00::/8"}}]}]))).await;
+    expect(&all, 80, &["xa>xb", "xa>yc", "xb>yc", "yc>xb"], "an unreadable rule allows nothing");
+    let status = vpcctl(&sim, 0, &["policy", "status"]);
+    assert!(status.contains(&format!("{x}/v6")) && status.contains("IPv6"), "{status}");
+    px.delete("v6", &DeleteParams::default()).await.unwrap();
+    expect(&all, 80, &every, "all deleted again");
 
     // The table lives in the node's namespace, never in the root one.
     let node_table = Command::new("ip")
