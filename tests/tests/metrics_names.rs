@@ -75,10 +75,15 @@ async fn aws_families_are_exported_and_every_dashboard_query_finds_its_series() 
     proxy.heal("AttachNetworkInterface");
     eventually(WAIT, "the second ENI", || async { (fx.enis().await.len() == 2).then_some(()) }).await;
     add(&ipamd, "c1").await.expect("a pod");
-    let text = eventually(WAIT, "the Kubernetes side connected and an ENI attached", || async {
+    // The attach is counted when it is made; the pool counts the ENI once a later round has observed it.
+    let text = eventually(WAIT, "the Kubernetes side connected and an ENI attached and in the pool", || async {
         let t = http_get(port, "/metrics").await.ok()?;
-        (t.contains("ipamd_kube_api_connected 1") && t.contains("ipamd_eni_changes_total{change=\"attached\"} 1"))
-            .then_some(t)
+        let at_least = |series: &str, n: f64| vpc_sim::fixture::metric(&t, series).is_some_and(|v| v >= n);
+        // WARM_ENI_TARGET=2 may go on to a third ENI: counts are lower bounds.
+        (at_least("ipamd_kube_api_connected", 1.0)
+            && at_least("ipamd_eni_changes_total{change=\"attached\"}", 1.0)
+            && at_least("awscni_eni_allocated", 2.0))
+        .then_some(t)
     })
     .await;
 
