@@ -5,8 +5,9 @@
 //! many pods there are. A chain is a list of rules, each one (peer set or any, port set or any);
 //! everything that grows with the pods lives in set elements:
 //!
-//! * peer sets, one per distinct peer (a pod peer in its policy's namespace, or an ipBlock): the
-//!   addresses it covers, as sorted disjoint IPv4 ranges;
+//! * peer sets, one per distinct peer: for a pod peer (in its policy's namespace) the pods' addresses one by
+//!   one, so that a pod coming or going is one element added or deleted (pod churn never rewrites ranges);
+//!   for an ipBlock the addresses it covers as sorted disjoint IPv4 ranges (its cidr minus its excepts);
 //! * port sets, one per distinct list of numeric ports: (protocol, first..=last) ranges;
 //! * named-port sets, one per distinct list of (port name, protocol): (pod address, protocol, number)
 //!   for every pod that has such a port. The receiving pod is always the packet's destination, so
@@ -38,12 +39,21 @@ pub struct Compiled {
     pub pods: Vec<(String, Option<Ipv4Addr>)>,
     pub ingress: Hook,
     pub egress: Hook,
-    /// Referenced by `ChainRule::peers`; sorted, disjoint, non-adjacent. Empty matches nothing.
-    pub peer_sets: Vec<Vec<AddrRange>>,
+    /// Referenced by `ChainRule::peers`. Empty matches nothing.
+    pub peer_sets: Vec<PeerSet>,
     /// Referenced by `Ports::Numbers`; sorted by (proto, first), disjoint per protocol.
     pub port_sets: Vec<Vec<PortRange>>,
     /// Referenced by `Ports::Named`; sorted, no duplicates.
     pub named_sets: Vec<Vec<NamedPortEntry>>,
+}
+
+/// The addresses one peer covers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerSet {
+    /// A pod peer's: `ranges` are single addresses (sorted, no duplicates), rendered as a plain set. Otherwise
+    /// an ipBlock's: sorted, disjoint, non-adjacent ranges, rendered as an interval set.
+    pub of_pods: bool,
+    pub ranges: Vec<AddrRange>,
 }
 
 /// One direction: which chain each isolated pod jumps to (a pod absent is not isolated).
@@ -130,7 +140,7 @@ impl Compiled {
             let peer_ok = match rule.peers {
                 None => true,
                 Some(set) => {
-                    peer.is_some_and(|ip| self.peer_sets[set].iter().any(|(lo, hi)| (*lo..=*hi).contains(&ip)))
+                    peer.is_some_and(|ip| self.peer_sets[set].ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&ip)))
                 }
             };
             let port_ok = match rule.ports {
@@ -227,17 +237,21 @@ impl Builder<'_> {
         if let Some(&id) = self.peers.get(&key) {
             return id;
         }
-        let intervals = match &key.1 {
+        let set = match &key.1 {
             Peer::Pods { .. } => {
                 let pods = self.cluster.pods.iter().filter(|p| pod_peer_matches(self.cluster, namespace, peer, p));
-                ranges::merge(pods.filter_map(|p| p.ip).map(|ip| (u32::from(ip), u32::from(ip))).collect())
+                let mut ips: Vec<Ipv4Addr> = pods.filter_map(|p| p.ip).collect();
+                ips.sort_unstable();
+                ips.dedup();
+                PeerSet { of_pods: true, ranges: ips.into_iter().map(|ip| (ip, ip)).collect() }
             }
             Peer::IpBlock { cidr, except } => {
                 let span = |n: &ipnet::Ipv4Net| (u32::from(n.network()), u32::from(n.broadcast()));
-                ranges::subtract(span(cidr), &except.iter().map(span).collect::<Vec<_>>())
+                let intervals = ranges::subtract(span(cidr), &except.iter().map(span).collect::<Vec<_>>());
+                let ranges = intervals.into_iter().map(|(lo, hi)| (Ipv4Addr::from(lo), Ipv4Addr::from(hi))).collect();
+                PeerSet { of_pods: false, ranges }
             }
         };
-        let set = intervals.into_iter().map(|(lo, hi)| (Ipv4Addr::from(lo), Ipv4Addr::from(hi))).collect();
         let id = self.out.peer_sets.len();
         self.out.peer_sets.push(set);
         self.peers.insert(key, id);

@@ -13,7 +13,7 @@
 //! ingress chain, and a flow with another node passes the one of its two ends that lives here.
 //! Output is deterministic: the same `Compiled` and interfaces give byte-identical text.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 
@@ -33,8 +33,8 @@ pub fn render(compiled: &Compiled, veth_of: &dyn Fn(&str) -> Option<String>) -> 
     // script as one transaction, so there is no moment without the table.
     let _ = writeln!(s, "table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable inet {TABLE} {{");
     for (i, set) in compiled.peer_sets.iter().enumerate() {
-        let elements: Vec<String> = set.iter().map(|&(lo, hi)| addr_range(lo, hi)).collect();
-        set_block(&mut s, &format!("p{i}"), "ipv4_addr", true, &elements);
+        let elements: Vec<String> = set.ranges.iter().map(|&(lo, hi)| addr_range(lo, hi)).collect();
+        set_block(&mut s, &format!("p{i}"), "ipv4_addr", !set.of_pods, &elements);
     }
     for (i, set) in compiled.port_sets.iter().enumerate() {
         let elements: Vec<String> =
@@ -123,32 +123,54 @@ fn rule_text(dir: Direction, rule: &ChainRule) -> String {
     parts.join(" ")
 }
 
-/// The interface → chain map of one direction, one pod a line (with its name as a comment).
-fn vmap(s: &mut String, dir: Direction, hook: &Hook, veth_of: &dyn Fn(&str) -> Option<String>) {
-    let name = match dir {
-        Direction::Ingress => "ingress",
-        Direction::Egress => "egress",
-    };
-    let _ = writeln!(s, "\tmap {name} {{\n\t\ttype ifname : verdict");
-    let mut seen = BTreeSet::new();
-    let mut lines = Vec::new();
+/// Verdict-map entries: host interface → (chain index, pod "ns/name").
+pub type MapEntries = BTreeMap<String, (usize, String)>;
+
+/// The verdict-map entries of one direction: host interface → chain index, for this node's pods; and the pods
+/// left out, with why (as comments in the script).
+pub fn map_entries(hook: &Hook, veth_of: &dyn Fn(&str) -> Option<String>) -> (MapEntries, Vec<(String, String)>) {
+    let mut entries = MapEntries::new();
+    let mut left_out = Vec::new();
     for (pod, &chain) in &hook.chain_of {
         let Some(veth) = veth_of(pod) else { continue };
         let pod = comment_text(pod);
         if !valid_ifname(&veth) {
-            let _ = writeln!(s, "\t\t# {pod}: left out, its interface name is not usable");
-        } else if !seen.insert(veth.clone()) {
-            let _ = writeln!(s, "\t\t# {pod}: left out, its interface {veth} is another pod's too");
+            left_out.push((pod, "its interface name is not usable".to_string()));
+        } else if let std::collections::btree_map::Entry::Vacant(e) = entries.entry(veth.clone()) {
+            e.insert((chain, pod));
         } else {
-            lines.push((format!("\"{veth}\" : jump {}{chain}", prefix(dir)), pod));
+            left_out.push((pod, format!("its interface {veth} is another pod's too")));
         }
     }
-    if !lines.is_empty() {
+    (entries, left_out)
+}
+
+/// The map's name for a direction.
+pub(crate) fn map_name(dir: Direction) -> &'static str {
+    match dir {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    }
+}
+
+/// A map element: `"veth" : jump in3`.
+pub(crate) fn map_element(dir: Direction, veth: &str, chain: usize) -> String {
+    format!("\"{veth}\" : jump {}{chain}", prefix(dir))
+}
+
+/// The interface → chain map of one direction, one pod a line (with its name as a comment).
+fn vmap(s: &mut String, dir: Direction, hook: &Hook, veth_of: &dyn Fn(&str) -> Option<String>) {
+    let _ = writeln!(s, "\tmap {} {{\n\t\ttype ifname : verdict", map_name(dir));
+    let (entries, left_out) = map_entries(hook, veth_of);
+    for (pod, why) in left_out {
+        let _ = writeln!(s, "\t\t# {pod}: left out, {why}");
+    }
+    if !entries.is_empty() {
         s.push_str("\t\telements = {\n");
-        let last = lines.len() - 1;
-        for (i, (element, pod)) in lines.iter().enumerate() {
+        let last = entries.len() - 1;
+        for (i, (veth, (chain, pod))) in entries.iter().enumerate() {
             let comma = if i == last { "" } else { "," };
-            let _ = writeln!(s, "\t\t\t{element}{comma}\t# {pod}");
+            let _ = writeln!(s, "\t\t\t{}{comma}\t# {pod}", map_element(dir, veth, *chain));
         }
         s.push_str("\t\t}\n");
     }
@@ -172,7 +194,7 @@ fn span(lo: u16, hi: u16) -> String {
 }
 
 /// A single address, a CIDR when the range is exactly one, else `first-last`.
-fn addr_range(lo: Ipv4Addr, hi: Ipv4Addr) -> String {
+pub(crate) fn addr_range(lo: Ipv4Addr, hi: Ipv4Addr) -> String {
     let (l, h) = (u32::from(lo), u32::from(hi));
     let size = u64::from(h - l) + 1;
     if size == 1 {

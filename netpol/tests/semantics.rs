@@ -137,7 +137,7 @@ fn ip_block_with_except_and_host_bits() {
     assert!(!case.tcp("10.1.0.0", "prod/db", 80));
     assert!(!case.tcp("8.8.8.8", "prod/db", 80));
     let compiled = netpol::compile(&case.policies, &case.cluster);
-    let ranges: Vec<String> = compiled.peer_sets[0].iter().map(|(lo, hi)| format!("{lo}-{hi}")).collect();
+    let ranges: Vec<String> = compiled.peer_sets[0].ranges.iter().map(|(lo, hi)| format!("{lo}-{hi}")).collect();
     assert_eq!(ranges, ["10.0.0.0-10.0.2.1", "10.0.2.3-10.0.2.255", "10.0.4.0-10.0.255.255"]);
 }
 

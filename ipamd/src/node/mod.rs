@@ -5,4 +5,5 @@
 
 pub mod ctjanitor;
 pub mod install;
+pub mod libnft;
 pub mod snat;

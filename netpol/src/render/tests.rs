@@ -55,7 +55,6 @@ delete table inet vpc-cni-netpol
 table inet vpc-cni-netpol {
 \tset p0 {
 \t\ttype ipv4_addr
-\t\tflags interval
 \t\telements = { 10.0.0.2 }
 \t}
 \tset p1 {

@@ -2,6 +2,8 @@
 //! reference semantics and by the compiled table's interpreter, which must agree.
 #![allow(dead_code)] // each test crate uses a different part
 
+pub mod strategies;
+
 use std::net::Ipv4Addr;
 
 use netpol::*;
