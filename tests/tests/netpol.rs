@@ -250,6 +250,9 @@ async fn policies_shape_the_reachability_matrix_and_hold_from_a_pods_first_packe
             .unwrap();
         let map = String::from_utf8_lossy(&map.stdout);
         assert!(map.contains(&format!("\"{veth}\"")), "{veth} in the ingress map when ADD returns:\n{map}");
+        // Pod churn goes in as element changes (libnftables in-process), not a table replacement.
+        let status = vpcctl(&sim, 1, &["policy", "status"]);
+        assert!(status.contains("last change: elements"), "{status}");
     });
     assert!(!reaches(&yc, &xd, 80), "x/d is isolated from its first packet");
     assert!(reaches(&xd, &yc, 80), "x/d reaches out");
@@ -283,8 +286,27 @@ async fn policies_shape_the_reachability_matrix_and_hold_from_a_pods_first_packe
     assert!(why.contains("DENIED") && why.contains("no rule matches"), "{why}");
     assert!(!reaches(&xb, &xa, 81), "the kernel agrees");
 
+    // Drift: something else empties node 0's ingress map, which opens x/a; the periodic read-back finds it and
+    // the table is replaced.
+    let flush = ["netns", "exec", &sim.node(0), "nft", "flush", "map", "inet", "vpc-cni-netpol", "ingress"];
+    assert!(Command::new("ip").args(flush).status().unwrap().success());
+    let repaired = || vpcctl(&sim, 0, &["policy", "status"]).contains("repaired");
+    // (Unless a read-back, every REPAIR_EVERY, came right between the two.)
+    assert!(reaches(&xb, &xa, 81) || repaired(), "the emptied map let x/b in");
+    let deadline = Instant::now() + ipamd::policy::REPAIR_EVERY + Duration::from_secs(5);
+    while !repaired() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let status = vpcctl(&sim, 0, &["policy", "status"]);
+    assert!(status.contains("repaired        1 time(s)"), "{status}");
+    expect(&all, 81, &["xa>yc", "xb>yc", "yc>xa"], "repaired");
+
     // A long flow y/c → x/a, then default deny egress in y: y's pods reach nothing, and the running flow is cut.
     let _echo = Member { pod: xa.pod.clone(), ip: xa.ip.clone(), servers: vec![echo(&xa.pod.netns().unwrap(), 82)] };
+    let started = Instant::now();
+    while !listening(&xa.pod.netns().unwrap(), 82) && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut flow = Flow::open(&yc, &xa.ip, 82);
     assert!(flow.echoes("before"), "the long flow runs");
     put(&py, json!({"metadata": {"name": "deny-out"}, "spec": {"podSelector": {}, "policyTypes": ["Egress"]}})).await;

@@ -33,17 +33,27 @@ pub async fn run(
                     "{:#}",
                     json!({"enabled": s.enabled, "synced": s.synced, "generation": s.generation,
                         "applied_unix": s.applied_unix, "policies": s.policies, "local_pods": s.local_pods,
-                        "chains": s.chains, "rules": s.rules, "problems": s.problems, "error": s.error})
+                        "chains": s.chains, "rules": s.rules, "problems": s.problems, "error": s.error,
+                        "last_change": s.last_change, "repairs": s.repairs})
                 );
             } else if !s.enabled {
                 println!("network policy  off (ENABLE_NETWORK_POLICY=false)");
             } else {
                 let state = if !s.synced { "waiting for the API server's lists" } else { "in force" };
-                println!("network policy  {state}: generation {} (unix {})", s.generation, s.applied_unix);
+                println!(
+                    "network policy  {state}: generation {} (unix {}, last change: {})",
+                    s.generation, s.applied_unix, s.last_change
+                );
                 println!(
                     "table           {} policies, {} chains, {} rules, {} pods of this node",
                     s.policies, s.chains, s.rules, s.local_pods
                 );
+                if s.repairs > 0 {
+                    println!(
+                        "repaired        {} time(s): the table read back differed from what was loaded",
+                        s.repairs
+                    );
+                }
                 if !s.error.is_empty() {
                     println!("error           {}", s.error);
                 }

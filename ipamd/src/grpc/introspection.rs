@@ -43,6 +43,8 @@ impl pb::introspection_server::Introspection for IntrospectionService {
             rules: s.rules as u32,
             problems: s.problems,
             error: s.error,
+            last_change: s.last_change.to_string(),
+            repairs: s.repairs,
         }))
     }
 

@@ -19,6 +19,11 @@ type CtxFree = unsafe extern "C" fn(*mut c_void);
 type CtxFlag = unsafe extern "C" fn(*mut c_void) -> c_int;
 type CtxBuffer = unsafe extern "C" fn(*mut c_void) -> *const c_char;
 type RunCmd = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
+type GetFlags = unsafe extern "C" fn(*mut c_void) -> u32;
+type SetFlags = unsafe extern "C" fn(*mut c_void, u32);
+
+/// `NFT_CTX_OUTPUT_JSON` (nftables/libnftables.h).
+const OUTPUT_JSON: u32 = 1 << 4;
 
 /// One libnftables context.
 pub struct Libnft {
@@ -28,6 +33,8 @@ pub struct Libnft {
     run: RunCmd,
     output: CtxBuffer,
     error: CtxBuffer,
+    get_flags: GetFlags,
+    set_flags: SetFlags,
 }
 
 // SAFETY: a libnftables context has no thread affinity; it must only not be used from two threads at once,
@@ -75,9 +82,11 @@ impl Libnft {
                 symbol("nft_ctx_get_output_buffer")?,
                 symbol("nft_ctx_get_error_buffer")?,
                 symbol("nft_run_cmd_from_buffer")?,
+                symbol("nft_ctx_output_get_flags")?,
+                symbol("nft_ctx_output_set_flags")?,
             ))
         })();
-        let (new, free, buffer_output, buffer_error, output, error, run) = match resolved {
+        let (new, free, buffer_output, buffer_error, output, error, run, get_flags, set_flags) = match resolved {
             Ok(s) => s,
             Err(e) => {
                 // SAFETY: `handle` came from dlopen and nothing from it is in use.
@@ -106,6 +115,8 @@ impl Libnft {
                 run: std::mem::transmute::<*mut c_void, RunCmd>(run),
                 output: std::mem::transmute::<*mut c_void, CtxBuffer>(output),
                 error: std::mem::transmute::<*mut c_void, CtxBuffer>(error),
+                get_flags: std::mem::transmute::<*mut c_void, GetFlags>(get_flags),
+                set_flags: std::mem::transmute::<*mut c_void, SetFlags>(set_flags),
             })
         }
     }
@@ -122,6 +133,20 @@ impl Libnft {
             let error = buffer_text((self.error)(self.ctx));
             if rc == 0 { Ok(output) } else { Err(LibnftError::Rejected(error.trim().to_string())) }
         }
+    }
+}
+
+impl Libnft {
+    /// Runs a `list` command with JSON output (as `nft -j`).
+    pub fn list_json(&mut self, command: &str) -> Result<String, LibnftError> {
+        // SAFETY: `ctx` is live; the flags are a plain bit set.
+        let flags = unsafe { (self.get_flags)(self.ctx) };
+        // SAFETY: as above.
+        unsafe { (self.set_flags)(self.ctx, flags | OUTPUT_JSON) };
+        let out = self.run(command);
+        // SAFETY: as above; the context's output goes back to text for the scripts.
+        unsafe { (self.set_flags)(self.ctx, flags) };
+        out
     }
 }
 
@@ -171,6 +196,10 @@ mod tests {
             nft.run("add element inet t s { 10.0.0.1, 10.0.0.4-10.0.0.6 }").map_err(std::io::Error::other)?;
             let listing = nft.run("list set inet t s").map_err(std::io::Error::other)?;
             let refused = nft.run("add element inet t nosuchset { 10.0.0.9 }");
+            let json = nft.list_json("list set inet t s").map_err(std::io::Error::other)?;
+            let after = nft.run("list set inet t s").map_err(std::io::Error::other)?;
+            assert!(json.starts_with("{\"nftables\""), "{json}");
+            assert_eq!(after, listing, "text output again after a JSON listing");
             Ok((listing, refused))
         });
         let listed_here =

@@ -9,7 +9,10 @@
 //! listed yet it waits at most [`UNSYNCED_WAIT`], then answers with the mode's default (standard: the pod is open
 //! until its policies are known).
 //!
-//! May use: k8s (the feeds), node (the `nft` runner), tasks.
+//! May use: k8s (the feeds), node (libnftables), tasks.
+
+mod load;
+mod readback;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -21,11 +24,11 @@ use crate::k8s::{Kube, KubeView};
 
 /// How long an ADD waits for the feeds to be listed before the mode's default applies.
 pub const UNSYNCED_WAIT: Duration = Duration::from_millis(500);
-/// One `nft` run's limit.
-const NFT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the table is read back and compared with what was loaded.
+pub const REPAIR_EVERY: Duration = Duration::from_secs(10);
 /// How long an ADD's IP for a pod is used while the API server does not report it.
 const IP_HINT_FOR: Duration = Duration::from_secs(600);
-/// Changes arriving this close together go into one table.
+/// Feed changes arriving this close together go into one change (an ADD is not held back by it).
 const DEBOUNCE: Duration = Duration::from_millis(5);
 
 /// What `vpcctl policy status` shows.
@@ -45,6 +48,10 @@ pub struct Status {
     pub error: String,
     /// Every feed listed.
     pub synced: bool,
+    /// How the last change went in: "elements" or "table" (replaced); empty before the first.
+    pub last_change: &'static str,
+    /// Times the table read back differed from what was loaded, and was replaced.
+    pub repairs: u64,
 }
 
 /// A pod this node's AddNetwork just started, and who waits for its table.
@@ -72,12 +79,12 @@ impl Enforcer {
         let task = Task {
             kube: kube.clone(),
             veth_prefix,
-            host_network,
             started: rx,
             status: status_tx,
             ips: BTreeMap::new(),
             generation: 0,
-            cut: None,
+            loader: Some(load::Loader::new(host_network)),
+            host_network,
         };
         tasks.spawn_loop("network policy", task.run());
         Self { tx, status, kube }
@@ -112,14 +119,14 @@ impl Enforcer {
 struct Task {
     kube: Kube,
     veth_prefix: String,
-    host_network: bool,
     started: mpsc::UnboundedReceiver<Started>,
     status: watch::Sender<Status>,
     /// IPs this node's ADDs gave pods (and when), until the API server reports them.
     ips: BTreeMap<String, (Ipv4Addr, Instant)>,
     generation: u64,
-    /// The table just put in place, for the conntrack cut that follows it.
-    cut: Option<(netpol::Compiled, netpol::Cluster)>,
+    /// Moved onto the blocking pool for each load (None meanwhile).
+    loader: Option<load::Loader>,
+    host_network: bool,
 }
 
 /// Deletes the conntrack entries of pod-opened flows that `compiled` denies (run in the node's namespace). Flows
@@ -161,19 +168,26 @@ impl Task {
     async fn run(mut self) {
         let mut view = self.kube.view.clone();
         let mut waiting: Vec<(Instant, oneshot::Sender<Result<u64, String>>)> = Vec::new();
+        let mut repair = tokio::time::interval(REPAIR_EVERY);
+        repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        repair.reset();
         let mut dirty = true;
         loop {
             if !dirty {
                 tokio::select! {
                     changed = view.changed() => {
                         if changed.is_err() { return; }
+                        // Feed events come in bursts (a rollout, a relist): one change for the burst.
+                        tokio::time::sleep(DEBOUNCE).await;
                     }
                     Some(s) = self.started.recv() => self.take(s, &mut waiting),
                     // Unsynced waiters get the mode's default after UNSYNCED_WAIT.
                     _ = tokio::time::sleep(UNSYNCED_WAIT), if !waiting.is_empty() => {}
+                    _ = repair.tick() => {
+                        if !self.drifted().await { continue; }
+                    }
                 }
             }
-            tokio::time::sleep(DEBOUNCE).await;
             while let Ok(s) = self.started.try_recv() {
                 self.take(s, &mut waiting);
             }
@@ -190,18 +204,72 @@ impl Task {
                 }
                 continue;
             }
-            let result = self.apply().await;
+            let (result, narrows) = match self.apply().await {
+                Ok((generation, narrows)) => (Ok(generation), narrows),
+                Err(e) => (Err(e), false),
+            };
             for (_, done) in waiting.drain(..) {
                 let _ = done.send(result.clone());
             }
-            // After the ADDs have their answer: flows the new table denies must not live on in conntrack.
-            if let Some((compiled, cluster)) = self.cut.take() {
-                match tokio::task::spawn_blocking(move || cut_denied_flows(&compiled, &cluster)).await {
-                    Ok(Ok(0)) => {}
-                    Ok(Ok(n)) => tracing::info!(flows = n, "network policy: established flows now denied were cut"),
-                    Ok(Err(e)) => tracing::warn!("network policy: cutting denied flows: {e}"),
+            // After the ADDs have their answer: flows the new verdicts deny must not live on in conntrack.
+            if narrows && self.host_network {
+                self.cut_denied_flows().await;
+            }
+        }
+    }
+
+    /// Reads the table back; on drift, says what and makes the next load a replacement.
+    async fn drifted(&mut self) -> bool {
+        let Some(mut loader) = self.loader.take() else { return false };
+        let (loader, found) = match tokio::task::spawn_blocking(move || {
+            let found = loader.drift();
+            (loader, found)
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("network policy: reading the table back: {e}");
+                self.loader = Some(load::Loader::new(self.host_network));
+                return true;
+            }
+        };
+        self.loader = Some(loader);
+        match found {
+            Ok(found) if found.is_empty() => false,
+            Ok(found) => {
+                tracing::warn!(drift = %found.join("; "), "network policy: the table was changed by something else; replacing it");
+                self.loader.as_mut().expect("just put back").forget();
+                self.status.send_modify(|st| st.repairs += 1);
+                true
+            }
+            Err(e) => {
+                tracing::warn!("network policy: reading the table back: {e}");
+                false
+            }
+        }
+    }
+
+    /// Deletes the conntrack entries of flows the loaded table denies.
+    async fn cut_denied_flows(&mut self) {
+        let Some(loader) = self.loader.take() else { return };
+        let done = tokio::task::spawn_blocking(move || {
+            let r = loader.loaded.as_ref().map_or(Ok(0), |l| cut_denied_flows(&l.compiled, &l.cluster));
+            (loader, r)
+        })
+        .await;
+        match done {
+            Ok((loader, r)) => {
+                self.loader = Some(loader);
+                match r {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(flows = n, "network policy: established flows now denied were cut"),
                     Err(e) => tracing::warn!("network policy: cutting denied flows: {e}"),
                 }
+            }
+            Err(e) => {
+                tracing::warn!("network policy: cutting denied flows: {e}");
+                self.loader = Some(load::Loader::new(self.host_network));
             }
         }
     }
@@ -211,8 +279,9 @@ impl Task {
         waiting.push((Instant::now(), s.done));
     }
 
-    /// Compiles the current view (off the runtime) and puts the table in place.
-    async fn apply(&mut self) -> Result<u64, String> {
+    /// Compiles the current view and puts it in place (off the runtime); the generation in force, and whether
+    /// flows allowed before may now be denied.
+    async fn apply(&mut self) -> Result<(u64, bool), String> {
         let (policies, cluster, local, problems) = {
             let v = self.kube.view.borrow();
             let (policies, mut cluster) = model_of(&v);
@@ -241,35 +310,37 @@ impl Task {
             (policies, cluster, local, problems)
         };
         let local_pods = local.len();
-        let built = tokio::task::spawn_blocking(move || {
+        let mut loader = self.loader.take().unwrap_or_else(|| load::Loader::new(self.host_network));
+        let done = tokio::task::spawn_blocking(move || {
             let compiled = netpol::compile(&policies, &cluster);
-            let script = netpol::render(&compiled, &|k: &str| local.get(k).cloned());
             let chains = compiled.ingress.chains.len() + compiled.egress.chains.len();
             let rules = compiled.ingress.chains.iter().chain(&compiled.egress.chains).map(|c| c.rules.len()).sum();
-            (script, policies.len(), chains, rules, compiled, cluster)
+            let outcome = loader.load(compiled, cluster, &|k: &str| local.get(k).cloned());
+            (loader, outcome, policies.len(), chains, rules)
         })
         .await;
-        let (script, policies, chains, rules, compiled, cluster) = built.map_err(|e| format!("compiling: {e}"))?;
-        let applied = match self.host_network {
-            true => crate::node::snat::nft(&["-f", "-"], Some(script), NFT_TIMEOUT).await.map(drop),
-            false => Ok(()),
-        };
+        let (loader, applied, policies, chains, rules) = done.map_err(|e| format!("compiling: {e}"))?;
+        self.loader = Some(loader);
         let mut st = self.status.borrow().clone();
         st.synced = true;
         st.problems = problems;
         let out = match applied {
-            Ok(_) => {
-                self.generation += 1;
+            Ok(outcome) => {
+                if outcome.how != load::How::Unchanged {
+                    self.generation += 1;
+                    st.applied_unix = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64);
+                }
                 st.generation = self.generation;
-                st.applied_unix = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
+                match outcome.how {
+                    load::How::Unchanged => {}
+                    load::How::Elements => st.last_change = "elements",
+                    load::How::Table => st.last_change = "table",
+                }
                 (st.policies, st.local_pods, st.chains, st.rules) = (policies, local_pods, chains, rules);
                 st.error.clear();
-                if self.host_network {
-                    self.cut = Some((compiled, cluster));
-                }
-                Ok(self.generation)
+                Ok((self.generation, outcome.narrows))
             }
             Err(e) => {
                 st.error = e.to_string();
