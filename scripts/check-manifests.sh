@@ -38,22 +38,12 @@ cache="${VPC_CNI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vpc-cni}/manifest-tools"
 venv="$cache/venv"
 mkdir -p "$cache"
 
-passed=0
-failed=0
+CHECKS_NAME=check-manifests
+CHECKS_SUMMARY="manifests: "
+# shellcheck source=scripts/lib/checks.sh
+. scripts/lib/checks.sh
 ok() { passed=$((passed + 1)); echo "ok    $*"; }
 bad() { failed=$((failed + 1)); echo "FAIL  $*"; }
-# A command that fails outside a check stops the script (set -e): say so as a FAIL line and still end with the
-# summary, so that a run cut short reads as failed, not as a shorter list of oks.
-work=
-finished=
-stopped_at=
-trap 'stopped_at="line $LINENO: $BASH_COMMAND"' ERR
-trap 'rc=$?
-  [ -z "$work" ] || rm -rf "$work"
-  if [ -z "$finished" ]; then
-    echo "FAIL  check-manifests stopped before its last check (status $rc${stopped_at:+, $stopped_at})"
-    echo "manifests: $passed passed, $((failed + 1)) failed"
-  fi' EXIT
 # grep -c, where no match is a count of 0 (grep's status 1) and only a real error (status 2: unreadable input,
 # bad pattern) fails: `|| true` would read an error as 0.
 count() { # grep-args…

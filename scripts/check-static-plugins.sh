@@ -30,22 +30,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-passed=0
-failed=0
+CHECKS_NAME=check-static-plugins
+CHECKS_SUMMARY=""
+# shellcheck source=scripts/lib/checks.sh
+. scripts/lib/checks.sh
 pass() { passed=$((passed + 1)); echo "PASS  $*"; }
 fail() { failed=$((failed + 1)); echo "FAIL  $*"; }
 check() { if [ "$1" = 0 ]; then pass "${@:2}"; else fail "${@:2}"; fi; }
-# A command failing outside a check stops the script (set -e): that must read as a failure, not as fewer checks.
-work=
-finished=
-stopped_at=
-trap 'stopped_at="line $LINENO: $BASH_COMMAND"' ERR
-trap 'rc=$?
-  [ -z "$work" ] || rm -rf "$work"
-  if [ -z "$finished" ]; then
-    echo "FAIL  check-static-plugins stopped before its last check (status $rc${stopped_at:+, $stopped_at})"
-    echo "$passed passed, $((failed + 1)) failed"
-  fi' EXIT
 work=$(mktemp -d)
 
 # ---- the Dockerfile ------------------------------------------------------------------------------------------------
