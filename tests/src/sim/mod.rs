@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod fabric;
 pub mod node;
 pub mod pods;
+pub mod probe;
 pub mod record;
 pub mod supervisor;
 
