@@ -1,7 +1,8 @@
 //! NetworkPolicy on a 2-node sim (`vpc-sim up --network-policy`: real API server, ipamd's enforcer in each node's
-//! namespace): pods in namespaces x and y on both nodes serve TCP 80 and 81, and each case compares the whole
-//! reachability matrix, probed with real connections between pod namespaces, with its truth table. A pod's
-//! policies are in force when its ADD returns: its first connection already meets them.
+//! namespace), what the conformance matrix (netpol_matrix.rs) does not show: a pod's policies are in force when its
+//! ADD returns (its first connection already meets them, its churn goes in as element changes), `vpcctl policy
+//! explain` agrees with the kernel, a table changed by something else is repaired, a deny cuts a running flow,
+//! and bad input narrows and is said.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -10,53 +11,18 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
-use vpc_sim::sim::pods::{Pod, pod_ip};
+use vpc_sim::sim::pods::Pod;
+use vpc_sim::sim::probe::{self, Port, Served};
 use vpc_sim::testkit::SimProc;
 
-/// One pod of the matrix: its sim pod, address and the listeners serving its ports.
-struct Member {
-    pod: Pod,
-    ip: String,
-    servers: Vec<Child>,
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        for s in &mut self.servers {
-            let _ = s.kill();
-            let _ = s.wait();
-        }
-    }
-}
-
-/// A TCP server in `ns` on `port` answering each connection with `answer` (a socat address).
-fn serve_with(ns: &str, port: u16, answer: &str) -> Child {
-    Command::new("ip")
-        .args(["netns", "exec", ns, "socat", &format!("TCP-LISTEN:{port},fork,reuseaddr"), answer])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("socat")
-}
-
-/// Answers each UDP datagram on `port` with "ok".
-fn serve_udp(ns: &str, port: u16) -> Child {
-    Command::new("ip")
-        .args(["netns", "exec", ns, "socat", &format!("UDP4-RECVFROM:{port},fork"), "SYSTEM:echo ok"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("socat")
-}
-
-/// Answers "ok" and closes.
-fn serve(ns: &str, port: u16) -> Child {
-    serve_with(ns, port, "SYSTEM:echo ok")
-}
-
-/// Echoes every line back.
+/// Echoes every line back, on TCP `port` in `ns`.
 fn echo(ns: &str, port: u16) -> Child {
-    serve_with(ns, port, "EXEC:cat")
+    Command::new("ip")
+        .args(["netns", "exec", ns, "socat", &format!("TCP-LISTEN:{port},fork,reuseaddr"), "EXEC:cat"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat")
 }
 
 /// A long-lived TCP connection from a pod: each line sent is echoed back while the flow lives.
@@ -66,8 +32,8 @@ struct Flow {
 }
 
 impl Flow {
-    fn open(from: &Member, ip: &str, port: u16) -> Self {
-        let ns = from.pod.netns().unwrap();
+    fn open(from: &Served, ip: &str, port: u16) -> Self {
+        let ns = from.netns();
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns, "socat", "-", &format!("TCP:{ip}:{port},connect-timeout=2")])
             .stdin(Stdio::piped())
@@ -100,7 +66,7 @@ impl Drop for Flow {
     }
 }
 
-fn start(sim: &SimProc, node: usize, namespace: &str, name: &str, app: &str) -> Member {
+fn start(sim: &SimProc, node: usize, namespace: &str, name: &str, app: &str) -> Served {
     start_checked(sim, node, namespace, name, app, |_| {})
 }
 
@@ -112,92 +78,29 @@ fn start_checked(
     name: &str,
     app: &str,
     right_after_add: impl FnOnce(&Pod),
-) -> Member {
+) -> Served {
     let pod = Pod {
         state_dir: sim.state.path().to_path_buf(),
         node,
         namespace: namespace.into(),
         name: name.into(),
         labels: BTreeMap::from([("app".to_string(), app.to_string())]),
-        // The same port name means 81 on b and 80 elsewhere.
-        named_ports: vec![("http".into(), if name == "b" { 81 } else { 80 }, "TCP".into())],
         ..Pod::default()
     };
-    let ip = pod_ip(&pod.add_retrying(Duration::from_secs(60)).expect("ADD"));
-    right_after_add(&pod);
-    let ns = pod.netns().unwrap();
-    let servers = vec![serve(&ns, 80), serve(&ns, 81), serve_udp(&ns, 80)];
-    // The listeners are up before anyone probes.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && !listening(&ns, 80) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Member { pod, ip, servers }
+    Served::start(pod, &[tcp(80), tcp(81)], right_after_add).expect("pod started")
 }
 
-fn listening(ns: &str, port: u16) -> bool {
-    let out = Command::new("ip").args(["netns", "exec", ns, "ss", "-Hltn"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} "))
+fn tcp(n: u16) -> Port {
+    Port { udp: false, number: n }
 }
 
-/// A TCP connection from `from` to `to`:`port` is answered.
-fn reaches(from: &Member, to: &Member, port: u16) -> bool {
-    answered(from, to, &format!("TCP:{}:{port},connect-timeout=1", to.ip))
+fn reaches(from: &Served, to: &Served, port: u16) -> bool {
+    probe::reaches(&from.netns(), &to.ip, tcp(port))
 }
 
-/// A UDP datagram from `from` to `to`:`port` is answered.
-fn reaches_udp(from: &Member, to: &Member, port: u16) -> bool {
-    answered(from, to, &format!("UDP4:{}:{port}", to.ip))
-}
-
-fn answered(from: &Member, _to: &Member, address: &str) -> bool {
-    let ns = from.pod.netns().unwrap();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns, "timeout", "3", "socat", "-T1", "-", address])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            let _ = c.stdin.take().map(|mut i| writeln!(i, "probe"));
-            c.wait_with_output()
-        })
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains("ok")
-}
-
-/// "from>to" of every allowed pair at `port` (`udp/80` or `80` for TCP).
-fn matrix(members: &[(&str, &Member)], port: &str) -> Vec<String> {
-    let (udp, number) = match port.strip_prefix("udp/") {
-        Some(n) => (true, n.parse().unwrap()),
-        None => (false, port.parse().unwrap()),
-    };
-    let mut out = Vec::new();
-    for (a, from) in members {
-        for (b, to) in members {
-            let ok = if udp { reaches_udp(from, to, number) } else { reaches(from, to, number) };
-            if a != b && ok {
-                out.push(format!("{a}>{b}"));
-            }
-        }
-    }
-    out
-}
-
-/// Polls the matrix (up to 5 s) until it is `want`.
-fn expect(members: &[(&str, &Member)], port: impl std::fmt::Display, want: &[&str], case: &str) {
-    let port = port.to_string();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let got = matrix(members, &port);
-        if got == want {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!("{case}: reachability on {port}\n got: {got:?}\nwant: {want:?}");
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+fn expect(members: &[(&str, &Served)], port: u16, want: &[&str], case: &str) {
+    let want: Vec<String> = want.iter().map(|w| w.to_string()).collect();
+    probe::expect(members, tcp(port), &want, case);
 }
 
 /// `vpcctl args…` against node `node`'s ipamd; its stdout.
@@ -302,9 +205,9 @@ async fn policies_shape_the_reachability_matrix_and_hold_from_a_pods_first_packe
     expect(&all, 81, &["xa>yc", "xb>yc", "yc>xa"], "repaired");
 
     // A long flow y/c → x/a, then default deny egress in y: y's pods reach nothing, and the running flow is cut.
-    let _echo = Member { pod: xa.pod.clone(), ip: xa.ip.clone(), servers: vec![echo(&xa.pod.netns().unwrap(), 82)] };
+    let mut echo_server = echo(&xa.netns(), 82);
     let started = Instant::now();
-    while !listening(&xa.pod.netns().unwrap(), 82) && started.elapsed() < Duration::from_secs(5) {
+    while !probe::listening(&xa.netns(), tcp(82)) && started.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut flow = Flow::open(&yc, &xa.ip, 82);
@@ -318,48 +221,10 @@ async fn policies_shape_the_reachability_matrix_and_hold_from_a_pods_first_packe
         api.delete(name, &DeleteParams::default()).await.unwrap();
     }
     expect(&all, 80, &every, "policies deleted");
-    expect(&all, "udp/80", &every, "policies deleted, UDP");
+    let _ = echo_server.kill();
+    let _ = echo_server.wait();
 
-    // UDP only into x/a: its TCP 80 is closed, its UDP 80 open.
     let to_a = |name: &str, ingress: serde_json::Value| json!({"metadata": {"name": name}, "spec": {"podSelector": {"matchLabels": {"app": "a"}}, "ingress": ingress}});
-    put(&px, to_a("udp", json!([{"ports": [{"protocol": "UDP", "port": 80}]}]))).await;
-    expect(&all, 80, &["xa>xb", "xa>yc", "xb>yc", "yc>xb"], "UDP only into a: TCP");
-    expect(&all, "udp/80", &every, "UDP only into a: UDP");
-    px.delete("udp", &DeleteParams::default()).await.unwrap();
-
-    // An SCTP rule admits no TCP.
-    put(&px, to_a("sctp", json!([{"ports": [{"protocol": "SCTP", "port": 80}]}]))).await;
-    expect(&all, 80, &["xa>xb", "xa>yc", "xb>yc", "yc>xb"], "SCTP into a admits no TCP");
-    px.delete("sctp", &DeleteParams::default()).await.unwrap();
-
-    // ipBlock with an except covering y/c: b in, c out.
-    let except = format!("{}/32", yc.ip);
-    put(&px, to_a("block", json!([{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": [except]}}]}]))).await;
-    expect(&all, 80, &["xa>xb", "xa>yc", "xb>xa", "xb>yc", "yc>xb"], "ipBlock except c");
-    px.delete("block", &DeleteParams::default()).await.unwrap();
-
-    // Named port "http": 80 on a, 81 on b; a policy on every pod of x allowing only "http" from anywhere.
-    put(
-        &px,
-        json!({"metadata": {"name": "http"}, "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": "http"}]}]}}),
-    )
-    .await;
-    expect(&all, 80, &["xa>yc", "xb>xa", "xb>yc", "yc>xa"], "named port: a's http is 80");
-    expect(&all, 81, &["xa>xb", "xa>yc", "xb>yc", "yc>xb"], "named port: b's http is 81");
-    px.delete("http", &DeleteParams::default()).await.unwrap();
-
-    // From pods labelled app=c in any namespace; then y/c is relabelled and is out.
-    let from_c = json!([{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "c"}}}]}]);
-    put(&px, to_a("from-c", from_c)).await;
-    expect(&all, 80, &["xa>xb", "xa>yc", "xb>yc", "yc>xa", "yc>xb"], "from app=c anywhere");
-    let relabel = json!({"metadata": {"labels": {"app": "c2"}}});
-    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(admin.clone(), &y)
-        .patch("c", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&relabel))
-        .await
-        .unwrap();
-    expect(&all, 80, &["xa>xb", "xa>yc", "xb>yc", "yc>xb"], "c relabelled");
-    px.delete("from-c", &DeleteParams::default()).await.unwrap();
-
     // Bad input narrows: a rule whose only peer is an IPv6 block is dropped (not read as "from everywhere"), and
     // the drop is said.
     put(&px, to_a("v6", json!([{"from": [{"ipBlock": {"cidr": "fd00::/8"}}]}]))).await;
