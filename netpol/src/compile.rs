@@ -170,18 +170,24 @@ pub fn compile(policies: &[Policy], cluster: &Cluster) -> Compiled {
     b.out.pods = cluster.pods.iter().map(|p| (p.key(), p.ip)).collect();
     for dir in [Direction::Ingress, Direction::Egress] {
         // Pods grouped by the (sorted) set of policies isolating them; BTreeMap order numbers the chains.
+        // In strict mode the pods no policy selects at all form one more group: the empty list (a chain with no
+        // rule, that drops everything).
         let mut groups: BTreeMap<Vec<usize>, Vec<String>> = BTreeMap::new();
         for pod in &cluster.pods {
             let ids: Vec<usize> =
                 (0..sorted.len()).filter(|&i| sorted[i].covers(dir) && selects(sorted[i], pod)).collect();
-            if !ids.is_empty() {
+            let strict_default = cluster.strict && !pod.host_network && !sorted.iter().any(|p| selects(p, pod));
+            if !ids.is_empty() || strict_default {
                 groups.entry(ids).or_default().push(pod.key());
             }
         }
         let mut hook = Hook::default();
         for (ids, pods) in groups {
             let policies: Vec<&Policy> = ids.iter().map(|&i| sorted[i]).collect();
-            let chain = b.chain(dir, &policies);
+            let mut chain = b.chain(dir, &policies);
+            if ids.is_empty() {
+                chain.policies = vec![crate::eval::STRICT_DEFAULT.to_string()];
+            }
             hook.chain_of.extend(pods.into_iter().map(|key| (key, hook.chains.len())));
             hook.chains.push(chain);
         }

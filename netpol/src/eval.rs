@@ -6,13 +6,17 @@
 //! * A flow needs the source pod's egress and the destination pod's ingress to allow it.
 //! * A pod is isolated in a direction when a policy of its namespace that covers that direction
 //!   selects it; an isolated side allows only what some rule of those policies matches. A side that is
-//!   not a (non-host-network) pod of the cluster is never isolated.
+//!   not a (non-host-network) pod of the cluster is never isolated. In strict mode a pod that no policy
+//!   selects at all is isolated both ways and allows nothing.
 //! * A rule matches when one of its peers matches the other end (no peers: any) and one of its ports
 //!   matches (no ports: any). Named ports are resolved on the receiving pod, the flow's destination.
 
 use std::net::Ipv4Addr;
 
 use crate::model::{Cluster, Direction, Endpoint, Flow, Peer, PodInfo, Policy, PortRef, PortSpec};
+
+/// What isolates a pod in strict mode when no policy selects it (in `Side::isolated_by`, where policy names go).
+pub const STRICT_DEFAULT: &str = "strict mode: no policy selects the pod";
 
 /// The verdict on a flow, with the reasons for each side.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -125,6 +129,9 @@ fn judge(
                 side.allowed_by.push((policy.key(), i));
             }
         }
+    }
+    if cluster.strict && side.isolated_by.is_empty() && !policies.iter().any(|p| selects(p, pod)) {
+        side.isolated_by.push(STRICT_DEFAULT.to_string());
     }
     side
 }

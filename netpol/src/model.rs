@@ -182,6 +182,10 @@ pub struct Cluster {
     /// Namespace name → labels. Read them through [`Cluster::namespace_labels`].
     pub namespaces: BTreeMap<String, Labels>,
     pub pods: Vec<PodInfo>,
+    /// aws-vpc-cni's strict mode: a pod that no policy selects (in either direction) is isolated both ways
+    /// with nothing allowed. A pod some policy selects is judged as in standard mode, direction by direction
+    /// (so a pod selected only by an egress policy still accepts any ingress, as aws-vpc-cni does).
+    pub strict: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -276,6 +280,7 @@ mod tests {
         let c = Cluster {
             namespaces: BTreeMap::new(),
             pods: vec![pod("node", [10, 0, 0, 9], true), pod("a", [10, 0, 0, 1], false)],
+            strict: false,
         };
         assert_eq!(c.endpoint_for([10, 0, 0, 1].into()), Endpoint::Pod(1));
         assert_eq!(

@@ -254,3 +254,21 @@ fn the_same_pod_peer_in_two_namespaces_means_two_sets_of_pods() {
     assert!(!case.tcp("prod/client", "dev/web", 80));
     assert_eq!(netpol::compile(&case.policies, &case.cluster).peer_sets.len(), 2);
 }
+
+#[test]
+fn strict_mode_isolates_pods_no_policy_selects() {
+    let mut case = Case::new();
+    case.cluster.strict = true;
+    assert!(!case.tcp("prod/web", "dev/web", 80), "no policy at all: everything denied");
+    assert!(!case.tcp("prod/web", "8.8.8.8", 443));
+    assert!(case.tcp("host/agent", "10.0.0.99", 80), "host-network pods are never isolated");
+    let why = case.decide("prod/web", "dev/web", Proto::Tcp, 80);
+    assert_eq!(why.egress.isolated_by, [netpol::eval::STRICT_DEFAULT]);
+    // An egress-only policy selecting prod/web: its ingress is judged as in standard mode (open), as aws-vpc-cni
+    // does; its egress by the policy. dev/web, selected by nothing, stays closed both ways.
+    let case = case.with(policy("prod/out", sel(&[("app", "web")]), false, true).with_egress(rule(vec![], vec![])));
+    assert!(case.tcp("prod/web", "8.8.8.8", 443), "its egress policy allows all");
+    assert!(case.tcp("prod/web2", "prod/web", 80), "prod/web2 is selected too; prod/web's ingress is open");
+    assert!(!case.tcp("prod/web", "dev/web", 80), "dev/web accepts nothing");
+    assert!(!case.tcp("dev/web", "8.8.8.8", 443), "dev/web sends nothing");
+}

@@ -15,7 +15,12 @@ async fn an_aws_variable_asking_for_what_is_not_built_stops_the_start_by_name() 
     let fx = NodeFixture::new("aws-refused", "t3.medium").await;
     for (var, value, says) in [
         ("ENABLE_IPv6", "true", "ENABLE_IPv6: 'true' asks for IPv6 pods"),
-        ("NETWORK_POLICY_ENFORCING_MODE", "strict", "NETWORK_POLICY_ENFORCING_MODE: 'strict' asks for NetworkPolicy"),
+        // strict without the enforcer would leave pods open that the operator believes isolated.
+        (
+            "NETWORK_POLICY_ENFORCING_MODE",
+            "strict",
+            "NETWORK_POLICY_ENFORCING_MODE: strict needs ENABLE_NETWORK_POLICY=true",
+        ),
         ("ENABLE_POD_ENI", "true", "ENABLE_POD_ENI: 'true' asks for security groups for pods"),
     ] {
         let dir = fx.dir.path().join(var);

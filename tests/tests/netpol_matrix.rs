@@ -49,6 +49,38 @@ fn udp(n: u16) -> Port {
 }
 
 impl World {
+    /// A 2-node sim with NetworkPolicy on (and `env`), and the 9 pods serving.
+    async fn start(tag: &str, env: &[&str]) -> World {
+        let mut args = vec!["--network-policy"];
+        args.extend_from_slice(env);
+        let sim = SimProc::start(tag, 2, &args);
+        let admin = vpc_sim::kubeapi::client(&sim.record().kube.as_ref().expect("--kube").admin).await.unwrap();
+        let all_policies = Api::<NetworkPolicy>::all(admin.clone()).list(&ListParams::default()).await.unwrap();
+        let mut w = World { sim, admin, members: Vec::new(), others: all_policies.items.len() };
+        for (i, ns) in NS.iter().enumerate() {
+            for (j, pod) in PODS.iter().enumerate() {
+                let mut labels = vec![("app", *pod)];
+                if *pod == "c" {
+                    labels.push(("tier", "edge"));
+                }
+                let served = w.start_pod((i + j) % 2, ns, pod, &labels);
+                w.members.push((format!("{ns}{pod}"), P { ns, pod }, served));
+            }
+        }
+        for ns in NS {
+            w.label_namespace(ns, ns).await;
+        }
+        w
+    }
+
+    /// Stops the sim; its log must show no panic.
+    fn finish(self) {
+        let World { sim, members, .. } = self;
+        drop(members);
+        let (log, _state) = sim.stop();
+        assert!(!log.contains("panicked"), "{log}");
+    }
+
     fn ns(&self, short: &str) -> String {
         format!("{}-{short}", self.sim.prefix)
     }
@@ -173,23 +205,7 @@ fn all() -> Value {
 #[ignore = "needs root + netns"]
 async fn the_reachability_matrix_matches_each_cases_truth_table() {
     // No cooldown: a deleted pod's address is the next one handed out on its node (the IP-reuse case).
-    let sim = SimProc::start("nm", 2, &["--network-policy", "IP_COOLDOWN_PERIOD=0"]);
-    let admin = vpc_sim::kubeapi::client(&sim.record().kube.as_ref().expect("--kube").admin).await.unwrap();
-    let all_policies = Api::<NetworkPolicy>::all(admin.clone()).list(&ListParams::default()).await.unwrap();
-    let mut w = World { sim, admin, members: Vec::new(), others: all_policies.items.len() };
-    for (i, ns) in NS.iter().enumerate() {
-        for (j, pod) in PODS.iter().enumerate() {
-            let mut labels = vec![("app", *pod)];
-            if *pod == "c" {
-                labels.push(("tier", "edge"));
-            }
-            let served = w.start_pod((i + j) % 2, ns, pod, &labels);
-            w.members.push((format!("{ns}{pod}"), P { ns, pod }, served));
-        }
-    }
-    for ns in NS {
-        w.label_namespace(ns, ns).await;
-    }
+    let mut w = World::start("nm", &["IP_COOLDOWN_PERIOD=0"]).await;
     let ip = |k: &str| w.ip(k);
     let mut cases = 0;
     macro_rules! case {
@@ -335,8 +351,31 @@ async fn the_reachability_matrix_matches_each_cases_truth_table() {
     w.set(&[]).await;
     case!("all deleted", tcp(80), any);
     assert!(cases >= 30, "{cases} cases");
-    let World { sim, members, .. } = w;
-    drop(members);
-    let (log, _state) = sim.stop();
-    assert!(!log.contains("panicked"), "{log}");
+    w.finish();
+}
+
+/// NETWORK_POLICY_ENFORCING_MODE=strict: a pod no policy selects is denied both ways; a pod some policy selects is
+/// judged direction by direction as in standard mode (an egress-only policy leaves its ingress open, as aws-vpc-cni).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + netns"]
+async fn strict_mode_denies_pods_no_policy_selects() {
+    let w = World::start("ns", &["NETWORK_POLICY_ENFORCING_MODE=strict"]).await;
+    w.check("strict, no policy: nothing reaches anything", tcp(80), &|_, _| false);
+    let why =
+        vpcctl(&w.sim, 0, &["policy", "explain", &format!("{}/a", w.ns("x")), &format!("{}/b", w.ns("y")), "tcp/80"]);
+    assert!(why.contains("DENIED") && why.contains("strict mode: no policy selects the pod"), "{why}");
+
+    let open =
+        |name: &str| np(name, all(), json!({"policyTypes": ["Ingress", "Egress"], "ingress": [{}], "egress": [{}]}));
+    w.set(&[("x", open("open"))]).await;
+    w.check("strict, x allows all: x among itself only", tcp(80), &|f, t| f.ns == "x" && t.ns == "x");
+
+    let egress_only = np("out", all(), json!({"policyTypes": ["Egress"], "egress": [{}]}));
+    w.set(&[("x", open("open")), ("y", egress_only)]).await;
+    w.check("strict, y selected by an egress-only policy: its ingress is open", tcp(80), &|f, t| {
+        f.ns != "z" && t.ns != "z"
+    });
+    w.set(&[]).await;
+    w.check("strict, policies deleted: nothing again", tcp(80), &|_, _| false);
+    w.finish();
 }

@@ -12,7 +12,7 @@ pub mod aws;
 mod values;
 
 use values::*;
-pub use values::{BindAddr, CidrList, LogFile, LogFormat, Mark, RandomizeSnat, Tags, UidList};
+pub use values::{BindAddr, CidrList, LogFile, LogFormat, Mark, PolicyMode, RandomizeSnat, Tags, UidList};
 
 #[derive(Debug, Clone, Parser, serde::Serialize)]
 #[command(name = "ipamd", version, about = "VPC-native pod IP address management daemon")]
@@ -148,6 +148,11 @@ pub struct Config {
     /// policy agent with the Helm value enableNetworkPolicy.
     #[arg(long, env = "ENABLE_NETWORK_POLICY", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub enable_network_policy: bool,
+    /// With ENABLE_NETWORK_POLICY=true, aws-vpc-cni's modes: `standard`, a pod is open until a policy selects it;
+    /// `strict`, a pod that no policy selects is denied both ways, and an ADD made before the API server's lists
+    /// are in fails (the runtime retries it) rather than start the pod open.
+    #[arg(long, env = "NETWORK_POLICY_ENFORCING_MODE", default_value = "standard", value_parser = parse_policy_mode)]
+    pub network_policy_enforcing_mode: PolicyMode,
     /// Patch each pod's `vpc.amazonaws.com/pod-ips` annotation with its IP on ADD (needs MY_NODE_NAME and the
     /// ClusterRole's `patch pods`); a patch that fails fails the ADD, which the runtime retries.
     #[arg(long, env = "ANNOTATE_POD_IP", default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
@@ -332,6 +337,14 @@ impl Config {
                 var: "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG",
                 message: "true needs MY_NODE_NAME (the node's ENIConfig is named on its Node object); accepted: \
                           false, or true with MY_NODE_NAME set"
+                    .into(),
+            });
+        }
+        if self.network_policy_enforcing_mode == PolicyMode::Strict && !self.enable_network_policy {
+            return Err(ConfigError::Unsupported {
+                var: "NETWORK_POLICY_ENFORCING_MODE",
+                message: "strict needs ENABLE_NETWORK_POLICY=true (nothing would isolate the pods otherwise); \
+                          accepted: standard, or strict with ENABLE_NETWORK_POLICY=true"
                     .into(),
             });
         }

@@ -22,6 +22,25 @@ pub enum LogFormat {
     Text,
 }
 
+/// NETWORK_POLICY_ENFORCING_MODE, aws-vpc-cni's name and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    /// A pod is open until a policy selects it.
+    #[default]
+    Standard,
+    /// A pod no policy selects is denied both ways; a pod is never started before its policies are known.
+    Strict,
+}
+
+pub(super) fn parse_policy_mode(s: &str) -> Result<PolicyMode, String> {
+    match s.trim() {
+        "standard" => Ok(PolicyMode::Standard),
+        "strict" => Ok(PolicyMode::Strict),
+        other => Err(format!("'{other}' is not an enforcing mode; accepted: standard or strict")),
+    }
+}
+
 /// Each value type shows as the text an operator would write for it (what `vpcctl config` prints).
 macro_rules! serialize_as_text {
     ($t:ty, |$v:ident| $text:expr) => {

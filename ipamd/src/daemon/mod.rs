@@ -225,7 +225,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         tokio::sync::watch::channel(node.vpc_cidrs.iter().map(ToString::to_string).collect());
     let enforcer = cfg.enable_network_policy.then(|| {
         let prefix = cfg.aws_vpc_k8s_cni_vethprefix.clone();
-        crate::policy::Enforcer::start(kube.clone(), prefix, cfg.ipamd_host_network, &tasks)
+        let strict = cfg.network_policy_enforcing_mode == crate::config::PolicyMode::Strict;
+        crate::policy::Enforcer::start(kube.clone(), prefix, cfg.ipamd_host_network, strict, &tasks)
     });
     let ipam = IpamService {
         hostnet: hostnet.clone(),

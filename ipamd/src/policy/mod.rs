@@ -6,8 +6,8 @@
 //!
 //! An ADD waits ([`Enforcer::pod_started`]) until a table that knows the new pod (its veth in the verdict maps,
 //! its IP in the peer sets) is in force — so its first packet already meets its policies. When the feeds are not
-//! listed yet it waits at most [`UNSYNCED_WAIT`], then answers with the mode's default (standard: the pod is open
-//! until its policies are known).
+//! listed yet it waits at most [`UNSYNCED_WAIT`], then answers with the mode's default: standard, the pod is open
+//! until its policies are known; strict, the ADD fails (the runtime retries it) and no pod starts open.
 //!
 //! May use: k8s (the feeds), node (libnftables), tasks.
 
@@ -24,6 +24,9 @@ use crate::k8s::{Kube, KubeView};
 
 /// How long an ADD waits for the feeds to be listed before the mode's default applies.
 pub const UNSYNCED_WAIT: Duration = Duration::from_millis(500);
+/// Why a strict-mode ADD fails while the feeds are not listed.
+const STRICT_UNSYNCED: &str = "the API server's NetworkPolicies, Namespaces and pods are not listed yet, and strict \
+                               mode starts no pod before its policies are known";
 /// How often the table is read back and compared with what was loaded.
 pub const REPAIR_EVERY: Duration = Duration::from_secs(10);
 /// How long an ADD's IP for a pod is used while the API server does not report it.
@@ -67,13 +70,20 @@ pub struct Enforcer {
     tx: mpsc::UnboundedSender<Started>,
     pub status: watch::Receiver<Status>,
     kube: Kube,
+    strict: bool,
 }
 
 impl Enforcer {
     /// Starts the enforcing task under `tasks`.
     /// With `host_network` false (IPAMD_HOST_NETWORK=false: ipamd is not on a node it may change) every table is
-    /// compiled and counted but none is put in place.
-    pub fn start(kube: Kube, veth_prefix: String, host_network: bool, tasks: &crate::tasks::Tasks) -> Self {
+    /// compiled and counted but none is put in place. `strict`: NETWORK_POLICY_ENFORCING_MODE=strict.
+    pub fn start(
+        kube: Kube,
+        veth_prefix: String,
+        host_network: bool,
+        strict: bool,
+        tasks: &crate::tasks::Tasks,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (status_tx, status) = watch::channel(Status::default());
         let task = Task {
@@ -85,15 +95,16 @@ impl Enforcer {
             generation: 0,
             loader: Some(load::Loader::new(host_network)),
             host_network,
+            strict,
         };
         tasks.spawn_loop("network policy", task.run());
-        Self { tx, status, kube }
+        Self { tx, status, kube, strict }
     }
 
     /// Both ends' verdicts on one new flow as the API server's objects say now (what the table enforces once
     /// it is in place). `from`/`to`: "namespace/name" of a pod, or an IPv4 address.
     pub fn explain(&self, from: &str, to: &str, proto: netpol::Proto, port: u16) -> Result<netpol::Decision, String> {
-        let (policies, cluster) = model_of(&self.kube.view.borrow());
+        let (policies, cluster) = model_of(&self.kube.view.borrow(), self.strict);
         let end = |s: &str| -> Result<netpol::Endpoint, String> {
             if let Ok(ip) = s.parse::<Ipv4Addr>() {
                 return Ok(cluster.endpoint_for(ip));
@@ -127,6 +138,7 @@ struct Task {
     /// Moved onto the blocking pool for each load (None meanwhile).
     loader: Option<load::Loader>,
     host_network: bool,
+    strict: bool,
 }
 
 /// Deletes the conntrack entries of pod-opened flows that `compiled` denies (run in the node's namespace). Flows
@@ -150,9 +162,9 @@ fn cut_denied_flows(compiled: &netpol::Compiled, cluster: &netpol::Cluster) -> s
 }
 
 /// The policies and the cluster as the feeds hold them.
-fn model_of(v: &KubeView) -> (Vec<netpol::Policy>, netpol::Cluster) {
+fn model_of(v: &KubeView, strict: bool) -> (Vec<netpol::Policy>, netpol::Cluster) {
     let policies = v.policies.items.values().map(|c| c.policy.clone()).collect();
-    let mut cluster = netpol::Cluster::default();
+    let mut cluster = netpol::Cluster { strict, ..netpol::Cluster::default() };
     for (name, labels) in &v.namespaces.items {
         cluster.insert_namespace(name, labels.clone());
     }
@@ -193,14 +205,17 @@ impl Task {
             }
             dirty = false;
             if !synced(&view.borrow_and_update()) {
-                // Nothing is replaced on a partial view; ADDs past their wait get the mode's default (open).
+                // Nothing is replaced on a partial view; ADDs past their wait get the mode's default.
                 let now = Instant::now();
                 let (late, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut waiting)
                     .into_iter()
                     .partition(|(since, _)| now.duration_since(*since) >= UNSYNCED_WAIT);
                 waiting = keep;
                 for (_, done) in late {
-                    let _ = done.send(Ok(0));
+                    let _ = done.send(match self.strict {
+                        false => Ok(0),
+                        true => Err(STRICT_UNSYNCED.to_string()),
+                    });
                 }
                 continue;
             }
@@ -284,7 +299,7 @@ impl Task {
     async fn apply(&mut self) -> Result<(u64, bool), String> {
         let (policies, cluster, local, problems) = {
             let v = self.kube.view.borrow();
-            let (policies, mut cluster) = model_of(&v);
+            let (policies, mut cluster) = model_of(&v, self.strict);
             let problems: Vec<String> = v
                 .policies
                 .items

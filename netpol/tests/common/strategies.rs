@@ -105,29 +105,28 @@ pub fn cluster() -> impl Strategy<Value = Cluster> {
     ));
     let dns = prop::option::of(prop::sample::select(vec![53u16, 5353]));
     let pod = (0..3usize, label_set(&["a", "b"]), prop::bool::weighted(0.125), http, dns);
-    (2..=3usize, prop::collection::vec(label_set(&["a", "b"]), 3), prop::collection::vec(pod, 1..=8)).prop_map(
-        |(n, ns_labels, pods)| {
-            let mut cluster = Cluster::default();
-            for (name, labels) in NAMESPACES.iter().zip(ns_labels).take(n) {
-                cluster.insert_namespace(name, labels);
-            }
-            cluster.pods = pods
-                .into_iter()
-                .enumerate()
-                .map(|(i, (ns, labels, host_network, http, dns))| PodInfo {
-                    namespace: NAMESPACES[ns % n].into(),
-                    name: format!("pod{i}"),
-                    labels,
-                    ip: Some(Ipv4Addr::new(10, 0, 0, i as u8 + 1)),
-                    host_network,
-                    named_ports: http
-                        .map(|h| ("http".to_string(), h))
-                        .into_iter()
-                        .chain(dns.map(|d| ("dns".to_string(), (Proto::Udp, d))))
-                        .collect(),
-                })
-                .collect();
-            cluster
-        },
-    )
+    let shape = (2..=3usize, prop::collection::vec(label_set(&["a", "b"]), 3), prop::collection::vec(pod, 1..=8));
+    (shape, prop::bool::weighted(0.25)).prop_map(|((n, ns_labels, pods), strict)| {
+        let mut cluster = Cluster { strict, ..Cluster::default() };
+        for (name, labels) in NAMESPACES.iter().zip(ns_labels).take(n) {
+            cluster.insert_namespace(name, labels);
+        }
+        cluster.pods = pods
+            .into_iter()
+            .enumerate()
+            .map(|(i, (ns, labels, host_network, http, dns))| PodInfo {
+                namespace: NAMESPACES[ns % n].into(),
+                name: format!("pod{i}"),
+                labels,
+                ip: Some(Ipv4Addr::new(10, 0, 0, i as u8 + 1)),
+                host_network,
+                named_ports: http
+                    .map(|h| ("http".to_string(), h))
+                    .into_iter()
+                    .chain(dns.map(|d| ("dns".to_string(), (Proto::Udp, d))))
+                    .collect(),
+            })
+            .collect();
+        cluster
+    })
 }

@@ -102,14 +102,7 @@ pub const AWS_VARIABLES: &[AwsVar] = &[
     no_op("ENABLE_V4_EGRESS", "aws-vpc-cni reads it only with ENABLE_IPv6=true (which ipamd refuses)"),
     honoured("IP_COOLDOWN_PERIOD"),
     not_built("DISABLE_POD_V6", FALSE, "turning IPv6 off inside pods (the tuning plugin's sysctls)"),
-    // aws-node's manifest sets `standard` whether its policy agent runs or not: pods open until a policy selects
-    // them, which without policies is what ipamd does. `strict` (default deny) would isolate pods: refused.
-    not_built(
-        "NETWORK_POLICY_ENFORCING_MODE",
-        &["none", "standard"],
-        "NetworkPolicy enforcement (strict: pods denied until their policies are known); nothing would isolate \
-         the pods",
-    ),
+    honoured("NETWORK_POLICY_ENFORCING_MODE"),
     honoured("ENABLE_IMDS_ONLY_MODE"),
     not_built("ENABLE_MULTI_NIC", FALSE, "pods on network cards other than the first"),
     // Read by aws-vpc-cni, not in its README.

@@ -56,7 +56,6 @@ fn a_variable_asking_for_what_is_not_built_is_refused_by_name() {
         ("ENABLE_IPv6", "true", "IPv6 pods"),
         ("ENABLE_IPv4", "false", "IPv6 pods"),
         ("ENABLE_POD_ENI", "TRUE", "security groups for pods"),
-        ("NETWORK_POLICY_ENFORCING_MODE", "strict", "NetworkPolicy enforcement"),
         ("ENABLE_MULTI_NIC", "true", "network cards"),
         ("INTROSPECTION_BIND_ADDRESS", "127.0.0.1:61679", "HTTP introspection"),
     ] {
@@ -64,14 +63,8 @@ fn a_variable_asking_for_what_is_not_built_is_refused_by_name() {
         assert!(err.starts_with(&format!("{name}: '{value}' asks for")), "{err}");
         assert!(err.contains(says) && err.contains("accepted:"), "{err}");
     }
-    let off = [
-        ("ENABLE_IPv6", "false"),
-        ("ENABLE_IPv4", "true"),
-        ("ENABLE_POD_ENI", "False"),
-        ("NETWORK_POLICY_ENFORCING_MODE", "none"),
-        ("NETWORK_POLICY_ENFORCING_MODE", "standard"),
-        ("ENABLE_MULTI_NIC", ""),
-    ];
+    let off =
+        [("ENABLE_IPv6", "false"), ("ENABLE_IPv4", "true"), ("ENABLE_POD_ENI", "False"), ("ENABLE_MULTI_NIC", "")];
     assert_eq!(check(env(&off)).unwrap(), AwsNotes::default());
     assert_eq!(check(env(&[])).unwrap(), AwsNotes::default());
 }
