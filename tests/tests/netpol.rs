@@ -234,6 +234,51 @@ async fn policies_shape_the_reachability_matrix_and_hold_from_a_pods_first_packe
     px.delete("v6", &DeleteParams::default()).await.unwrap();
     expect(&all, 80, &every, "all deleted again");
 
+    // vpc-sim for users: `pod add --serve` (and named ports) serve in the pod, `probe` says reached or not by its
+    // exit status, `kubeconfig` names the admin kubeconfig, `pod del` stops the servers.
+    let sim_cli = |args: &[&str]| {
+        let out = Command::new(vpc_sim::ipamd_proc::sibling_binary("vpc-sim"))
+            .args(args)
+            .arg("--state-dir")
+            .arg(sim.state.path())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let z = format!("{}-z", sim.prefix);
+    let add = |node: &str, name: &str, extra: &[&str]| {
+        let mut args = vec!["pod", "add", "--node", node, "--namespace", &z, "--name", name, "--labels", "app=cli"];
+        args.extend_from_slice(extra);
+        assert_eq!(sim_cli(&args).0, Some(0), "vpc-sim pod add {name}");
+    };
+    add("0", "web", &["--serve", "tcp/80", "--named-port", "dns=53/udp"]);
+    add("1", "client", &[]);
+    let probe_cli =
+        |port: &str| sim_cli(&["probe", "--from", &format!("{z}/client"), "--to", &format!("{z}/web"), "--port", port]);
+    let (code, said) = probe_cli("tcp/80");
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.starts_with("reached tcp/80"), "{said}");
+    assert_eq!(probe_cli("udp/53").0, Some(0), "the named port is served");
+    assert_eq!(probe_cli("tcp/81").0, Some(1), "nothing serves 81");
+    let (_, kubeconfig) = sim_cli(&["kubeconfig"]);
+    let from_cli = vpc_sim::kubeapi::client(std::path::Path::new(kubeconfig.trim())).await.unwrap();
+    let pz: Api<NetworkPolicy> = Api::namespaced(from_cli, &z);
+    put(&pz, json!({"metadata": {"name": "deny"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while probe_cli("tcp/80").0 != Some(1) {
+        assert!(Instant::now() < deadline, "the deny never showed in `vpc-sim probe`");
+    }
+    let servers = sim.state.path().join(format!("node-0/pods/{z}_web.servers"));
+    let pid: i32 = std::fs::read_to_string(&servers).unwrap().trim().parse().unwrap();
+    for name in ["web", "client"] {
+        let node = if name == "web" { "0" } else { "1" };
+        assert_eq!(sim_cli(&["pod", "del", "--node", node, "--namespace", &z, "--name", name]).0, Some(0));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // Gone, or a zombie waiting for whoever adopted it to reap it.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(stat.is_empty() || stat.contains(") Z "), "pod del stopped the servers: {stat}");
+
     // The table lives in the node's namespace, never in the root one.
     let node_table = Command::new("ip")
         .args(["netns", "exec", &sim.node(0), "nft", "list", "table", "inet", "vpc-cni-netpol"])

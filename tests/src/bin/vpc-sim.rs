@@ -19,6 +19,7 @@ use vpc_sim::ipamd_proc::{Ipamd, sibling_binary};
 use vpc_sim::localstack::{self, TestVpc};
 use vpc_sim::netns::ip_in;
 use vpc_sim::sim::pods::{Pod, concurrently, percentiles, pod_ip};
+use vpc_sim::sim::probe::Port;
 use vpc_sim::sim::{Sim, SimConfig, record::SimRecord};
 
 #[derive(Parser)]
@@ -45,6 +46,33 @@ enum Cmd {
         node: usize,
         #[arg(long, default_value = "/run/vpc-sim")]
         state_dir: PathBuf,
+    },
+    /// Whether a connection from one pod to another is answered: exit 0 when it is, 1 when not
+    /// (`--port tcp/80` or `udp/53`; the destination serves it with `pod add --serve` or a named port).
+    Probe {
+        /// NAMESPACE/POD
+        #[arg(long)]
+        from: String,
+        /// NAMESPACE/POD
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value = "tcp/80")]
+        port: Port,
+        #[arg(long, default_value = "/run/vpc-sim")]
+        state_dir: PathBuf,
+    },
+    /// The admin kubeconfig of a sim started with `up --kube` (or `--network-policy`).
+    Kubeconfig {
+        #[arg(long, default_value = "/run/vpc-sim")]
+        state_dir: PathBuf,
+    },
+    /// (Internal) serve ports inside a pod's namespace until killed; `pod add --serve` starts it.
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        netns: String,
+        #[arg(long)]
+        port: Vec<Port>,
     },
     /// Nodes, ENIs, links, rules and routes of a running sim.
     Status {
@@ -87,9 +115,12 @@ struct PodArgs {
     /// With `up --kube`: the Pod object's labels, k=v,k=v.
     #[arg(long, value_parser = parse_labels, default_value = "")]
     labels: std::collections::BTreeMap<String, String>,
-    /// With `up --kube`: a named container port, name=port/proto (tcp or udp; repeatable).
+    /// With `up --kube`: a named container port, name=port/proto (tcp or udp; repeatable). Served in the pod.
     #[arg(long = "named-port", value_parser = parse_named_port)]
     named_port: Vec<(String, u16, String)>,
+    /// A port the pod serves ("ok" to each connection or datagram), tcp/80 or udp/53 (repeatable).
+    #[arg(long)]
+    serve: Vec<Port>,
 }
 
 fn parse_labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
@@ -159,8 +190,19 @@ enum PodCmd {
 
 fn pod_cmd(cmd: PodCmd) -> Result<()> {
     match cmd {
-        PodCmd::Add(a) => println!("{:#}", a.pod().add()?),
-        PodCmd::Del(a) => a.pod().del(false)?,
+        PodCmd::Add(a) => {
+            let pod = a.pod();
+            println!("{:#}", pod.add()?);
+            let mut ports = a.serve.clone();
+            ports.extend(a.named_port.iter().map(|(_, n, proto)| Port { udp: proto == "UDP", number: *n }));
+            if !ports.is_empty() {
+                start_servers(&pod, &ports)?;
+            }
+        }
+        PodCmd::Del(a) => {
+            stop_servers(&a.pod());
+            a.pod().del(false)?
+        }
         PodCmd::Check(a) => a.pod().check()?,
         PodCmd::Exec { pod, argv } => {
             let status = pod.pod().exec(&argv)?;
@@ -168,6 +210,83 @@ fn pod_cmd(cmd: PodCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where a pod's server process id is kept.
+fn servers_file(pod: &Pod) -> PathBuf {
+    pod.state_dir.join(format!("node-{}/pods/{}_{}.servers", pod.node, pod.namespace, pod.name))
+}
+
+/// Serves `ports` in the pod from a process of its own (it outlives this command; `pod del` stops it).
+fn start_servers(pod: &Pod, ports: &[Port]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["serve", "--netns", &pod.netns()?]);
+    for p in ports {
+        cmd.args(["--port", &p.to_string()]);
+    }
+    // No inherited pipe: whoever reads this command's output must not wait on the server's.
+    let null = std::process::Stdio::null;
+    let child = cmd.stdin(null()).stdout(null()).stderr(null()).process_group(0).spawn()?;
+    std::fs::write(servers_file(pod), child.id().to_string())?;
+    let ns = pod.netns()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !ports.iter().all(|p| vpc_sim::sim::probe::listening(&ns, *p)) {
+        if std::time::Instant::now() > deadline {
+            bail!("the pod's servers did not start listening on {ports:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn stop_servers(pod: &Pod) {
+    let file = servers_file(pod);
+    if let Some(pid) = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+    }
+    let _ = std::fs::remove_file(file);
+}
+
+/// The pod `ns/name` of a running sim, on whichever node its namespace is.
+fn find_pod(state_dir: &std::path::Path, key: &str) -> Result<Pod> {
+    let (namespace, name) = key.split_once('/').with_context(|| format!("'{key}' is not NAMESPACE/POD"))?;
+    let rec = SimRecord::load(state_dir).with_context(|| format!("no running sim in {}", state_dir.display()))?;
+    for node in 0..rec.vpc.instance_ids.len() {
+        let pod = Pod {
+            state_dir: state_dir.to_path_buf(),
+            node,
+            namespace: namespace.into(),
+            name: name.into(),
+            ..Pod::default()
+        };
+        if vpc_sim::netns::exists(&pod.netns()?) {
+            return Ok(pod);
+        }
+    }
+    bail!("no pod {key} in the sim in {}", state_dir.display())
+}
+
+fn probe(state_dir: &std::path::Path, from: &str, to: &str, port: Port) -> Result<bool> {
+    let (from, to) = (find_pod(state_dir, from)?, find_pod(state_dir, to)?);
+    let addr = ip_in(&to.netns()?, &["-4", "-o", "addr", "show", "dev", "eth0"])?;
+    let ip = addr
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .with_context(|| format!("{} has no IPv4 address", to.name))?
+        .to_string();
+    let reached = vpc_sim::sim::probe::reaches(&from.netns()?, &ip, port);
+    println!(
+        "{} {port} from {}/{} to {}/{} ({ip})",
+        if reached { "reached" } else { "not reached" },
+        from.namespace,
+        from.name,
+        to.namespace,
+        to.name
+    );
+    Ok(reached)
 }
 
 async fn demo(state_dir: PathBuf, prefix: String) -> Result<()> {
@@ -399,6 +518,24 @@ async fn main() -> Result<()> {
         Cmd::Up(cfg) => up(cfg).await,
         Cmd::Status { state_dir } => status(&state_dir),
         Cmd::Pod { cmd } => pod_cmd(cmd),
+        Cmd::Probe { from, to, port, state_dir } => {
+            let reached = probe(&state_dir, &from, &to, port)?;
+            std::process::exit(if reached { 0 } else { 1 });
+        }
+        Cmd::Kubeconfig { state_dir } => {
+            let rec =
+                SimRecord::load(&state_dir).with_context(|| format!("no running sim in {}", state_dir.display()))?;
+            let kube = rec.kube.context("this sim runs without an API server (start it with `up --kube`)")?;
+            println!("{}", kube.admin.display());
+            Ok(())
+        }
+        Cmd::Serve { netns, port } => {
+            let _servers: Vec<_> =
+                port.iter().map(|p| vpc_sim::sim::probe::serve(&netns, *p)).collect::<Result<_, _>>()?;
+            loop {
+                std::thread::park();
+            }
+        }
         Cmd::Demo { state_dir, prefix } => demo(state_dir, prefix).await,
         Cmd::Bench { pods, node, state_dir } => bench(pods, node, state_dir),
         Cmd::IpamdDemo { instance_type, pods, ipamd_env } => ipamd_demo(&instance_type, pods, &ipamd_env).await,
