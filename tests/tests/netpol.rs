@@ -231,6 +231,24 @@ async fn policies_shape_the_reachability_matrix_and_hold_from_a_pods_first_packe
     expect(&all, 80, &["xa>xb", "xa>yc", "xb>yc", "yc>xb"], "an unreadable rule allows nothing");
     let status = vpcctl(&sim, 0, &["policy", "status"]);
     assert!(status.contains(&format!("{x}/v6")) && status.contains("IPv6"), "{status}");
+    // …and a Warning Event on the policy, from the node whose pod it isolates.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), &x);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let warned = loop {
+        let found = events.list(&Default::default()).await.unwrap().items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("PolicyNarrowed")
+                && e.regarding
+                    .as_ref()
+                    .is_some_and(|r| r.kind.as_deref() == Some("NetworkPolicy") && r.name.as_deref() == Some("v6"))
+        });
+        if found.is_some() || Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let warned = warned.expect("a PolicyNarrowed Event on the policy");
+    assert_eq!(warned.type_.as_deref(), Some("Warning"));
+    assert!(warned.note.as_deref().unwrap_or_default().contains("IPv6"), "{warned:?}");
     px.delete("v6", &DeleteParams::default()).await.unwrap();
     expect(&all, 80, &every, "all deleted again");
 

@@ -33,6 +33,11 @@ pub enum Regarding {
         name: String,
         uid: String,
     },
+    NetworkPolicy {
+        namespace: String,
+        name: String,
+        uid: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -149,17 +154,10 @@ fn build(note: &Note, node_name: &str, node_uid: Option<String>, instance: &str)
                 ..Default::default()
             },
         ),
-        Regarding::Pod { namespace, name, uid } => (
-            namespace.clone(),
-            ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                namespace: Some(namespace.clone()),
-                name: Some(name.clone()),
-                uid: (!uid.is_empty()).then(|| uid.clone()),
-                ..Default::default()
-            },
-        ),
+        Regarding::Pod { namespace, name, uid } => namespaced("v1", "Pod", namespace, name, uid),
+        Regarding::NetworkPolicy { namespace, name, uid } => {
+            namespaced("networking.k8s.io/v1", "NetworkPolicy", namespace, name, uid)
+        }
     };
     let now = k8s_openapi::jiff::Timestamp::now();
     let subject = regarding.name.clone().unwrap_or_default();
@@ -180,6 +178,19 @@ fn build(note: &Note, node_name: &str, node_uid: Option<String>, instance: &str)
         reporting_instance: Some(truncate(instance, 128)),
         ..Default::default()
     }
+}
+
+/// (the event's namespace, the reference) for a namespaced object.
+fn namespaced(api_version: &str, kind: &str, namespace: &str, name: &str, uid: &str) -> (String, ObjectReference) {
+    let reference = ObjectReference {
+        api_version: Some(api_version.into()),
+        kind: Some(kind.into()),
+        namespace: Some(namespace.into()),
+        name: Some(name.into()),
+        uid: (!uid.is_empty()).then(|| uid.to_string()),
+        ..Default::default()
+    };
+    (namespace.to_string(), reference)
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -216,5 +227,13 @@ mod tests {
         let e = build(&p, "node-1", None, "i");
         assert_eq!(e.metadata.namespace.as_deref(), Some("web"));
         assert_eq!(e.regarding.unwrap().uid, None);
+        let np = Note {
+            regarding: Regarding::NetworkPolicy { namespace: "db".into(), name: "p".into(), uid: "u1".into() },
+            ..p
+        };
+        let e = build(&np, "node-1", None, "i");
+        let r = e.regarding.unwrap();
+        assert_eq!((e.metadata.namespace.as_deref(), r.kind.as_deref()), (Some("db"), Some("NetworkPolicy")));
+        assert_eq!((r.api_version.as_deref(), r.uid.as_deref()), (Some("networking.k8s.io/v1"), Some("u1")));
     }
 }

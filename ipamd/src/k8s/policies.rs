@@ -24,6 +24,8 @@ use netpol::{
 pub struct Converted {
     pub policy: Policy,
     pub problems: Vec<String>,
+    /// The object's uid, for Events about it.
+    pub uid: String,
 }
 
 fn selector(s: &ApiSelector) -> Result<LabelSelector, String> {
@@ -175,7 +177,7 @@ pub fn policy(np: &NetworkPolicy) -> Converted {
             }
         }
     };
-    Converted { policy, problems }
+    Converted { policy, problems, uid: np.metadata.uid.clone().unwrap_or_default() }
 }
 
 /// A Namespace's name and labels.

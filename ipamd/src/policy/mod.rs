@@ -161,6 +161,17 @@ fn cut_denied_flows(compiled: &netpol::Compiled, cluster: &netpol::Cluster) -> s
     })
 }
 
+/// The policies ("ns/name") isolating a pod of this node (`local`), in either direction.
+fn isolating_here(compiled: &netpol::Compiled, local: &BTreeMap<String, String>) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for hook in [&compiled.ingress, &compiled.egress] {
+        for (_, &chain) in hook.chain_of.iter().filter(|(pod, _)| local.contains_key(*pod)) {
+            out.extend(hook.chains[chain].policies.iter().cloned());
+        }
+    }
+    out
+}
+
 /// The policies and the cluster as the feeds hold them.
 fn model_of(v: &KubeView, strict: bool) -> (Vec<netpol::Policy>, netpol::Cluster) {
     let policies = v.policies.items.values().map(|c| c.policy.clone()).collect();
@@ -294,12 +305,40 @@ impl Task {
         waiting.push((Instant::now(), s.done));
     }
 
+    /// A Warning Event on each policy that isolates a pod of this node and could not be expressed in full (the
+    /// recorder sends the same note at most once per 10 minutes). Nodes where the policy selects no pod stay
+    /// quiet, so a cluster of many nodes does not repeat it on every one.
+    fn warn_narrowed(&self, narrowed: &[(String, String, Vec<String>)], here: &std::collections::BTreeSet<String>) {
+        let node = self.kube.settings.as_ref().map_or("this node", |s| s.node_name.as_str());
+        for (key, uid, problems) in narrowed.iter().filter(|(k, _, _)| here.contains(k)) {
+            let Some((namespace, name)) = key.split_once('/') else { continue };
+            self.kube.events.record(crate::k8s::events::Note {
+                warning: true,
+                reason: "PolicyNarrowed",
+                action: "EnforceNetworkPolicy",
+                note: format!("enforced on {node} narrower than written (never wider): {}", problems.join("; ")),
+                regarding: crate::k8s::events::Regarding::NetworkPolicy {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    uid: uid.clone(),
+                },
+            });
+        }
+    }
+
     /// Compiles the current view and puts it in place (off the runtime); the generation in force, and whether
     /// flows allowed before may now be denied.
     async fn apply(&mut self) -> Result<(u64, bool), String> {
-        let (policies, cluster, local, problems) = {
+        let (policies, cluster, local, problems, narrowed) = {
             let v = self.kube.view.borrow();
             let (policies, mut cluster) = model_of(&v, self.strict);
+            let narrowed: Vec<(String, String, Vec<String>)> = v
+                .policies
+                .items
+                .iter()
+                .filter(|(_, c)| !c.problems.is_empty())
+                .map(|(k, c)| (k.clone(), c.uid.clone(), c.problems.clone()))
+                .collect();
             let problems: Vec<String> = v
                 .policies
                 .items
@@ -322,7 +361,7 @@ impl Task {
                     local.insert(key.clone(), datapath::podnet::host_veth_name(&self.veth_prefix, ns, name));
                 }
             }
-            (policies, cluster, local, problems)
+            (policies, cluster, local, problems, narrowed)
         };
         let local_pods = local.len();
         let mut loader = self.loader.take().unwrap_or_else(|| load::Loader::new(self.host_network));
@@ -330,12 +369,14 @@ impl Task {
             let compiled = netpol::compile(&policies, &cluster);
             let chains = compiled.ingress.chains.len() + compiled.egress.chains.len();
             let rules = compiled.ingress.chains.iter().chain(&compiled.egress.chains).map(|c| c.rules.len()).sum();
+            let here = isolating_here(&compiled, &local);
             let outcome = loader.load(compiled, cluster, &|k: &str| local.get(k).cloned());
-            (loader, outcome, policies.len(), chains, rules)
+            (loader, outcome, policies.len(), chains, rules, here)
         })
         .await;
-        let (loader, applied, policies, chains, rules) = done.map_err(|e| format!("compiling: {e}"))?;
+        let (loader, applied, policies, chains, rules, here) = done.map_err(|e| format!("compiling: {e}"))?;
         self.loader = Some(loader);
+        self.warn_narrowed(&narrowed, &here);
         let mut st = self.status.borrow().clone();
         st.synced = true;
         st.problems = problems;
