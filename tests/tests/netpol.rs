@@ -156,6 +156,10 @@ async fn policies_shape_the_reachability_matrix_and_hold_from_a_pods_first_packe
         // Pod churn goes in as element changes (libnftables in-process), not a table replacement.
         let status = vpcctl(&sim, 1, &["policy", "status"]);
         assert!(status.contains("last change: elements"), "{status}");
+        // `vpcctl pods` shows the generation its ADD returned with.
+        let pods: serde_json::Value = serde_json::from_str(&vpcctl(&sim, 1, &["pods", "-o", "json"])).unwrap();
+        let me = pods.as_array().unwrap().iter().find(|p| p["pod_name"] == "d").expect("x/d in vpcctl pods");
+        assert!(me["policy_generation"].as_u64().is_some_and(|g| g >= 1), "{me}");
     });
     assert!(!reaches(&yc, &xd, 80), "x/d is isolated from its first packet");
     assert!(reaches(&xd, &yc, 80), "x/d reaches out");

@@ -291,15 +291,26 @@ async fn main() -> Result<()> {
             if as_json {
                 println!("{:#}", views::pods(&r));
             } else {
-                println!("{:<30} {:<15} {:<22} {:<14} IFNAME", "POD", "IP", "ENI", "CONTAINER");
+                // POLICY: the NetworkPolicy table generation in force when the pod's ADD returned (with
+                // ENABLE_NETWORK_POLICY=true; "default": the lists were not in and the mode's default applied).
+                let policy = r.allocations.iter().any(|a| a.policy_generation.is_some());
+                let column = |a: &pb::Allocation| match (policy, a.policy_generation) {
+                    (false, _) => String::new(),
+                    (true, None) => format!(" {:<8}", "-"),
+                    (true, Some(0)) => format!(" {:<8}", "default"),
+                    (true, Some(g)) => format!(" {g:<8}"),
+                };
+                let head = if policy { format!(" {:<8}", "POLICY") } else { String::new() };
+                println!("{:<30} {:<15} {:<22} {:<14}{head} IFNAME", "POD", "IP", "ENI", "CONTAINER");
                 for a in &r.allocations {
                     let k = a.key.clone().unwrap_or_default();
                     println!(
-                        "{:<30} {:<15} {:<22} {:<14} {}",
+                        "{:<30} {:<15} {:<22} {:<14}{} {}",
                         format!("{}/{}", a.k8s_pod_namespace, a.k8s_pod_name),
                         a.ipv4_addr,
                         a.eni_id,
                         short(&k.container_id, wide),
+                        column(a),
                         k.if_name
                     );
                 }

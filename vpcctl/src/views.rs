@@ -64,7 +64,7 @@ pub fn pods(r: &pb::ListAllocationsReply) -> Value {
         .map(|a| {
             json!({"key": key_json(&a.key), "ipv4_addr": a.ipv4_addr, "eni_id": a.eni_id,
             "pod_namespace": a.k8s_pod_namespace, "pod_name": a.k8s_pod_name,
-            "allocated_unix": a.allocated_unix})
+            "allocated_unix": a.allocated_unix, "policy_generation": a.policy_generation})
         })
         .collect();
     Value::Array(v)

@@ -192,6 +192,7 @@ impl pb::introspection_server::Introspection for IntrospectionService {
                     k8s_pod_namespace: a.pod_namespace.clone(),
                     k8s_pod_name: a.pod_name.clone(),
                     allocated_unix: a.allocated_unix,
+                    policy_generation: self.policy.as_ref().and_then(|p| p.started_in(&a.pod_namespace, &a.pod_name)),
                 })
                 .collect();
         Ok(Response::new(pb::ListAllocationsReply { allocations }))

@@ -71,7 +71,12 @@ pub struct Enforcer {
     pub status: watch::Receiver<Status>,
     kube: Kube,
     strict: bool,
+    /// Pod "ns/name" → the generation in force when its ADD returned (`vpcctl pods`).
+    started_in: StartedIn,
 }
+
+/// Shared between the handle (written when an ADD returns) and the task (pruned to this node's pods).
+type StartedIn = std::sync::Arc<std::sync::Mutex<BTreeMap<String, u64>>>;
 
 impl Enforcer {
     /// Starts the enforcing task under `tasks`.
@@ -86,7 +91,9 @@ impl Enforcer {
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (status_tx, status) = watch::channel(Status::default());
+        let started_in = StartedIn::default();
         let task = Task {
+            started_in: started_in.clone(),
             kube: kube.clone(),
             veth_prefix,
             started: rx,
@@ -98,7 +105,7 @@ impl Enforcer {
             strict,
         };
         tasks.spawn_loop("network policy", task.run());
-        Self { tx, status, kube, strict }
+        Self { tx, status, kube, strict, started_in }
     }
 
     /// Both ends' verdicts on one new flow as the API server's objects say now (what the table enforces once
@@ -122,8 +129,17 @@ impl Enforcer {
     pub async fn pod_started(&self, namespace: &str, name: &str, ip: Ipv4Addr) -> Result<u64, String> {
         let (done, wait) = oneshot::channel();
         let key = format!("{namespace}/{name}");
-        self.tx.send(Started { key, ip, done }).map_err(|_| "the network policy task has stopped".to_string())?;
-        wait.await.map_err(|_| "the network policy task has stopped".to_string())?
+        self.tx
+            .send(Started { key: key.clone(), ip, done })
+            .map_err(|_| "the network policy task has stopped".to_string())?;
+        let generation = wait.await.map_err(|_| "the network policy task has stopped".to_string())??;
+        self.started_in.lock().unwrap_or_else(|e| e.into_inner()).insert(key, generation);
+        Ok(generation)
+    }
+
+    /// The generation in force when the pod's ADD returned, if it did since ipamd started.
+    pub fn started_in(&self, namespace: &str, name: &str) -> Option<u64> {
+        self.started_in.lock().unwrap_or_else(|e| e.into_inner()).get(&format!("{namespace}/{name}")).copied()
     }
 }
 
@@ -139,6 +155,7 @@ struct Task {
     loader: Option<load::Loader>,
     host_network: bool,
     strict: bool,
+    started_in: StartedIn,
 }
 
 /// Deletes the conntrack entries of pod-opened flows that `compiled` denies (run in the node's namespace). Flows
@@ -364,6 +381,7 @@ impl Task {
             (policies, cluster, local, problems, narrowed)
         };
         let local_pods = local.len();
+        let local_keys: std::collections::BTreeSet<String> = local.keys().cloned().collect();
         let mut loader = self.loader.take().unwrap_or_else(|| load::Loader::new(self.host_network));
         let done = tokio::task::spawn_blocking(move || {
             let compiled = netpol::compile(&policies, &cluster);
@@ -377,6 +395,7 @@ impl Task {
         let (loader, applied, policies, chains, rules, here) = done.map_err(|e| format!("compiling: {e}"))?;
         self.loader = Some(loader);
         self.warn_narrowed(&narrowed, &here);
+        self.started_in.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| local_keys.contains(k));
         let mut st = self.status.borrow().clone();
         st.synced = true;
         st.problems = problems;
