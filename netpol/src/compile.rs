@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use crate::eval::{pod_peer_matches, selects};
-use crate::model::{Cluster, Direction, Endpoint, Flow, Peer, Policy, PortRef, PortSpec, Proto};
+use crate::model::{Cluster, Direction, Endpoint, Flow, Peer, PodInfo, Policy, PortRef, PortSpec, Proto};
 use crate::ranges;
 
 /// An inclusive range of addresses, `.0 <= .1`.
@@ -45,6 +45,10 @@ pub struct Compiled {
     pub port_sets: Vec<Vec<PortRange>>,
     /// Referenced by `Ports::Named`; sorted, no duplicates.
     pub named_sets: Vec<Vec<NamedPortEntry>>,
+    /// What each peer set stands for: (the namespace a pod peer is read in, the peer); for [`Compiled::readdressed`].
+    pub peer_defs: Vec<(String, Peer)>,
+    /// What each named-port set stands for: its (port name, protocol) list.
+    pub named_defs: Vec<Vec<(String, Proto)>>,
 }
 
 /// The addresses one peer covers.
@@ -155,6 +159,70 @@ impl Compiled {
     }
 }
 
+/// The entries a pod gives a named-port set of `names`.
+fn named_entries<'a>(pod: &'a PodInfo, names: &'a [(String, Proto)]) -> impl Iterator<Item = NamedPortEntry> + 'a {
+    let ip = pod.ip.filter(|_| !pod.host_network);
+    names.iter().filter_map(move |(name, proto)| {
+        let &(p, number) = pod.named_ports.get(name).filter(|(p, _)| p == proto)?;
+        Some((ip?, p, number))
+    })
+}
+
+impl Compiled {
+    /// The table for `cluster` when the only change since `self` was compiled is the address of the pod `key`
+    /// (an ADD, or the API server reporting it): what [`compile`] would give, without going over every pod and
+    /// policy again. Chains do not depend on addresses; only the sets holding that pod change. None when the pod
+    /// is not in `cluster`.
+    pub fn readdressed(&self, cluster: &Cluster, key: &str) -> Option<Compiled> {
+        let index = cluster.pods.iter().position(|p| p.key() == key)?;
+        let pod = &cluster.pods[index];
+        let old = self.pods.iter().find(|(k, _)| k == key).and_then(|(_, ip)| *ip);
+        let mut out = self.clone();
+        for (k, ip) in out.pods.iter_mut() {
+            if k == key {
+                *ip = pod.ip;
+            }
+        }
+        // Another pod may hold the old address too: it stays where that pod puts it.
+        let others = |matches: &dyn Fn(&PodInfo) -> bool, ip: Ipv4Addr| {
+            cluster.pods.iter().enumerate().any(|(i, p)| i != index && p.ip == Some(ip) && matches(p))
+        };
+        for (set, (namespace, peer)) in out.peer_sets.iter_mut().zip(&self.peer_defs) {
+            if !set.of_pods || !pod_peer_matches(cluster, namespace, peer, pod) {
+                continue;
+            }
+            let matches = |p: &PodInfo| pod_peer_matches(cluster, namespace, peer, p);
+            if let Some(ip) = old.filter(|ip| !others(&matches, *ip)) {
+                set.ranges.retain(|(lo, _)| *lo != ip);
+            }
+            if let Some(ip) = pod.ip
+                && let Err(at) = set.ranges.binary_search(&(ip, ip))
+            {
+                set.ranges.insert(at, (ip, ip));
+            }
+        }
+        for (set, names) in out.named_sets.iter_mut().zip(&self.named_defs) {
+            let mine: Vec<NamedPortEntry> = named_entries(pod, names).collect();
+            if let Some(ip) = old {
+                // The pod's ports are what they were: its old entries are its entries at the old address.
+                let before = PodInfo { ip: Some(ip), ..pod.clone() };
+                for e in named_entries(&before, names) {
+                    let also = |p: &PodInfo| named_entries(p, names).any(|x| x == e);
+                    if !others(&also, ip) {
+                        set.retain(|x| *x != e);
+                    }
+                }
+            }
+            for e in mine {
+                if let Err(at) = set.binary_search(&e) {
+                    set.insert(at, e);
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
 /// Compiles `policies` for `cluster`. The result depends on neither the order of `policies` nor that
 /// of the pods (bar `Compiled::pods`), so the rendered script is the same for the same state.
 pub fn compile(policies: &[Policy], cluster: &Cluster) -> Compiled {
@@ -260,6 +328,7 @@ impl Builder<'_> {
         };
         let id = self.out.peer_sets.len();
         self.out.peer_sets.push(set);
+        self.out.peer_defs.push((namespace.to_string(), peer.clone()));
         self.peers.insert(key, id);
         id
     }
@@ -318,19 +387,13 @@ impl Builder<'_> {
         if let Some(&id) = self.named.get(&names) {
             return id;
         }
-        let mut entries: Vec<NamedPortEntry> = Vec::new();
-        for pod in self.cluster.pods.iter().filter(|p| !p.host_network) {
-            let Some(ip) = pod.ip else { continue };
-            for (name, proto) in &names {
-                if let Some(&(p, number)) = pod.named_ports.get(name).filter(|(p, _)| p == proto) {
-                    entries.push((ip, p, number));
-                }
-            }
-        }
+        let mut entries: Vec<NamedPortEntry> =
+            self.cluster.pods.iter().flat_map(|pod| named_entries(pod, &names)).collect();
         entries.sort();
         entries.dedup();
         let id = self.out.named_sets.len();
         self.out.named_sets.push(entries);
+        self.out.named_defs.push(names.clone());
         self.named.insert(names, id);
         id
     }

@@ -163,3 +163,27 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// An address change alone (what an ADD brings) recompiled incrementally gives what a full compile gives,
+    /// including when the old or new address is another pod's too.
+    #[test]
+    fn a_readdressed_pod_compiles_as_the_whole_cluster_does(
+        cluster in cluster(), policies in policies(), which in 0..8usize, ip in prop::option::of(1u8..12),
+        twin in prop::option::of(0..8usize)
+    ) {
+        let mut cluster = cluster;
+        let i = which % cluster.pods.len();
+        // Sometimes another pod holds the same address already (a pod gone whose object lingers).
+        if let Some(j) = twin.map(|j| j % cluster.pods.len()).filter(|j| *j != i) {
+            cluster.pods[j].ip = cluster.pods[i].ip;
+        }
+        let before = compile(&policies, &cluster);
+        let mut after = cluster.clone();
+        after.pods[i].ip = ip.map(|n| Ipv4Addr::new(10, 0, 0, n));
+        let key = after.pods[i].key();
+        prop_assert_eq!(before.readdressed(&after, &key), Some(compile(&policies, &after)));
+    }
+}
