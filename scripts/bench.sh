@@ -13,3 +13,5 @@ bash scripts/plugin-deps.sh
 bash scripts/with-localstack.sh target/release/vpc-bench --out target/bench/report.md "$@"
 echo "== criterion micro-benchmarks (ipamd/benches/core.rs)"
 cargo bench -p ipamd --bench core
+echo "== NetworkPolicy at scale (netpol/examples/scale.rs)"
+cargo run --release -q -p vpc-cni-netpol --example scale | tee -a target/bench/report.md

@@ -7,10 +7,9 @@
 //! a handful of `delete element` / `add element` commands in one transaction, which costs a fraction of a
 //! millisecond in the kernel however big the table is; otherwise the table is replaced ([`crate::render()`]).
 
-use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use crate::compile::{Compiled, Hook};
+use crate::compile::{AddrRange, Compiled, Hook, NamedPortEntry};
 use crate::model::Direction;
 use crate::render::{MapEntries, TABLE, addr_range, map_element, map_entries, map_name};
 
@@ -60,23 +59,49 @@ pub fn delta(old: &Compiled, old_maps: &Maps, new: &Compiled, new_maps: &Maps) -
         return None;
     }
     let mut out = Changes::default();
-    for (i, (a, b)) in old.peer_sets.iter().zip(&new.peer_sets).enumerate() {
-        let text = |s: &[(std::net::Ipv4Addr, std::net::Ipv4Addr)]| -> BTreeSet<String> {
-            s.iter().map(|&(lo, hi)| addr_range(lo, hi)).collect()
-        };
-        out.set(&format!("p{i}"), &text(&a.ranges), &text(&b.ranges));
+    // Most sets are untouched by a change of pods: compared as they are, and only the differences made text.
+    for (i, (a, b)) in old.peer_sets.iter().zip(&new.peer_sets).enumerate().filter(|(_, (a, b))| a != b) {
+        let (gone, came) = sorted_diff(&a.ranges, &b.ranges);
+        let text = |v: Vec<AddrRange>| -> Vec<String> { v.into_iter().map(|(lo, hi)| addr_range(lo, hi)).collect() };
+        out.push(&format!("p{i}"), &text(gone), &text(came));
     }
-    for (i, (a, b)) in old.named_sets.iter().zip(&new.named_sets).enumerate() {
-        let text = |s: &[crate::compile::NamedPortEntry]| -> BTreeSet<String> {
-            s.iter().map(|(ip, proto, port)| format!("{ip} . {} . {port}", proto.name())).collect()
+    for (i, (a, b)) in old.named_sets.iter().zip(&new.named_sets).enumerate().filter(|(_, (a, b))| a != b) {
+        let (gone, came) = sorted_diff(a, b);
+        let text = |v: Vec<NamedPortEntry>| -> Vec<String> {
+            v.into_iter().map(|(ip, proto, port)| format!("{ip} . {} . {port}", proto.name())).collect()
         };
-        out.set(&format!("n{i}"), &text(a), &text(b));
+        out.push(&format!("n{i}"), &text(gone), &text(came));
     }
     let had_address = |pod: &str| old.pods.iter().any(|(k, ip)| k == pod && ip.is_some());
     for dir in [Direction::Egress, Direction::Ingress] {
         out.map(dir, old_maps.get(dir), new_maps.get(dir), &had_address);
     }
     Some(out.finish())
+}
+
+/// (in `a` only, in `b` only) of two sorted, duplicate-free lists.
+fn sorted_diff<T: Ord + Copy>(a: &[T], b: &[T]) -> (Vec<T>, Vec<T>) {
+    let (mut gone, mut came) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x == y => (i, j) = (i + 1, j + 1),
+            (Some(x), Some(y)) if x < y => {
+                gone.push(*x);
+                i += 1;
+            }
+            (Some(_), Some(y)) | (None, Some(y)) => {
+                came.push(*y);
+                j += 1;
+            }
+            (Some(x), None) => {
+                gone.push(*x);
+                i += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (gone, came)
 }
 
 #[derive(Default)]
@@ -88,12 +113,6 @@ struct Changes {
 }
 
 impl Changes {
-    fn set(&mut self, name: &str, old: &BTreeSet<String>, new: &BTreeSet<String>) {
-        let gone: Vec<&str> = old.difference(new).map(String::as_str).collect();
-        let came: Vec<&str> = new.difference(old).map(String::as_str).collect();
-        self.push(name, &gone, &came);
-    }
-
     fn map(&mut self, dir: Direction, old: &MapEntries, new: &MapEntries, had_address: &dyn Fn(&str) -> bool) {
         // A changed entry is deleted and added again: a map element's verdict cannot be updated in place.
         let gone: Vec<String> =
@@ -101,12 +120,10 @@ impl Changes {
         let added: Vec<(&String, &(usize, String))> = new.iter().filter(|(v, e)| old.get(*v) != Some(*e)).collect();
         self.isolates |= added.iter().any(|(_, (_, pod))| had_address(pod));
         let came: Vec<String> = added.iter().map(|(v, (c, _))| map_element(dir, v, *c)).collect();
-        let (gone, came): (Vec<&str>, Vec<&str>) =
-            (gone.iter().map(String::as_str).collect(), came.iter().map(String::as_str).collect());
         self.push(map_name(dir), &gone, &came);
     }
 
-    fn push(&mut self, name: &str, gone: &[&str], came: &[&str]) {
+    fn push(&mut self, name: &str, gone: &[String], came: &[String]) {
         if !gone.is_empty() {
             self.deletes.push(format!("delete element inet {TABLE} {name} {{ {} }}", gone.join(", ")));
         }

@@ -278,6 +278,16 @@ async fn policies_shape_the_reachability_matrix_and_hold_from_a_pods_first_packe
     let probe_cli =
         |port: &str| sim_cli(&["probe", "--from", &format!("{z}/client"), "--to", &format!("{z}/web"), "--port", port]);
     let (code, said) = probe_cli("tcp/80");
+    if code != Some(0) {
+        // What the nodes hold, for whoever reads a failure.
+        for n in 0..2 {
+            let t = Command::new("ip")
+                .args(["netns", "exec", &sim.node(n), "nft", "list", "table", "inet", "vpc-cni-netpol"])
+                .output()
+                .unwrap();
+            eprintln!("node {n}'s table:\n{}", String::from_utf8_lossy(&t.stdout));
+        }
+    }
     assert_eq!(code, Some(0), "{said}");
     assert!(said.starts_with("reached tcp/80"), "{said}");
     assert_eq!(probe_cli("udp/53").0, Some(0), "the named port is served");

@@ -16,6 +16,10 @@ use vpc_sim::sim::probe::{Port, Served, expect};
 use vpc_sim::testkit::SimProc;
 
 const NS: [&str; 3] = ["x", "y", "z"];
+
+/// The tests here count the cluster's policies through each node's `vpcctl policy status` (the API server is
+/// shared): one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const PODS: [&str; 3] = ["a", "b", "c"];
 
 /// One end of a flow, for truth tables: namespace and pod letters.
@@ -204,6 +208,7 @@ fn all() -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root + netns"]
 async fn the_reachability_matrix_matches_each_cases_truth_table() {
+    let _one = ONE_AT_A_TIME.lock().await;
     // No cooldown: a deleted pod's address is the next one handed out on its node (the IP-reuse case).
     let mut w = World::start("nm", &["IP_COOLDOWN_PERIOD=0"]).await;
     let ip = |k: &str| w.ip(k);
@@ -359,6 +364,7 @@ async fn the_reachability_matrix_matches_each_cases_truth_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root + netns"]
 async fn strict_mode_denies_pods_no_policy_selects() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let w = World::start("ns", &["NETWORK_POLICY_ENFORCING_MODE=strict"]).await;
     w.check("strict, no policy: nothing reaches anything", tcp(80), &|_, _| false);
     let why =

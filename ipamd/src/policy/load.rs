@@ -5,7 +5,9 @@
 //! a spawned `nft` (slower, same scripts). Everything here blocks: it runs on the blocking pool, one call at a
 //! time, the [`Loader`] moved in and out by the policy task.
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 use netpol::{Compiled, Maps};
@@ -44,6 +46,8 @@ pub struct Loaded {
     pub compiled: Compiled,
     pub maps: Maps,
     pub cluster: netpol::Cluster,
+    /// This node's pods: "ns/name" → host interface.
+    pub local: BTreeMap<String, String>,
 }
 
 pub struct Loader {
@@ -56,30 +60,75 @@ impl Loader {
         Self { runner: if host_network { Runner::Unopened } else { Runner::Nothing }, loaded: None }
     }
 
-    /// Puts `compiled` in place (this node's pods' interfaces from `veth_of`).
+    /// Puts `compiled` in place (this node's pods' interfaces in `local`).
     pub fn load(
         &mut self,
         compiled: Compiled,
         cluster: netpol::Cluster,
+        local: BTreeMap<String, String>,
+    ) -> Result<Outcome, String> {
+        let veth_of = |k: &str| local.get(k).cloned();
+        let maps = Maps::of(&compiled, &veth_of);
+        let outcome = self.put(&compiled, &maps, &veth_of)?;
+        self.loaded = Some(Loaded { compiled, maps, cluster, local });
+        Ok(outcome)
+    }
+
+    /// The ADD path: this node's ADDs gave pods `changes` ((key, address)) and nothing else changed since the last
+    /// load, so only the sets holding those pods change ([`Compiled::readdressed`]), without compiling the whole
+    /// cluster again. None when nothing is loaded or one of them is not a pod of the loaded cluster (the API
+    /// server has not shown it yet): then the whole view is compiled.
+    pub fn readdress(&mut self, changes: &[(String, Ipv4Addr)], veth_prefix: &str) -> Option<Result<Outcome, String>> {
+        let l = self.loaded.as_mut()?;
+        let index: Vec<usize> = changes
+            .iter()
+            .map(|(key, _)| l.cluster.pods.iter().position(|p| p.key() == *key))
+            .collect::<Option<_>>()?;
+        let before: Vec<Option<Ipv4Addr>> = index.iter().map(|&i| l.cluster.pods[i].ip).collect();
+        let mut next: Option<Compiled> = None;
+        for (&i, (key, ip)) in index.iter().zip(changes) {
+            l.cluster.pods[i].ip = Some(*ip);
+            next = next.as_ref().unwrap_or(&l.compiled).readdressed(&l.cluster, key);
+        }
+        let next = next.expect("the pods are in the cluster");
+        let mut local = l.local.clone();
+        for (key, _) in changes {
+            if let Some((ns, name)) = key.split_once('/') {
+                local.insert(key.clone(), datapath::podnet::host_veth_name(veth_prefix, ns, name));
+            }
+        }
+        let veth_of = |k: &str| local.get(k).cloned();
+        let maps = Maps::of(&next, &veth_of);
+        let outcome = self.put(&next, &maps, &veth_of);
+        let l = self.loaded.as_mut().expect("still loaded");
+        match &outcome {
+            Ok(_) => (l.compiled, l.maps, l.local) = (next, maps, local),
+            // The kernel holds what it held: so must the record of it.
+            Err(_) => index.iter().zip(before).for_each(|(&i, ip)| l.cluster.pods[i].ip = ip),
+        }
+        Some(outcome)
+    }
+
+    /// Changes the kernel from what is loaded to `compiled` with `maps`: element changes when only elements
+    /// differ, else (or when the kernel refuses them) a replacement of the table.
+    fn put(
+        &mut self,
+        compiled: &Compiled,
+        maps: &Maps,
         veth_of: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Outcome, String> {
-        let maps = Maps::of(&compiled, veth_of);
-        let change = self.loaded.as_ref().and_then(|l| netpol::delta(&l.compiled, &l.maps, &compiled, &maps));
-        let mut outcome = Outcome { how: How::Table, narrows: true };
+        let change = self.loaded.as_ref().and_then(|l| netpol::delta(&l.compiled, &l.maps, compiled, maps));
         match change {
-            Some(d) if d.script.is_empty() => outcome = Outcome { how: How::Unchanged, narrows: false },
+            Some(d) if d.script.is_empty() => return Ok(Outcome { how: How::Unchanged, narrows: false }),
             Some(d) => match self.run(&d.script) {
-                Ok(_) => outcome = Outcome { how: How::Elements, narrows: d.narrows },
+                Ok(_) => return Ok(Outcome { how: How::Elements, narrows: d.narrows }),
                 // The kernel does not hold what ipamd thinks (someone changed the table): replace it.
                 Err(e) => tracing::warn!("network policy: element change refused ({e}); replacing the table"),
             },
             None => {}
         }
-        if outcome.how == How::Table {
-            self.run(&netpol::render(&compiled, veth_of))?;
-        }
-        self.loaded = Some(Loaded { compiled, maps, cluster });
-        Ok(outcome)
+        self.run(&netpol::render(compiled, veth_of))?;
+        Ok(Outcome { how: How::Table, narrows: true })
     }
 
     /// What differs between the table in the kernel and the one last loaded (empty: none, or nothing loaded).

@@ -94,6 +94,7 @@ impl Enforcer {
         let started_in = StartedIn::default();
         let task = Task {
             started_in: started_in.clone(),
+            fresh: Vec::new(),
             kube: kube.clone(),
             veth_prefix,
             started: rx,
@@ -156,6 +157,8 @@ struct Task {
     host_network: bool,
     strict: bool,
     started_in: StartedIn,
+    /// Pods whose ADD came since the last load: (key, address).
+    fresh: Vec<(String, Ipv4Addr)>,
 }
 
 /// Deletes the conntrack entries of pod-opened flows that `compiled` denies (run in the node's namespace). Flows
@@ -176,6 +179,14 @@ fn cut_denied_flows(compiled: &netpol::Compiled, cluster: &netpol::Cluster) -> s
         let flow = netpol::Flow { src, dst: cluster.endpoint_for(f.dst), proto, port: f.dport };
         !compiled.allows(&flow)
     })
+}
+
+/// What a full compile tells the status.
+struct Full {
+    problems: Vec<String>,
+    policies: usize,
+    chains: usize,
+    rules: usize,
 }
 
 /// The policies ("ns/name") isolating a pod of this node (`local`), in either direction.
@@ -212,11 +223,14 @@ impl Task {
         repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         repair.reset();
         let mut dirty = true;
+        // The feeds changed since the last full compile.
+        let mut view_dirty = true;
         loop {
             if !dirty {
                 tokio::select! {
                     changed = view.changed() => {
                         if changed.is_err() { return; }
+                        view_dirty = true;
                         // Feed events come in bursts (a rollout, a relist): one change for the burst.
                         tokio::time::sleep(DEBOUNCE).await;
                     }
@@ -232,6 +246,7 @@ impl Task {
                 self.take(s, &mut waiting);
             }
             dirty = false;
+            view_dirty |= view.has_changed().unwrap_or(true);
             if !synced(&view.borrow_and_update()) {
                 // Nothing is replaced on a partial view; ADDs past their wait get the mode's default.
                 let now = Instant::now();
@@ -247,7 +262,20 @@ impl Task {
                 }
                 continue;
             }
-            let (result, narrows) = match self.apply().await {
+            // Only ADDs since the last load: their pods' addresses alone, not the whole cluster again.
+            let fresh = std::mem::take(&mut self.fresh);
+            let fast = match view_dirty || fresh.is_empty() {
+                true => None,
+                false => self.readdress(fresh).await,
+            };
+            let applied = match fast {
+                Some(r) => r,
+                None => {
+                    view_dirty = false;
+                    self.apply().await
+                }
+            };
+            let (result, narrows) = match applied {
                 Ok((generation, narrows)) => (Ok(generation), narrows),
                 Err(e) => (Err(e), false),
             };
@@ -293,6 +321,24 @@ impl Task {
         }
     }
 
+    /// The ADD path ([`load::Loader::readdress`]); None when the whole view must be compiled instead.
+    async fn readdress(&mut self, fresh: Vec<(String, Ipv4Addr)>) -> Option<Result<(u64, bool), String>> {
+        let mut loader = self.loader.take()?;
+        let prefix = self.veth_prefix.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let r = loader.readdress(&fresh, &prefix);
+            (loader, r)
+        })
+        .await;
+        let Ok((loader, r)) = done else {
+            self.loader = Some(load::Loader::new(self.host_network));
+            return None;
+        };
+        let local_pods = loader.loaded.as_ref().map(|l| l.local.len());
+        self.loader = Some(loader);
+        Some(self.record(r?, None, local_pods))
+    }
+
     /// Deletes the conntrack entries of flows the loaded table denies.
     async fn cut_denied_flows(&mut self) {
         let Some(loader) = self.loader.take() else { return };
@@ -318,6 +364,7 @@ impl Task {
     }
 
     fn take(&mut self, s: Started, waiting: &mut Vec<(Instant, oneshot::Sender<Result<u64, String>>)>) {
+        self.fresh.push((s.key.clone(), s.ip));
         self.ips.insert(s.key, (s.ip, Instant::now()));
         waiting.push((Instant::now(), s.done));
     }
@@ -388,7 +435,7 @@ impl Task {
             let chains = compiled.ingress.chains.len() + compiled.egress.chains.len();
             let rules = compiled.ingress.chains.iter().chain(&compiled.egress.chains).map(|c| c.rules.len()).sum();
             let here = isolating_here(&compiled, &local);
-            let outcome = loader.load(compiled, cluster, &|k: &str| local.get(k).cloned());
+            let outcome = loader.load(compiled, cluster, local);
             (loader, outcome, policies.len(), chains, rules, here)
         })
         .await;
@@ -396,9 +443,20 @@ impl Task {
         self.loader = Some(loader);
         self.warn_narrowed(&narrowed, &here);
         self.started_in.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| local_keys.contains(k));
+        let full = Full { problems, policies, chains, rules };
+        self.record(applied, Some(full), Some(local_pods))
+    }
+
+    /// Puts a load's outcome in the status; the generation in force and whether the change narrowed. `full`: what
+    /// only a full compile knows.
+    fn record(
+        &mut self,
+        applied: Result<load::Outcome, String>,
+        full: Option<Full>,
+        local_pods: Option<usize>,
+    ) -> Result<(u64, bool), String> {
         let mut st = self.status.borrow().clone();
         st.synced = true;
-        st.problems = problems;
         let out = match applied {
             Ok(outcome) => {
                 if outcome.how != load::How::Unchanged {
@@ -413,7 +471,10 @@ impl Task {
                     load::How::Elements => st.last_change = "elements",
                     load::How::Table => st.last_change = "table",
                 }
-                (st.policies, st.local_pods, st.chains, st.rules) = (policies, local_pods, chains, rules);
+                if let Some(f) = full {
+                    (st.problems, st.policies, st.chains, st.rules) = (f.problems, f.policies, f.chains, f.rules);
+                }
+                st.local_pods = local_pods.unwrap_or(st.local_pods);
                 st.error.clear();
                 Ok((self.generation, outcome.narrows))
             }

@@ -47,7 +47,7 @@ enum Cmd {
         #[arg(long, default_value = "/run/vpc-sim")]
         state_dir: PathBuf,
     },
-    /// Whether a connection from one pod to another is answered: exit 0 when it is, 1 when not
+    /// Whether a connection from one pod to another is answered (within 3 tries): exit 0 when it is, 1 when not
     /// (`--port tcp/80` or `udp/53`; the destination serves it with `pod add --serve` or a named port).
     Probe {
         /// NAMESPACE/POD
@@ -277,7 +277,14 @@ fn probe(state_dir: &std::path::Path, from: &str, to: &str, port: Port) -> Resul
         .and_then(|a| a.split('/').next())
         .with_context(|| format!("{} has no IPv4 address", to.name))?
         .to_string();
-    let reached = vpc_sim::sim::probe::reaches(&from.netns()?, &ip, port);
+    // Three tries, as a client would retry: a connection lost once right after a pod starts is not "unreachable".
+    let netns = from.netns()?;
+    let reached = (0..3).any(|i| {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        vpc_sim::sim::probe::reaches(&netns, &ip, port)
+    });
     println!(
         "{} {port} from {}/{} to {}/{} ({ip})",
         if reached { "reached" } else { "not reached" },
