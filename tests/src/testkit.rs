@@ -76,6 +76,13 @@ impl SimProc {
         format!("{}-node-{i}", self.prefix)
     }
 
+    /// `vpcctl args…` against node `node`'s ipamd: its stdout (what it printed, whatever its exit status).
+    pub fn vpcctl(&self, node: usize, args: &[&str]) -> String {
+        let socket = self.state.path().join(format!("node-{node}/ipamd.sock"));
+        let out = Command::new(sibling_binary("vpcctl")).arg("--socket").arg(&socket).args(args).output();
+        String::from_utf8_lossy(&out.expect("vpcctl").stdout).into_owned()
+    }
+
     /// SIGTERM and wait for the sim to finish its clean-up.
     pub fn stop(mut self) -> (String, tempfile::TempDir) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);

@@ -103,18 +103,6 @@ fn expect(members: &[(&str, &Served)], port: u16, want: &[&str], case: &str) {
     probe::expect(members, tcp(port), &want, case);
 }
 
-/// `vpcctl args…` against node `node`'s ipamd; its stdout.
-fn vpcctl(sim: &SimProc, node: usize, args: &[&str]) -> String {
-    let socket = sim.state.path().join(format!("node-{node}/ipamd.sock"));
-    let out = Command::new(vpc_sim::ipamd_proc::sibling_binary("vpcctl"))
-        .arg("--socket")
-        .arg(&socket)
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 async fn put(api: &Api<NetworkPolicy>, spec: serde_json::Value) {
     let np: NetworkPolicy = serde_json::from_value(spec).unwrap();
     let name = np.metadata.name.clone().unwrap();
@@ -154,10 +142,10 @@ async fn policies_shape_the_reachability_matrix_and_hold_from_a_pods_first_packe
         let map = String::from_utf8_lossy(&map.stdout);
         assert!(map.contains(&format!("\"{veth}\"")), "{veth} in the ingress map when ADD returns:\n{map}");
         // Pod churn goes in as element changes (libnftables in-process), not a table replacement.
-        let status = vpcctl(&sim, 1, &["policy", "status"]);
+        let status = sim.vpcctl(1, &["policy", "status"]);
         assert!(status.contains("last change: elements"), "{status}");
         // `vpcctl pods` shows the generation its ADD returned with.
-        let pods: serde_json::Value = serde_json::from_str(&vpcctl(&sim, 1, &["pods", "-o", "json"])).unwrap();
+        let pods: serde_json::Value = serde_json::from_str(&sim.vpcctl(1, &["pods", "-o", "json"])).unwrap();
         let me = pods.as_array().unwrap().iter().find(|p| p["pod_name"] == "d").expect("x/d in vpcctl pods");
         assert!(me["policy_generation"].as_u64().is_some_and(|g| g >= 1), "{me}");
     });
@@ -186,7 +174,7 @@ async fn policies_shape_the_reachability_matrix_and_hold_from_a_pods_first_packe
     .await;
     expect(&all, 80, &["xa>yc", "xb>xa", "xb>yc", "yc>xa"], "a from y too");
     // `vpcctl policy explain` names the deciding policy and rule, and agrees with the kernel.
-    let explain = |from: &str, to: &str, port: &str| vpcctl(&sim, 0, &["policy", "explain", from, to, port]);
+    let explain = |from: &str, to: &str, port: &str| sim.vpcctl(0, &["policy", "explain", from, to, port]);
     let why = explain(&format!("{y}/c"), &format!("{x}/a"), "tcp/80");
     assert!(why.contains("ALLOWED") && why.contains(&format!("allowed by {x}/a-from-y rule 0")), "{why}");
     let why = explain(&format!("{x}/b"), &format!("{x}/a"), "tcp/81");
@@ -197,14 +185,14 @@ async fn policies_shape_the_reachability_matrix_and_hold_from_a_pods_first_packe
     // the table is replaced.
     let flush = ["netns", "exec", &sim.node(0), "nft", "flush", "map", "inet", "vpc-cni-netpol", "ingress"];
     assert!(Command::new("ip").args(flush).status().unwrap().success());
-    let repaired = || vpcctl(&sim, 0, &["policy", "status"]).contains("repaired");
+    let repaired = || sim.vpcctl(0, &["policy", "status"]).contains("repaired");
     // (Unless a read-back, every REPAIR_EVERY, came right between the two.)
     assert!(reaches(&xb, &xa, 81) || repaired(), "the emptied map let x/b in");
     let deadline = Instant::now() + ipamd::policy::REPAIR_EVERY + Duration::from_secs(5);
     while !repaired() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let status = vpcctl(&sim, 0, &["policy", "status"]);
+    let status = sim.vpcctl(0, &["policy", "status"]);
     assert!(status.contains("repaired        1 time(s)"), "{status}");
     expect(&all, 81, &["xa>yc", "xb>yc", "yc>xa"], "repaired");
 
@@ -233,7 +221,7 @@ async fn policies_shape_the_reachability_matrix_and_hold_from_a_pods_first_packe
     // the drop is said.
     put(&px, to_a("v6", json!([{"from": [{"ipBlock": {"cidr": "fd00::/8"}}]}]))).await;
     expect(&all, 80, &["xa>xb", "xa>yc", "xb>yc", "yc>xb"], "an unreadable rule allows nothing");
-    let status = vpcctl(&sim, 0, &["policy", "status"]);
+    let status = sim.vpcctl(0, &["policy", "status"]);
     assert!(status.contains(&format!("{x}/v6")) && status.contains("IPv6"), "{status}");
     // …and a Warning Event on the policy, from the node whose pod it isolates.
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), &x);

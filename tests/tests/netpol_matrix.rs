@@ -146,7 +146,7 @@ impl World {
         let deadline = Instant::now() + Duration::from_secs(10);
         for node in 0..2 {
             loop {
-                let status = vpcctl(&self.sim, node, &["policy", "status"]);
+                let status = self.sim.vpcctl(node, &["policy", "status"]);
                 if policies_held(&status) == Some(self.others + n) {
                     break;
                 }
@@ -177,17 +177,6 @@ impl World {
 fn policies_held(status: &str) -> Option<usize> {
     let line = status.lines().find(|l| l.starts_with("table "))?;
     line.trim_start_matches("table").trim().split(' ').next()?.parse().ok()
-}
-
-fn vpcctl(sim: &SimProc, node: usize, args: &[&str]) -> String {
-    let socket = sim.state.path().join(format!("node-{node}/ipamd.sock"));
-    let out = std::process::Command::new(vpc_sim::ipamd_proc::sibling_binary("vpcctl"))
-        .arg("--socket")
-        .arg(&socket)
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A policy named `name` selecting `selector` (a podSelector) with the given spec fields.
@@ -368,7 +357,7 @@ async fn strict_mode_denies_pods_no_policy_selects() {
     let w = World::start("ns", &["NETWORK_POLICY_ENFORCING_MODE=strict"]).await;
     w.check("strict, no policy: nothing reaches anything", tcp(80), &|_, _| false);
     let why =
-        vpcctl(&w.sim, 0, &["policy", "explain", &format!("{}/a", w.ns("x")), &format!("{}/b", w.ns("y")), "tcp/80"]);
+        w.sim.vpcctl(0, &["policy", "explain", &format!("{}/a", w.ns("x")), &format!("{}/b", w.ns("y")), "tcp/80"]);
     assert!(why.contains("DENIED") && why.contains("strict mode: no policy selects the pod"), "{why}");
 
     let open =
