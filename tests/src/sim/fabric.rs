@@ -184,6 +184,9 @@ impl FabricState {
                 "netns", &node,
             ],
         )?;
+        // EC2's VPC answers ARP at once; Linux delays proxy ARP replies by up to 0.8 s (proxy_delay), which lost
+        // first connections between fresh pods with a 1 s timeout.
+        sysctl_in(&fabric, &format!("net.ipv4.neigh.{fl}.proxy_delay"), "0")?;
         ip_in(&fabric, &["addr", "add", &format!("{}/32", e.gateway()), "dev", &fl])?;
         ip_in(&fabric, &["link", "set", &fl, "up"])?;
         if e.device == 0 {
