@@ -140,7 +140,7 @@ pub fn digest(log: &str, warnings: usize, tail: usize) -> String {
 }
 
 /// Whether `dst` answers an echo from inside `ns`: one reply within 3 s, a request every 200 ms until then
-/// (reachability, not loss: a single echo lost while the sim hot-plugs another ENI failed CI once).
+/// (reachability, not loss: a first echo once waited out the fabric's proxy ARP delay, since set to 0).
 pub fn ping(ns: &str, dst: &str) -> bool {
     Command::new("ip")
         .args(["netns", "exec", ns, "ping", "-c", "1", "-i", "0.2", "-w", "3", dst])
