@@ -289,23 +289,34 @@ impl Task {
         }
     }
 
+    /// Runs `f` on the loader on the blocking pool (the loader blocks: libnftables, conntrack, compiling) and puts
+    /// it back; when `f` panics, a new loader that knows of no table takes its place (the next load replaces it).
+    async fn on_loader<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut load::Loader) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let mut loader = self.loader.take().unwrap_or_else(|| load::Loader::new(self.host_network));
+        match tokio::task::spawn_blocking(move || (f(&mut loader), loader)).await {
+            Ok((out, loader)) => {
+                self.loader = Some(loader);
+                Ok(out)
+            }
+            Err(e) => {
+                self.loader = Some(load::Loader::new(self.host_network));
+                Err(e.to_string())
+            }
+        }
+    }
+
     /// Reads the table back; on drift, says what and makes the next load a replacement.
     async fn drifted(&mut self) -> bool {
-        let Some(mut loader) = self.loader.take() else { return false };
-        let (loader, found) = match tokio::task::spawn_blocking(move || {
-            let found = loader.drift();
-            (loader, found)
-        })
-        .await
-        {
-            Ok(r) => r,
+        let found = match self.on_loader(|l| l.drift()).await {
+            Ok(found) => found,
             Err(e) => {
                 tracing::warn!("network policy: reading the table back: {e}");
-                self.loader = Some(load::Loader::new(self.host_network));
                 return true;
             }
         };
-        self.loader = Some(loader);
         match found {
             Ok(found) if found.is_empty() => false,
             Ok(found) => {
@@ -323,43 +334,20 @@ impl Task {
 
     /// The ADD path ([`load::Loader::readdress`]); None when the whole view must be compiled instead.
     async fn readdress(&mut self, fresh: Vec<(String, Ipv4Addr)>) -> Option<Result<(u64, bool), String>> {
-        let mut loader = self.loader.take()?;
         let prefix = self.veth_prefix.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let r = loader.readdress(&fresh, &prefix);
-            (loader, r)
-        })
-        .await;
-        let Ok((loader, r)) = done else {
-            self.loader = Some(load::Loader::new(self.host_network));
-            return None;
-        };
-        let local_pods = loader.loaded.as_ref().map(|l| l.local.len());
-        self.loader = Some(loader);
-        Some(self.record(r?, None, local_pods))
+        let r = self.on_loader(move |l| l.readdress(&fresh, &prefix)).await.ok()??;
+        let local_pods = self.loader.as_ref().and_then(|l| l.loaded.as_ref()).map(|l| l.local.len());
+        Some(self.record(r, None, local_pods))
     }
 
     /// Deletes the conntrack entries of flows the loaded table denies.
     async fn cut_denied_flows(&mut self) {
-        let Some(loader) = self.loader.take() else { return };
-        let done = tokio::task::spawn_blocking(move || {
-            let r = loader.loaded.as_ref().map_or(Ok(0), |l| cut_denied_flows(&l.compiled, &l.cluster));
-            (loader, r)
-        })
-        .await;
-        match done {
-            Ok((loader, r)) => {
-                self.loader = Some(loader);
-                match r {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(flows = n, "network policy: established flows now denied were cut"),
-                    Err(e) => tracing::warn!("network policy: cutting denied flows: {e}"),
-                }
-            }
-            Err(e) => {
-                tracing::warn!("network policy: cutting denied flows: {e}");
-                self.loader = Some(load::Loader::new(self.host_network));
-            }
+        let cut = |l: &mut load::Loader| l.loaded.as_ref().map_or(Ok(0), |l| cut_denied_flows(&l.compiled, &l.cluster));
+        match self.on_loader(cut).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(flows = n, "network policy: established flows now denied were cut"),
+            Ok(Err(e)) => tracing::warn!("network policy: cutting denied flows: {e}"),
+            Err(e) => tracing::warn!("network policy: cutting denied flows: {e}"),
         }
     }
 
@@ -429,18 +417,17 @@ impl Task {
         };
         let local_pods = local.len();
         let local_keys: std::collections::BTreeSet<String> = local.keys().cloned().collect();
-        let mut loader = self.loader.take().unwrap_or_else(|| load::Loader::new(self.host_network));
-        let done = tokio::task::spawn_blocking(move || {
-            let compiled = netpol::compile(&policies, &cluster);
-            let chains = compiled.ingress.chains.len() + compiled.egress.chains.len();
-            let rules = compiled.ingress.chains.iter().chain(&compiled.egress.chains).map(|c| c.rules.len()).sum();
-            let here = isolating_here(&compiled, &local);
-            let outcome = loader.load(compiled, cluster, local);
-            (loader, outcome, policies.len(), chains, rules, here)
-        })
-        .await;
-        let (loader, applied, policies, chains, rules, here) = done.map_err(|e| format!("compiling: {e}"))?;
-        self.loader = Some(loader);
+        let done = self
+            .on_loader(move |loader| {
+                let compiled = netpol::compile(&policies, &cluster);
+                let chains = compiled.ingress.chains.len() + compiled.egress.chains.len();
+                let rules = compiled.ingress.chains.iter().chain(&compiled.egress.chains).map(|c| c.rules.len()).sum();
+                let here = isolating_here(&compiled, &local);
+                let outcome = loader.load(compiled, cluster, local);
+                (outcome, policies.len(), chains, rules, here)
+            })
+            .await;
+        let (applied, policies, chains, rules, here) = done.map_err(|e| format!("compiling: {e}"))?;
         self.warn_narrowed(&narrowed, &here);
         self.started_in.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| local_keys.contains(k));
         let full = Full { problems, policies, chains, rules };
